@@ -1,0 +1,81 @@
+"""Self-describing model bundle: DIR/model.safetensors + DIR/config.json (+ DIR/metrics.json).
+
+Weights load with strict keys through safetensors; nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .model import CifarResNet, build_model
+
+WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write (temp file + rename), so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def state_to_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_bundle(model: CifarResNet, out_dir: str | os.PathLike, extra: dict[str, Any]) -> Path:
+    """Write weights and config.json. `extra` (training hyper-parameters, seed, data fingerprint...) is stored as is."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = state_to_safetensors(model)
+    tmp = out / f".{WEIGHTS}.tmp{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / WEIGHTS)
+    config = {"model": model.cfg.to_dict(), "weights_sha256": file_sha256(out / WEIGHTS),
+              "libraries": library_versions(), **extra}
+    write_json(out / CONFIG, config)
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path) / CONFIG
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: a model bundle is a directory with {WEIGHTS} and {CONFIG}")
+    return json.loads(p.read_text())
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CifarResNet:
+    """Load a bundle's model in eval mode. Keys must match the architecture in config.json exactly."""
+    path = Path(path)
+    cfg = ModelConfig.from_dict(read_config(path)["model"])
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: a model bundle is a directory with {WEIGHTS} and {CONFIG}")
+    model = build_model(cfg)
+    state = load_file(str(weights))
+    expected, found = set(model.state_dict()), set(state)
+    if expected != found:
+        raise ValueError(f"{weights} does not match config.json's architecture: missing keys "
+                         f"{sorted(expected - found)[:5]}, unexpected keys {sorted(found - expected)[:5]}")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()

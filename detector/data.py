@@ -1,0 +1,130 @@
+"""CIFAR-10 loading from either supported layout, decoded once and cached as uint8 arrays.
+
+Layouts accepted for `--data ROOT`:
+  (a) torchvision: ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch}  (or ROOT is that folder)
+  (b) image folder: ROOT/train/<class>/*.{jpg,png}, ROOT/test/<class>/*   (what ../shared/data unpacks to)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle  # only to read CIFAR's own python batches (a data format); models are never pickled
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .config import CIFAR10_CLASSES
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+LAYOUT_HELP = (
+    "expected either (a) a torchvision CIFAR-10 root holding cifar-10-batches-py/ with data_batch_1..5 and "
+    "test_batch, or (b) an image-folder root holding train/<class>/*.jpg and test/<class>/*.jpg"
+)
+
+
+class DataLayoutError(ValueError):
+    """--data points at something that is neither supported layout (or is incomplete)."""
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # (N, 3, 32, 32) uint8
+    y: torch.Tensor  # (N,) int64
+    classes: tuple[str, ...]
+    fingerprint: str  # sha256 of the decoded pixels and labels, independent of layout or file order on disk
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def float(self) -> torch.Tensor:
+        """Images as float32 in [0, 1], (N, 3, 32, 32)."""
+        return self.x.float().div_(255)
+
+
+def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y.astype(np.int64)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _torchvision_dir(root: Path) -> Path | None:
+    for d in (root / "cifar-10-batches-py", root):
+        if (d / "batches.meta").exists() or (d / "test_batch").exists() or (d / "data_batch_1").exists():
+            return d
+    return None
+
+
+def _load_torchvision(d: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [n for n in names if not (d / n).is_file()]
+    if missing:
+        raise DataLayoutError(f"{d} looks like a torchvision CIFAR-10 folder but lacks {missing}; {LAYOUT_HELP}")
+    xs, ys = [], []
+    for n in names:
+        with open(d / n, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch["labels"], dtype=np.int64))
+    classes = CIFAR10_CLASSES
+    if (d / "batches.meta").is_file():
+        with open(d / "batches.meta", "rb") as f:
+            classes = tuple(pickle.load(f, encoding="latin1")["label_names"])
+    return np.concatenate(xs), np.concatenate(ys), classes
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DND_CACHE_DIR", Path.home() / ".cache" / "dnd"))
+
+
+def _load_folder(d: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    classes = tuple(sorted(p.name for p in d.iterdir() if p.is_dir()))
+    files = [(c, p) for i, c in enumerate(classes) for p in sorted((d / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DataLayoutError(f"{d} holds no images in class folders; {LAYOUT_HELP}")
+    # The cache key covers names, sizes and mtimes, so an edited folder is decoded again.
+    key = hashlib.sha256()
+    for c, p in files:
+        st = p.stat()
+        key.update(f"{c}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    cache = _cache_dir() / f"folder-{key.hexdigest()[:20]}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            return z["x"], z["y"], tuple(str(c) for c in z["classes"])
+    x = np.empty((len(files), 3, 32, 32), dtype=np.uint8)
+    y = np.empty(len(files), dtype=np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    for k, (c, p) in enumerate(tqdm(files, desc=f"decoding {d.name}", unit="img", leave=False)):
+        with Image.open(p) as im:
+            a = np.asarray(im.convert("RGB"))
+        if a.shape != (32, 32, 3):
+            raise DataLayoutError(f"{p}: expected a 32x32 RGB image, found {a.shape[1]}x{a.shape[0]}")
+        x[k] = a.transpose(2, 0, 1)
+        y[k] = index[c]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, x=x, y=y, classes=np.array(classes))
+    os.replace(tmp, cache)
+    return x, y, classes
+
+
+def load_split(root: str | os.PathLike, split: str) -> Split:
+    """Load the 'train' or 'test' split of CIFAR-10 from ROOT (either layout, see module docstring)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataLayoutError(f"data root {root} does not exist or is not a directory; {LAYOUT_HELP}")
+    tv = _torchvision_dir(root)
+    if tv is not None:
+        x, y, classes = _load_torchvision(tv, split)
+    elif (root / split).is_dir():
+        x, y, classes = _load_folder(root / split)
+    else:
+        found = sorted(p.name for p in root.iterdir())[:10]
+        raise DataLayoutError(f"data root {root} has no '{split}/' folder and no cifar-10-batches-py/ (found {found}); {LAYOUT_HELP}")
+    return Split(torch.from_numpy(x), torch.from_numpy(y), classes, _fingerprint(x, y))

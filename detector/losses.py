@@ -1,0 +1,43 @@
+"""DND's decoupling losses on the calculation path (L gated layers, z_l of shape (N, C_l)).
+
+  L_mi: a linear classifier per layer (C_l -> K) must predict the label from z_l: paths carry the class.
+  L_kl: KL(p || q) with p = z_l / sum(z_l) and q = the layer's pooled (unmasked) activation energy as a
+        distribution over channels: filters that the gate closes should carry little signal anyway.
+  L_s : L1 of z, as the mean density (fraction of open filters), averaged over layers; scale-free, so one
+        lambda_s works for any width.
+All three are averaged over layers (not summed), so the lambdas do not grow with depth.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .model import PathOutput
+
+_EPS = 1e-4
+
+
+def path_kl(z: Tensor, energy: Tensor) -> Tensor:
+    """Mean over the batch of KL(z/|z| || energy/|energy|); z, energy (N, C), energy >= 0."""
+    # Normaliser clamped at 1: exact whenever a filter is open, and a bounded gradient when a layer is all shut.
+    p = z / z.sum(dim=1, keepdim=True).clamp_min(1.0)
+    q = (energy + _EPS) / (energy + _EPS).sum(dim=1, keepdim=True)
+    # p*log(p) with p clamped inside the log: value 0 at p = 0 and a finite gradient (xlogy's is 0/0 there).
+    return (p * (torch.log(p.clamp_min(1e-6)) - torch.log(q))).sum(dim=1).mean()
+
+
+class DecouplingLoss(nn.Module):
+    """Holds the per-layer MI classifiers; returns the unweighted terms so they can be logged separately."""
+
+    def __init__(self, channels: list[int], num_classes: int) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(c, num_classes) for c in channels)
+
+    def forward(self, out: PathOutput, y: Tensor) -> dict[str, Tensor]:
+        if len(out.z) != len(self.heads):
+            raise ValueError(f"expected paths for {len(self.heads)} gated layers, found {len(out.z)}")
+        mi = torch.stack([F.cross_entropy(h(z), y) for h, z in zip(self.heads, out.z)]).mean()
+        kl = torch.stack([path_kl(z, e) for z, e in zip(out.z, out.energy)]).mean()
+        l1 = torch.stack([z.mean() for z in out.z]).mean()
+        return {"mi": mi, "kl": kl, "l1": l1}

@@ -1,0 +1,114 @@
+"""CIFAR ResNet (He et al. 2016, option-A shortcuts) with optional per-conv gates (DND).
+
+`model(x)` takes images in [0, 1], (N, 3, 32, 32), and returns logits (N, K) only, so attack libraries
+use it unwrapped. `model.forward_paths(x)` also returns the calculation path z of every gated conv.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .gates import Gate, semhash
+
+INPUT_HW = 32  # CIFAR resolution; MAC counts assume it.
+
+
+@dataclass
+class PathOutput:
+    """Everything one forward pass knows about the calculation path (L = number of gated convs)."""
+
+    logits: Tensor                                      # (N, K)
+    features: Tensor                                    # (N, C_last) penultimate, after global pooling
+    z: list[Tensor] = field(default_factory=list)       # L x (N, C_l): binary at eval; straight-through in training
+    s: list[Tensor] = field(default_factory=list)       # L x (N, C_l): gate logits before binarisation
+    energy: list[Tensor] = field(default_factory=list)  # L x (N, C_l): spatial mean of relu(BN output), unmasked
+
+
+class ConvUnit(nn.Module):
+    """3x3 conv + BN, its output channels masked by a gate that reads the conv's input."""
+
+    def __init__(self, cin: int, cout: int, stride: int, out_hw: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cin, self.cout, self.out_hw = cin, cout, out_hw
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.noise_std = cfg.gate_noise_std
+        self.gate = Gate(cin, cout, cfg.gate_reduction, cfg.gate_bias_init) if cfg.decoupled else None
+
+    def forward(self, x: Tensor, rec: PathOutput | None = None) -> Tensor:
+        y = self.bn(self.conv(x))
+        if self.gate is None:
+            return y
+        s = self.gate(x)
+        z = semhash(s, self.noise_std, self.training)
+        if rec is not None:
+            rec.s.append(s)
+            rec.z.append(z)
+            rec.energy.append(F.relu(y).mean(dim=(2, 3)))
+        return y * z[:, :, None, None]
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, out_hw: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.unit1 = ConvUnit(cin, cout, stride, out_hw, cfg)
+        self.unit2 = ConvUnit(cout, cout, 1, out_hw, cfg)
+        self.stride = stride
+        self.pad = cout - cin  # option A: identity shortcut, subsampled and zero-padded in channels
+
+    def forward(self, x: Tensor, rec: PathOutput | None = None) -> Tensor:
+        h = F.relu(self.unit1(x, rec))
+        h = self.unit2(h, rec)
+        sc = x
+        if self.stride != 1 or self.pad:
+            sc = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(h + sc)
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
+        w0 = cfg.widths[0]
+        self.stem = nn.Sequential(nn.Conv2d(3, w0, 3, 1, 1, bias=False), nn.BatchNorm2d(w0), nn.ReLU(inplace=True))
+        blocks, cin, hw = [], w0, INPUT_HW
+        for i, w in enumerate(cfg.widths):
+            for j in range(cfg.blocks_per_stage):
+                stride = 2 if (i > 0 and j == 0) else 1
+                hw //= stride
+                blocks.append(BasicBlock(cin, w, stride, hw, cfg))
+                cin = w
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = nn.Linear(cin, cfg.num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def units(self) -> list[ConvUnit]:
+        """The gateable convs in forward order (2 per block; 18 for ResNet-20)."""
+        return [u for b in self.blocks for u in (b.unit1, b.unit2)]
+
+    def _run(self, x: Tensor, rec: PathOutput | None) -> tuple[Tensor, Tensor]:
+        h = self.stem((x - self.mean) / self.std)
+        for b in self.blocks:
+            h = b(h, rec)
+        feats = h.mean(dim=(2, 3))
+        return self.fc(feats), feats
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._run(x, None)[0]
+
+    def forward_paths(self, x: Tensor) -> PathOutput:
+        rec = PathOutput(logits=torch.empty(0), features=torch.empty(0))
+        rec.logits, rec.features = self._run(x, rec)
+        return rec
+
+
+def build_model(cfg: ModelConfig) -> CifarResNet:
+    return CifarResNet(cfg)

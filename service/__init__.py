@@ -1,0 +1,1 @@
+"""HTTP service (FastAPI) around the detector; built in a later issue."""

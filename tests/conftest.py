@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.config import CIFAR10_CLASSES
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test decodes into its own cache directory, never the user's ~/.cache."""
+    monkeypatch.setenv("DND_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def _images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-dependent colour blobs plus noise: learnable, tiny, deterministic. x (N, 32, 32, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for c in range(10):
+        base = np.zeros((32, 32, 3), np.float32)
+        base[..., c % 3] = 60 + 18 * c
+        base[(c * 3) % 32:(c * 3) % 32 + 8, :, (c + 1) % 3] = 200
+        for _ in range(n_per_class):
+            xs.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
+            ys.append(c)
+    return np.stack(xs), np.array(ys)
+
+
+def write_image_folder(root: Path, n_train: int = 30, n_test: int = 10, fmt: str = "png") -> Path:
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = _images(n, seed)
+        for k, (img, c) in enumerate(zip(x, y)):
+            d = root / split / CIFAR10_CLASSES[c]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{k:04d}.{fmt}")
+    return root
+
+
+def write_torchvision_root(root: Path, n_train: int = 30, n_test: int = 10) -> Path:
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    x, y = _images(n_train, 0)
+    chunks = np.array_split(np.arange(len(y)), 5)
+    for i, idx in enumerate(chunks, 1):
+        batch = {"data": x[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1), "labels": y[idx].tolist()}
+        (d / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    x, y = _images(n_test, 1)
+    (d / "test_batch").write_bytes(pickle.dumps({"data": x.transpose(0, 3, 1, 2).reshape(len(y), -1), "labels": y.tolist()}))
+    (d / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "folder")
+
+
+@pytest.fixture
+def torchvision_root(tmp_path: Path) -> Path:
+    return write_torchvision_root(tmp_path / "tv")

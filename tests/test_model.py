@@ -1,0 +1,110 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from detector.config import ModelConfig
+from detector.gates import semhash, soft_gate
+from detector.losses import DecouplingLoss, path_kl
+from detector.model import build_model
+
+
+def _decoupled(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(decoupled=True))
+
+
+def test_resnet20_size_and_logits_only() -> None:
+    m = build_model(ModelConfig()).eval()
+    assert sum(p.numel() for p in m.parameters()) == 269_722  # He et al.'s ResNet-20 (option A): 0.27 M
+    out = m(torch.rand(4, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (4, 10)
+
+
+def test_paths_have_one_entry_per_gated_conv() -> None:
+    m = _decoupled().eval()
+    out = m.forward_paths(torch.rand(5, 3, 32, 32))
+    assert out.logits.shape == (5, 10) and out.features.shape == (5, 64)
+    assert [z.shape[1] for z in out.z] == [16] * 6 + [32] * 6 + [64] * 6
+    assert all(z.shape[0] == 5 for z in out.z) and len(out.s) == len(out.energy) == 18
+
+
+def test_eval_paths_are_binary_and_deterministic() -> None:
+    m = _decoupled().eval()
+    x = torch.rand(8, 3, 32, 32)
+    a, b = m.forward_paths(x), m.forward_paths(x)
+    for za, zb in zip(a.z, b.z):
+        assert torch.equal(za, zb)
+        assert set(za.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(a.logits, b.logits)
+
+
+def test_eval_z_is_sign_of_gate_logit_and_masks_outputs() -> None:
+    m = _decoupled().eval()
+    with torch.no_grad():
+        for u in m.units():  # push some gates shut so masking matters
+            u.gate.fc2.bias.sub_(torch.linspace(0, 4, u.cout))
+    out = m.forward_paths(torch.rand(3, 3, 32, 32))
+    for s, z in zip(out.s, out.z):
+        assert torch.equal(z, (s > 0).float())
+    assert 0 < sum(float(z.mean()) for z in out.z) / 18 < 1
+
+
+def test_batched_equals_unbatched() -> None:
+    m = _decoupled().eval()
+    x = torch.rand(6, 3, 32, 32)
+    full = m.forward_paths(x)
+    for i in range(6):
+        one = m.forward_paths(x[i:i + 1])
+        torch.testing.assert_close(one.logits, full.logits[i:i + 1], rtol=1e-4, atol=1e-5)
+        assert all(torch.equal(a[i:i + 1], b) for a, b in zip(full.z, one.z))
+
+
+def test_semhash_train_values_and_straight_through_gradient() -> None:
+    torch.manual_seed(0)
+    s = torch.randn(1000, 16, requires_grad=True)
+    z = semhash(s, noise_std=0.0, training=True)
+    assert z.min() >= 0 and z.max() <= 1
+    hard = (z == (s > 0).float())
+    assert 0.3 < hard.float().mean() < 0.8  # roughly half hard (plus soft values that happen to be 0/1)
+    z.sum().backward()
+    s2 = s.detach().clone().requires_grad_(True)
+    soft_gate(s2).sum().backward()
+    torch.testing.assert_close(s.grad, s2.grad)  # gradient is always that of v1
+
+
+def test_every_gate_parameter_gets_a_gradient_in_training() -> None:
+    m = _decoupled().train()
+    loss_mod = DecouplingLoss([u.cout for u in m.units()], 10)
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    out = m.forward_paths(x)
+    terms = loss_mod(out, y)
+    (F.cross_entropy(out.logits, y) + terms["mi"] + terms["kl"] + terms["l1"]).backward()
+    for name, p in m.named_parameters():
+        if ".gate." in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    for v in terms.values():
+        assert torch.isfinite(v)
+
+
+def test_losses_finite_when_a_layer_is_all_shut() -> None:
+    z = torch.zeros(4, 8, requires_grad=True)
+    e = torch.rand(4, 8, requires_grad=True)
+    v = path_kl(z, e)
+    v.backward()
+    assert v.item() == 0.0 and torch.isfinite(z.grad).all() and torch.isfinite(e.grad).all()
+
+
+def test_path_kl_exact_on_hand_built_case() -> None:
+    z = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert math.isclose(path_kl(z, torch.ones(1, 4)).item(), math.log(2), rel_tol=1e-3)
+    assert path_kl(z, torch.tensor([[3.0, 3.0, 0.0, 0.0]])).item() < 1e-3  # energy follows z: ~0
+
+
+def test_config_round_trip_and_unknown_keys() -> None:
+    cfg = ModelConfig(decoupled=True, gate_bias_init=0.5)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown ModelConfig keys.*bogus"):
+        ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})

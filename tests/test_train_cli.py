@@ -1,0 +1,92 @@
+"""`dnd train` / `dnd stats` end to end on a tiny generated image folder (a few hundred images)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from detector.cli import main
+
+from .conftest import write_image_folder
+
+TINY = ["--batch-size", "64", "--eval-limit", "50", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("data"), n_train=30, n_test=10)
+
+
+@pytest.fixture(scope="module")
+def dense(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "dense"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    return out
+
+
+def test_dense_smoke_run_writes_a_bundle(dense: Path) -> None:
+    assert {"model.safetensors", "config.json", "train_history.json", "training.png"} <= {p.name for p in dense.iterdir()}
+    cfg = json.loads((dense / "config.json").read_text())
+    assert cfg["phase"] == "dense" and cfg["train"]["epochs"] == 1 and len(cfg["data"]["train_fingerprint"]) == 16
+    hist = json.loads((dense / "train_history.json").read_text())
+    assert len(hist) == 1 and 0 <= hist[0]["test_accuracy"] <= 1
+
+
+def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dec"
+    assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
+                 "--epochs", "1", *TINY]) == 0
+    hist = json.loads((out / "train_history.json").read_text())
+    assert hist[0]["filter_states"]["total"] == 672 and 0 < hist[0]["flops_ratio"] <= 1
+    assert all(torch.isfinite(torch.tensor(hist[0][k])) for k in ("train_ce", "train_mi", "train_kl", "train_l1"))
+    metrics = tmp_path / "metrics.json"
+    assert main(["stats", "--model", str(out), "--data", str(data), "--out", str(metrics)]) == 0
+    m = json.loads(metrics.read_text())
+    assert m["n_images"] == 100 and m["dense_macs"] == 40_551_040
+    assert {"test_accuracy", "mean_macs", "flops_ratio", "filter_states", "per_layer", "parameters_without_silent"} <= set(m)
+    # the dense weights were really the starting point: non-gate tensors moved only by the fine-tune
+    d, c = load_file(str(dense / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert set(d) < set(c) and all(".gate." in k for k in set(c) - set(d))
+
+
+def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train as tr
+
+    out = tmp_path / "r"
+    real_save = tr.save_checkpoint
+
+    def crash_after_first(ckpt_dir, modules, opt, meta):  # noqa: ANN001
+        real_save(ckpt_dir, modules, opt, meta)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", *TINY])
+    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    assert not (out / "model.safetensors").exists()
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--resume", *TINY]) == 0
+    hist = json.loads((out / "train_history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+    straight = tmp_path / "s"
+    assert main(["train", "--data", str(data), "--out", str(straight), "--epochs", "2", *TINY]) == 0
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_resume_with_other_settings_is_refused(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "x"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--lr", "0.5", "--resume", *TINY]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_bad_data_path_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "cifar-10-batches-py" in err and "train/<class>" in err
+
+
+def test_decouple_without_init_is_refused(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "o"), "--decouple"]) == 2
+    assert "--init" in capsys.readouterr().err

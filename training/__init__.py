@@ -1,0 +1,1 @@
+"""Training of the dense and decoupled ResNets (`dnd train`)."""

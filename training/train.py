@@ -1,0 +1,194 @@
+"""`dnd train`: dense ResNet from scratch, or (decouple=True) the gated network fine-tuned from a dense bundle.
+
+Resumable: a checkpoint is written after every epoch; data order, augmentation and gate noise are seeded
+per epoch, so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from detector.bundle import file_sha256, load_model, read_config, save_bundle, write_json, WEIGHTS
+from detector.config import ModelConfig
+from detector.data import Split, load_split
+from detector.losses import DecouplingLoss
+from detector.model import CifarResNet, build_model
+from detector.stats import collect_paths, dense_macs, filter_states, macs_per_sample
+
+from .checkpoint import META, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+
+HISTORY = "train_history.json"
+
+
+def augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random 32x32 crop of the 4-pixel zero-padded image + horizontal flip; xb (B, 3, 32, 32) float."""
+    b = xb.shape[0]
+    padded = F.pad(xb, (4, 4, 4, 4))
+    ij = torch.randint(0, 9, (b, 2), generator=gen).tolist()
+    out = torch.stack([padded[k, :, i:i + 32, j:j + 32] for k, (i, j) in enumerate(ij)])
+    flip = torch.rand(b, generator=gen) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def make_optimizers(model: CifarResNet, loss: DecouplingLoss | None, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """SGD for the network (weight decay on conv/FC weights only); Adam for gates and MI heads, if any."""
+    decay, no_decay, gates = [], [], []
+    for name, p in model.named_parameters():
+        (gates if ".gate." in name else decay if p.ndim > 1 else no_decay).append(p)
+    sgd = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay, "peak": cfg.lr},
+                           {"params": no_decay, "weight_decay": 0.0, "peak": cfg.lr}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if loss is None:
+        return [sgd]
+    adam = torch.optim.Adam([{"params": gates + list(loss.parameters()), "peak": cfg.gate_lr}], lr=cfg.gate_lr)
+    return [sgd, adam]
+
+
+def evaluate(model: CifarResNet, test: Split, device: torch.device) -> dict[str, Any]:
+    logits, z = collect_paths(model, test.x, 500, device)
+    res: dict[str, Any] = {"test_accuracy": float((logits.argmax(1) == test.y).float().mean())}
+    if z:
+        res["flops_ratio"] = float(macs_per_sample(model, z).mean()) / dense_macs(model)
+        res["density"] = [round(float(zl.float().mean()), 4) for zl in z]
+        res["filter_states"] = filter_states(z)
+    return res
+
+
+def init_from_dense(model: CifarResNet, init_dir: Path) -> None:
+    """Copy every non-gate weight from a dense bundle; the gates are the only new parameters."""
+    dense = load_model(init_dir)
+    if dense.cfg.decoupled:
+        raise ValueError(f"--init {init_dir} is already decoupled; expected a dense bundle")
+    missing, unexpected = model.load_state_dict(dense.state_dict(), strict=False)
+    bad = [k for k in missing if ".gate." not in k]
+    if bad or unexpected:
+        raise ValueError(f"--init {init_dir} does not fit this architecture: missing {bad[:5]}, unexpected {unexpected[:5]}")
+
+
+def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = False, init: str | Path | None = None,
+          resume: bool = False, device: str = "cpu", model_cfg: ModelConfig | None = None) -> Path:
+    """Train and write a bundle to `out` (weights, config.json, train_history.json). Returns `out`."""
+    out, dev = Path(out), torch.device(device)
+    ckpt_dir = out / "checkpoint"
+    if decouple and init is None:
+        raise ValueError("--decouple needs --init DIR: a trained dense bundle to fine-tune from")
+    if (ckpt_dir / META).exists() and not resume:
+        raise FileExistsError(f"{ckpt_dir} holds an earlier run; pass --resume to continue it or choose another --out")
+    if model_cfg is None:
+        model_cfg = replace(ModelConfig.from_dict(read_config(init)["model"]), decoupled=True) if decouple else ModelConfig()
+
+    torch.manual_seed(cfg.seed)
+    train_set, test_set = load_split(data, "train"), load_split(data, "test")
+    x_train, y_train = train_set.x, train_set.y
+    if cfg.limit:
+        idx = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit]
+        x_train, y_train = x_train[idx], y_train[idx]
+    if cfg.eval_limit:
+        idx = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_limit]
+        test_set = Split(test_set.x[idx], test_set.y[idx], test_set.classes, test_set.fingerprint)
+    x_train = x_train.float().div_(255)
+
+    model = build_model(model_cfg)
+    if decouple:
+        init_from_dense(model, Path(init))
+    model = model.to(dev, memory_format=torch.channels_last)
+    loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
+    optimizers = make_optimizers(model, loss_mod, cfg)
+    modules = {"model": model, **({"loss": loss_mod} if loss_mod else {})}
+
+    steps_per_epoch = len(y_train) // cfg.batch_size  # drop the ragged last batch
+    total_steps, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+    dense = dense_macs(model)
+    start_epoch, lambda_s, history = 0, cfg.lambda_s, []
+    if resume and (ckpt_dir / META).exists():
+        meta = load_checkpoint(ckpt_dir, modules, optimizers, dev)
+        same = json.loads(json.dumps({"train": cfg.to_dict(), "model": model_cfg.to_dict()}))  # tuples -> lists
+        if {"train": meta["train"], "model": meta["model"]} != same:
+            raise ValueError(f"{ckpt_dir} was written with other settings; resume with the same flags "
+                             f"(checkpoint: {meta['train']})")
+        start_epoch, lambda_s, history = meta["epoch"] + 1, meta["lambda_s"], meta["history"]
+        print(f"resuming after epoch {meta['epoch'] + 1}/{cfg.epochs}")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # gate noise
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(y_train), generator=gen)
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", mininterval=5)
+        for it in bar:
+            step = epoch * steps_per_epoch + it
+            frac = lr_at(step, total_steps, warmup, 1.0)  # schedule shape, scaled by each group's peak
+            for opt in optimizers:
+                for g in opt.param_groups:
+                    g["lr"] = frac * g["peak"]
+            idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+            xb = augment(x_train[idx], gen).to(dev).contiguous(memory_format=torch.channels_last)
+            yb = y_train[idx].to(dev)
+            res = model.forward_paths(xb)
+            ce = F.cross_entropy(res.logits, yb)
+            terms = {"ce": ce.detach()}
+            loss = ce
+            if loss_mod is not None:
+                d = loss_mod(res, yb)
+                loss = ce + cfg.lambda_m * d["mi"] + cfg.lambda_k * d["kl"] + lambda_s * d["l1"]
+                with torch.no_grad():  # the cost the model would have at eval time (z = 1(s > 0))
+                    flops = float(macs_per_sample(model, [s > 0 for s in res.s]).mean()) / dense
+                if cfg.target_flops > 0:
+                    ramp = min(1.0, step / max(cfg.target_ramp_epochs * steps_per_epoch, 1))
+                    target = 1.0 - ramp * (1.0 - cfg.target_flops)
+                    lambda_s = max(0.0, lambda_s + cfg.dual_lr * (flops - target))
+                terms.update({k: v.detach() for k, v in d.items()}, flops=torch.tensor(flops))
+            terms["acc"] = (res.logits.argmax(1) == yb).float().mean()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if it % 20 == 0:
+                bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in sums.items()} | ({"lam_s": f"{lambda_s:.3f}"} if loss_mod else {}))
+        bar.close()
+        record = {"epoch": epoch + 1, "lr_end": frac * cfg.lr, "seconds": round(time.perf_counter() - t0, 1),
+                  **{f"train_{k}": round(v / steps_per_epoch, 5) for k, v in sums.items()},
+                  **({"lambda_s": round(lambda_s, 5)} if loss_mod else {}), **evaluate(model, test_set, dev)}
+        history.append(record)
+        msg = f"epoch {epoch + 1}: test acc {record['test_accuracy']:.4f}, train acc {record['train_acc']:.4f}"
+        if "filter_states" in record:
+            fs = record["filter_states"]
+            msg += (f", flops {record['flops_ratio']:.3f}, filters act/sil/dyn {fs['activated']}/{fs['silent']}/"
+                    f"{fs['dynamic']} of {fs['total']}, MI {record['train_mi']:.3f}")
+        print(msg, flush=True)
+        save_checkpoint(ckpt_dir, modules, optimizers, {"epoch": epoch, "lambda_s": lambda_s, "history": history,
+                                                  "train": cfg.to_dict(), "model": model_cfg.to_dict()})
+
+    extra = {"phase": "decoupled" if decouple else "dense", "train": cfg.to_dict(), "seed": cfg.seed,
+             "data": {"root": str(data), "train_fingerprint": train_set.fingerprint,
+                      "test_fingerprint": test_set.fingerprint, "train_images": len(y_train)},
+             "init": {"path": str(init), "weights_sha256": file_sha256(Path(init) / WEIGHTS)} if init else None,
+             "final_lambda_s": lambda_s if decouple else None}
+    save_bundle(model.cpu().to(memory_format=torch.contiguous_format), out, extra)
+    write_json(out / HISTORY, history)
+    from .plots import plot_history  # matplotlib only when a run finishes
+
+    plot_history(history, out / "training.png")
+    print(f"wrote bundle {out}")
+    return out
