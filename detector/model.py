@@ -36,7 +36,7 @@ class ConvUnit(nn.Module):
         self.cin, self.cout, self.out_hw = cin, cout, out_hw
         self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
-        self.noise_std = cfg.gate_noise_std
+        self.noise_std, self.p_hard = cfg.gate_noise_std, 0.5  # training-time SemHash settings (see gates.py)
         self.gate = Gate(cin, cout, cfg.gate_reduction, cfg.gate_bias_init) if cfg.decoupled else None
 
     def forward(self, x: Tensor, rec: PathOutput | None = None) -> Tensor:
@@ -44,7 +44,7 @@ class ConvUnit(nn.Module):
         if self.gate is None:
             return y
         s = self.gate(x)
-        z = semhash(s, self.noise_std, self.training)
+        z = semhash(s, self.noise_std, self.training, self.p_hard)
         if rec is not None:
             rec.s.append(s)
             rec.z.append(z)
@@ -93,6 +93,11 @@ class CifarResNet(nn.Module):
     def units(self) -> list[ConvUnit]:
         """The gateable convs in forward order (2 per block; 18 for ResNet-20)."""
         return [u for b in self.blocks for u in (b.unit1, b.unit2)]
+
+    def set_gate_training(self, noise_std: float, p_hard: float) -> None:
+        """SemHash settings used in training mode (eval mode is always z = 1(s > 0))."""
+        for u in self.units():
+            u.noise_std, u.p_hard = noise_std, p_hard
 
     def _run(self, x: Tensor, rec: PathOutput | None) -> tuple[Tensor, Tensor]:
         h = self.stem((x - self.mean) / self.std)

@@ -73,15 +73,16 @@ def filter_states(z: list[Tensor]) -> dict[str, int]:
 
 
 def pruned_parameters(model: CifarResNet, z: list[Tensor]) -> int:
-    """Parameter count after physically removing silent filters (their conv kernels, BN affine, gate row,
-    and the next conv's input kernels that read them). Without gates nothing is silent."""
+    """Parameter count after physically removing silent filters: their conv kernels, BN affine and gate row; for a
+    block's first conv also the second conv's input kernels and its gate's LayerNorm/FC inputs that read them."""
     total = sum(p.numel() for p in model.parameters())
     units = model.units()
     for i, (u, zl) in enumerate(zip(units, z)):
         silent = int((~zl.any(0)).sum())
         removed = u.cin * 9 + 2 + (u.gate.fc2.in_features + 1 if u.gate is not None else 0)
-        if i % 2 == 0:  # a block's first conv feeds only the second conv
-            removed += units[i + 1].cout * 9
+        if i % 2 == 0:  # a block's first conv feeds only the second conv (and that conv's gate)
+            nxt = units[i + 1]
+            removed += nxt.cout * 9 + (2 + nxt.gate.fc1.out_features if nxt.gate is not None else 0)
         total -= silent * removed
     return total
 

@@ -108,3 +108,13 @@ def test_config_round_trip_and_unknown_keys() -> None:
 
     with pytest.raises(ValueError, match="unknown ModelConfig keys.*bogus"):
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_hard_training_phase_uses_eval_paths_with_soft_gradient() -> None:
+    m = _decoupled().train()
+    m.set_gate_training(noise_std=0.0, p_hard=1.0)
+    out = m.forward_paths(torch.rand(4, 3, 32, 32))
+    for s, z in zip(out.s, out.z):
+        assert torch.equal(z.detach(), (s > 0).float())
+    sum(z.sum() for z in out.z).backward()
+    assert all(u.gate.fc2.bias.grad is not None and u.gate.fc2.bias.grad.abs().sum() > 0 for u in m.units())

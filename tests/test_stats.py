@@ -36,7 +36,8 @@ def test_pruned_parameters() -> None:
     z = [zl.bool() for zl in _z(m, 2)]
     assert pruned_parameters(m, z) == total
     z[0][:, 0] = False  # one silent filter in block 1's first conv (16 inputs; gate fc2 has 4 hidden units)
-    assert pruned_parameters(m, z) == total - (16 * 9 + 2 + 4 + 1 + 16 * 9)
+    # own kernel + BN + gate fc2 row; next conv's 16 kernels + its gate's LayerNorm (2) and fc1 column (4)
+    assert pruned_parameters(m, z) == total - (16 * 9 + 2 + 4 + 1 + 16 * 9 + 2 + 4)
 
 
 def test_dense_bundle_stats_are_all_activated() -> None:

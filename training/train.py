@@ -60,6 +60,28 @@ def make_optimizers(model: CifarResNet, loss: DecouplingLoss | None, cfg: TrainC
     return [sgd, adam]
 
 
+def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: list[torch.optim.Optimizer],
+               xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float, dense: int) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns the detached loss terms (and, decoupled, the eval-time FLOPs ratio)."""
+    res = model.forward_paths(xb)
+    ce = F.cross_entropy(res.logits, yb)
+    terms = {"ce": ce.detach()}
+    loss = ce
+    if loss_mod is not None:
+        d = loss_mod(res, yb)
+        loss = ce + cfg.lambda_m * d["mi"] + cfg.lambda_k * d["kl"] + lambda_s * d["l1"]
+        with torch.no_grad():  # the cost the model would have at eval time (z = 1(s > 0))
+            flops = macs_per_sample(model, [s > 0 for s in res.s]).mean() / dense
+        terms.update({k: v.detach() for k, v in d.items()}, flops=flops)
+    terms["acc"] = (res.logits.argmax(1) == yb).float().mean()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    return terms
+
+
 def evaluate(model: CifarResNet, test: Split, device: torch.device) -> dict[str, Any]:
     logits, z = collect_paths(model, test.x, 500, device)
     res: dict[str, Any] = {"test_accuracy": float((logits.argmax(1) == test.y).float().mean())}
@@ -127,6 +149,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        if decouple and epoch >= cfg.epochs - cfg.hard_epochs:
+            model.set_gate_training(noise_std=0.0, p_hard=1.0)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # gate noise
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(y_train), generator=gen)
@@ -142,26 +166,11 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
             idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size]
             xb = augment(x_train[idx], gen).to(dev).contiguous(memory_format=torch.channels_last)
             yb = y_train[idx].to(dev)
-            res = model.forward_paths(xb)
-            ce = F.cross_entropy(res.logits, yb)
-            terms = {"ce": ce.detach()}
-            loss = ce
-            if loss_mod is not None:
-                d = loss_mod(res, yb)
-                loss = ce + cfg.lambda_m * d["mi"] + cfg.lambda_k * d["kl"] + lambda_s * d["l1"]
-                with torch.no_grad():  # the cost the model would have at eval time (z = 1(s > 0))
-                    flops = float(macs_per_sample(model, [s > 0 for s in res.s]).mean()) / dense
-                if cfg.target_flops > 0:
-                    ramp = min(1.0, step / max(cfg.target_ramp_epochs * steps_per_epoch, 1))
-                    target = 1.0 - ramp * (1.0 - cfg.target_flops)
-                    lambda_s = max(0.0, lambda_s + cfg.dual_lr * (flops - target))
-                terms.update({k: v.detach() for k, v in d.items()}, flops=torch.tensor(flops))
-            terms["acc"] = (res.logits.argmax(1) == yb).float().mean()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
+            terms = train_step(model, loss_mod, optimizers, xb, yb, cfg, lambda_s, dense)
+            if loss_mod is not None and cfg.target_flops > 0:
+                ramp = min(1.0, step / max(cfg.target_ramp_epochs * steps_per_epoch, 1))
+                target = 1.0 - ramp * (1.0 - cfg.target_flops)
+                lambda_s = max(0.0, lambda_s + cfg.dual_lr * (float(terms["flops"]) - target) / steps_per_epoch)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if it % 20 == 0:

@@ -1,0 +1,49 @@
+# Every target sets up .venv itself (torch 2.14.1 + torchvision 0.29.1 come from the machine's local wheel cache).
+PY      := .venv/bin/python
+VENV_OK := .venv/.installed
+DATA    ?= .data
+SHARED  ?= ../shared/data
+DEVICE  ?= cpu
+
+.PHONY: run test test-all data train-dense train-decoupled stats bench clean
+
+$(VENV_OK): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Unpack the shared JPEG CIFAR-10 once (gives $(DATA)/train/<class>/*.jpg and $(DATA)/test/<class>/*.jpg).
+$(DATA)/test/.unpacked:
+	@test -f $(SHARED)/cifar10-jpeg-test.tar.gz || { echo "no $(SHARED)/cifar10-jpeg-*.tar.gz: set DATA= to a CIFAR-10 root"; exit 2; }
+	mkdir -p $(DATA)
+	tar -xzf $(SHARED)/cifar10-jpeg-test.tar.gz -C $(DATA)
+	tar -xzf $(SHARED)/cifar10-jpeg-train.tar.gz -C $(DATA)
+	touch $@
+data: $(DATA)/test/.unpacked
+
+# Main job (until the HTTP service exists): classify a few real test images with the shipped decoupled model.
+run: $(VENV_OK) data
+	.venv/bin/dnd predict --model models/resnet20-decoupled $(DATA)/test/cat/0000.jpg $(DATA)/test/ship/0001.jpg $(DATA)/test/frog/0002.jpg
+
+test: $(VENV_OK)
+	@if [ -f $(SHARED)/cifar10-jpeg-test.tar.gz ]; then $(MAKE) --no-print-directory data; fi
+	$(PY) -m pytest -q
+
+test-all: $(VENV_OK) data
+	$(PY) -m pytest -q -m ''
+
+# The shipped bundles, exactly as they were produced (≈ 1 h + 40 min on 2 CPU cores).
+train-dense: $(VENV_OK) data
+	.venv/bin/dnd train --data $(DATA) --out models/resnet20-dense --device $(DEVICE) --resume
+train-decoupled: $(VENV_OK) data
+	.venv/bin/dnd train --data $(DATA) --out models/resnet20-decoupled --decouple --init models/resnet20-dense --device $(DEVICE) --resume
+stats: $(VENV_OK) data
+	.venv/bin/dnd stats --model models/resnet20-dense --data $(DATA)
+	.venv/bin/dnd stats --model models/resnet20-decoupled --data $(DATA)
+
+bench: $(VENV_OK)
+	$(PY) bench/train_epoch.py
+
+clean:
+	rm -rf .venv .pytest_cache

@@ -1,0 +1,57 @@
+"""Cost of one training epoch, decoupled vs dense, measured side by side in one run.
+
+Times the real optimisation step (training.train.train_step: forward with paths, all loss terms, backward,
+SGD + Adam) on the same batches, alternating dense and decoupled rounds so machine noise hits both alike.
+Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratio (target <= 1.5x).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from detector.config import ModelConfig
+from detector.losses import DecouplingLoss
+from detector.model import build_model
+from detector.stats import dense_macs
+from training.config import make_config
+from training.train import make_optimizers, train_step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=5, help="steps per round and model")
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    setups = {}
+    for name, decouple in (("dense", False), ("decoupled", True)):
+        cfg = make_config(decouple, {"batch_size": a.batch_size})
+        model = build_model(ModelConfig(decoupled=decouple)).to(memory_format=torch.channels_last).train()
+        loss = DecouplingLoss([u.cout for u in model.units()], 10) if decouple else None
+        setups[name] = (model, loss, make_optimizers(model, loss, cfg), cfg, dense_macs(model))
+    x = torch.rand(a.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (a.batch_size,))
+    times: dict[str, list[float]] = {k: [] for k in setups}
+    for r in range(a.rounds + 1):  # round 0 is warm-up
+        for name, (model, loss, opts, cfg, dense) in setups.items():
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                train_step(model, loss, opts, x, y, cfg, 1.0, dense)
+            if r:
+                times[name].append((time.perf_counter() - t0) / a.steps)
+    print(f"threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:10s} {v * 1e3:7.1f} ms/step   epoch (50,000 images) ~{v * 50_000 / a.batch_size:6.1f} s")
+    print(f"decoupled / dense training cost: {med['decoupled'] / med['dense']:.2f}x (target <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The committed bundles reproduce their metrics.json on the real JPEG CIFAR-10 test set.
+
+Needs the data unpacked (`make data`, or DND_TEST_DATA=ROOT); skips cleanly without it."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector import load_model
+from detector.data import load_split
+from detector.stats import compute_stats
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DND_TEST_DATA", REPO / ".data"))
+BUNDLES = [REPO / "models" / n for n in ("resnet20-dense", "resnet20-decoupled")]
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    if not (DATA / "test").is_dir() and not (DATA / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"CIFAR-10 not unpacked at {DATA} (run `make data` or set DND_TEST_DATA)")
+    return load_split(DATA, "test")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_metrics_regenerate(bundle: Path, test_split) -> None:
+    if not (bundle / "metrics.json").is_file():
+        pytest.skip(f"{bundle.name} not shipped yet")
+    torch.set_num_threads(2)
+    recorded = json.loads((bundle / "metrics.json").read_text())
+    assert recorded["data_test_fingerprint"] == test_split.fingerprint, "metrics.json was computed on other data"
+    now = compute_stats(load_model(bundle), test_split.x, test_split.y)
+    assert now["n_images"] == 10_000
+    assert now["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=2e-4)  # float summation order only
+    assert now["flops_ratio"] == pytest.approx(recorded["flops_ratio"], abs=1e-3)
+    assert now["filter_states"]["total"] == recorded["filter_states"]["total"] == 672
+    for k in ("activated", "silent", "dynamic"):
+        assert abs(now["filter_states"][k] - recorded["filter_states"][k]) <= 2
