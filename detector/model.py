@@ -29,40 +29,47 @@ class PathOutput:
 
 
 class ConvUnit(nn.Module):
-    """3x3 conv + BN, its output channels masked by a gate that reads the conv's input."""
+    """3x3 conv + BN (+ ReLU if `relu`), its output channels masked by a gate that reads the conv's input."""
 
-    def __init__(self, cin: int, cout: int, stride: int, out_hw: int, cfg: ModelConfig) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, out_hw: int, cfg: ModelConfig, relu: bool) -> None:
         super().__init__()
-        self.cin, self.cout, self.out_hw = cin, cout, out_hw
+        self.cin, self.cout, self.out_hw, self.relu = cin, cout, out_hw, relu
         self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.noise_std, self.p_hard = cfg.gate_noise_std, 0.5  # training-time SemHash settings (see gates.py)
         self.gate = Gate(cin, cout, cfg.gate_reduction, cfg.gate_bias_init) if cfg.decoupled else None
 
-    def forward(self, x: Tensor, rec: PathOutput | None = None) -> Tensor:
+    def forward(self, x: Tensor, rec: PathOutput | None = None, x_pooled: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        """x (N, C_in, H, W) -> (output (N, C_out, H', W'), its spatial mean (N, C_out) when known for free).
+
+        x_pooled, if given, is x's spatial mean, so the gate need not pool x again."""
         y = self.bn(self.conv(x))
+        a = F.relu(y) if self.relu else y
         if self.gate is None:
-            return y
-        s = self.gate(x)
+            return a, None
+        s = self.gate(x.mean(dim=(2, 3)) if x_pooled is None else x_pooled)
         z = semhash(s, self.noise_std, self.training, self.p_hard)
+        # mean(relu(y) * z) == mean(relu(y)) * z as z is constant per channel: the next gate's input, for free
+        a_pooled = a.mean(dim=(2, 3)) if self.relu else None
         if rec is not None:
             rec.s.append(s)
             rec.z.append(z)
-            rec.energy.append(F.relu(y).mean(dim=(2, 3)))
-        return y * z[:, :, None, None]
+            rec.energy.append(a_pooled if a_pooled is not None else F.relu(y).mean(dim=(2, 3)))
+        return a * z[:, :, None, None], (a_pooled * z if a_pooled is not None else None)
 
 
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, out_hw: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.unit1 = ConvUnit(cin, cout, stride, out_hw, cfg)
-        self.unit2 = ConvUnit(cout, cout, 1, out_hw, cfg)
+        self.unit1 = ConvUnit(cin, cout, stride, out_hw, cfg, relu=True)
+        self.unit2 = ConvUnit(cout, cout, 1, out_hw, cfg, relu=False)  # its ReLU comes after the residual add
         self.stride = stride
         self.pad = cout - cin  # option A: identity shortcut, subsampled and zero-padded in channels
 
     def forward(self, x: Tensor, rec: PathOutput | None = None) -> Tensor:
-        h = F.relu(self.unit1(x, rec))
-        h = self.unit2(h, rec)
+        h, h_pooled = self.unit1(x, rec)
+        h, _ = self.unit2(h, rec, h_pooled)
         sc = x
         if self.stride != 1 or self.pad:
             sc = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))

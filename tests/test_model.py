@@ -118,3 +118,17 @@ def test_hard_training_phase_uses_eval_paths_with_soft_gradient() -> None:
         assert torch.equal(z.detach(), (s > 0).float())
     sum(z.sum() for z in out.z).backward()
     assert all(u.gate.fc2.bias.grad is not None and u.gate.fc2.bias.grad.abs().sum() > 0 for u in m.units())
+
+
+def test_reused_pooled_input_equals_pooling_the_real_input() -> None:
+    m = _decoupled().eval()
+    with torch.no_grad():
+        for u in m.units():  # shut some filters so the masked pooling is exercised
+            u.gate.fc2.bias.sub_(torch.linspace(0, 3, u.cout))
+    seen = []
+    hooks = [b.unit2.register_forward_hook(lambda mod, args, out: seen.append((mod, args[0]))) for b in m.blocks]
+    out = m.forward_paths(torch.rand(4, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    for k, (unit, x) in enumerate(seen):
+        torch.testing.assert_close(unit.gate(x.mean(dim=(2, 3))), out.s[2 * k + 1], rtol=1e-5, atol=1e-5)

@@ -53,10 +53,10 @@ def make_optimizers(model: CifarResNet, loss: DecouplingLoss | None, cfg: TrainC
         (gates if ".gate." in name else decay if p.ndim > 1 else no_decay).append(p)
     sgd = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay, "peak": cfg.lr},
                            {"params": no_decay, "weight_decay": 0.0, "peak": cfg.lr}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True, foreach=True)
     if loss is None:
         return [sgd]
-    adam = torch.optim.Adam([{"params": gates + list(loss.parameters()), "peak": cfg.gate_lr}], lr=cfg.gate_lr)
+    adam = torch.optim.Adam([{"params": gates + list(loss.parameters()), "peak": cfg.gate_lr}], lr=cfg.gate_lr, foreach=True)
     return [sgd, adam]
 
 
