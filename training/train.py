@@ -189,7 +189,14 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         save_checkpoint(ckpt_dir, modules, optimizers, {"epoch": epoch, "lambda_s": lambda_s, "history": history,
                                                   "train": cfg.to_dict(), "model": model_cfg.to_dict()})
 
-    extra = {"phase": "decoupled" if decouple else "dense", "train": cfg.to_dict(), "seed": cfg.seed,
+    gates_moved = None
+    if decouple:  # the failure this project already paid for: every gate open (or shut) at eval time
+        fs = history[-1]["filter_states"]
+        gates_moved = fs["dynamic"] > 0 and history[-1]["flops_ratio"] < 0.99
+        if not gates_moved:
+            print(f"WARNING: the gates did not move (filter states {fs}, FLOPs ratio {history[-1]['flops_ratio']:.3f}): "
+                  "this bundle does not decouple anything; do not use it for path-based detection", flush=True)
+    extra = {"phase": "decoupled" if decouple else "dense", "gates_moved": gates_moved, "train": cfg.to_dict(), "seed": cfg.seed,
              "data": {"root": str(data), "train_fingerprint": train_set.fingerprint,
                       "test_fingerprint": test_set.fingerprint, "train_images": len(y_train)},
              "init": {"path": str(init), "weights_sha256": file_sha256(Path(init) / WEIGHTS)} if init else None,
