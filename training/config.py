@@ -37,7 +37,7 @@ class TrainConfig:
 
 
 # Fine-tuning the decoupled network starts from trained dense weights: fewer epochs and a lower peak LR.
-DECOUPLE_DEFAULTS: dict[str, Any] = {"epochs": 12, "lr": 0.03, "warmup_epochs": 0.5}
+DECOUPLE_DEFAULTS: dict[str, Any] = {"epochs": 10, "lr": 0.03, "warmup_epochs": 0.5}
 
 
 def make_config(decouple: bool, overrides: dict[str, Any]) -> TrainConfig:
