@@ -44,6 +44,9 @@ def _cmd_stats(a: argparse.Namespace) -> None:
              **compute_stats(model, test.x, test.y, device=a.device)}
     out = Path(a.out) if a.out else Path(a.model) / "metrics.json"
     write_json(out, stats)
+    from training.plots import plot_filter_states
+
+    plot_filter_states(stats, out.with_name("filter_states.png"))
     fs = stats["filter_states"]
     print(f"test accuracy {stats['test_accuracy']:.4f} | MACs {stats['mean_macs'] / 1e6:.2f}M of "
           f"{stats['dense_macs'] / 1e6:.2f}M (ratio {stats['flops_ratio']:.3f}) | filters activated {fs['activated']}, "

@@ -43,6 +43,7 @@ def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) 
     metrics = tmp_path / "metrics.json"
     assert main(["stats", "--model", str(out), "--data", str(data), "--out", str(metrics)]) == 0
     m = json.loads(metrics.read_text())
+    assert (tmp_path / "filter_states.png").stat().st_size > 1000
     assert m["n_images"] == 100 and m["dense_macs"] == 40_551_040
     assert {"test_accuracy", "mean_macs", "flops_ratio", "filter_states", "per_layer", "parameters_without_silent"} <= set(m)
     # the dense weights were really the starting point: non-gate tensors moved only by the fine-tune

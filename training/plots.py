@@ -32,3 +32,29 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_filter_states(stats: dict[str, Any], path: Path) -> None:
+    """Per gated layer: activated / dynamic / silent filters (stacked) and the mean share of open filters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = stats["per_layer"]
+    idx = [l["layer"] + 1 for l in layers]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    bottom = [0.0] * len(layers)
+    for key, colour in (("activated", "tab:green"), ("dynamic", "tab:orange"), ("silent", "tab:gray")):
+        share = [l[key] / l["filters"] for l in layers]
+        ax.bar(idx, share, bottom=bottom, color=colour, label=f"{key} ({stats['filter_states'][key]})")
+        bottom = [b + v for b, v in zip(bottom, share)]
+    ax.plot(idx, [l["density"] for l in layers], "k.-", label="mean share open")
+    fs = stats["filter_states"]
+    ax.set(xlabel="gated conv layer", ylabel="share of the layer's filters", ylim=(0, 1.05), xticks=idx,
+           title=f"filter states on {stats['n_images']} test images: FLOPs ratio {stats['flops_ratio']:.3f}, "
+                 f"accuracy {stats['test_accuracy']:.4f}, {fs['dynamic']}/{fs['total']} dynamic")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
