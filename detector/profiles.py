@@ -1,0 +1,87 @@
+"""Per-class reference paths: how often each filter of each gated layer fires for clean images of a class.
+
+Built from correctly classified *training* images. The signature of a class is the binary path of the filters
+that fire for at least half of its images. Stored in the bundle as one safetensors file whose metadata holds the
+JSON description (model weights hash, data fingerprint, images per class, creation time), so one rename replaces
+the profiles atomically: a crash mid-way leaves the previous profiles intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .bundle import WEIGHTS, file_sha256
+from .model import CifarResNet
+from .stats import collect_paths
+
+PROFILES = "profiles.safetensors"
+_META_KEY = "dnd_profiles"
+
+
+@dataclass(frozen=True)
+class PathProfiles:
+    freq: list[Tensor]  # L x (K, C_l) float32: share of the class's images for which each filter is open
+    counts: Tensor      # (K,) int64: images per class the profile was built from
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def signatures(self, level: float = 0.5) -> list[Tensor]:
+        """Binary reference path per class: L x (K, C_l) bool, filters open for >= `level` of the class."""
+        return [f >= level for f in self.freq]
+
+
+def build_profiles(model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 500,
+                   device: str | torch.device = "cpu") -> PathProfiles:
+    """Profiles from images x (N, 3, 32, 32) (uint8 or [0,1] float) with labels y (N,); only the correctly
+    classified ones count, so a profile describes how the model *succeeds* on a class."""
+    if not model.cfg.decoupled:
+        raise ValueError("path profiles need a decoupled model (one with gates); this bundle is dense")
+    logits, z = collect_paths(model, x, batch_size, device)
+    ok = logits.argmax(1) == y
+    k = model.cfg.num_classes
+    counts = torch.stack([(ok & (y == c)).sum() for c in range(k)])
+    if (counts == 0).any():
+        missing = [model.cfg.classes[c] for c in range(k) if counts[c] == 0]
+        raise ValueError(f"no correctly classified images of class(es) {missing}; expected at least one per class")
+    freq = [torch.stack([zl[ok & (y == c)].float().mean(0) for c in range(k)]) for zl in z]
+    return PathProfiles(freq, counts.long(), {"images_correct": int(ok.sum()), "images_seen": len(y)})
+
+
+def save_profiles(profiles: PathProfiles, bundle: str | os.PathLike, data_fingerprint: str) -> Path:
+    """Write BUNDLE/profiles.safetensors for the weights currently in BUNDLE (write to a temp file, then rename)."""
+    bundle = Path(bundle)
+    meta = {**profiles.meta, "model_weights_sha256": file_sha256(bundle / WEIGHTS), "data_fingerprint": data_fingerprint,
+            "images_per_class": profiles.counts.tolist(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "layers": len(profiles.freq)}
+    tensors = {f"freq.{l}": f.contiguous() for l, f in enumerate(profiles.freq)} | {"counts": profiles.counts}
+    tmp = bundle / f".{PROFILES}.tmp{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+    os.replace(tmp, bundle / PROFILES)
+    return bundle / PROFILES
+
+
+def load_profiles(bundle: str | os.PathLike) -> PathProfiles:
+    """Load BUNDLE/profiles.safetensors; refuses profiles built for other weights than BUNDLE's model."""
+    bundle = Path(bundle)
+    path = bundle / PROFILES
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: build it with `dnd profiles --model {bundle} --data ROOT`")
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    weights = file_sha256(bundle / WEIGHTS)
+    if meta.get("model_weights_sha256") != weights:
+        raise ValueError(f"{path} was built for model weights {str(meta.get('model_weights_sha256'))[:12]}..., but "
+                         f"{bundle / WEIGHTS} is {weights[:12]}...; rebuild with `dnd profiles --model {bundle}`")
+    n = meta["layers"]
+    if set(tensors) != {f"freq.{l}" for l in range(n)} | {"counts"}:
+        raise ValueError(f"{path}: expected tensors freq.0..freq.{n - 1} and counts, found {sorted(tensors)}")
+    return PathProfiles([tensors[f"freq.{l}"] for l in range(n)], tensors["counts"], meta)
