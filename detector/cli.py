@@ -64,7 +64,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     for path in a.images:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            resized = im.size != (32, 32)
+            size = im.size
+            resized = size != (32, 32)
             if resized:
                 im = im.resize((32, 32), Image.BILINEAR)
             x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float().div(255).to(a.device)
@@ -73,7 +74,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         p = out.logits.softmax(1)[0]
         k = int(p.argmax())
         rec = {"image": str(path), "label": model.cfg.classes[k], "class_index": k, "probability": round(float(p[k]), 4),
-               "resized_from": None if not resized else list(Image.open(path).size)}
+               "resized_from": list(size) if resized else None}
         if out.z:
             rec["open_filters_per_layer"] = [int(z.sum()) for z in out.z]
             rec["path_density"] = round(float(sum(int(z.sum()) for z in out.z) / sum(z.shape[1] for z in out.z)), 4)

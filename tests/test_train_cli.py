@@ -91,3 +91,16 @@ def test_bad_data_path_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.Captu
 def test_decouple_without_init_is_refused(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "o"), "--decouple"]) == 2
     assert "--init" in capsys.readouterr().err
+
+
+def test_predict_prints_label_and_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    from detector import ModelConfig, build_model, save_bundle
+
+    save_bundle(build_model(ModelConfig(decoupled=True)).eval(), tmp_path / "b", {})
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    assert main(["predict", "--model", str(tmp_path / "b"), str(tmp_path / "red.png")]) == 0
+    rec = json.loads(capsys.readouterr().out.strip())
+    assert rec["label"] in ModelConfig().classes and rec["resized_from"] == [40, 30]
+    assert len(rec["open_filters_per_layer"]) == 18 and 0 <= rec["path_density"] <= 1
