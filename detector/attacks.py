@@ -1,0 +1,92 @@
+"""Adversarial sets with torchattacks (FGSM, PGD, CW-L2, DeepFool), attacking only correctly classified images.
+
+Positives for detection are the *successful* attacks; negatives the clean, correctly classified images.
+The model is attacked as is (logits from [0, 1] input; eval mode, so paths are the deterministic z = 1(s > 0)).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm import tqdm
+
+# name -> (torchattacks class name, default parameters); Linf budgets are in [0, 1] pixel units.
+ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "fgsm": ("FGSM", {"eps": 8 / 255}),
+    "pgd": ("PGD", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "random_start": True}),
+    "cw": ("CW", {"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}),
+    "deepfool": ("DeepFool", {"steps": 50, "overshoot": 0.02}),
+}
+
+
+@dataclass
+class AttackSet:
+    name: str
+    params: dict[str, Any]
+    x_clean: Tensor   # (N, 3, 32, 32) float in [0, 1]: correctly classified clean images
+    y: Tensor         # (N,) their true labels
+    x_adv: Tensor     # (N, 3, 32, 32) float in [0, 1]: attacked versions
+    success: Tensor   # (N,) bool: the attacked image is misclassified
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if len(self.success) else 0.0
+
+
+def make_attack(name: str, model: torch.nn.Module, **overrides: Any):  # noqa: ANN201 (torchattacks.Attack)
+    import torchattacks
+
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
+    cls, params = ATTACKS[name]
+    return getattr(torchattacks, cls)(model, **{**params, **overrides})
+
+
+def run_attack(model: torch.nn.Module, name: str, x: Tensor, y: Tensor, batch_size: int = 250, seed: int = 0,
+               device: str | torch.device = "cpu", **overrides: Any) -> AttackSet:
+    """Attack the correctly classified images among x (N, 3, 32, 32; uint8 or [0,1] float) with labels y (N,)."""
+    model = model.to(device).eval()
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    with torch.inference_mode():
+        pred = torch.cat([model(x[i:i + 500].to(device)).argmax(1).cpu() for i in range(0, len(x), 500)])
+    keep = pred == y
+    x, y = x[keep], y[keep]
+    attack = make_attack(name, model, **overrides)
+    torch.manual_seed(seed)  # PGD's random start
+    advs = []
+    for i in tqdm(range(0, len(x), batch_size), desc=f"attack {name}", unit="batch", leave=False):
+        advs.append(attack(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).detach().cpu())
+    x_adv = torch.cat(advs) if advs else x.clone()
+    with torch.inference_mode():
+        adv_pred = torch.cat([model(x_adv[i:i + 500].to(device)).argmax(1).cpu() for i in range(0, len(x_adv), 500)]) \
+            if len(x_adv) else y.clone()
+    params = {**ATTACKS[name][1], **overrides}
+    return AttackSet(name, params, x, y, x_adv, adv_pred != y, {"seed": seed, "attacked": int(keep.sum()),
+                                                               "offered": len(keep)})
+
+
+def save_attack_set(s: AttackSet, path: str | os.PathLike) -> Path:
+    """One safetensors file; name, parameters and meta in its metadata. Written to a temp file, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"name": s.name, "params": s.params, "meta": s.meta, "success_rate": s.success_rate}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({"x_clean": s.x_clean.contiguous(), "y": s.y, "x_adv": s.x_adv.contiguous(), "success": s.success},
+              str(tmp), metadata={"dnd_attack": json.dumps(meta)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_attack_set(path: str | os.PathLike) -> AttackSet:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["dnd_attack"])
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    return AttackSet(meta["name"], meta["params"], t["x_clean"], t["y"], t["x_adv"], t["success"], meta["meta"])

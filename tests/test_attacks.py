@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector import ModelConfig, build_model
+from detector.attacks import load_attack_set, run_attack, save_attack_set
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(decoupled=True)).eval()
+    x = torch.rand(24, 3, 32, 32)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    y[:4] = (y[:4] + 1) % 10  # 4 misclassified images: never attacked
+    return m, x, y
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+def test_linf_attacks_stay_in_eps_ball_and_unit_box(model_and_data, name: str) -> None:
+    m, x, y = model_and_data
+    s = run_attack(m, name, x, y, batch_size=8)
+    assert len(s.y) == 20 and s.meta == {"seed": 0, "attacked": 20, "offered": 24}
+    assert torch.equal(s.x_clean, x[4:]) and torch.equal(s.y, y[4:])
+    assert s.x_adv.min() >= 0 and s.x_adv.max() <= 1
+    assert (s.x_adv - s.x_clean).abs().max() <= 8 / 255 + 1e-6
+    assert (s.x_adv != s.x_clean).any()
+    with torch.no_grad():
+        assert torch.equal(s.success, m(s.x_adv).argmax(1) != s.y)
+
+
+@pytest.mark.parametrize("name,kw", [("cw", {"steps": 3}), ("deepfool", {"steps": 2})])
+def test_l2_attacks_run_and_stay_in_unit_box(model_and_data, name: str, kw: dict) -> None:
+    m, x, y = model_and_data
+    s = run_attack(m, name, x[4:8], y[4:8], **kw)
+    assert s.x_adv.shape == (4, 3, 32, 32) and s.x_adv.min() >= 0 and s.x_adv.max() <= 1
+    assert s.params["steps"] == kw["steps"]
+
+
+def test_attack_set_round_trip(model_and_data, tmp_path: Path) -> None:
+    m, x, y = model_and_data
+    s = run_attack(m, "fgsm", x, y)
+    t = load_attack_set(save_attack_set(s, tmp_path / "fgsm.safetensors"))
+    assert t.name == "fgsm" and t.params["eps"] == pytest.approx(8 / 255)
+    assert torch.equal(t.x_adv, s.x_adv) and torch.equal(t.success, s.success)
+
+
+def test_unknown_attack_is_refused(model_and_data) -> None:
+    m, x, y = model_and_data
+    with pytest.raises(ValueError, match="unknown attack 'bim'.*fgsm"):
+        run_attack(m, "bim", x, y)
