@@ -17,6 +17,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from .data import to_unit_float
+
 # name -> (torchattacks class name, default parameters); Linf budgets are in [0, 1] pixel units.
 ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
     "fgsm": ("FGSM", {"eps": 8 / 255}),
@@ -50,14 +52,17 @@ def make_attack(name: str, model: torch.nn.Module, **overrides: Any):  # noqa: A
     return getattr(torchattacks, cls)(model, **{**params, **overrides})
 
 
+@torch.inference_mode()
+def _predict(model: torch.nn.Module, x: Tensor, device: str | torch.device, batch_size: int = 500) -> Tensor:
+    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+
+
 def run_attack(model: torch.nn.Module, name: str, x: Tensor, y: Tensor, batch_size: int = 250, seed: int = 0,
                device: str | torch.device = "cpu", **overrides: Any) -> AttackSet:
     """Attack the correctly classified images among x (N, 3, 32, 32; uint8 or [0,1] float) with labels y (N,)."""
     model = model.to(device).eval()
-    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-    with torch.inference_mode():
-        pred = torch.cat([model(x[i:i + 500].to(device)).argmax(1).cpu() for i in range(0, len(x), 500)])
-    keep = pred == y
+    x = to_unit_float(x)
+    keep = _predict(model, x, device) == y
     x, y = x[keep], y[keep]
     attack = make_attack(name, model, **overrides)
     torch.manual_seed(seed)  # PGD's random start
@@ -65,9 +70,7 @@ def run_attack(model: torch.nn.Module, name: str, x: Tensor, y: Tensor, batch_si
     for i in tqdm(range(0, len(x), batch_size), desc=f"attack {name}", unit="batch", leave=False):
         advs.append(attack(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).detach().cpu())
     x_adv = torch.cat(advs) if advs else x.clone()
-    with torch.inference_mode():
-        adv_pred = torch.cat([model(x_adv[i:i + 500].to(device)).argmax(1).cpu() for i in range(0, len(x_adv), 500)]) \
-            if len(x_adv) else y.clone()
+    adv_pred = _predict(model, x_adv, device) if len(x_adv) else y.clone()
     params = {**ATTACKS[name][1], **overrides}
     return AttackSet(name, params, x, y, x_adv, adv_pred != y, {"seed": seed, "attacked": int(keep.sum()),
                                                                "offered": len(keep)})

@@ -40,9 +40,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def float(self) -> torch.Tensor:
-        """Images as float32 in [0, 1], (N, 3, 32, 32)."""
-        return self.x.float().div_(255)
+
+
+def to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    """Images as float32 in [0, 1]: uint8 pixels are scaled, float input is taken as already in [0, 1]."""
+    return x.float().div(255) if x.dtype == torch.uint8 else x.float()
 
 
 def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
@@ -83,7 +85,7 @@ def _cache_dir() -> Path:
 
 def _load_folder(d: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     classes = tuple(sorted(p.name for p in d.iterdir() if p.is_dir()))
-    files = [(c, p) for i, c in enumerate(classes) for p in sorted((d / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    files = [(c, p) for c in classes for p in sorted((d / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DataLayoutError(f"{d} holds no images in class folders; {LAYOUT_HELP}")
     # The cache key covers names, sizes and mtimes, so an edited folder is decoded again.

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .data import to_unit_float
 from .model import CifarResNet, INPUT_HW
 
 
@@ -56,7 +57,7 @@ def collect_paths(model: CifarResNet, x: Tensor, batch_size: int = 500, device: 
     logits, paths = [], []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(device)
-        xb = xb.float().div(255) if xb.dtype == torch.uint8 else xb.float()
+        xb = to_unit_float(xb)
         out = model.forward_paths(xb.contiguous(memory_format=torch.channels_last))
         logits.append(out.logits.float().cpu())
         paths.append([z.bool().cpu() for z in out.z])

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from detector.bundle import file_sha256, load_model, read_config, save_bundle, write_json, WEIGHTS
 from detector.config import ModelConfig
-from detector.data import Split, load_split
+from detector.data import Split, load_split, to_unit_float
 from detector.losses import DecouplingLoss
 from detector.model import CifarResNet, build_model
 from detector.stats import collect_paths, dense_macs, filter_states, macs_per_sample
@@ -124,7 +124,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     if cfg.eval_limit:
         idx = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_limit]
         test_set = Split(test_set.x[idx], test_set.y[idx], test_set.classes, test_set.fingerprint)
-    x_train = x_train.float().div_(255)
+    x_train = to_unit_float(x_train)
 
     model = build_model(model_cfg)
     if decouple:
