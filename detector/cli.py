@@ -15,7 +15,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="CIFAR-10 root: torchvision layout or train/ + test/ image folders")
     p.add_argument("--out", required=True, help="bundle directory to write (checkpoints go to OUT/checkpoint)")
     p.add_argument("--decouple", action="store_true", help="add gates and fine-tune from --init")
-    p.add_argument("--init", help="dense bundle to start the decoupled fine-tune from")
+    p.add_argument("--init", help="bundle to start from: dense (gates are new) or decoupled (a further fine-tuning stage)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -81,6 +81,69 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         print(json.dumps(rec))
 
 
+def _cmd_profiles(a: argparse.Namespace) -> None:
+    from detector.bundle import load_model
+    from detector.calibration import balanced_subset, calibrate, split_test
+    from detector.data import load_split
+    from detector.profiles import build_profiles, save_profiles
+
+    model = load_model(a.model, a.device)
+    train, test = load_split(a.data, "train"), load_split(a.data, "test")
+    profiles = build_profiles(model, train.x, train.y, device=a.device)
+    cal_idx, _ = split_test(test.y, model.cfg.num_classes)
+    cal_idx = balanced_subset(cal_idx, test.y, a.calib_limit, model.cfg.num_classes)
+    profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], _names(a.calib_attacks), a.fpr, a.device)
+    path = save_profiles(profiles, a.model, f"train:{train.fingerprint} test:{test.fingerprint}")
+    c = profiles.meta["calibration"]
+    print(f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
+          f"{c['n_clean']} clean + {c['n_attacked']} attacked calibration images ({', '.join(c['attacks'])}); threshold "
+          f"{profiles.meta['threshold']:.4f} at target FPR {a.fpr} (achieved {c['fpr_achieved']}) | wrote {path}")
+
+
+def _names(csv: str) -> list[str]:
+    from detector.attacks import ATTACKS
+
+    names = [n.strip().lower() for n in csv.split(",") if n.strip()]
+    bad = [n for n in names if n not in ATTACKS]
+    if bad or not names:
+        raise ValueError(f"unknown attack(s) {bad or csv!r}; expected a comma-separated list of {sorted(ATTACKS)}")
+    return names
+
+
+def _cmd_attack(a: argparse.Namespace) -> None:
+    from detector.attacks import run_attack, save_attack_set
+    from detector.bundle import load_model
+    from detector.calibration import balanced_subset, split_test
+    from detector.data import load_split
+
+    model = load_model(a.model, a.device)
+    test = load_split(a.data, "test")
+    cal_idx, ev_idx = split_test(test.y, model.cfg.num_classes)
+    idx = balanced_subset({"calibration": cal_idx, "evaluation": ev_idx}[a.split], test.y, a.limit, model.cfg.num_classes)
+    for name in _names(a.attack):
+        s = run_attack(model, name, test.x[idx], test.y[idx], seed=a.seed, device=a.device)
+        path = save_attack_set(s, Path(a.out) / f"{name}.safetensors")
+        print(f"{name}: {int(s.success.sum())} of {len(s.y)} correctly classified {a.split} images misclassified after "
+              f"the attack (success rate {s.success_rate:.4f}), max Linf {float((s.x_adv - s.x_clean).abs().max()):.4f} "
+              f"| wrote {path}")
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from detector.api import load_detector
+    from detector.evaluation import DETECTORS, evaluate
+
+    det = load_detector(a.model, a.device, a.threshold)
+    r = evaluate(det, a.data, _names(a.attacks), a.out, a.limit, a.slow_limit, a.adaptive_limit, a.seed,
+                 not a.no_save_attacks)
+    print(f"clean accuracy {r['clean_accuracy']:.4f} on {r['evaluation_images']} evaluation images")
+    for name, at in r["attacks"].items():
+        aucs = ", ".join(f"{d} {at['detectors'][d]['auroc']:.3f}" for d in DETECTORS)
+        print(f"{name}: success {at['success_rate']:.3f} | AUROC {aucs}")
+    ad = r["adaptive"]
+    print(f"adaptive PGD: success {ad['success_rate']:.3f}, flagged {ad['tpr_at_threshold']}, accuracy kept "
+          f"{ad['accuracy_kept']:.3f} | wrote {Path(a.out) / 'report.json'}, report.md, roc.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dnd", description="Dynamic Neural Network Decoupling: adversarial-example detector")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,12 +157,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="models/resnet20-decoupled")
     p.add_argument("--device", default="cpu")
     p.add_argument("images", nargs="+")
+    p = sub.add_parser("profiles", help="class path profiles from train + `path` scorer and threshold from calibration")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate of the threshold (default 0.05)")
+    p.add_argument("--calib-attacks", default="fgsm,pgd", help="attacks the scorer is fitted against (default fgsm,pgd)")
+    p.add_argument("--calib-limit", type=int, default=2000, help="calibration images (class-balanced; 0 = all 5,000)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p = sub.add_parser("attack", help="adversarial sets (torchattacks) on correctly classified test images")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--attack", default="fgsm,pgd,cw,deepfool", help="comma-separated: fgsm, pgd, cw, deepfool")
+    p.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
+    p.add_argument("--limit", type=int, default=0, help="class-balanced number of images (0 = the whole split)")
+    p.add_argument("--out", required=True, help="directory for NAME.safetensors")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p = sub.add_parser("evaluate", help="ROC evaluation of `path` vs max-softmax and Mahalanobis, + adaptive attack")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--attacks", default="fgsm,pgd,cw,deepfool")
+    p.add_argument("--limit", type=int, default=0, help="evaluation images (class-balanced; 0 = all 5,000)")
+    p.add_argument("--slow-limit", type=int, default=500, help="evaluation images for the slow cw and deepfool (0 = all)")
+    p.add_argument("--adaptive-limit", type=int, default=1000, help="images for the adaptive attack")
+    p.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-save-attacks", action="store_true", help="do not keep OUT/attacks/*.safetensors")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
     a = parser.parse_args(argv)
     if getattr(a, "threads", 0):
         import torch
 
         torch.set_num_threads(a.threads)
-    handler = {"train": _cmd_train, "stats": _cmd_stats, "predict": _cmd_predict}[a.command]
+    handler = {"train": _cmd_train, "stats": _cmd_stats, "predict": _cmd_predict, "profiles": _cmd_profiles,
+               "attack": _cmd_attack, "evaluate": _cmd_evaluate}[a.command]
     try:
         handler(a)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

@@ -5,6 +5,8 @@ use it unwrapped. `model.forward_paths(x)` also returns the calculation path z o
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +39,7 @@ class ConvUnit(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.noise_std, self.p_hard = cfg.gate_noise_std, 0.5  # training-time SemHash settings (see gates.py)
+        self.straight_through = False  # eval-time gradient through z (adaptive attacks); see gates.semhash
         self.gate = Gate(cin, cout, cfg.gate_reduction, cfg.gate_bias_init) if cfg.decoupled else None
 
     def forward(self, x: Tensor, rec: PathOutput | None = None, x_pooled: Tensor | None = None
@@ -49,7 +52,7 @@ class ConvUnit(nn.Module):
         if self.gate is None:
             return a, None
         s = self.gate(x.mean(dim=(2, 3)) if x_pooled is None else x_pooled)
-        z = semhash(s, self.noise_std, self.training, self.p_hard)
+        z = semhash(s, self.noise_std, self.training, self.p_hard, self.straight_through)
         # mean(relu(y) * z) == mean(relu(y)) * z as z is constant per channel: the next gate's input, for free
         a_pooled = a.mean(dim=(2, 3)) if self.relu else None
         if rec is not None:
@@ -105,6 +108,18 @@ class CifarResNet(nn.Module):
         """SemHash settings used in training mode (eval mode is always z = 1(s > 0))."""
         for u in self.units():
             u.noise_std, u.p_hard = noise_std, p_hard
+
+    @contextmanager
+    def straight_through_paths(self) -> Iterator[None]:
+        """Within this block, eval-mode z keeps its exact binary value but passes v1's gradient back to the gates."""
+        units = self.units()
+        for u in units:
+            u.straight_through = True
+        try:
+            yield
+        finally:
+            for u in units:
+                u.straight_through = False
 
     def _run(self, x: Tensor, rec: PathOutput | None) -> tuple[Tensor, Tensor]:
         h = self.stem((x - self.mean) / self.std)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .bundle import WEIGHTS, file_sha256
 from .model import CifarResNet
+from .scoring import PathScorer
 from .stats import collect_paths
 
 PROFILES = "profiles.safetensors"
@@ -31,7 +32,8 @@ _META_KEY = "dnd_profiles"
 class PathProfiles:
     freq: list[Tensor]  # L x (K, C_l) float32: share of the class's images for which each filter is open
     counts: Tensor      # (K,) int64: images per class the profile was built from
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # + "threshold", "calibration" once calibrated
+    scorer: PathScorer | None = None  # the `path` score, fitted on a calibration split (see calibration.py)
 
     def signatures(self, level: float = 0.5) -> list[Tensor]:
         """Binary reference path per class: L x (K, C_l) bool, filters open for >= `level` of the class."""
@@ -56,12 +58,15 @@ def build_profiles(model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 5
 
 
 def save_profiles(profiles: PathProfiles, bundle: str | os.PathLike, data_fingerprint: str) -> Path:
-    """Write BUNDLE/profiles.safetensors for the weights currently in BUNDLE (write to a temp file, then rename)."""
+    """Write BUNDLE/profiles.safetensors for the weights currently in BUNDLE (write to a temp file, then rename).
+    Profiles, the fitted scorer and the threshold live in this one file, so one rename swaps them together."""
     bundle = Path(bundle)
     meta = {**profiles.meta, "model_weights_sha256": file_sha256(bundle / WEIGHTS), "data_fingerprint": data_fingerprint,
             "images_per_class": profiles.counts.tolist(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "layers": len(profiles.freq)}
     tensors = {f"freq.{l}": f.contiguous() for l, f in enumerate(profiles.freq)} | {"counts": profiles.counts}
+    if profiles.scorer is not None:
+        tensors |= {k: v.contiguous() for k, v in profiles.scorer.tensors().items()}
     tmp = bundle / f".{PROFILES}.tmp{os.getpid()}"
     save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
     os.replace(tmp, bundle / PROFILES)
@@ -82,6 +87,9 @@ def load_profiles(bundle: str | os.PathLike) -> PathProfiles:
         raise ValueError(f"{path} was built for model weights {str(meta.get('model_weights_sha256'))[:12]}..., but "
                          f"{bundle / WEIGHTS} is {weights[:12]}...; rebuild with `dnd profiles --model {bundle}`")
     n = meta["layers"]
-    if set(tensors) != {f"freq.{l}" for l in range(n)} | {"counts"}:
+    expected = {f"freq.{l}" for l in range(n)} | {"counts"}
+    scorer_keys = {k for k in tensors if k.startswith("scorer.")}
+    if set(tensors) - scorer_keys != expected:
         raise ValueError(f"{path}: expected tensors freq.0..freq.{n - 1} and counts, found {sorted(tensors)}")
-    return PathProfiles([tensors[f"freq.{l}"] for l in range(n)], tensors["counts"], meta)
+    scorer = PathScorer.from_tensors(tensors) if scorer_keys else None
+    return PathProfiles([tensors[f"freq.{l}"] for l in range(n)], tensors["counts"], meta, scorer)

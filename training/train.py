@@ -92,12 +92,16 @@ def evaluate(model: CifarResNet, test: Split, device: torch.device) -> dict[str,
     return res
 
 
-def init_from_dense(model: CifarResNet, init_dir: Path) -> None:
-    """Copy every non-gate weight from a dense bundle; the gates are the only new parameters."""
-    dense = load_model(init_dir)
-    if dense.cfg.decoupled:
-        raise ValueError(f"--init {init_dir} is already decoupled; expected a dense bundle")
-    missing, unexpected = model.load_state_dict(dense.state_dict(), strict=False)
+def init_weights(model: CifarResNet, init_dir: Path) -> None:
+    """Start from a bundle: a dense one gives every non-gate weight (the gates are the only new parameters); a
+    decoupled one gives everything, strictly (a second fine-tuning stage, e.g. more epochs on eval-time paths)."""
+    src = load_model(init_dir)
+    if src.cfg.decoupled:
+        if src.cfg != model.cfg:
+            raise ValueError(f"--init {init_dir} is decoupled with another architecture: {src.cfg} vs {model.cfg}")
+        model.load_state_dict(src.state_dict(), strict=True)
+        return
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
     bad = [k for k in missing if ".gate." not in k]
     if bad or unexpected:
         raise ValueError(f"--init {init_dir} does not fit this architecture: missing {bad[:5]}, unexpected {unexpected[:5]}")
@@ -128,7 +132,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
 
     model = build_model(model_cfg)
     if decouple:
-        init_from_dense(model, Path(init))
+        init_weights(model, Path(init))
     model = model.to(dev, memory_format=torch.channels_last)
     loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
     optimizers = make_optimizers(model, loss_mod, cfg)

@@ -1,0 +1,116 @@
+"""The one public entry point: `load_detector(bundle)` -> Detector, used by the CLI, the evaluation and the service.
+
+    det = load_detector("models/resnet20-decoupled")
+    out = det.predict(x)          # x: float (N, 3, 32, 32) in [0, 1]
+    out.labels, out.probs, out.scores, out.is_adversarial, out.per_layer
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .bundle import METRICS, file_sha256, load_model, read_config
+from .model import CifarResNet
+from .profiles import PROFILES, PathProfiles, load_profiles
+from .scoring import path_distances, path_features
+
+
+@dataclass
+class Prediction:
+    labels: Tensor          # (N,) int64 predicted class
+    probs: Tensor           # (N, K) softmax probabilities
+    scores: Tensor          # (N,) `path` attack score (higher = more likely attacked)
+    is_adversarial: Tensor  # (N,) bool: scores > threshold
+    per_layer: Tensor       # (N, L) Hamming distance of each layer's path to the predicted class's signature
+    per_layer_jaccard: Tensor  # (N, L) Jaccard distance, same layout
+    paths: list[Tensor]     # L x (N, C_l) bool: the calculation path (open filters)
+    features: Tensor        # (N, D) penultimate features (for the Mahalanobis baseline)
+    logits: Tensor          # (N, K)
+
+
+class Detector:
+    """A decoupled model plus its class path profiles, fitted `path` scorer and threshold."""
+
+    def __init__(self, model: CifarResNet, profiles: PathProfiles, bundle: Path, threshold: float | None = None) -> None:
+        if profiles.scorer is None or "threshold" not in profiles.meta:
+            raise ValueError(f"{bundle / PROFILES} has profiles but no calibrated scorer; "
+                             f"run `dnd profiles --model {bundle} --data ROOT` to build and calibrate it")
+        self.model, self.profiles, self.bundle = model, profiles, bundle
+        self.signatures = profiles.signatures()
+        self.calibrated_threshold = float(profiles.meta["threshold"])
+        self.threshold = self.calibrated_threshold if threshold is None else float(threshold)
+        self.classes = list(model.cfg.classes)
+        self.weights_sha256 = profiles.meta["model_weights_sha256"]
+        self.device = next(model.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    def info(self) -> dict[str, Any]:
+        """What a client needs to know about the loaded bundle (served as /v1/model)."""
+        metrics_path = self.bundle / METRICS
+        return {"name": self.name, "classes": self.classes, "threshold": self.threshold,
+                "calibrated_threshold": self.calibrated_threshold, "target_fpr": self.profiles.meta.get("target_fpr"),
+                "weights_sha256": self.weights_sha256, "profiles_sha256": self.profiles.meta.get("file_sha256"),
+                "profiles_created": self.profiles.meta.get("created"), "calibration": self.profiles.meta.get("calibration"),
+                "metrics": read_json_or_none(metrics_path)}
+
+    def _check(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (N, 3, 32, 32), found {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+            raise ValueError(f"expected images of shape (N, 3, 32, 32), found {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected float images in [0, 1], found dtype {x.dtype} (divide uint8 images by 255)")
+        if len(x) and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+            raise ValueError(f"expected values in [0, 1], found range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
+        """Classify and score float images x (N, 3, 32, 32) in [0, 1]. Results do not depend on batch_size."""
+        self._check(x)
+        self.model.eval()
+        parts = [self._predict_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)] or [self._predict_batch(x)]
+        if len(parts) == 1:
+            return parts[0]
+        cat = {k: torch.cat([getattr(p, k) for p in parts]) for k in
+               ("labels", "probs", "scores", "is_adversarial", "per_layer", "per_layer_jaccard", "features", "logits")}
+        paths = [torch.cat([p.paths[l] for p in parts]) for l in range(len(parts[0].paths))]
+        return Prediction(paths=paths, **cat)
+
+    def _predict_batch(self, xb: Tensor) -> Prediction:
+        out = self.model.forward_paths(xb.to(self.device, torch.float32))
+        labels = out.logits.argmax(1)
+        z = [zl.bool() for zl in out.z]
+        ham, jac = path_distances(z, labels, self.signatures)
+        scores = self.profiles.scorer.score(path_features(z, labels, self.profiles.freq))
+        return Prediction(labels=labels.cpu(), probs=out.logits.softmax(1).cpu(), scores=scores.cpu(),
+                          is_adversarial=(scores > self.threshold).cpu(), per_layer=ham.cpu(), per_layer_jaccard=jac.cpu(),
+                          paths=[zl.cpu() for zl in z], features=out.features.cpu(), logits=out.logits.cpu())
+
+
+def read_json_or_none(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu", threshold: float | None = None) -> Detector:
+    """Load BUNDLE (model.safetensors + config.json + profiles.safetensors). `threshold` overrides the calibrated one."""
+    bundle = Path(path)
+    cfg = read_config(bundle)
+    if not cfg["model"].get("decoupled"):
+        raise ValueError(f"{bundle} is a dense model: path-based detection needs a decoupled bundle (with gates)")
+    model = load_model(bundle, device)
+    profiles = load_profiles(bundle)
+    profiles.meta["file_sha256"] = file_sha256(bundle / PROFILES)
+    return Detector(model, profiles, bundle, threshold)
+
+
+__all__ = ["Detector", "Prediction", "load_detector"]

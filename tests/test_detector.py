@@ -1,0 +1,182 @@
+"""The detector pipeline end to end on tiny generated data: `dnd profiles`, `load_detector`, `dnd evaluate`."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector import load_detector
+from detector.adaptive import adaptive_pgd
+from detector.calibration import balanced_subset, split_test
+from detector.cli import main
+from detector.profiles import PROFILES, load_profiles
+from detector.scoring import PathScorer, path_distances, path_features, soft_path_distances
+
+from .conftest import write_image_folder
+
+TINY = ["--batch-size", "32", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("data"), n_train=30, n_test=10)
+
+
+@pytest.fixture(scope="module")
+def bundle(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["train", "--data", str(data), "--out", str(runs / "dense"), "--epochs", "6", "--lr", "0.05", *TINY]) == 0
+    assert main(["train", "--data", str(data), "--out", str(runs / "dec"), "--decouple", "--init", str(runs / "dense"),
+                 "--epochs", "2", "--target-flops", "0.7", "--target-ramp-epochs", "0.5", *TINY]) == 0
+    assert main(["profiles", "--model", str(runs / "dec"), "--data", str(data), "--calib-limit", "0"]) == 0
+    return runs / "dec"
+
+
+def test_profiles_carry_scorer_threshold_and_provenance(bundle: Path) -> None:
+    p = load_profiles(bundle)
+    assert p.scorer is not None and len(p.freq) == 18
+    assert {"threshold", "target_fpr", "calibration", "model_weights_sha256", "data_fingerprint", "images_per_class",
+            "created"} <= set(p.meta)
+    cal = p.meta["calibration"]
+    assert cal["attacks"] == ["fgsm", "pgd"] and cal["n_clean"] > 0 and cal["n_attacked"] > 0
+    assert cal["fpr_achieved"] <= 0.05
+
+
+def test_predict_outputs_and_batched_equals_unbatched(bundle: Path) -> None:
+    det = load_detector(bundle)
+    x = torch.rand(13, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    a, b = det.predict(x), det.predict(x, batch_size=4)
+    assert a.labels.shape == (13,) and a.probs.shape == (13, 10) and a.scores.shape == (13,)
+    assert a.per_layer.shape == (13, 18) and a.is_adversarial.dtype == torch.bool
+    assert torch.allclose(a.probs.sum(1), torch.ones(13))
+    assert torch.equal(a.is_adversarial, a.scores > det.threshold)
+    assert torch.equal(a.labels, b.labels) and torch.allclose(a.scores, b.scores, atol=1e-5)
+    assert all(torch.equal(p, q) for p, q in zip(a.paths, b.paths))
+    assert torch.equal(a.labels, det.model(x).argmax(1))  # det.model is the plain classifier
+
+
+def test_threshold_override(bundle: Path) -> None:
+    x = torch.rand(8, 3, 32, 32)
+    hi, lo = load_detector(bundle, threshold=1e9), load_detector(bundle, threshold=-1e9)
+    assert hi.threshold == 1e9 and not hi.predict(x).is_adversarial.any() and lo.predict(x).is_adversarial.all()
+
+
+@pytest.mark.parametrize("x, msg", [(torch.rand(2, 3, 28, 28), "shape"), (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "float"),
+                                    (torch.full((2, 3, 32, 32), 2.0), r"\[0, 1\]"), ("img", "Tensor")])
+def test_predict_rejects_bad_input_clearly(bundle: Path, x, msg: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=msg):
+        load_detector(bundle).predict(x)
+
+
+def test_profiles_of_other_weights_are_refused(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from detector.bundle import load_model, save_bundle
+
+    other = tmp_path / "other"
+    shutil.copytree(bundle, other)
+    m = load_model(other)
+    with torch.no_grad():
+        m.fc.bias.add_(0.1)
+    save_bundle(m, other, {})
+    with pytest.raises(ValueError, match="rebuild with `dnd profiles"):
+        load_detector(other)
+
+
+def test_dense_bundle_and_missing_profiles_give_clear_errors(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    dense = bundle.parent / "dense"
+    with pytest.raises(ValueError, match="dense"):
+        load_detector(dense)
+    bare = tmp_path / "bare"
+    shutil.copytree(bundle, bare)
+    (bare / PROFILES).unlink()
+    with pytest.raises(FileNotFoundError, match="dnd profiles"):
+        load_detector(bare)
+
+
+def test_interrupted_regenerate_leaves_old_profiles(bundle: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import detector.profiles as prof
+
+    before = (bundle / PROFILES).read_bytes()
+
+    def crash(tensors, path, metadata=None):  # writes half a file, then dies
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prof, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        main(["profiles", "--model", str(bundle), "--data", str(data), "--calib-limit", "20"])
+    assert (bundle / PROFILES).read_bytes() == before
+    load_detector(bundle)  # still loads
+    for tmp in bundle.glob(f".{PROFILES}.tmp*"):
+        tmp.unlink()
+
+
+def test_split_is_disjoint_balanced_and_deterministic() -> None:
+    y = torch.arange(10).repeat_interleave(7)[torch.randperm(70, generator=torch.Generator().manual_seed(1))]
+    cal, ev = split_test(y, 10)
+    assert len(set(cal.tolist()) & set(ev.tolist())) == 0 and len(cal) + len(ev) == 70
+    assert torch.bincount(y[cal], minlength=10).tolist() == [3] * 10
+    assert torch.equal(cal, split_test(y, 10)[0])
+    sub = balanced_subset(ev, y, 20, 10)
+    assert len(sub) == 20 and torch.bincount(y[sub], minlength=10).tolist() == [2] * 10
+
+
+def test_soft_distances_equal_hard_ones_on_binary_paths() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = [torch.rand(6, c, generator=g) > 0.5 for c in (4, 8)]
+    freq = [torch.rand(3, c, generator=g) for c in (4, 8)]
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    sig = [f >= 0.5 for f in freq]
+    for hard, soft in zip(path_distances(z, labels, sig), soft_path_distances([zl.float() for zl in z], labels, sig)):
+        assert torch.allclose(hard, soft)
+    assert torch.allclose(path_features(z, labels, freq), path_features([zl.float() for zl in z], labels, freq))
+
+
+def test_scorer_ranks_separable_data() -> None:
+    g = torch.Generator().manual_seed(0)
+    clean, attacked = torch.randn(200, 5, generator=g), torch.randn(100, 5, generator=g) + 2
+    s = PathScorer.fit(clean, attacked)
+    assert s.score(attacked).mean() > s.score(clean).mean() + 2
+    t = PathScorer.from_tensors(s.tensors())
+    assert torch.equal(t.score(clean), s.score(clean))
+
+
+def test_adaptive_attack_stays_in_eps_ball_and_straight_through_is_exact(bundle: Path) -> None:
+    det = load_detector(bundle)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    y = det.predict(x).labels
+    x_adv = adaptive_pgd(det, x, y, steps=3)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1 and (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+    xg = x.clone().requires_grad_(True)
+    with det.model.straight_through_paths():
+        out = det.model.forward_paths(xg)
+        out.z[5].sum().backward()
+    assert torch.equal(out.logits.detach(), det.model(x).detach()) and xg.grad.abs().sum() > 0
+
+
+def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main(["evaluate", "--model", str(bundle), "--data", str(data), "--attacks", "fgsm,pgd,cw",
+                 "--slow-limit", "10", "--adaptive-limit", "10", "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert 0 <= r["clean_accuracy"] <= 1 and set(r["attacks"]) == {"fgsm", "pgd", "cw"}
+    for name, a in r["attacks"].items():
+        assert {"success_rate", "n_clean", "n_adv", "detectors"} <= set(a)
+        assert set(a["detectors"]) == {"path", "path_hamming", "path_jaccard", "msp", "mahalanobis"}
+        for d in a["detectors"].values():
+            assert set(d) == {"auroc", "tpr_at_5fpr"} and 0 <= d["auroc"] <= 1
+        if name != "cw":
+            assert a["linf_max"] <= 8 / 255 + 1e-6
+    assert r["attacks"]["cw"]["images_attacked"] <= 10
+    assert {"success_rate", "tpr_at_threshold", "accuracy_kept"} <= set(r["adaptive"])
+    assert (out / "report.md").read_text().startswith("# Detection report") and (out / "roc.png").stat().st_size > 0
+    assert (out / "attacks" / "pgd.safetensors").is_file()
+
+
+def test_unknown_attack_name_is_a_clear_cli_error(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", "--model", str(bundle), "--data", str(data), "--attacks", "pgd,foo", "--out", str(tmp_path)]) == 2
+    assert "unknown attack" in capsys.readouterr().err
