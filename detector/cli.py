@@ -144,6 +144,17 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
           f"{ad['accuracy_kept']:.3f} | wrote {Path(a.out) / 'report.json'}, report.md, roc.png")
 
 
+def _cmd_serve(a: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {k: v for k, v in {"model_dir": a.model, "threads": a.threads or None, "device": a.device}.items() if v}
+    app = create_app(Settings(**overrides))
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, timeout_graceful_shutdown=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dnd", description="Dynamic Neural Network Decoupling: adversarial-example detector")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,13 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-save-attacks", action="store_true", help="do not keep OUT/attacks/*.safetensors")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
+    p = sub.add_parser("serve", help="HTTP service (FastAPI + uvicorn); other settings from DND_* environment variables")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=None, help="bundle directory (default: DND_MODEL_DIR or models/resnet20-decoupled)")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: DND_THREADS or 2)")
     a = parser.parse_args(argv)
-    if getattr(a, "threads", 0):
+    if getattr(a, "threads", 0) and a.command != "serve":
         import torch
 
         torch.set_num_threads(a.threads)
     handler = {"train": _cmd_train, "stats": _cmd_stats, "predict": _cmd_predict, "profiles": _cmd_profiles,
-               "attack": _cmd_attack, "evaluate": _cmd_evaluate}[a.command]
+               "attack": _cmd_attack, "evaluate": _cmd_evaluate, "serve": _cmd_serve}[a.command]
     try:
         handler(a)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

@@ -1,1 +1,1 @@
-"""HTTP service (FastAPI) around the detector; built in a later issue."""
+"""HTTP service (FastAPI): `service.app.create_app(settings)`; run with `dnd serve`."""

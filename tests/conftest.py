@@ -64,3 +64,27 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def torchvision_root(tmp_path: Path) -> Path:
     return write_torchvision_root(tmp_path / "tv")
+
+
+def write_detector_bundle(out: Path, seed: int = 0) -> Path:
+    """A decoupled bundle with synthetic profiles, scorer and threshold: no training, for service tests."""
+    import torch
+
+    from detector import ModelConfig, build_model, save_bundle
+    from detector.profiles import PathProfiles, save_profiles
+    from detector.scoring import PathScorer
+
+    torch.manual_seed(seed)
+    m = build_model(ModelConfig(decoupled=True))
+    with torch.no_grad():
+        for u in m.units():
+            u.gate.fc2.bias.copy_(torch.linspace(-1, 1, u.cout))
+    m.eval()
+    save_bundle(m, out, {})
+    g = torch.Generator().manual_seed(seed)
+    freq = [torch.rand(10, u.cout, generator=g) for u in m.units()]
+    n_feat = 2 * len(freq) + sum(f.shape[1] for f in freq)
+    scorer = PathScorer(torch.zeros(n_feat), torch.ones(n_feat), torch.randn(n_feat, generator=g), 0.0)
+    meta = {"threshold": 0.0, "target_fpr": 0.05, "calibration": {"synthetic": True}}
+    save_profiles(PathProfiles(freq, torch.full((10,), 5), meta, scorer), out, "synthetic")
+    return out
