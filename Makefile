@@ -5,7 +5,7 @@ DATA    ?= .data
 SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
-.PHONY: run test test-all data train-dense train-decoupled stats bench clean
+.PHONY: serve run test test-all data train-dense train-decoupled stats profiles evaluate bench bench-serve clean
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -22,7 +22,11 @@ $(DATA)/test/.unpacked:
 	touch $@
 data: $(DATA)/test/.unpacked
 
-# Main job (until the HTTP service exists): classify a few real test images with the shipped decoupled model.
+# Main job: the detector service on http://127.0.0.1:8000 with the shipped decoupled bundle (DND_* env settings).
+serve: $(VENV_OK)
+	.venv/bin/dnd serve --host 127.0.0.1 --port 8000
+
+# Classify a few real test images from the command line and show their calculation paths.
 run: $(VENV_OK) data
 	.venv/bin/dnd predict --model models/resnet20-decoupled $(DATA)/test/cat/0000.jpg $(DATA)/test/ship/0001.jpg $(DATA)/test/frog/0002.jpg
 
@@ -42,8 +46,17 @@ stats: $(VENV_OK) data
 	.venv/bin/dnd stats --model models/resnet20-dense --data $(DATA)
 	.venv/bin/dnd stats --model models/resnet20-decoupled --data $(DATA)
 
+# Detector: profiles + calibrated scorer into the bundle, then the full evaluation report.
+profiles: $(VENV_OK) data
+	.venv/bin/dnd profiles --model models/resnet20-decoupled --data $(DATA) --device $(DEVICE)
+evaluate: $(VENV_OK) data
+	.venv/bin/dnd evaluate --model models/resnet20-decoupled --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out reports/evaluation --device $(DEVICE)
+
 bench: $(VENV_OK)
 	$(PY) bench/train_epoch.py
+	$(PY) bench/scoring.py
+bench-serve: $(VENV_OK) data
+	$(PY) bench/serve.py --data $(DATA)
 
 clean:
 	rm -rf .venv .pytest_cache

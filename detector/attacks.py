@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from .bundle import publish
 from .data import to_unit_float
 
 # name -> (torchattacks class name, default parameters); Linf budgets are in [0, 1] pixel units.
@@ -84,7 +85,7 @@ def save_attack_set(s: AttackSet, path: str | os.PathLike) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file({"x_clean": s.x_clean.contiguous(), "y": s.y, "x_adv": s.x_adv.contiguous(), "success": s.success},
               str(tmp), metadata={"dnd_attack": json.dumps(meta)})
-    os.replace(tmp, path)
+    publish(tmp, path)
     return path
 
 

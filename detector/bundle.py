@@ -28,6 +28,14 @@ def library_versions() -> dict[str, str]:
             "safetensors": safetensors.__version__}
 
 
+def publish(tmp: Path, final: Path) -> None:
+    """Rename a finished temp file into place (atomic), readable as a normal file would be: safetensors writes 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, final)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (temp file + rename), so readers never see half a file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -46,7 +54,7 @@ def save_bundle(model: CifarResNet, out_dir: str | os.PathLike, extra: dict[str,
     tensors = state_to_safetensors(model)
     tmp = out / f".{WEIGHTS}.tmp{os.getpid()}"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / WEIGHTS)
+    publish(tmp, out / WEIGHTS)
     config = {"model": model.cfg.to_dict(), "weights_sha256": file_sha256(out / WEIGHTS),
               "libraries": library_versions(), **extra}
     write_json(out / CONFIG, config)

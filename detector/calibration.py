@@ -48,25 +48,41 @@ def path_feature_set(model: CifarResNet, profiles: PathProfiles, x: Tensor, devi
 
 
 def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, attacks: list[str],
-              target_fpr: float = 0.05, device: str | torch.device = "cpu", seed: int = 0) -> PathProfiles:
-    """Fit the `path` scorer on calibration images x (N, 3, 32, 32), y (N,): clean, correctly classified images
-    against the successful attacks `attacks` on them; then the threshold at `target_fpr` on the clean ones.
+              target_fpr: float = 0.05, device: str | torch.device = "cpu", seed: int = 0,
+              threshold_share: float = 0.4) -> PathProfiles:
+    """Fit the `path` scorer and its threshold on calibration images x (N, 3, 32, 32), y (N,).
+
+    The images are cut (class-balanced, seeded) into a *fit* part and a *threshold* part. The scorer is fitted on the
+    fit part: clean, correctly classified images against the successful `attacks` on them. The threshold is set at
+    `target_fpr` on the clean, correctly classified images of the threshold part, which the scorer never saw: set on
+    its own training images, it flagged 8.7% instead of 5% of unseen clean images (measured, 708 features).
     Returns the profiles with scorer, threshold and a record of what was used."""
     x = to_unit_float(x)
-    logits, _ = collect_paths(model, x, device=device)
-    ok = logits.argmax(1).cpu() == y
-    clean = path_feature_set(model, profiles, x[ok], device)
+    k = model.cfg.num_classes
+    g = torch.Generator().manual_seed(seed)
+    per_class = [torch.nonzero(y == c).flatten() for c in range(k)]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+    thr_idx = torch.cat([idx[: round(len(idx) * threshold_share)] for idx in per_class])
+    fit_idx = torch.cat([idx[round(len(idx) * threshold_share):] for idx in per_class])
+
+    def correct(idx: Tensor) -> Tensor:
+        logits, _ = collect_paths(model, x[idx], device=device)
+        return idx[logits.argmax(1).cpu() == y[idx]]
+
+    fit_ok, thr_ok = correct(fit_idx), correct(thr_idx)
+    clean = path_feature_set(model, profiles, x[fit_ok], device)
     attacked, rates = [], {}
     for name in tqdm(attacks, desc="calibration attacks", unit="attack"):
-        s = run_attack(model, name, x[ok], y[ok], seed=seed, device=device)
+        s = run_attack(model, name, x[fit_ok], y[fit_ok], seed=seed, device=device)
         rates[name] = round(s.success_rate, 4)
         attacked.append(path_feature_set(model, profiles, s.x_adv[s.success], device))
     attacked_all = torch.cat(attacked)
     scorer = PathScorer.fit(clean, attacked_all)
-    clean_scores = scorer.score(clean)
-    threshold = calibrate_threshold(clean_scores, target_fpr)
-    record: dict[str, Any] = {"split_seed": SPLIT_SEED, "images": len(y), "n_clean": int(ok.sum()),
-                              "n_attacked": len(attacked_all), "attacks": attacks, "attack_success_rates": rates,
-                              "fpr_achieved": round(float((clean_scores > threshold).float().mean()), 4)}
+    thr_scores = scorer.score(path_feature_set(model, profiles, x[thr_ok], device))
+    threshold = calibrate_threshold(thr_scores, target_fpr)
+    record: dict[str, Any] = {"split_seed": SPLIT_SEED, "images": len(y), "fit_images": len(fit_idx),
+                              "threshold_images": len(thr_idx), "n_clean": len(fit_ok), "n_attacked": len(attacked_all),
+                              "n_threshold_clean": len(thr_ok), "attacks": attacks, "attack_success_rates": rates,
+                              "fpr_achieved": round(float((thr_scores > threshold).float().mean()), 4)}
     meta = {**profiles.meta, "threshold": threshold, "target_fpr": target_fpr, "calibration": record}
     return PathProfiles(profiles.freq, profiles.counts, meta, scorer)

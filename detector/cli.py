@@ -97,7 +97,8 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
     c = profiles.meta["calibration"]
     print(f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
           f"{c['n_clean']} clean + {c['n_attacked']} attacked calibration images ({', '.join(c['attacks'])}); threshold "
-          f"{profiles.meta['threshold']:.4f} at target FPR {a.fpr} (achieved {c['fpr_achieved']}) | wrote {path}")
+          f"{profiles.meta['threshold']:.4f} at target FPR {a.fpr} on {c['n_threshold_clean']} other clean calibration "
+          f"images (achieved {c['fpr_achieved']}) | wrote {path}")
 
 
 def _names(csv: str) -> list[str]:
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate of the threshold (default 0.05)")
     p.add_argument("--calib-attacks", default="fgsm,pgd", help="attacks the scorer is fitted against (default fgsm,pgd)")
-    p.add_argument("--calib-limit", type=int, default=2000, help="calibration images (class-balanced; 0 = all 5,000)")
+    p.add_argument("--calib-limit", type=int, default=0, help="calibration images (class-balanced; 0 = all 5,000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p = sub.add_parser("attack", help="adversarial sets (torchattacks) on correctly classified test images")

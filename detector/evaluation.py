@@ -82,8 +82,11 @@ def evaluate(det: Detector, data: str | Path, attacks: list[str], out: str | Pat
             save_attack_set(s, out / "attacks" / f"{name}.safetensors")
         adv = det.predict(s.x_adv[s.success])
         pos = detector_scores(adv, maha)
-        figs = {d: roc_figures(neg[d], pos[d]) for d in DETECTORS}
-        curves[name] = {d: f.pop("curve") for d, f in figs.items()}
+        if len(adv.labels) and len(clean_ok.labels):
+            figs = {d: roc_figures(neg[d], pos[d]) for d in DETECTORS}
+            curves[name] = {d: f.pop("curve") for d, f in figs.items()}
+        else:  # no successful attack (or no clean image): there is no ROC to draw
+            figs = {d: {"auroc": None, "tpr_at_5fpr": None} for d in DETECTORS}
         report["attacks"][name] = {
             "params": s.params, "images_attacked": len(s.y), "success_rate": round(s.success_rate, 4), "n_clean": int(ok.sum()),
             "n_adv": int(s.success.sum()), "linf_max": round(float((s.x_adv - s.x_clean).abs().max()), 5),
@@ -122,7 +125,7 @@ def render_markdown(r: dict[str, Any]) -> str:
              "| attack | success | n_clean | n_adv | " + " | ".join(DETECTORS) + " | path TPR at threshold |",
              "|---|---|---|---|" + "---|" * len(DETECTORS) + "---|"]
     for name, a in r["attacks"].items():
-        cells = [f"{a['detectors'][d]['auroc']:.3f} / {a['detectors'][d]['tpr_at_5fpr']:.3f}" for d in DETECTORS]
+        cells = [_pair(a["detectors"][d]) for d in DETECTORS]
         lines.append(f"| {name} | {a['success_rate']:.3f} | {a['n_clean']} | {a['n_adv']} | " + " | ".join(cells)
                      + f" | {a['path_tpr_at_threshold']} |")
     ad = r["adaptive"]
@@ -132,6 +135,10 @@ def render_markdown(r: dict[str, Any]) -> str:
               f"accuracy a user keeps (correct or flagged): {ad['accuracy_kept']:.3f}.", "",
               f"Regenerated in {r['seconds']:.0f} s by `dnd evaluate`.", ""]
     return "\n".join(lines)
+
+
+def _pair(fig: dict[str, Any]) -> str:
+    return "n/a" if fig["auroc"] is None else f"{fig['auroc']:.3f} / {fig['tpr_at_5fpr']:.3f}"
 
 
 def plot_rocs(curves: dict[str, dict[str, Any]], path: Path) -> None:

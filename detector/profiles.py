@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .bundle import WEIGHTS, file_sha256
+from .bundle import WEIGHTS, file_sha256, publish
 from .model import CifarResNet
 from .scoring import PathScorer
 from .stats import collect_paths
@@ -69,7 +69,7 @@ def save_profiles(profiles: PathProfiles, bundle: str | os.PathLike, data_finger
         tensors |= {k: v.contiguous() for k, v in profiles.scorer.tensors().items()}
     tmp = bundle / f".{PROFILES}.tmp{os.getpid()}"
     save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-    os.replace(tmp, bundle / PROFILES)
+    publish(tmp, bundle / PROFILES)
     return bundle / PROFILES
 
 

@@ -66,20 +66,29 @@ def torchvision_root(tmp_path: Path) -> Path:
     return write_torchvision_root(tmp_path / "tv")
 
 
-def write_detector_bundle(out: Path, seed: int = 0) -> Path:
-    """A decoupled bundle with synthetic profiles, scorer and threshold: no training, for service tests."""
+def tiny_decoupled_model(seed: int = 0):  # noqa: ANN201
+    """An untrained decoupled ResNet-20 in eval mode whose gates open some filters and not others."""
     import torch
 
-    from detector import ModelConfig, build_model, save_bundle
-    from detector.profiles import PathProfiles, save_profiles
-    from detector.scoring import PathScorer
+    from detector import ModelConfig, build_model
 
     torch.manual_seed(seed)
     m = build_model(ModelConfig(decoupled=True))
     with torch.no_grad():
         for u in m.units():
             u.gate.fc2.bias.copy_(torch.linspace(-1, 1, u.cout))
-    m.eval()
+    return m.eval()
+
+
+def write_detector_bundle(out: Path, seed: int = 0) -> Path:
+    """A decoupled bundle with synthetic profiles, scorer and threshold: no training, for service tests."""
+    import torch
+
+    from detector import save_bundle
+    from detector.profiles import PathProfiles, save_profiles
+    from detector.scoring import PathScorer
+
+    m = tiny_decoupled_model(seed)
     save_bundle(m, out, {})
     g = torch.Generator().manual_seed(seed)
     freq = [torch.rand(10, u.cout, generator=g) for u in m.units()]

@@ -8,6 +8,8 @@ from detector import ModelConfig, build_model, save_bundle
 from detector.profiles import PROFILES, build_profiles, load_profiles, save_profiles
 from detector.scoring import calibrate_threshold, path_distances
 
+from .conftest import tiny_decoupled_model
+
 
 def test_hamming_and_jaccard_exact_on_hand_built_paths() -> None:
     sig = [torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool), torch.tensor([[1, 0], [0, 0]], dtype=torch.bool)]
@@ -30,12 +32,7 @@ def test_threshold_hits_target_fpr_on_calibration_data(fpr: float) -> None:
 
 
 def _tiny_bundle(tmp_path: Path, seed: int = 0) -> tuple[Path, torch.nn.Module]:
-    torch.manual_seed(seed)
-    m = build_model(ModelConfig(decoupled=True))
-    with torch.no_grad():
-        for u in m.units():
-            u.gate.fc2.bias.copy_(torch.linspace(-1, 1, u.cout))
-    m.eval()
+    m = tiny_decoupled_model(seed)
     save_bundle(m, tmp_path / "b", {})
     return tmp_path / "b", m
 

@@ -38,3 +38,26 @@ def test_metrics_regenerate(bundle: Path, test_split) -> None:
     assert now["filter_states"]["total"] == recorded["filter_states"]["total"] == 672
     for k in ("activated", "silent", "dynamic"):
         assert abs(now["filter_states"][k] - recorded["filter_states"][k]) <= 2
+
+
+def test_shipped_detector_threshold_transfers_to_unseen_clean_images(test_split) -> None:
+    """The calibrated threshold flags ~target FPR of clean, correctly classified images of the *evaluation* half
+    (never seen by calibration), and the report's clean accuracy matches the model on that half."""
+    from detector import load_detector
+    from detector.calibration import split_test
+    from detector.data import to_unit_float
+
+    det = load_detector(REPO / "models" / "resnet20-decoupled")
+    assert det.profiles.meta["data_fingerprint"].endswith(test_split.fingerprint)
+    _, ev = split_test(test_split.y, 10, det.profiles.meta["calibration"]["split_seed"])
+    p = det.predict(to_unit_float(test_split.x[ev]))
+    ok = p.labels == test_split.y[ev]
+    fpr = float(p.is_adversarial[ok].float().mean())
+    target = det.profiles.meta["target_fpr"]
+    assert target - 0.025 <= fpr <= target + 0.025, f"clean FPR {fpr:.3f} on the evaluation half, target {target}"
+    report = REPO / "reports" / "evaluation" / "report.json"
+    if report.is_file():
+        r = json.loads(report.read_text())
+        if r["evaluation_images"] == len(ev) and r["weights_sha256"] == det.weights_sha256:
+            assert r["clean_accuracy"] == pytest.approx(float(ok.float().mean()), abs=2e-4)
+            assert r["clean_fpr_at_threshold"] == pytest.approx(fpr, abs=2e-4)

@@ -1,0 +1,52 @@
+"""Cost of path scoring on top of plain classification, measured side by side in one run.
+
+plain:   det.model(x)      (logits only)
+scored:  det.predict(x)    (logits + paths + per-layer distances + `path` score + threshold)
+Rounds alternate so machine noise hits both alike. Prints median ms per batch, img/s and the overhead
+(target: scoring adds <= 10%).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from detector import load_detector
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="models/resnet20-decoupled")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    det = load_detector(a.model)
+    x = torch.rand(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def plain() -> None:
+        with torch.inference_mode():
+            det.model(x)
+
+    def scored() -> None:
+        det.predict(x, batch_size=a.batch_size)
+
+    times: dict[str, list[float]] = {"plain": [], "scored": []}
+    for _ in range(2):  # warm-up
+        plain(), scored()
+    for _ in range(a.rounds):
+        for name, fn in (("plain", plain), ("scored", scored)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:>7}: {v * 1e3:7.1f} ms per batch of {a.batch_size} ({a.batch_size / v:7.0f} img/s)")
+    print(f"scoring overhead: {med['scored'] / med['plain'] - 1:+.1%} (target <= +10%), threads {a.threads}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Service load test against a live `dnd serve` on 127.0.0.1, with the raw model throughput measured in the same run.
+
+Starts the server as a subprocess, sends real CIFAR-10 test JPEGs to POST /predict at concurrency 1, 8 and 64
+(httpx, asyncio), and prints p50/p95/p99 latency, throughput and errors per level, the server's resident memory
+after each level, and the ratio of service throughput at the highest concurrency to the raw batched throughput of
+`det.predict` (the same model + scoring, no HTTP). Targets on 2 cores: ratio >= 0.6 at concurrency 64, p99 <= 50 ms
+at concurrency 8, zero errors, flat memory.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def load(url: str, images: list[bytes], n: int, concurrency: int) -> tuple[list[float], int, float]:
+    lat: list[float] = []
+    errors = 0
+    counter = iter(range(n))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async def worker() -> None:
+            nonlocal errors
+            for i in counter:
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url, content=images[i % len(images)], headers={"content-type": "image/jpeg"})
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                lat.append(time.perf_counter() - t0)
+                errors += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    return lat, errors, wall
+
+
+def raw_throughput(model_dir: str, images: list[bytes], threads: int, batch: int = 64, rounds: int = 20) -> float:
+    from detector import load_detector
+
+    torch.set_num_threads(threads)
+    det = load_detector(model_dir)
+    x = torch.stack([torch.from_numpy(np.array(Image.open(__import__("io").BytesIO(b)).convert("RGB"))).permute(2, 0, 1)
+                     for b in images[:batch]]).float() / 255
+    det.predict(x)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        det.predict(x)
+    return rounds * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="models/resnet20-decoupled")
+    ap.add_argument("--data", default=".data", help="image-folder root with test/<class>/*.jpg")
+    ap.add_argument("--requests", default="1000,3000,6000", help="requests at concurrency 1,8,64 (10,000 in all)")
+    ap.add_argument("--concurrency", default="1,8,64")
+    ap.add_argument("--threads", type=int, default=2, help="server torch threads (DND_THREADS)")
+    a = ap.parse_args()
+    files = sorted(Path(a.data, "test").glob("*/*.jpg"))[::20][:500]
+    if not files:
+        sys.exit(f"no test JPEGs under {a.data}/test/<class>/: run `make data` first")
+    images = [f.read_bytes() for f in files]
+    port = free_port()
+    env = {**os.environ, "DND_THREADS": str(a.threads), "DND_MODEL_DIR": a.model}
+    server = subprocess.Popen([sys.executable, "-m", "detector.cli", "serve", "--port", str(port), "--log-level", "warning"],
+                              env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            sys.exit("server did not become ready")
+        asyncio.run(load(f"{base}/predict", images, 200, 8))  # warm-up
+        rss = [rss_mib(server.pid)]
+        print(f"server RSS after warm-up: {rss[0]:.0f} MiB; torch threads {a.threads}")
+        print(f"{'conc':>5} {'requests':>8} {'errors':>6} {'img/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")
+        results = {}
+        for conc, n in zip(map(int, a.concurrency.split(",")), map(int, a.requests.split(","))):
+            lat, errors, wall = asyncio.run(load(f"{base}/predict", images, n, conc))
+            q = np.percentile(np.array(lat) * 1e3, [50, 95, 99])
+            rss.append(rss_mib(server.pid))
+            results[conc] = n / wall
+            print(f"{conc:>5} {n:>8} {errors:>6} {n / wall:>7.0f} {q[0]:>7.1f} {q[1]:>7.1f} {q[2]:>7.1f} {rss[-1]:>8.0f}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    raw = raw_throughput(a.model, images, a.threads)
+    top = max(results)
+    print(f"raw batched det.predict throughput (batch 64, {a.threads} threads, server stopped): {raw:.0f} img/s")
+    print(f"service/raw throughput at concurrency {top}: {results[top] / raw:.2f} (target >= 0.60)")
+    print(f"server RSS: {' -> '.join(f'{r:.0f}' for r in rss)} MiB (growth {rss[-1] - rss[0]:+.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
