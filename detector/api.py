@@ -47,6 +47,7 @@ class Detector:
         self.classes = list(model.cfg.classes)
         self.weights_sha256 = profiles.meta["model_weights_sha256"]
         self.device = next(model.parameters()).device
+        self._traced: torch.jit.ScriptModule | None = None
 
     @property
     def name(self) -> str:
@@ -60,6 +61,18 @@ class Detector:
                 "weights_sha256": self.weights_sha256, "profiles_sha256": self.profiles.meta.get("file_sha256"),
                 "profiles_created": self.profiles.meta.get("created"), "calibration": self.profiles.meta.get("calibration"),
                 "metrics": read_json_or_none(metrics_path)}
+
+    def trace(self) -> "Detector":
+        """Run the forward pass through TorchScript (torch.jit.trace) from now on. Same numbers (a test checks it);
+        the point is serving: TorchScript runs without holding Python's GIL, so the HTTP event loop keeps parsing
+        requests while a batch runs. Not frozen: torch.jit.freeze changed results at other batch sizes (measured)."""
+        import warnings
+
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about list outputs
+            self._traced = torch.jit.trace(_Paths(self.model.eval()), torch.rand(8, 3, 32, 32, device=self.device),
+                                           check_trace=False)
+        return self
 
     def _check(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
@@ -85,14 +98,31 @@ class Detector:
         return Prediction(paths=paths, **cat)
 
     def _predict_batch(self, xb: Tensor) -> Prediction:
-        out = self.model.forward_paths(xb.to(self.device, torch.float32))
-        labels = out.logits.argmax(1)
-        z = [zl.bool() for zl in out.z]
+        xb = xb.to(self.device, torch.float32)
+        if self._traced is not None:
+            logits, features, z_float = self._traced(xb)
+        else:
+            out = self.model.forward_paths(xb)
+            logits, features, z_float = out.logits, out.features, out.z
+        labels = logits.argmax(1)
+        z = [zl.bool() for zl in z_float]
         ham, jac = path_distances(z, labels, self.signatures)
         scores = self.profiles.scorer.score(path_features(z, labels, self.profiles.freq))
-        return Prediction(labels=labels.cpu(), probs=out.logits.softmax(1).cpu(), scores=scores.cpu(),
+        return Prediction(labels=labels.cpu(), probs=logits.softmax(1).cpu(), scores=scores.cpu(),
                           is_adversarial=(scores > self.threshold).cpu(), per_layer=ham.cpu(), per_layer_jaccard=jac.cpu(),
-                          paths=[zl.cpu() for zl in z], features=out.features.cpu(), logits=out.logits.cpu())
+                          paths=[zl.cpu() for zl in z], features=features.cpu(), logits=logits.cpu())
+
+
+class _Paths(torch.nn.Module):
+    """forward_paths as a plain (logits, features, z) tuple, which torch.jit.trace can record."""
+
+    def __init__(self, model: CifarResNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        out = self.model.forward_paths(x)
+        return out.logits, out.features, out.z
 
 
 def read_json_or_none(path: Path) -> Any:

@@ -181,3 +181,12 @@ def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) 
 def test_unknown_attack_name_is_a_clear_cli_error(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:
     assert main(["evaluate", "--model", str(bundle), "--data", str(data), "--attacks", "pgd,foo", "--out", str(tmp_path)]) == 2
     assert "unknown attack" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", [1, 5, 64])
+def test_traced_forward_gives_the_same_predictions(bundle: Path, n: int) -> None:
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+    eager, traced = load_detector(bundle).predict(x), load_detector(bundle).trace().predict(x)
+    assert torch.equal(eager.labels, traced.labels) and torch.allclose(eager.probs, traced.probs, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(eager.paths, traced.paths))
+    assert torch.allclose(eager.scores, traced.scores, atol=1e-5)
