@@ -37,7 +37,7 @@ test: $(VENV_OK)
 test-all: $(VENV_OK) data
 	$(PY) -m pytest -q -m ''
 
-# The shipped bundles, exactly as they were produced (≈ 1 h + 40 min on 2 CPU cores).
+# The shipped bundles, exactly as they were produced (≈ 1 h + 30 min on 2 CPU cores).
 train-dense: $(VENV_OK) data
 	.venv/bin/dnd train --data $(DATA) --out models/resnet20-dense --device $(DEVICE) --resume
 train-decoupled: $(VENV_OK) data

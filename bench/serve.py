@@ -108,7 +108,9 @@ def main() -> None:
             time.sleep(0.1)
         else:
             sys.exit("server did not become ready")
-        asyncio.run(load(f"{base}/predict", images, 200, 8))  # warm-up
+        # warm-up at every concurrency, so that every batch shape has been allocated before the memory baseline
+        for conc in map(int, a.concurrency.split(",")):
+            asyncio.run(load(f"{base}/predict", images, 4 * conc, conc))
         rss = [rss_mib(server.pid)]
         print(f"server RSS after warm-up: {rss[0]:.0f} MiB; torch threads {a.threads}, max wait {a.max_wait_ms} ms")
         print(f"{'conc':>5} {'requests':>8} {'errors':>6} {'img/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")

@@ -190,3 +190,15 @@ def test_traced_forward_gives_the_same_predictions(bundle: Path, n: int) -> None
     assert torch.equal(eager.labels, traced.labels) and torch.allclose(eager.probs, traced.probs, atol=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(eager.paths, traced.paths))
     assert torch.allclose(eager.scores, traced.scores, atol=1e-5)
+
+
+def test_attack_cli_writes_sets_within_budget(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:
+    from detector.attacks import load_attack_set
+
+    assert main(["attack", "--model", str(bundle), "--data", str(data), "--attack", "fgsm,pgd", "--limit", "20",
+                 "--out", str(tmp_path)]) == 0
+    assert "success rate" in capsys.readouterr().out
+    for name in ("fgsm", "pgd"):
+        s = load_attack_set(tmp_path / f"{name}.safetensors")
+        assert s.name == name and s.params["eps"] == pytest.approx(8 / 255) and len(s.y) <= 20
+        assert (s.x_adv - s.x_clean).abs().max() <= 8 / 255 + 1e-6 and 0 <= s.x_adv.min() and s.x_adv.max() <= 1
