@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,64")
     ap.add_argument("--threads", type=int, default=1, help="server torch threads (DND_THREADS)")
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="server micro-batch wait (DND_MAX_WAIT_MS)")
+    ap.add_argument("--soak", type=int, default=3, help="extra rounds of 3,000 requests at the top concurrency, to "
+                    "tell a leak from allocator growth (RSS printed after each)")
     a = ap.parse_args()
     files = sorted(Path(a.data, "test").glob("*/*.jpg"))[::20][:500]
     if not files:
@@ -121,10 +123,15 @@ def main() -> None:
             rss.append(rss_mib(server.pid))
             results[conc] = n / wall
             print(f"{conc:>5} {n:>8} {errors:>6} {n / wall:>7.0f} {q[0]:>7.1f} {q[1]:>7.1f} {q[2]:>7.1f} {rss[-1]:>8.0f}")
+        top = max(results)
+        for r in range(a.soak):
+            _, errors, wall = asyncio.run(load(f"{base}/predict", images, 3000, top))
+            rss.append(rss_mib(server.pid))
+            print(f"soak {r + 1}/{a.soak}: 3000 requests at concurrency {top}, {errors} errors, {3000 / wall:.0f} img/s, "
+                  f"RSS {rss[-1]:.0f} MiB")
     finally:
         server.terminate()
         server.wait(timeout=30)
-    top = max(results)
     cores = os.cpu_count() or 1
     for threads in sorted({a.threads, cores}):
         raw = raw_throughput(a.model, images, threads)
