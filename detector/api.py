@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,11 @@ class Prediction:
     paths: list[Tensor]     # L x (N, C_l) bool: the calculation path (open filters)
     features: Tensor        # (N, D) penultimate features (for the Mahalanobis baseline)
     logits: Tensor          # (N, K)
+
+    def select(self, idx: Tensor | slice) -> "Prediction":
+        """The rows `idx` (bool mask, index tensor or slice) of every field."""
+        return Prediction(**{f.name: [z[idx] for z in self.paths] if f.name == "paths" else getattr(self, f.name)[idx]
+                             for f in fields(self)})
 
 
 class Detector:

@@ -54,30 +54,37 @@ def _cmd_stats(a: argparse.Namespace) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
-    import numpy as np
     import torch
-    from PIL import Image
 
+    from detector.api import load_detector
     from detector.bundle import load_model
+    from detector.profiles import PROFILES
+    from service.images import ApiError, decode_image
 
-    model = load_model(a.model, a.device)
+    # the detector when the bundle has profiles (`dnd profiles`); otherwise the bare classifier and its path
+    det = load_detector(a.model, a.device) if (Path(a.model) / PROFILES).is_file() else None
+    model = det.model if det else load_model(a.model, a.device)
     for path in a.images:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            size = im.size
-            resized = size != (32, 32)
-            if resized:
-                im = im.resize((32, 32), Image.BILINEAR)
-            x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float().div(255).to(a.device)
-        with torch.inference_mode():
-            out = model.forward_paths(x)
-        p = out.logits.softmax(1)[0]
+        try:
+            x, resized = decode_image(Path(path).read_bytes(), 4096 * 4096)
+        except ApiError as e:
+            raise ValueError(f"{path}: {e.message}") from None
+        if det:
+            d = det.predict(x[None])
+            p, z = d.probs[0], d.paths
+        else:
+            with torch.inference_mode():
+                out = model.forward_paths(x[None].to(a.device))
+            p, z = out.logits.softmax(1)[0], out.z
         k = int(p.argmax())
         rec = {"image": str(path), "label": model.cfg.classes[k], "class_index": k, "probability": round(float(p[k]), 4),
-               "resized_from": list(size) if resized else None}
-        if out.z:
-            rec["open_filters_per_layer"] = [int(z.sum()) for z in out.z]
-            rec["path_density"] = round(float(sum(int(z.sum()) for z in out.z) / sum(z.shape[1] for z in out.z)), 4)
+               "resized_from": resized}
+        if det:
+            rec |= {"attack_score": round(float(d.scores[0]), 4), "is_adversarial": bool(d.is_adversarial[0]),
+                    "threshold": round(det.threshold, 4)}
+        if z:
+            rec["open_filters_per_layer"] = [int(zl.sum()) for zl in z]
+            rec["path_density"] = round(float(sum(int(zl.sum()) for zl in z) / sum(zl.shape[1] for zl in z)), 4)
         print(json.dumps(rec))
 
 

@@ -65,8 +65,7 @@ def evaluate(det: Detector, data: str | Path, attacks: list[str], out: str | Pat
 
     clean = det.predict(x)
     ok = clean.labels == y
-    clean_ok = Prediction(**{f: (getattr(clean, f)[ok] if f != "paths" else [z[ok] for z in clean.paths])
-                             for f in Prediction.__dataclass_fields__})
+    clean_ok = clean.select(ok)
     neg = detector_scores(clean_ok, maha)
     report: dict[str, Any] = {
         "model": det.name, "weights_sha256": det.weights_sha256, "data_test_fingerprint": test.fingerprint,

@@ -75,10 +75,5 @@ class MicroBatcher:
                 sl = slice(start, start + len(x))
                 start += len(x)
                 if not fut.done():  # the client may have gone away
-                    fut.set_result((_slice(pred, sl), det))
+                    fut.set_result((pred.select(sl), det))
 
-
-def _slice(p: Prediction, sl: slice) -> Prediction:
-    return Prediction(labels=p.labels[sl], probs=p.probs[sl], scores=p.scores[sl], is_adversarial=p.is_adversarial[sl],
-                      per_layer=p.per_layer[sl], per_layer_jaccard=p.per_layer_jaccard[sl],
-                      paths=[z[sl] for z in p.paths], features=p.features[sl], logits=p.logits[sl])

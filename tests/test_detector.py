@@ -1,6 +1,5 @@
 """The detector pipeline end to end on tiny generated data: `dnd profiles`, `load_detector`, `dnd evaluate`."""
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -104,3 +104,19 @@ def test_predict_prints_label_and_path(tmp_path: Path, capsys: pytest.CaptureFix
     rec = json.loads(capsys.readouterr().out.strip())
     assert rec["label"] in ModelConfig().classes and rec["resized_from"] == [40, 30]
     assert len(rec["open_filters_per_layer"]) == 18 and 0 <= rec["path_density"] <= 1
+    assert "attack_score" not in rec  # no profiles in this bundle: classifier only
+
+
+def test_predict_with_profiles_scores_the_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    from .conftest import write_detector_bundle
+
+    write_detector_bundle(tmp_path / "b")
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(tmp_path / "g.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert main(["predict", "--model", str(tmp_path / "b"), str(tmp_path / "g.png")]) == 0
+    rec = json.loads(capsys.readouterr().out.strip())
+    assert isinstance(rec["is_adversarial"], bool) and rec["threshold"] == 0.0 and rec["resized_from"] is None
+    assert main(["predict", "--model", str(tmp_path / "b"), str(tmp_path / "bad.png")]) == 2
+    assert "bad.png" in capsys.readouterr().err
