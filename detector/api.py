@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import Tensor
 from .bundle import METRICS, file_sha256, load_model, read_config
 from .model import CifarResNet
 from .profiles import PROFILES, PathProfiles, load_profiles
-from .scoring import path_distances, path_features
+from .scoring import path_features
 
 
 @dataclass
@@ -31,6 +32,12 @@ class Prediction:
     paths: list[Tensor]     # L x (N, C_l) bool: the calculation path (open filters)
     features: Tensor        # (N, D) penultimate features (for the Mahalanobis baseline)
     logits: Tensor          # (N, K)
+
+    @staticmethod
+    def concat(parts: list["Prediction"]) -> "Prediction":
+        """Rows of several Predictions, in order."""
+        return Prediction(**{f.name: [torch.cat(layer) for layer in zip(*(p.paths for p in parts))] if f.name == "paths"
+                             else torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Prediction)})
 
     def select(self, idx: Tensor | slice) -> "Prediction":
         """The rows `idx` (bool mask, index tensor or slice) of every field."""
@@ -95,12 +102,7 @@ class Detector:
         self._check(x)
         self.model.eval()
         parts = [self._predict_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)] or [self._predict_batch(x)]
-        if len(parts) == 1:
-            return parts[0]
-        cat = {k: torch.cat([getattr(p, k) for p in parts]) for k in
-               ("labels", "probs", "scores", "is_adversarial", "per_layer", "per_layer_jaccard", "features", "logits")}
-        paths = [torch.cat([p.paths[l] for p in parts]) for l in range(len(parts[0].paths))]
-        return Prediction(paths=paths, **cat)
+        return parts[0] if len(parts) == 1 else Prediction.concat(parts)
 
     def _predict_batch(self, xb: Tensor) -> Prediction:
         xb = xb.to(self.device, torch.float32)
@@ -111,8 +113,10 @@ class Detector:
             logits, features, z_float = out.logits, out.features, out.z
         labels = logits.argmax(1)
         z = [zl.bool() for zl in z_float]
-        ham, jac = path_distances(z, labels, self.signatures)
-        scores = self.profiles.scorer.score(path_features(z, labels, self.profiles.freq))
+        feats = path_features(z, labels, self.profiles.freq, self.signatures)
+        n_layers = len(z)
+        ham, jac = feats[:, :n_layers], feats[:, n_layers:2 * n_layers]  # the per-layer distances lead the features
+        scores = self.profiles.scorer.score(feats)
         return Prediction(labels=labels.cpu(), probs=logits.softmax(1).cpu(), scores=scores.cpu(),
                           is_adversarial=(scores > self.threshold).cpu(), per_layer=ham.cpu(), per_layer_jaccard=jac.cpu(),
                           paths=[zl.cpu() for zl in z], features=features.cpu(), logits=logits.cpu())
@@ -131,8 +135,6 @@ class _Paths(torch.nn.Module):
 
 
 def read_json_or_none(path: Path) -> Any:
-    import json
-
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -21,7 +21,7 @@ from .api import Detector, Prediction
 from .attacks import run_attack, save_attack_set
 from .baselines import Mahalanobis, msp_score
 from .bundle import write_json
-from .calibration import balanced_subset, split_test
+from .calibration import SPLIT_SEED, balanced_subset, split_test
 from .data import load_split, to_unit_float
 
 DETECTORS = ("path", "path_hamming", "path_jaccard", "msp", "mahalanobis")
@@ -54,7 +54,7 @@ def evaluate(det: Detector, data: str | Path, attacks: list[str], out: str | Pat
     k = len(det.classes)
     train, test = load_split(data, "train"), load_split(data, "test")
     cal_record = det.profiles.meta.get("calibration", {})
-    _, ev_idx = split_test(test.y, k, cal_record.get("split_seed", 20190604))
+    _, ev_idx = split_test(test.y, k, cal_record.get("split_seed", SPLIT_SEED))
     ev_idx = balanced_subset(ev_idx, test.y, limit, k)
     x, y = to_unit_float(test.x[ev_idx]), test.y[ev_idx]
 
@@ -103,7 +103,7 @@ def adaptive_entry(det: Detector, x: Tensor, y: Tensor, limit: int, seed: int) -
     """Adaptive PGD on (up to `limit`, class-balanced) clean, correctly classified images: what a user keeps."""
     idx = balanced_subset(torch.arange(len(y)), y, limit, len(det.classes))
     x, y = x[idx], y[idx]
-    x_adv = adaptive_pgd(det, x, y, seed=seed)
+    x_adv = adaptive_pgd(det, x, y, seed=seed, **ADAPTIVE_DEFAULTS)  # the parameters the report records
     p = det.predict(x_adv)
     wrong = p.labels != y
     undetected = wrong & ~p.is_adversarial

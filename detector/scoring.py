@@ -42,11 +42,12 @@ def soft_path_distances(v: list[Tensor], labels: Tensor, signatures: list[Tensor
     return torch.stack(ham, 1), torch.stack(jac, 1)
 
 
-def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor]) -> Tensor:
+def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signatures: list[Tensor] | None = None) -> Tensor:
     """The `path` score's inputs, (N, 2L + sum C_l): per-layer Hamming and Jaccard distances to the signature of
-    `labels`, then every filter's deviation z - freq[label] from the class's firing frequency. Only path
-    information. z may be soft (L x (N, C_l) in [0, 1]); the result is then differentiable in z."""
-    sig = [f >= 0.5 for f in freq]
+    `labels` (columns :L and L:2L, the same numbers as `path_distances`), then every filter's deviation
+    z - freq[label] from the class's firing frequency. Only path information. z may be soft (L x (N, C_l) in
+    [0, 1]); the result is then differentiable in z. `signatures` (freq >= 0.5) may be passed to skip recomputing."""
+    sig = [f >= 0.5 for f in freq] if signatures is None else signatures
     if all(not zl.is_floating_point() for zl in z):
         ham, jac = path_distances(z, labels, sig)
         z = [zl.float() for zl in z]
