@@ -59,7 +59,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     from detector.api import load_detector
     from detector.bundle import load_model
     from detector.profiles import PROFILES
-    from service.images import ApiError, decode_image
+    from detector.images import InputError, decode_image
 
     # the detector when the bundle has profiles (`dnd profiles`); otherwise the bare classifier and its path
     det = load_detector(a.model, a.device) if (Path(a.model) / PROFILES).is_file() else None
@@ -67,7 +67,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     for path in a.images:
         try:
             x, resized = decode_image(Path(path).read_bytes(), 4096 * 4096)
-        except ApiError as e:
+        except InputError as e:
             raise ValueError(f"{path}: {e.message}") from None
         if det:
             d = det.predict(x[None])

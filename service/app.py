@@ -23,9 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from detector.api import Detector, Prediction, load_detector
+from detector.images import InputError as ApiError  # the service's error type: status, code, message
+from detector.images import decode_base64, decode_image
 
 from .batcher import MicroBatcher
-from .images import ApiError, decode_base64, decode_image
 from .settings import Settings
 
 log = logging.getLogger("dnd.service")
@@ -208,19 +209,19 @@ def _model_ref(det: Detector) -> dict[str, str]:
 
 
 def _records(p: Prediction, det: Detector, resized: list, fields: str, explain: bool) -> list[dict[str, Any]]:
+    # tensors -> Python lists once per request, not one tensor access per number
+    labels, probs, scores, flags = p.labels.tolist(), p.probs.tolist(), p.scores.tolist(), p.is_adversarial.tolist()
+    ham, jac = p.per_layer.tolist(), p.per_layer_jaccard.tolist()
     out = []
-    for i in range(len(p.labels)):
-        k = int(p.labels[i])
+    for i, k in enumerate(labels):
         r: dict[str, Any] = {}
         if fields in ("predict", "classify"):
             r |= {"label": det.classes[k], "class_index": k,
-                  "probabilities": {c: round(float(v), 6) for c, v in zip(det.classes, p.probs[i])}}
+                  "probabilities": {c: round(v, 6) for c, v in zip(det.classes, probs[i])}}
         if fields in ("predict", "detect"):
-            r |= {"attack_score": round(float(p.scores[i]), 6), "is_adversarial": bool(p.is_adversarial[i]),
-                  "threshold": det.threshold}
+            r |= {"attack_score": round(scores[i], 6), "is_adversarial": flags[i], "threshold": det.threshold}
         if fields == "detect" or explain:
-            r["per_layer_divergence"] = {"hamming": [round(float(v), 4) for v in p.per_layer[i]],
-                                         "jaccard": [round(float(v), 4) for v in p.per_layer_jaccard[i]]}
+            r["per_layer_divergence"] = {"hamming": [round(v, 4) for v in ham[i]], "jaccard": [round(v, 4) for v in jac[i]]}
         if explain:
             r["active_filters"] = [torch.nonzero(z[i]).flatten().tolist() for z in p.paths]
         r["resized_from"] = resized[i]
