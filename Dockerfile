@@ -12,6 +12,6 @@ RUN pip install .
 COPY models/resnet20-decoupled ./models/resnet20-decoupled
 RUN useradd --create-home dnd && chown -R dnd /app
 USER dnd
-ENV DND_MODEL_DIR=/app/models/resnet20-decoupled DND_THREADS=1
+ENV DND_MODEL_DIR=/app/models/resnet20-decoupled
 EXPOSE 8000
 CMD ["dnd", "serve", "--host", "0.0.0.0", "--port", "8000"]

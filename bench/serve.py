@@ -1,7 +1,7 @@
 """Service load test against a live `dnd serve` on 127.0.0.1, with the raw model throughput measured in the same run.
 
 Starts the server as a subprocess, sends real CIFAR-10 test JPEGs to POST /predict at concurrency 1, 8 and 64
-(httpx, asyncio), and prints p50/p95/p99 latency, throughput and errors per level, the server's resident memory
+(aiohttp client, asyncio), and prints p50/p95/p99 latency, throughput and errors per level, the server's resident memory
 after each level, and the ratio of service throughput at the highest concurrency to the raw batched throughput of
 `det.predict` (the same model + scoring, no HTTP). Targets on 2 cores: ratio >= 0.6 at concurrency 64, p99 <= 50 ms
 at concurrency 8, zero errors, flat memory.
@@ -69,7 +69,7 @@ def raw_throughput(model_dir: str, images: list[bytes], threads: int, batch: int
     from detector import load_detector
 
     torch.set_num_threads(threads)
-    det = load_detector(model_dir)
+    det = load_detector(model_dir).trace()  # the same forward the service runs (DND_TRACE defaults to on)
     x = torch.stack([torch.from_numpy(np.array(Image.open(__import__("io").BytesIO(b)).convert("RGB"))).permute(2, 0, 1)
                      for b in images[:batch]]).float() / 255
     det.predict(x)
@@ -85,7 +85,9 @@ def main() -> None:
     ap.add_argument("--data", default=".data", help="image-folder root with test/<class>/*.jpg")
     ap.add_argument("--requests", default="1000,3000,6000", help="requests at concurrency 1,8,64 (10,000 in all)")
     ap.add_argument("--concurrency", default="1,8,64")
-    ap.add_argument("--threads", type=int, default=1, help="server torch threads (DND_THREADS)")
+    ap.add_argument("--threads", type=int, default=0, help="server torch threads for large batches (DND_THREADS; 0 = its "
+                    "default, all cores)")
+    ap.add_argument("--parallel-min-batch", type=int, default=0, help="DND_PARALLEL_MIN_BATCH (0 = server default)")
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="server micro-batch wait (DND_MAX_WAIT_MS)")
     ap.add_argument("--soak", type=int, default=3, help="extra rounds of 3,000 requests at the top concurrency, to "
                     "tell a leak from allocator growth (RSS printed after each)")
@@ -95,7 +97,9 @@ def main() -> None:
         sys.exit(f"no test JPEGs under {a.data}/test/<class>/: run `make data` first")
     images = [f.read_bytes() for f in files]
     port = free_port()
-    env = {**os.environ, "DND_THREADS": str(a.threads), "DND_MODEL_DIR": a.model, "DND_MAX_WAIT_MS": str(a.max_wait_ms)}
+    env = {**os.environ, "DND_MODEL_DIR": a.model, "DND_MAX_WAIT_MS": str(a.max_wait_ms)}
+    env |= {k: str(v) for k, v in {"DND_THREADS": a.threads, "DND_PARALLEL_MIN_BATCH": a.parallel_min_batch}.items() if v}
+    cores = len(os.sched_getaffinity(0))
     server = subprocess.Popen([sys.executable, "-m", "detector.cli", "serve", "--port", str(port), "--log-level", "warning"],
                               env=env)
     base = f"http://127.0.0.1:{port}"
@@ -113,7 +117,8 @@ def main() -> None:
         for conc in map(int, a.concurrency.split(",")):
             asyncio.run(load(f"{base}/predict", images, 4 * conc, conc))
         rss = [rss_mib(server.pid)]
-        print(f"server RSS after warm-up: {rss[0]:.0f} MiB; torch threads {a.threads}, max wait {a.max_wait_ms} ms")
+        print(f"server RSS after warm-up: {rss[0]:.0f} MiB; torch threads {a.threads or cores} for batches >= "
+              f"{a.parallel_min_batch or 'default'} images, else 1; max wait {a.max_wait_ms} ms")
         print(f"{'conc':>5} {'requests':>8} {'errors':>6} {'img/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")
         results = {}
         for conc, n in zip(map(int, a.concurrency.split(",")), map(int, a.requests.split(","))):
@@ -131,8 +136,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    cores = os.cpu_count() or 1
-    for threads in sorted({a.threads, cores}):
+    for threads in sorted({1, a.threads or cores, cores}):
         raw = raw_throughput(a.model, images, threads)
         print(f"raw batched det.predict throughput (batch 64, {threads} threads, server stopped): {raw:.0f} img/s; "
               f"service/raw at concurrency {top}: {results[top] / raw:.2f} (target >= 0.60)")

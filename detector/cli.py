@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="bundle directory (default: DND_MODEL_DIR or models/resnet20-decoupled)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--log-level", default="info")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: DND_THREADS or 1)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for large batches (default: DND_THREADS or all cores; small batches use 1)")
     a = parser.parse_args(argv)
     if getattr(a, "threads", 0) and a.command != "serve":
         import torch

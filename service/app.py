@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         st: State = app.state.dnd
-        torch.set_num_threads(settings.threads)
+        torch.set_num_threads(1)  # request handling (decode, resize); inference threads are set per batch
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb guard, tightened to our limit
 
         async def load() -> None:
@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 st.load_error = f"{type(e).__name__}: {e}"
                 log.error("could not load %s: %s", settings.model_dir, st.load_error)
                 return
-            st.batcher = MicroBatcher(det, settings.max_batch, settings.max_wait_ms / 1000, st.metrics.batch.observe)
+            st.batcher = MicroBatcher(det, settings.max_batch, settings.max_wait_ms / 1000, st.metrics.batch.observe,
+                                      threads_for=lambda n: settings.threads if n >= settings.parallel_min_batch else 1)
             st.batcher.start()
             log.info("loaded %s (threshold %.4f)", settings.model_dir, det.threshold)
 

@@ -1,7 +1,9 @@
 """Micro-batching: concurrent requests are queued and run as one forward pass, off the event loop.
 
 The worker takes whatever is queued (up to max_batch images, waiting at most max_wait for more), concatenates it,
-runs `Detector.predict` in a single inference thread and hands each request its slice. The detector is read
+runs `Detector.predict` in a single inference thread and hands each request its slice. The torch thread count is
+set per batch by `threads_for(batch size)`: one thread for the small batches of light load keeps a core free for
+HTTP (latency), all of them for the large batches of heavy load (throughput). The detector is read
 once per batch, so `swap()` (admin reload) takes effect between batches and no request is dropped.
 """
 from __future__ import annotations
@@ -18,9 +20,9 @@ from detector.api import Detector, Prediction
 
 class MicroBatcher:
     def __init__(self, detector: Detector, max_batch: int, max_wait_s: float,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, threads_for: Callable[[int], int] | None = None) -> None:
         self.detector, self.max_batch, self.max_wait_s = detector, max_batch, max_wait_s
-        self.on_batch = on_batch
+        self.on_batch, self.threads_for = on_batch, threads_for
         self._queue: asyncio.Queue[tuple[Tensor, asyncio.Future]] = asyncio.Queue()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
@@ -46,6 +48,15 @@ class MicroBatcher:
         await self._queue.put((x, fut))
         return await fut
 
+    def _predict(self, det: Detector, x: Tensor) -> Prediction:
+        """Runs in the inference thread. The thread count is set here, not in the event loop: OpenMP keeps it per
+        calling thread."""
+        if self.threads_for is not None:
+            n = self.threads_for(len(x))
+            if torch.get_num_threads() != n:
+                torch.set_num_threads(n)
+        return det.predict(x)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -62,7 +73,7 @@ class MicroBatcher:
                 n += len(item[0])
             det = self.detector
             try:
-                pred = await loop.run_in_executor(self._pool, det.predict, torch.cat([x for x, _ in items]))
+                pred = await loop.run_in_executor(self._pool, self._predict, det, torch.cat([x for x, _ in items]))
             except Exception as e:  # noqa: BLE001 - hand the failure to every waiting request
                 for _, fut in items:
                     if not fut.done():

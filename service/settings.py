@@ -1,6 +1,7 @@
 """Service settings, from environment variables with the DND_ prefix (pydantic-settings)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -18,8 +19,10 @@ class Settings(BaseSettings):
     body_limit: int = Field(5 * 1024 * 1024, ge=1)  # bytes per request body; larger bodies get 413 before being read
     max_image_pixels: int = Field(4096 * 4096, ge=1)  # decoded width x height above which an image is refused
     api_key: str | None = None          # enables POST /admin/reload (header X-API-Key); unset = route disabled
-    # torch intra-op threads. 1 on a 2-core machine leaves a core to HTTP: p99 at concurrency 8 was 45 ms with 1 thread
-    # and 76 ms with 2; throughput at concurrency 64 was 320 vs 415 images/s (bench/serve.py).
-    threads: int = Field(1, ge=1)
+    # torch intra-op threads, chosen per batch. A small batch runs on one thread and leaves the other cores to HTTP
+    # (2 cores, fixed 2 threads: p99 at concurrency 8 was 76 ms vs 45 ms with 1); a large batch, which only comes
+    # when many requests wait, runs on `threads` (fixed 1 thread: 320 images/s at concurrency 64 vs 415 with 2).
+    threads: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1)  # for batches >= parallel_min_batch
+    parallel_min_batch: int = Field(16, ge=1)  # smaller batches run on a single thread
     device: str = "cpu"
     trace: bool = True                  # TorchScript forward (releases the GIL while a batch runs); see Detector.trace

@@ -186,6 +186,31 @@ def test_200_concurrent_requests_are_micro_batched_and_correct(bundle: Path) -> 
     c.__exit__(None, None, None)
 
 
+def test_threads_follow_batch_size(bundle: Path) -> None:
+    """Small batches run on one torch thread, large ones on `threads` (set in the inference thread itself)."""
+    import asyncio
+
+    from service.batcher import MicroBatcher
+
+    det = load_detector(bundle)
+    seen: list[tuple[int, int]] = []
+    predict = det.predict
+    det.predict = lambda x: (seen.append((len(x), torch.get_num_threads())), predict(x))[1]  # type: ignore[method-assign]
+
+    async def run() -> None:
+        b = MicroBatcher(det, max_batch=64, max_wait_s=0.0, threads_for=lambda n: 2 if n >= 4 else 1)
+        b.start()
+        await b.submit(torch.rand(1, 3, 32, 32))
+        await b.submit(torch.rand(8, 3, 32, 32))
+        await b.submit(torch.rand(2, 3, 32, 32))
+        await b.stop()
+
+    before = torch.get_num_threads()
+    asyncio.run(run())
+    assert seen == [(1, 1), (8, 2), (2, 1)]
+    assert torch.get_num_threads() == before  # the caller's own setting is untouched
+
+
 def _batch_count(c: TestClient) -> float:
     line = next(l for l in c.get("/metrics").text.splitlines() if l.startswith("dnd_batch_size_count"))
     return float(line.split()[-1])
