@@ -51,6 +51,19 @@ def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) 
     assert set(d) < set(c) and all(".gate." in k for k in set(c) - set(d))
 
 
+def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Path) -> None:
+    from training.train import distill_loss
+
+    logits = torch.randn(4, 10)
+    assert float(distill_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(torch.zeros(4, 10), logits, 4.0)) > 0
+    out = tmp_path / "kd"
+    assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
+                 "--epochs", "1", "--lambda-kd", "1.0", *TINY]) == 0
+    hist = json.loads((out / "train_history.json").read_text())
+    assert hist[0]["train_kd"] > 0 and json.loads((out / "config.json").read_text())["train"]["lambda_kd"] == 1.0
+
+
 def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import training.train as tr
 

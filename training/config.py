@@ -29,6 +29,12 @@ class TrainConfig:
     # Final epochs train on eval-time paths (no noise, z = 1(s > 0), still v1's gradient): with noisy, half-soft
     # paths to the end, BN statistics did not match eval and test accuracy fell to 27% (train 50%) in a trial.
     hard_epochs: float = 4.0         # 2 in the first shipped run: the hard epochs came when the LR was already ~0
+    # Distillation from the --init bundle (the dense network, in eval mode): loss += lambda_kd * T^2 * KL(teacher_T ||
+    # student_T) on softened logits (Hinton et al. 2015). 0 = off. The gated network's accuracy deficit is not
+    # sparsity alone (after epoch 1, at 0.97 x FLOPs, it was already 9 points below dense): the noisy gates drop
+    # channels at random, and the teacher tells the student what each image's full prediction was.
+    lambda_kd: float = 0.0
+    kd_temperature: float = 4.0
     # ---- run ----
     seed: int = 0                    # data order, augmentation, gate noise and init all derive from it
     limit: int = 0                   # train on this many training images only (0 = all); for smoke runs

@@ -60,13 +60,26 @@ def make_optimizers(model: CifarResNet, loss: DecouplingLoss | None, cfg: TrainC
     return [sgd, adam]
 
 
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), mean over the batch; logits (B, K)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean", log_target=True) * t * t
+
+
 def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: list[torch.optim.Optimizer],
-               xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float, dense: int) -> dict[str, torch.Tensor]:
+               xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float, dense: int,
+               teacher: CifarResNet | None = None) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the detached loss terms (and, decoupled, the eval-time FLOPs ratio)."""
     res = model.forward_paths(xb)
     ce = F.cross_entropy(res.logits, yb)
     terms = {"ce": ce.detach()}
     loss = ce
+    if teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(xb)
+        kd = distill_loss(res.logits, t_logits, cfg.kd_temperature)
+        loss = loss + cfg.lambda_kd * kd
+        terms["kd"] = kd.detach()
     if loss_mod is not None:
         d = loss_mod(res, yb)
         loss = ce + cfg.lambda_m * d["mi"] + cfg.lambda_k * d["kl"] + lambda_s * d["l1"]
@@ -135,6 +148,11 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         init_weights(model, Path(init))
     model = model.to(dev, memory_format=torch.channels_last)
     loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
+    teacher = None
+    if cfg.lambda_kd > 0:
+        if init is None:
+            raise ValueError("--lambda-kd distils from the --init bundle; pass --init DIR")
+        teacher = load_model(Path(init)).to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     optimizers = make_optimizers(model, loss_mod, cfg)
     modules = {"model": model, **({"loss": loss_mod} if loss_mod else {})}
 
@@ -170,7 +188,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
             idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size]
             xb = augment(x_train[idx], gen).to(dev).contiguous(memory_format=torch.channels_last)
             yb = y_train[idx].to(dev)
-            terms = train_step(model, loss_mod, optimizers, xb, yb, cfg, lambda_s, dense)
+            terms = train_step(model, loss_mod, optimizers, xb, yb, cfg, lambda_s, dense, teacher)
             if loss_mod is not None and cfg.target_flops > 0:
                 ramp = min(1.0, step / max(cfg.target_ramp_epochs * steps_per_epoch, 1))
                 target = 1.0 - ramp * (1.0 - cfg.target_flops)
