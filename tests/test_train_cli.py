@@ -57,6 +57,26 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
     logits = torch.randn(4, 10)
     assert float(distill_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(distill_loss(torch.zeros(4, 10), logits, 4.0)) > 0
+    # the term reaches the update of a decoupled step (it once was computed, logged and then dropped from the loss)
+    import copy
+
+    from detector.config import ModelConfig
+    from detector.losses import DecouplingLoss
+    from detector.model import build_model
+    from training.config import TrainConfig
+    from training.train import make_optimizers, train_step
+
+    torch.manual_seed(0)
+    base, teacher = build_model(ModelConfig(decoupled=True)), build_model(ModelConfig()).eval()
+    xb, yb = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    after = []
+    for lam in (0.0, 1.0):
+        m, cfg = copy.deepcopy(base), TrainConfig(lambda_kd=lam)
+        loss_mod = DecouplingLoss([u.cout for u in m.units()], 10)
+        torch.manual_seed(1)
+        train_step(m, loss_mod, make_optimizers(m, loss_mod, cfg), xb, yb, cfg, 0.0, 1, teacher if lam else None)
+        after.append(m.fc.weight.detach().clone())
+    assert not torch.allclose(after[0], after[1])
     out = tmp_path / "kd"
     assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
                  "--epochs", "1", "--lambda-kd", "1.0", *TINY]) == 0

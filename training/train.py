@@ -82,7 +82,7 @@ def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: 
         terms["kd"] = kd.detach()
     if loss_mod is not None:
         d = loss_mod(res, yb)
-        loss = ce + cfg.lambda_m * d["mi"] + cfg.lambda_k * d["kl"] + lambda_s * d["l1"]
+        loss = loss + cfg.lambda_m * d["mi"] + cfg.lambda_k * d["kl"] + lambda_s * d["l1"]
         with torch.no_grad():  # the cost the model would have at eval time (z = 1(s > 0))
             flops = macs_per_sample(model, [s > 0 for s in res.s]).mean() / dense
         terms.update({k: v.detach() for k, v in d.items()}, flops=flops)
