@@ -55,14 +55,13 @@ def collect_paths(model: CifarResNet, x: Tensor, batch_size: int = 500, device: 
     """Eval-mode logits (N, K) and binary paths L x (N, C_l) (bool) for uint8 or [0,1] float images x."""
     model.eval()
     logits, paths = [], []
-    for i in range(0, len(x), batch_size):
+    for i in range(0, max(len(x), 1), batch_size):  # one empty batch for empty x: (0, K) logits, (0, C_l) paths
         xb = x[i:i + batch_size].to(device)
         xb = to_unit_float(xb)
         out = model.forward_paths(xb.contiguous(memory_format=torch.channels_last))
         logits.append(out.logits.float().cpu())
         paths.append([z.bool().cpu() for z in out.z])
-    n_layers = len(paths[0]) if paths else 0
-    return torch.cat(logits), [torch.cat([p[l] for p in paths]) for l in range(n_layers)]
+    return torch.cat(logits), [torch.cat([p[l] for p in paths]) for l in range(len(paths[0]))]
 
 
 def filter_states(z: list[Tensor]) -> dict[str, int]:

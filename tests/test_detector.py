@@ -107,7 +107,7 @@ def test_interrupted_regenerate_leaves_old_profiles(bundle: Path, data: Path, mo
 
     monkeypatch.setattr(prof, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        main(["profiles", "--model", str(bundle), "--data", str(data), "--calib-limit", "20"])
+        main(["profiles", "--model", str(bundle), "--data", str(data), "--calib-limit", "0"])
     assert (bundle / PROFILES).read_bytes() == before
     load_detector(bundle)  # still loads
     for tmp in bundle.glob(f".{PROFILES}.tmp*"):

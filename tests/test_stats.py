@@ -2,7 +2,7 @@ import torch
 
 from detector.config import ModelConfig
 from detector.model import build_model
-from detector.stats import compute_stats, dense_macs, filter_states, macs_per_sample, pruned_parameters
+from detector.stats import collect_paths, compute_stats, dense_macs, filter_states, macs_per_sample, pruned_parameters
 
 
 def _z(model, n: int, fill: float = 1.0) -> list[torch.Tensor]:
@@ -60,3 +60,10 @@ def test_decoupled_stats_consistent() -> None:
     assert fs["activated"] + fs["silent"] + fs["dynamic"] == fs["total"] == 672
     assert 0 < s["flops_ratio"] < 1 and s["parameters_without_silent"] <= s["parameters"]
     assert len(s["per_layer"]) == 18 and sum(l["dynamic"] for l in s["per_layer"]) == fs["dynamic"]
+
+
+def test_collect_paths_of_no_images() -> None:
+    """An attack with no successful image leaves an empty set; its paths are empty, not an error."""
+    m = build_model(ModelConfig(decoupled=True))
+    logits, z = collect_paths(m, torch.zeros(0, 3, 32, 32))
+    assert logits.shape == (0, 10) and len(z) == 18 and z[0].shape == (0, 16) and z[-1].shape == (0, 64)
