@@ -127,6 +127,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     ckpt_dir = out / "checkpoint"
     if decouple and init is None:
         raise ValueError("--decouple needs --init DIR: a trained dense bundle to fine-tune from")
+    if cfg.lambda_kd > 0 and init is None:  # checked before the data is loaded
+        raise ValueError("--lambda-kd distils from the --init bundle; pass --init DIR")
     if (ckpt_dir / META).exists() and not resume:
         raise FileExistsError(f"{ckpt_dir} holds an earlier run; pass --resume to continue it or choose another --out")
     if model_cfg is None:
@@ -150,8 +152,6 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
     teacher = None
     if cfg.lambda_kd > 0:
-        if init is None:
-            raise ValueError("--lambda-kd distils from the --init bundle; pass --init DIR")
         teacher = load_model(Path(init)).to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     optimizers = make_optimizers(model, loss_mod, cfg)
     modules = {"model": model, **({"loss": loss_mod} if loss_mod else {})}
