@@ -105,10 +105,9 @@ def evaluate(model: CifarResNet, test: Split, device: torch.device) -> dict[str,
     return res
 
 
-def init_weights(model: CifarResNet, init_dir: Path) -> None:
-    """Start from a bundle: a dense one gives every non-gate weight (the gates are the only new parameters); a
-    decoupled one gives everything, strictly (a second fine-tuning stage, e.g. more epochs on eval-time paths)."""
-    src = load_model(init_dir)
+def init_weights(model: CifarResNet, src: CifarResNet, init_dir: Path) -> None:
+    """Start from a bundle's model `src`: a dense one gives every non-gate weight (the gates are the only new
+    parameters); a decoupled one gives everything, strictly (a second stage, e.g. more epochs on eval-time paths)."""
     if src.cfg.decoupled:
         if src.cfg != model.cfg:
             raise ValueError(f"--init {init_dir} is decoupled with another architecture: {src.cfg} vs {model.cfg}")
@@ -146,13 +145,14 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     x_train = to_unit_float(x_train)
 
     model = build_model(model_cfg)
+    src = load_model(Path(init)) if init is not None else None
     if decouple:
-        init_weights(model, Path(init))
+        init_weights(model, src, Path(init))
     model = model.to(dev, memory_format=torch.channels_last)
     loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
     teacher = None
-    if cfg.lambda_kd > 0:
-        teacher = load_model(Path(init)).to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
+    if cfg.lambda_kd > 0:  # the --init network itself, frozen (init_weights copied its tensors, not shared them)
+        teacher = src.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     optimizers = make_optimizers(model, loss_mod, cfg)
     modules = {"model": model, **({"loss": loss_mod} if loss_mod else {})}
 
