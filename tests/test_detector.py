@@ -27,7 +27,9 @@ def bundle(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     assert main(["train", "--data", str(data), "--out", str(runs / "dense"), "--epochs", "6", "--lr", "0.05", *TINY]) == 0
     assert main(["train", "--data", str(data), "--out", str(runs / "dec"), "--decouple", "--init", str(runs / "dense"),
-                 "--epochs", "2", "--target-flops", "0.7", "--target-ramp-epochs", "0.5", *TINY]) == 0
+                 "--epochs", "2", "--target-flops", "0.7", "--target-ramp-epochs", "0.5", "--lambda-kd", "0", *TINY]) == 0
+    # (no distillation: from this 6-epoch teacher on 300 images it left whole classes misclassified, and profiles
+    # need at least one correct image per class)
     assert main(["profiles", "--model", str(runs / "dec"), "--data", str(data), "--calib-limit", "0"]) == 0
     return runs / "dec"
 

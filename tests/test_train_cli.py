@@ -79,9 +79,12 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
     assert not torch.allclose(after[0], after[1])
     out = tmp_path / "kd"
     assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
-                 "--epochs", "1", "--lambda-kd", "1.0", *TINY]) == 0
+                 "--epochs", "1", *TINY]) == 0  # distillation is on by default for --decouple
     hist = json.loads((out / "train_history.json").read_text())
     assert hist[0]["train_kd"] > 0 and json.loads((out / "config.json").read_text())["train"]["lambda_kd"] == 1.0
+    from training.config import make_config
+
+    assert make_config(False, {}).lambda_kd == 0.0  # a dense run from scratch has no teacher
 
 
 def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
