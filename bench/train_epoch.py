@@ -28,29 +28,34 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5, help="steps per round and model")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--lambda-kd", type=float, default=1.0, help="distillation weight of the third setup (> 0)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    teacher = build_model(ModelConfig()).to(memory_format=torch.channels_last).eval().requires_grad_(False)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)  # kernels run async: time to completion
+    teacher = build_model(ModelConfig()).to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     setups = {}
     for name, decouple, kd in (("dense", False, 0.0), ("decoupled", True, 0.0), ("decoupled+kd", True, a.lambda_kd)):
         cfg = make_config(decouple, {"batch_size": a.batch_size, "lambda_kd": kd})
-        model = build_model(ModelConfig(decoupled=decouple)).to(memory_format=torch.channels_last).train()
-        loss = DecouplingLoss([u.cout for u in model.units()], 10) if decouple else None
+        model = build_model(ModelConfig(decoupled=decouple)).to(dev, memory_format=torch.channels_last).train()
+        loss = DecouplingLoss([u.cout for u in model.units()], 10).to(dev) if decouple else None
         setups[name] = (model, loss, make_optimizers(model, loss, cfg), cfg, dense_macs(model), teacher if kd else None)
-    x = torch.rand(a.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (a.batch_size,))
+    x = torch.rand(a.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (a.batch_size,), device=dev)
     times: dict[str, list[float]] = {k: [] for k in setups}
     for r in range(a.rounds + 1):  # round 0 is warm-up
         for name, (model, loss, opts, cfg, dense, teach) in setups.items():
+            sync()
             t0 = time.perf_counter()
             for _ in range(a.steps):
                 train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach)
+            sync()
             if r:
                 times[name].append((time.perf_counter() - t0) / a.steps)
-    print(f"threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}")
+    print(f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         print(f"{k:13s} {v * 1e3:7.1f} ms/step   epoch (50,000 images) ~{v * 50_000 / a.batch_size:6.1f} s")

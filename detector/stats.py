@@ -37,14 +37,15 @@ def gate_macs(model: CifarResNet) -> int:
 
 
 def macs_per_sample(model: CifarResNet, z: list[Tensor]) -> Tensor:
-    """Conv + FC MACs for each sample, (N,), from the per-layer open-filter masks z (L x (N, C_l))."""
+    """Conv + FC MACs for each sample, (N,) float64 on z's device, from the per-layer open-filter masks z (L x (N, C_l)).
+    Stays on that device: in a GPU training step a host copy per layer would stall the launch queue 18 times."""
     units = model.units()
     if len(z) != len(units):
         raise ValueError(f"expected {len(units)} path layers, found {len(z)}")
-    total = torch.full((z[0].shape[0],), float(_fixed_macs(model)), dtype=torch.float64)
+    total = torch.full((z[0].shape[0],), float(_fixed_macs(model)), dtype=torch.float64, device=z[0].device)
     for i in range(0, len(units), 2):  # (unit1, unit2) of each block
         u1, u2 = units[i], units[i + 1]
-        n1, n2 = z[i].double().sum(1).cpu(), z[i + 1].double().sum(1).cpu()
+        n1, n2 = z[i].double().sum(1), z[i + 1].double().sum(1)
         total += u1.cin * n1 * 9 * u1.out_hw**2 + n1 * n2 * 9 * u2.out_hw**2
     return total
 

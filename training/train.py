@@ -67,7 +67,7 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 
 def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: list[torch.optim.Optimizer],
-               xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float, dense: int,
+               xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int,
                teacher: CifarResNet | None = None) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the detached loss terms (and, decoupled, the eval-time FLOPs ratio)."""
     res = model.forward_paths(xb)
@@ -82,7 +82,8 @@ def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: 
         terms["kd"] = kd.detach()
     if loss_mod is not None:
         d = loss_mod(res, yb)
-        loss = loss + cfg.lambda_m * d["mi"] + cfg.lambda_k * d["kl"] + lambda_s * d["l1"]
+        lam_s = lambda_s.to(d["l1"].dtype) if torch.is_tensor(lambda_s) else lambda_s
+        loss = loss + cfg.lambda_m * d["mi"] + cfg.lambda_k * d["kl"] + lam_s * d["l1"]
         with torch.no_grad():  # the cost the model would have at eval time (z = 1(s > 0))
             flops = macs_per_sample(model, [s > 0 for s in res.s]).mean() / dense
         terms.update({k: v.detach() for k, v in d.items()}, flops=flops)
@@ -159,14 +160,16 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     steps_per_epoch = len(y_train) // cfg.batch_size  # drop the ragged last batch
     total_steps, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
     dense = dense_macs(model)
-    start_epoch, lambda_s, history = 0, cfg.lambda_s, []
+    # lambda_s and the running sums stay on the device: a host read per step would stall a GPU's launch queue.
+    start_epoch, lambda_s, history = 0, torch.tensor(cfg.lambda_s, dtype=torch.float64, device=dev), []
     if resume and (ckpt_dir / META).exists():
         meta = load_checkpoint(ckpt_dir, modules, optimizers, dev)
         same = json.loads(json.dumps({"train": cfg.to_dict(), "model": model_cfg.to_dict()}))  # tuples -> lists
         if {"train": meta["train"], "model": meta["model"]} != same:
             raise ValueError(f"{ckpt_dir} was written with other settings; resume with the same flags "
                              f"(checkpoint: {meta['train']})")
-        start_epoch, lambda_s, history = meta["epoch"] + 1, meta["lambda_s"], meta["history"]
+        start_epoch, history = meta["epoch"] + 1, meta["history"]
+        lambda_s = torch.tensor(meta["lambda_s"], dtype=torch.float64, device=dev)
         print(f"resuming after epoch {meta['epoch'] + 1}/{cfg.epochs}")
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -176,7 +179,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # gate noise
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(y_train), generator=gen)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", mininterval=5)
         for it in bar:
@@ -186,21 +189,24 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
                 for g in opt.param_groups:
                     g["lr"] = frac * g["peak"]
             idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size]
-            xb = augment(x_train[idx], gen).to(dev).contiguous(memory_format=torch.channels_last)
-            yb = y_train[idx].to(dev)
+            xb, yb = augment(x_train[idx], gen), y_train[idx]
+            if dev.type == "cuda":  # pinned + non_blocking: the host does not wait for the GPU at every copy
+                xb, yb = xb.pin_memory().to(dev, non_blocking=True), yb.pin_memory().to(dev, non_blocking=True)
+            xb = xb.to(dev).contiguous(memory_format=torch.channels_last)
+            yb = yb.to(dev)
             terms = train_step(model, loss_mod, optimizers, xb, yb, cfg, lambda_s, dense, teacher)
             if loss_mod is not None and cfg.target_flops > 0:
                 ramp = min(1.0, step / max(cfg.target_ramp_epochs * steps_per_epoch, 1))
                 target = 1.0 - ramp * (1.0 - cfg.target_flops)
-                lambda_s = max(0.0, lambda_s + cfg.dual_lr * (float(terms["flops"]) - target) / steps_per_epoch)
+                lambda_s = (lambda_s + cfg.dual_lr * (terms["flops"] - target) / steps_per_epoch).clamp_min(0.0)
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums[k] + v.double() if k in sums else v.double()
             if it % 20 == 0:
-                bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in sums.items()} | ({"lam_s": f"{lambda_s:.3f}"} if loss_mod else {}))
+                bar.set_postfix({k: f"{float(v) / (it + 1):.3f}" for k, v in sums.items()} | ({"lam_s": f"{float(lambda_s):.3f}"} if loss_mod else {}))
         bar.close()
         record = {"epoch": epoch + 1, "lr_end": frac * cfg.lr, "seconds": round(time.perf_counter() - t0, 1),
-                  **{f"train_{k}": round(v / steps_per_epoch, 5) for k, v in sums.items()},
-                  **({"lambda_s": round(lambda_s, 5)} if loss_mod else {}), **evaluate(model, test_set, dev)}
+                  **{f"train_{k}": round(float(v) / steps_per_epoch, 5) for k, v in sums.items()},
+                  **({"lambda_s": round(float(lambda_s), 5)} if loss_mod else {}), **evaluate(model, test_set, dev)}
         history.append(record)
         msg = f"epoch {epoch + 1}: test acc {record['test_accuracy']:.4f}, train acc {record['train_acc']:.4f}"
         if "filter_states" in record:
@@ -208,7 +214,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
             msg += (f", flops {record['flops_ratio']:.3f}, filters act/sil/dyn {fs['activated']}/{fs['silent']}/"
                     f"{fs['dynamic']} of {fs['total']}, MI {record['train_mi']:.3f}")
         print(msg, flush=True)
-        save_checkpoint(ckpt_dir, modules, optimizers, {"epoch": epoch, "lambda_s": lambda_s, "history": history,
+        save_checkpoint(ckpt_dir, modules, optimizers, {"epoch": epoch, "lambda_s": float(lambda_s), "history": history,
                                                   "train": cfg.to_dict(), "model": model_cfg.to_dict()})
 
     gates_moved = None
@@ -222,7 +228,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
              "data": {"root": str(data), "train_fingerprint": train_set.fingerprint,
                       "test_fingerprint": test_set.fingerprint, "train_images": len(y_train)},
              "init": {"path": str(init), "weights_sha256": file_sha256(Path(init) / WEIGHTS)} if init else None,
-             "final_lambda_s": lambda_s if decouple else None}
+             "final_lambda_s": float(lambda_s) if decouple else None}
     save_bundle(model.cpu().to(memory_format=torch.contiguous_format), out, extra)
     write_json(out / HISTORY, history)
     from .plots import plot_history  # matplotlib only when a run finishes
