@@ -3,7 +3,9 @@
 Per image, the target t is the most likely wrong class on the clean input. Each step descends
     CE(logits, t) + beta * softplus(score(path features w.r.t. t's profile) - threshold)
 where the path is the exact eval-time z in the forward pass and SemHash's v1 in the backward pass (straight-through,
-see gates.semhash). An image counts as broken at the first step where it is misclassified and not flagged; that
+see gates.semhash), and `score` is the scorer's differentiable logistic part: with the default gradient-boosted
+trees (piecewise constant, zero gradient) the attack descends on that surrogate, BPDA-style (Athalye et al. 2018),
+while success is judged by the real score. An image counts as broken at the first step where it is misclassified and not flagged; that
 iterate is kept. This is the attack the detector has to survive (Carlini & Wagner 2017; Tramer et al. 2020).
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ def adaptive_pgd(det: Detector, x: Tensor, y: Tensor, eps: float = 8 / 255, alph
     """x (N, 3, 32, 32) in [0, 1], y (N,) true labels -> adversarial images within the Linf eps-ball, in [0, 1]."""
     model, dev = det.model.eval(), det.device
     scorer, freq = det.profiles.scorer, [f.to(dev) for f in det.profiles.freq]
+    # Trees have no gradient: descend on the logistic surrogate (at its own threshold), judge with the real score.
+    sur_thr = det.threshold if scorer.trees is None or scorer.surrogate_threshold is None else scorer.surrogate_threshold
     gen = torch.Generator().manual_seed(seed)
     out = []
     for i in tqdm(range(0, len(x), batch_size), desc="adaptive pgd", unit="batch", leave=False):
@@ -42,8 +46,8 @@ def adaptive_pgd(det: Detector, x: Tensor, y: Tensor, eps: float = 8 / 255, alph
             xa.requires_grad_(True)
             with model.straight_through_paths():
                 o = model.forward_paths(xa)
-                score = scorer.score(path_features(o.z, target, freq))
-                loss = F.cross_entropy(o.logits, target, reduction="sum") + beta * F.softplus(score - det.threshold).sum()
+                score = scorer.surrogate(path_features(o.z, target, freq))
+                loss = F.cross_entropy(o.logits, target, reduction="sum") + beta * F.softplus(score - sur_thr).sum()
             grad, = torch.autograd.grad(loss, xa)
             with torch.no_grad():
                 # the forward values are exactly eval-time: record images that already evade (first success kept)

@@ -5,6 +5,7 @@ threshold; every reported figure comes from the disjoint *evaluation* half. Prof
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -57,7 +58,7 @@ def path_feature_set(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: T
 
 def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, attacks: list[str],
               target_fpr: float = 0.05, device: str | torch.device = "cpu", seed: int = 0,
-              threshold_share: float = 0.4) -> PathProfiles:
+              threshold_share: float = 0.4, trees: bool = True) -> PathProfiles:
     """Fit the `path` scorer and its threshold on calibration images x (N, 3, 32, 32), y (N,).
 
     The images are cut (class-balanced, seeded) into a *fit* part and a *threshold* part. The scorer is fitted on the
@@ -79,12 +80,15 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
         rates[name] = round(s.success_rate, 4)
         attacked.append(path_feature_set(model, profiles, s.x_adv[s.success], device=device)[1])
     attacked_all = torch.cat(attacked)
-    scorer = PathScorer.fit(clean, attacked_all)
+    scorer = PathScorer.fit(clean, attacked_all, trees=trees)
     thr_scores = scorer.score(thr_clean)
     threshold = calibrate_threshold(thr_scores, target_fpr)
+    # the differentiable stand-in an adaptive attacker descends on, thresholded at the same FPR
+    scorer = replace(scorer, surrogate_threshold=calibrate_threshold(scorer.surrogate(thr_clean), target_fpr))
     record: dict[str, Any] = {"split_seed": SPLIT_SEED, "images": len(y), "fit_images": len(fit_idx),
                               "threshold_images": len(thr_idx), "n_clean": len(fit_ok), "n_attacked": len(attacked_all),
                               "n_threshold_clean": len(thr_ok), "attacks": attacks, "attack_success_rates": rates,
+                              "scorer": "trees" if trees else "linear",
                               "fpr_achieved": round(float((thr_scores > threshold).float().mean()), 4)}
     meta = {**profiles.meta, "threshold": threshold, "target_fpr": target_fpr, "calibration": record}
     return PathProfiles(profiles.freq, profiles.counts, meta, scorer)

@@ -99,11 +99,13 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
     profiles = build_profiles(model, train.x, train.y, device=a.device)
     cal_idx, _ = split_test(test.y, model.cfg.num_classes)
     cal_idx = balanced_subset(cal_idx, test.y, a.calib_limit, model.cfg.num_classes)
-    profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], _names(a.calib_attacks), a.fpr, a.device)
+    profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], _names(a.calib_attacks), a.fpr, a.device,
+                         trees=a.scorer == "trees")
     path = save_profiles(profiles, a.model, f"train:{train.fingerprint} test:{test.fingerprint}")
     c = profiles.meta["calibration"]
     print(f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
-          f"{c['n_clean']} clean + {c['n_attacked']} attacked calibration images ({', '.join(c['attacks'])}); threshold "
+          f"{c['n_clean']} clean + {c['n_attacked']} attacked calibration images ({', '.join(c['attacks'])}, "
+          f"{c['scorer']}); threshold "
           f"{profiles.meta['threshold']:.4f} at target FPR {a.fpr} on {c['n_threshold_clean']} other clean calibration "
           f"images (achieved {c['fpr_achieved']}) | wrote {path}")
 
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate of the threshold (default 0.05)")
     p.add_argument("--calib-attacks", default="fgsm,pgd", help="attacks the scorer is fitted against (default fgsm,pgd)")
     p.add_argument("--calib-limit", type=int, default=0, help="calibration images (class-balanced; 0 = all 5,000)")
+    p.add_argument("--scorer", choices=("trees", "linear"), default="trees",
+                   help="`path` score model: gradient-boosted trees (default) or the logistic model alone")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p = sub.add_parser("attack", help="adversarial sets (torchattacks) on correctly classified test images")

@@ -1,14 +1,17 @@
 """Path divergence: how far an input's calculation path is from the reference path of its predicted class.
 
 Per layer l and input with predicted class c: Hamming distance (share of the layer's filters whose state differs
-from c's signature) and Jaccard distance (1 - |z AND sig| / |z OR sig|). The `path` score is a logistic model on those
-distances and on each filter's deviation from the class's firing frequency, fitted on a calibration split (clean
-vs attacked); `path_hamming` and `path_jaccard` are plain means over layers and need no fitting.
+from c's signature) and Jaccard distance (1 - |z AND sig| / |z OR sig|). The `path` score is a classifier (gradient-
+boosted trees, or a logistic model) on those distances and on each filter's deviation from the class's firing
+frequency, fitted on a calibration split (clean vs attacked); `path_hamming` and `path_jaccard` are plain means over
+layers and need no fitting.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -58,24 +61,104 @@ def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signature
 
 
 @dataclass(frozen=True)
+class TreeEnsemble:
+    """Gradient-boosted trees (scikit-learn HistGradientBoostingClassifier) exported to plain tensors, evaluated in
+    torch: no pickle, no scikit-learn at serving time. T trees padded to M nodes; a node goes left if x <= threshold.
+    raw(x) = baseline + sum over trees of the reached leaf's value (the same log-odds sklearn's decision_function gives)."""
+
+    feature: Tensor    # (T, M) int64
+    threshold: Tensor  # (T, M) float64
+    left: Tensor       # (T, M) int64
+    right: Tensor      # (T, M) int64
+    value: Tensor      # (T, M) float64 (leaves)
+    is_leaf: Tensor    # (T, M) bool
+    baseline: float
+    depth: int         # deepest leaf: traversal steps needed
+
+    @classmethod
+    def from_sklearn(cls, clf: Any) -> "TreeEnsemble":
+        trees = [p[0].nodes for p in clf._predictors]  # binary task: one predictor per boosting iteration
+        t, m = len(trees), max(len(n) for n in trees)
+        arr = {k: torch.zeros(t, m, dtype=dt) for k, dt in (("feature", torch.int64), ("threshold", torch.float64),
+               ("left", torch.int64), ("right", torch.int64), ("value", torch.float64), ("is_leaf", torch.bool))}
+        arr["is_leaf"][:] = True  # padding nodes are never reached
+        for i, n in enumerate(trees):
+            k = len(n)
+            arr["feature"][i, :k] = torch.from_numpy(n["feature_idx"].astype("int64"))
+            arr["threshold"][i, :k] = torch.from_numpy(n["num_threshold"].astype("float64"))
+            arr["left"][i, :k] = torch.from_numpy(n["left"].astype("int64"))
+            arr["right"][i, :k] = torch.from_numpy(n["right"].astype("int64"))
+            arr["value"][i, :k] = torch.from_numpy(n["value"].astype("float64"))
+            arr["is_leaf"][i, :k] = torch.from_numpy(n["is_leaf"].astype(bool))
+        depth = max(int(n["depth"].max()) for n in trees)
+        return cls(**arr, baseline=float(clf._baseline_prediction.ravel()[0]), depth=depth)
+
+    def raw(self, features: Tensor) -> Tensor:
+        """(N, F) -> (N,) float64 log-odds. Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
+        x = features.detach().double()
+        t, m = self.feature.shape
+        dev = x.device
+        flat = {k: getattr(self, k).to(dev).flatten() for k in ("feature", "threshold", "left", "right", "value", "is_leaf")}
+        offset = (torch.arange(t, device=dev) * m)[None]            # (1, T): row start of each tree
+        node = torch.zeros(len(x), t, dtype=torch.int64, device=dev)  # (N, T): current node per image and tree
+        for _ in range(self.depth):
+            i = node + offset
+            go_left = x.gather(1, flat["feature"][i]) <= flat["threshold"][i]
+            nxt = torch.where(go_left, flat["left"][i], flat["right"][i])
+            node = torch.where(flat["is_leaf"][i], node, nxt)
+        return self.baseline + flat["value"][node + offset].sum(1)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"scorer.trees.feature": self.feature, "scorer.trees.threshold": self.threshold,
+                "scorer.trees.left": self.left, "scorer.trees.right": self.right, "scorer.trees.value": self.value,
+                "scorer.trees.is_leaf": self.is_leaf,
+                "scorer.trees.meta": torch.tensor([self.baseline, float(self.depth)], dtype=torch.float64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, Tensor]) -> "TreeEnsemble":
+        meta = t["scorer.trees.meta"]
+        return cls(*(t[f"scorer.trees.{k}"] for k in ("feature", "threshold", "left", "right", "value", "is_leaf")),
+                   baseline=float(meta[0]), depth=int(meta[1]))
+
+
+# Boosting settings, chosen on a validation split inside the calibration half of the shipped bundle (FGSM/PGD AUROC
+# 0.908 / 0.957 there, vs 0.870 / 0.924 for the logistic model and 0.894 / 0.943 for the best MLP tried).
+TREE_PARAMS: dict[str, Any] = {"learning_rate": 0.05, "max_iter": 600, "max_leaf_nodes": 31, "early_stopping": False,
+                               "random_state": 0}
+
+
+@dataclass(frozen=True)
 class PathScorer:
-    """Logistic model on `path_features`: score = ((x - mean) / scale) . coef + intercept; higher = more likely
-    an attack. Measured on a 1,000-image calibration split: per-filter deviations lifted PGD AUROC from 0.77
-    (per-layer distances only) to 0.87, so both are kept. Fitted only on calibration data."""
+    """The `path` score on `path_features`; higher = more likely an attack. Fitted only on calibration data.
+
+    linear: logistic model ((x - mean) / scale) . coef + intercept. Measured on a 1,000-image calibration split:
+      per-filter deviations lifted PGD AUROC from 0.77 (per-layer distances only) to 0.87, so both are kept.
+    trees (optional, the default of `dnd profiles`): gradient-boosted trees on the same features; when present they
+      give the score. They have no gradient, so `surrogate` (the linear model) is what a gradient-based adaptive
+      attacker descends on, against `surrogate_threshold` (same target FPR)."""
 
     mean: Tensor   # (F,)
     scale: Tensor  # (F,)
     coef: Tensor   # (F,)
     intercept: float
+    trees: TreeEnsemble | None = None
+    surrogate_threshold: float | None = None
 
-    def score(self, features: Tensor) -> Tensor:
-        """(N, F) -> (N,) logit of 'attacked'. Pure torch ops, so it is differentiable."""
+    def surrogate(self, features: Tensor) -> Tensor:
+        """(N, F) -> (N,) logistic log-odds. Pure torch ops, so it is differentiable."""
         return ((features - self.mean.to(features)) / self.scale.to(features)) @ self.coef.to(features) + self.intercept
 
+    def score(self, features: Tensor) -> Tensor:
+        """(N, F) -> (N,) log-odds of 'attacked' (float32): the trees if fitted, else the logistic model."""
+        if self.trees is None:
+            return self.surrogate(features)
+        return self.trees.raw(features).float()
+
     @classmethod
-    def fit(cls, clean: Tensor, attacked: Tensor, c: float = 0.01) -> "PathScorer":
-        """clean (N0, F), attacked (N1, F) path features. L2-regularised logistic regression (scikit-learn) with
-        balanced class weights on standardised features; small C because F (~700) is large next to N."""
+    def fit(cls, clean: Tensor, attacked: Tensor, c: float = 0.01, trees: bool = True) -> "PathScorer":
+        """clean (N0, F), attacked (N1, F) path features. Always an L2-regularised logistic regression (scikit-learn)
+        with balanced class weights on standardised features (small C: F ~700 is large next to N); with trees=True
+        also gradient-boosted trees (TREE_PARAMS, balanced sample weights)."""
         from sklearn.linear_model import LogisticRegression
 
         if len(clean) == 0 or len(attacked) == 0:
@@ -85,15 +168,26 @@ class PathScorer:
         y = torch.cat([torch.zeros(len(clean)), torch.ones(len(attacked))])
         lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
         lr.fit(((x - mean) / scale).numpy(), y.numpy())
-        return cls(mean.float(), scale.float(), torch.from_numpy(lr.coef_[0]).float(), float(lr.intercept_[0]))
+        ensemble = None
+        if trees:
+            from sklearn.ensemble import HistGradientBoostingClassifier
+
+            w = torch.where(y == 1, len(y) / (2 * len(attacked)), len(y) / (2 * len(clean)))
+            ensemble = TreeEnsemble.from_sklearn(HistGradientBoostingClassifier(**TREE_PARAMS).fit(x.numpy(), y.numpy(), sample_weight=w.numpy()))
+        return cls(mean.float(), scale.float(), torch.from_numpy(lr.coef_[0]).float(), float(lr.intercept_[0]), ensemble)
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"scorer.mean": self.mean, "scorer.scale": self.scale, "scorer.coef": self.coef,
-                "scorer.intercept": torch.tensor([self.intercept])}
+        t = {"scorer.mean": self.mean, "scorer.scale": self.scale, "scorer.coef": self.coef,
+             "scorer.intercept": torch.tensor([self.intercept])}
+        if self.surrogate_threshold is not None:
+            t["scorer.surrogate_threshold"] = torch.tensor([self.surrogate_threshold], dtype=torch.float64)
+        return t | (self.trees.tensors() if self.trees is not None else {})
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor]) -> "PathScorer":
-        return cls(t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]))
+        trees = TreeEnsemble.from_tensors(t) if "scorer.trees.meta" in t else None
+        sur = float(t["scorer.surrogate_threshold"][0]) if "scorer.surrogate_threshold" in t else None
+        return cls(t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]), trees, sur)
 
 
 def calibrate_threshold(clean_scores: Tensor, target_fpr: float) -> float:

@@ -137,13 +137,36 @@ def test_soft_distances_equal_hard_ones_on_binary_paths() -> None:
     assert torch.allclose(path_features(z, labels, freq), path_features([zl.float() for zl in z], labels, freq))
 
 
-def test_scorer_ranks_separable_data() -> None:
+@pytest.mark.parametrize("trees", [False, True])
+def test_scorer_ranks_separable_data(trees: bool) -> None:
     g = torch.Generator().manual_seed(0)
     clean, attacked = torch.randn(200, 5, generator=g), torch.randn(100, 5, generator=g) + 2
-    s = PathScorer.fit(clean, attacked)
+    s = PathScorer.fit(clean, attacked, trees=trees)
     assert s.score(attacked).mean() > s.score(clean).mean() + 2
     t = PathScorer.from_tensors(s.tensors())
-    assert torch.equal(t.score(clean), s.score(clean))
+    assert torch.equal(t.score(clean), s.score(clean)) and torch.equal(t.surrogate(clean), s.surrogate(clean))
+    x = clean[:4].clone().requires_grad_(True)
+    s.surrogate(x).sum().backward()  # the adaptive attack's gradient path
+    assert x.grad.abs().sum() > 0
+
+
+def test_tree_ensemble_in_torch_equals_sklearn() -> None:
+    """The exported trees reach scikit-learn's leaves: the same log-odds up to summation order (a wrong leaf is off by
+    >= 1e-3), including ties at split thresholds (the integer column)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from detector.scoring import TreeEnsemble
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(300, 7, generator=g), torch.randint(0, 3, (300, 1), generator=g).float()], 1).double()
+    y = ((x[:, 0] + x[:, 1] * x[:, 2] + x[:, 7]) > 0.5).double()
+    clf = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=15, random_state=0).fit(x.numpy(), y.numpy())
+    ens = TreeEnsemble.from_sklearn(clf)
+    probe = torch.cat([x, torch.randn(50, 8, generator=g).double()])
+    want = torch.from_numpy(clf.decision_function(probe.numpy()))
+    torch.testing.assert_close(ens.raw(probe), want, rtol=0, atol=1e-12)
+    assert torch.equal(TreeEnsemble.from_tensors(ens.tensors()).raw(probe), ens.raw(probe))
+    assert torch.equal(ens.raw(probe[:1]), ens.raw(probe)[:1])  # batched == unbatched
 
 
 def test_adaptive_attack_stays_in_eps_ball_and_straight_through_is_exact(bundle: Path) -> None:

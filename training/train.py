@@ -225,6 +225,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
             print(f"WARNING: the gates did not move (filter states {fs}, FLOPs ratio {history[-1]['flops_ratio']:.3f}): "
                   "this bundle does not decouple anything; do not use it for path-based detection", flush=True)
     extra = {"phase": "decoupled" if decouple else "dense", "gates_moved": gates_moved, "train": cfg.to_dict(), "seed": cfg.seed,
+             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
              "data": {"root": str(data), "train_fingerprint": train_set.fingerprint,
                       "test_fingerprint": test_set.fingerprint, "train_images": len(y_train)},
              "init": {"path": str(init), "weights_sha256": file_sha256(Path(init) / WEIGHTS)} if init else None,
