@@ -63,62 +63,70 @@ def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signature
 @dataclass(frozen=True)
 class TreeEnsemble:
     """Gradient-boosted trees (scikit-learn HistGradientBoostingClassifier) exported to plain tensors, evaluated in
-    torch: no pickle, no scikit-learn at serving time. T trees padded to M nodes; a node goes left if x <= threshold.
-    raw(x) = baseline + sum over trees of the reached leaf's value (the same log-odds sklearn's decision_function gives)."""
+    torch: no pickle, no scikit-learn at serving time. raw(x) = baseline + sum over trees of the reached leaf's value,
+    scikit-learn's decision_function (log-odds) for float32 features.
+
+    Layout (T trees padded to M nodes, sorted by depth, deepest first): node j's children are left[j] and left[j] + 1
+    (renumbered so), and it goes right iff x[feature[j]] > threshold[j]. A leaf points to itself with threshold +inf,
+    so a traversal step is 3 gathers and an add, and level k only touches the trees deeper than k."""
 
     feature: Tensor    # (T, M) int64
-    threshold: Tensor  # (T, M) float64
+    threshold: Tensor  # (T, M) float32: sklearn's float64 split value rounded down, exact for float32 inputs
     left: Tensor       # (T, M) int64
-    right: Tensor      # (T, M) int64
-    value: Tensor      # (T, M) float64 (leaves)
-    is_leaf: Tensor    # (T, M) bool
+    value: Tensor      # (T, M) float64 (leaves; 0 elsewhere)
+    depth: Tensor      # (T,) int64, non-increasing
     baseline: float
-    depth: int         # deepest leaf: traversal steps needed
 
     @classmethod
     def from_sklearn(cls, clf: Any) -> "TreeEnsemble":
         trees = [p[0].nodes for p in clf._predictors]  # binary task: one predictor per boosting iteration
+        trees.sort(key=lambda n: -int(n["depth"].max()))
         t, m = len(trees), max(len(n) for n in trees)
-        arr = {k: torch.zeros(t, m, dtype=dt) for k, dt in (("feature", torch.int64), ("threshold", torch.float64),
-               ("left", torch.int64), ("right", torch.int64), ("value", torch.float64), ("is_leaf", torch.bool))}
-        arr["is_leaf"][:] = True  # padding nodes are never reached
+        feature, left = torch.zeros(t, m, dtype=torch.int64), torch.zeros(t, m, dtype=torch.int64)
+        threshold, value = torch.full((t, m), float("inf")), torch.zeros(t, m, dtype=torch.float64)
         for i, n in enumerate(trees):
-            k = len(n)
-            arr["feature"][i, :k] = torch.from_numpy(n["feature_idx"].astype("int64"))
-            arr["threshold"][i, :k] = torch.from_numpy(n["num_threshold"].astype("float64"))
-            arr["left"][i, :k] = torch.from_numpy(n["left"].astype("int64"))
-            arr["right"][i, :k] = torch.from_numpy(n["right"].astype("int64"))
-            arr["value"][i, :k] = torch.from_numpy(n["value"].astype("float64"))
-            arr["is_leaf"][i, :k] = torch.from_numpy(n["is_leaf"].astype(bool))
-        depth = max(int(n["depth"].max()) for n in trees)
-        return cls(**arr, baseline=float(clf._baseline_prediction.ravel()[0]), depth=depth)
+            order, new = [0], {0: 0}  # breadth-first renumbering that puts each node's children side by side
+            for old in order:
+                if not n["is_leaf"][old]:
+                    for child in (int(n["left"][old]), int(n["right"][old])):
+                        new[child] = len(order)
+                        order.append(child)
+            for old in order:
+                j = new[old]
+                if n["is_leaf"][old]:
+                    left[i, j], value[i, j] = j, float(n["value"][old])
+                else:
+                    t64 = torch.tensor(float(n["num_threshold"][old]), dtype=torch.float64)
+                    t32 = t64.float()
+                    if t32.double() > t64:  # round down: for float32 x, x <= t64 iff x <= t32
+                        t32 = torch.nextafter(t32, torch.tensor(float("-inf")))
+                    feature[i, j], threshold[i, j], left[i, j] = int(n["feature_idx"][old]), t32, new[int(n["left"][old])]
+        depth = torch.tensor([int(n["depth"].max()) for n in trees])
+        return cls(feature, threshold, left, value, depth, float(clf._baseline_prediction.ravel()[0]))
 
     def raw(self, features: Tensor) -> Tensor:
         """(N, F) -> (N,) float64 log-odds. Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
-        x = features.detach().double()
+        x = features.detach().float()
         t, m = self.feature.shape
         dev = x.device
-        flat = {k: getattr(self, k).to(dev).flatten() for k in ("feature", "threshold", "left", "right", "value", "is_leaf")}
+        feat, thr, left = (a.to(dev).flatten() for a in (self.feature, self.threshold, self.left))
         offset = (torch.arange(t, device=dev) * m)[None]            # (1, T): row start of each tree
         node = torch.zeros(len(x), t, dtype=torch.int64, device=dev)  # (N, T): current node per image and tree
-        for _ in range(self.depth):
-            i = node + offset
-            go_left = x.gather(1, flat["feature"][i]) <= flat["threshold"][i]
-            nxt = torch.where(go_left, flat["left"][i], flat["right"][i])
-            node = torch.where(flat["is_leaf"][i], node, nxt)
-        return self.baseline + flat["value"][node + offset].sum(1)
+        for k in range(int(self.depth[0]) if t else 0):
+            a = int((self.depth > k).sum())  # trees still descending at level k (sorted, so the first a)
+            i = node[:, :a] + offset[:, :a]
+            node[:, :a] = left[i] + (x.gather(1, feat[i]) > thr[i])
+        return self.baseline + self.value.to(dev).flatten()[node + offset].sum(1)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"scorer.trees.feature": self.feature, "scorer.trees.threshold": self.threshold,
-                "scorer.trees.left": self.left, "scorer.trees.right": self.right, "scorer.trees.value": self.value,
-                "scorer.trees.is_leaf": self.is_leaf,
-                "scorer.trees.meta": torch.tensor([self.baseline, float(self.depth)], dtype=torch.float64)}
+                "scorer.trees.left": self.left, "scorer.trees.value": self.value, "scorer.trees.depth": self.depth,
+                "scorer.trees.baseline": torch.tensor([self.baseline], dtype=torch.float64)}
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor]) -> "TreeEnsemble":
-        meta = t["scorer.trees.meta"]
-        return cls(*(t[f"scorer.trees.{k}"] for k in ("feature", "threshold", "left", "right", "value", "is_leaf")),
-                   baseline=float(meta[0]), depth=int(meta[1]))
+        return cls(*(t[f"scorer.trees.{k}"] for k in ("feature", "threshold", "left", "value", "depth")),
+                   baseline=float(t["scorer.trees.baseline"][0]))
 
 
 # Boosting settings, chosen on a validation split inside the calibration half of the shipped bundle (FGSM/PGD AUROC
@@ -185,7 +193,7 @@ class PathScorer:
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor]) -> "PathScorer":
-        trees = TreeEnsemble.from_tensors(t) if "scorer.trees.meta" in t else None
+        trees = TreeEnsemble.from_tensors(t) if "scorer.trees.baseline" in t else None
         sur = float(t["scorer.surrogate_threshold"][0]) if "scorer.surrogate_threshold" in t else None
         return cls(t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]), trees, sur)
 

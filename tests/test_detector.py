@@ -158,11 +158,12 @@ def test_tree_ensemble_in_torch_equals_sklearn() -> None:
     from detector.scoring import TreeEnsemble
 
     g = torch.Generator().manual_seed(1)
+    # float32 values (what path_features gives), held as float64 for scikit-learn
     x = torch.cat([torch.randn(300, 7, generator=g), torch.randint(0, 3, (300, 1), generator=g).float()], 1).double()
     y = ((x[:, 0] + x[:, 1] * x[:, 2] + x[:, 7]) > 0.5).double()
     clf = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=15, random_state=0).fit(x.numpy(), y.numpy())
     ens = TreeEnsemble.from_sklearn(clf)
-    probe = torch.cat([x, torch.randn(50, 8, generator=g).double()])
+    probe = torch.cat([x, torch.randn(50, 8, generator=g).double()])  # randn is float32: exact in float64
     want = torch.from_numpy(clf.decision_function(probe.numpy()))
     torch.testing.assert_close(ens.raw(probe), want, rtol=0, atol=1e-12)
     assert torch.equal(TreeEnsemble.from_tensors(ens.tensors()).raw(probe), ens.raw(probe))
