@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -72,8 +73,10 @@ def main() -> None:
     report: dict = {"device": a.device, "budget_s": a.budget}
 
     warm = subprocess.Popen([py, "-c", f"from detector.data import load_split as l; l({a.data!r}, 'train'); l({a.data!r}, 'test')"])
+    # the repo root on the path: on a bare GPU machine the project is not pip-installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
     bench = subprocess.run([py, "bench/train_epoch.py", "--device", a.device, "--rounds", "3", "--steps", str(a.bench_steps)],
-                           capture_output=True, text=True, check=True).stdout
+                           capture_output=True, text=True, check=True, env=env).stdout
     print(bench, flush=True)
     ms = {k: float(v) for k, v in re.findall(r"^(dense|decoupled\+kd)\s+([\d.]+) ms/step", bench, re.M)}
     if warm.wait() != 0:
