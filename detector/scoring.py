@@ -106,24 +106,27 @@ class TreeEnsemble:
         return cls(feature, threshold, left, value, depth, float(clf._baseline_prediction.ravel()[0]))
 
     @functools.cached_property
-    def _table(self) -> Tensor:
-        """(T*M, 3) float32 rows [feature, threshold, left]: one index_select per level fetches all three
-        (indices < 2^24 are exact in float32); 30% faster on CPU than three separate gathers (measured)."""
+    def _walk(self) -> tuple[Tensor, list[int]]:
+        """(T*M, 3) float32 rows [feature, threshold, global index of the left child] (indices < 2^24 are exact in
+        float32: one index_select per level fetches all three, 30% faster on CPU than three lookups, measured), and
+        how many trees are still descending at each level. Cached: a single image pays ~20 levels of small ops."""
         t, m = self.feature.shape
-        return torch.stack([self.feature.float(), self.threshold, self.left.float()], -1).reshape(t * m, 3).contiguous()
+        left = self.left + (torch.arange(t) * m)[:, None]  # global node numbers
+        table = torch.stack([self.feature.float(), self.threshold, left.float()], -1).reshape(t * m, 3).contiguous()
+        active = [int((self.depth > k).sum()) for k in range(int(self.depth[0]) if t else 0)]
+        return table, active
 
     def raw(self, features: Tensor) -> Tensor:
         """(N, F) -> (N,) float64 log-odds. Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
         x = features.detach().float()
         n, (t, m), dev = len(x), self.feature.shape, x.device
-        table = self._table.to(dev)
-        offset = (torch.arange(t, device=dev) * m)[None]            # (1, T): row start of each tree
-        node = torch.zeros(n, t, dtype=torch.int64, device=dev)     # (N, T): current node per image and tree
-        for k in range(int(self.depth[0]) if t else 0):
-            a = int((self.depth > k).sum())  # trees still descending at level k (sorted, so the first a)
-            rows = table.index_select(0, (node[:, :a] + offset[:, :a]).reshape(-1)).view(n, a, 3)
+        table, active = self._walk
+        table = table.to(dev)
+        node = (torch.arange(t, device=dev) * m).repeat(n, 1)  # (N, T): each tree's current node, global index
+        for a in active:  # trees are sorted by depth: the first `a` still descend at this level
+            rows = table.index_select(0, node[:, :a].reshape(-1)).view(n, a, 3)
             node[:, :a] = rows[..., 2].long() + (x.gather(1, rows[..., 0].long()) > rows[..., 1])
-        return self.baseline + self.value.to(dev).flatten().index_select(0, (node + offset).reshape(-1)).view(n, t).sum(1)
+        return self.baseline + self.value.to(dev).flatten().index_select(0, node.reshape(-1)).view(n, t).sum(1)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"scorer.trees.feature": self.feature, "scorer.trees.threshold": self.threshold,
