@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,7 +70,7 @@ class TreeEnsemble:
 
     Layout (T trees padded to M nodes, sorted by depth, deepest first): node j's children are left[j] and left[j] + 1
     (renumbered so), and it goes right iff x[feature[j]] > threshold[j]. A leaf points to itself with threshold +inf,
-    so a traversal step is 3 gathers and an add, and level k only touches the trees deeper than k."""
+    so a traversal step is one row fetch, one gather of x and an add, and level k only touches the trees deeper than k."""
 
     feature: Tensor    # (T, M) int64
     threshold: Tensor  # (T, M) float32: sklearn's float64 split value rounded down, exact for float32 inputs
@@ -97,11 +98,11 @@ class TreeEnsemble:
                 if n["is_leaf"][old]:
                     left[i, j], value[i, j] = j, float(n["value"][old])
                 else:
-                    t64 = torch.tensor(float(n["num_threshold"][old]), dtype=torch.float64)
-                    t32 = t64.float()
-                    if t32.double() > t64:  # round down: for float32 x, x <= t64 iff x <= t32
-                        t32 = torch.nextafter(t32, torch.tensor(float("-inf")))
-                    feature[i, j], threshold[i, j], left[i, j] = int(n["feature_idx"][old]), t32, new[int(n["left"][old])]
+                    t64 = n["num_threshold"][old]
+                    t32 = np.float32(t64)
+                    if t32 > t64:  # round down: for float32 x, x <= t64 iff x <= t32
+                        t32 = np.nextafter(t32, np.float32(-np.inf))
+                    feature[i, j], threshold[i, j], left[i, j] = int(n["feature_idx"][old]), float(t32), new[int(n["left"][old])]
         depth = torch.tensor([int(n["depth"].max()) for n in trees])
         return cls(feature, threshold, left, value, depth, float(clf._baseline_prediction.ravel()[0]))
 
