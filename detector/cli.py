@@ -15,7 +15,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="CIFAR-10 root: torchvision layout or train/ + test/ image folders")
     p.add_argument("--out", required=True, help="bundle directory to write (checkpoints go to OUT/checkpoint)")
     p.add_argument("--decouple", action="store_true", help="add gates and fine-tune from --init")
-    p.add_argument("--init", help="bundle to start from: dense (gates are new) or decoupled (a further fine-tuning stage)")
+    p.add_argument("--init", help="bundle to start from: dense (with --decouple the gates are new; without, a warm restart: a new LR cycle "
+                   "from its weights) or decoupled (a further fine-tuning stage)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")

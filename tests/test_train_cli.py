@@ -33,6 +33,20 @@ def test_dense_smoke_run_writes_a_bundle(dense: Path) -> None:
     assert len(hist) == 1 and 0 <= hist[0]["test_accuracy"] <= 1
 
 
+def test_dense_init_is_a_warm_restart_from_those_weights(dense: Path, data: Path, tmp_path: Path) -> None:
+    # --init without --decouple once loaded the bundle and then trained from a fresh initialisation; with LR 0
+    # every parameter must stay the init's (BN running statistics, buffers, still move)
+    out = tmp_path / "warm"
+    assert main(["train", "--data", str(data), "--out", str(out), "--init", str(dense), "--epochs", "1", "--lr", "0",
+                 *TINY]) == 0
+    d, w = load_file(str(dense / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert set(d) == set(w)
+    params = [k for k in d if k.endswith(".weight") or k.endswith(".bias")]
+    assert len(params) > 40 and all(torch.equal(d[k], w[k]) for k in params)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["phase"] == "dense" and cfg["init"]["path"] == str(dense)
+
+
 def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "dec"
     assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),

@@ -108,10 +108,11 @@ def evaluate(model: CifarResNet, test: Split, device: torch.device) -> dict[str,
 
 def init_weights(model: CifarResNet, src: CifarResNet, init_dir: Path) -> None:
     """Start from a bundle's model `src`: a dense one gives every non-gate weight (the gates are the only new
-    parameters); a decoupled one gives everything, strictly (a second stage, e.g. more epochs on eval-time paths)."""
-    if src.cfg.decoupled:
+    parameters; for a dense `model`, everything); a decoupled one gives everything, strictly (a second stage, e.g.
+    more epochs on eval-time paths)."""
+    if src.cfg.decoupled or not model.cfg.decoupled:
         if src.cfg != model.cfg:
-            raise ValueError(f"--init {init_dir} is decoupled with another architecture: {src.cfg} vs {model.cfg}")
+            raise ValueError(f"--init {init_dir} has another architecture: {src.cfg} vs {model.cfg}")
         model.load_state_dict(src.state_dict(), strict=True)
         return
     missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
@@ -147,7 +148,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
 
     model = build_model(model_cfg)
     src = load_model(Path(init)) if init is not None else None
-    if decouple:
+    if src is not None:  # dense --init: a warm restart (new LR cycle) from those weights; --decouple: the fine-tune
         init_weights(model, src, Path(init))
     model = model.to(dev, memory_format=torch.channels_last)
     loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
