@@ -22,7 +22,7 @@ from detector.losses import DecouplingLoss
 from detector.model import build_model
 from detector.stats import dense_macs
 from training.config import make_config
-from training.train import make_optimizers, train_step
+from training.train import compiled_step_loss, make_optimizers, step_loss, train_step
 
 
 def main() -> None:
@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--count-ops", action="store_true", help="also count aten operators per step (torch.profiler)")
     ap.add_argument("--lambda-kd", type=float, default=1.0, help="distillation weight of the third setup (> 0)")
+    ap.add_argument("--compile", action="store_true",
+                    help="run every setup's forward + losses through torch.compile (dnd train --compile); "
+                         "the compile happens in the warm-up round and is timed separately")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -49,17 +52,24 @@ def main() -> None:
         setups[name] = (model, loss, make_optimizers(model, loss, cfg), cfg, dense_macs(model), teacher if kd else None)
     x = torch.rand(a.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,), device=dev)
+    loss_fn = compiled_step_loss() if a.compile else step_loss
     times: dict[str, list[float]] = {k: [] for k in setups}
-    for r in range(a.rounds + 1):  # round 0 is warm-up
+    warmup: dict[str, float] = {}
+    for r in range(a.rounds + 1):  # round 0 is warm-up (and, with --compile, the compilation)
         for name, (model, loss, opts, cfg, dense, teach) in setups.items():
             sync()
             t0 = time.perf_counter()
             for _ in range(a.steps):
-                train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach)
+                train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach, loss_fn)
             sync()
             if r:
                 times[name].append((time.perf_counter() - t0) / a.steps)
-    print(f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}")
+            else:
+                warmup[name] = time.perf_counter() - t0
+    print(f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}"
+          f" compile={a.compile}")
+    if a.compile:
+        print("warm-up round incl. compilation: " + ", ".join(f"{k} {v:.0f} s" for k, v in warmup.items()))
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         print(f"{k:13s} {v * 1e3:7.1f} ms/step   epoch (50,000 images) ~{v * 50_000 / a.batch_size:6.1f} s")
@@ -70,7 +80,7 @@ def main() -> None:
 
         for name, (model, loss, opts, cfg, dense, teach) in setups.items():
             with profile() as prof:
-                train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach)
+                train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach, loss_fn)
             # outermost aten ops (forward, autograd backward and optimizer), not the ops they call internally
             n = sum(1 for e in prof.events() if e.name.startswith("aten::")
                     and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))

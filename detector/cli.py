@@ -20,6 +20,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward + losses of each step (inductor; "
+                   "on CPU needs a C++ compiler; compiles for ~1-3 min at the start and at the switch to hard paths)")
     hp = p.add_argument_group("hyper-parameters (defaults in training/config.py)")
     for f in fields(TrainConfig):
         hp.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None, dest=f"hp_{f.name}")
@@ -31,7 +33,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
     overrides = {k[3:]: v for k, v in vars(a).items() if k.startswith("hp_") and v is not None}
     train(a.data, a.out, make_config(a.decouple, overrides), decouple=a.decouple, init=a.init,
-          resume=a.resume, device=a.device)
+          resume=a.resume, device=a.device, compile_step=a.compile)
 
 
 def _cmd_stats(a: argparse.Namespace) -> None:

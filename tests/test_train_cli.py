@@ -170,3 +170,38 @@ def test_predict_with_profiles_scores_the_input(tmp_path: Path, capsys: pytest.C
     assert isinstance(rec["is_adversarial"], bool) and rec["threshold"] == 0.0 and rec["resized_from"] is None
     assert main(["predict", "--model", str(tmp_path / "b"), str(tmp_path / "bad.png")]) == 2
     assert "bad.png" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager() -> None:
+    # --compile must change the speed only: with deterministic paths (no noise, all hard, as in the final epochs)
+    # the compiled forward + losses give the eager values and gradients. Small network: compilation takes ~1 min.
+    import copy
+
+    from detector.config import ModelConfig
+    from detector.losses import DecouplingLoss
+    from detector.model import build_model
+    from training.config import TrainConfig
+    from training.train import compiled_step_loss, step_loss
+
+    torch.manual_seed(0)
+    base = build_model(ModelConfig(decoupled=True, widths=(8, 16, 32), blocks_per_stage=1))
+    base.set_gate_training(noise_std=0.0, p_hard=1.0)
+    teacher = build_model(ModelConfig(widths=(8, 16, 32), blocks_per_stage=1)).eval().requires_grad_(False)
+    xb, yb = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    cfg = TrainConfig(lambda_kd=1.0)
+    grads, losses = [], []
+    for fn in (step_loss, compiled_step_loss()):
+        m = copy.deepcopy(base).train()
+        torch.manual_seed(1)  # the same MI heads for both
+        loss_mod = DecouplingLoss([u.cout for u in m.units()], 10)
+        loss, terms = fn(m, loss_mod, xb, yb, cfg, torch.tensor(0.1, dtype=torch.float64), 1, teacher)
+        loss.backward()
+        losses.append((float(loss.detach()), {k: float(v) for k, v in terms.items()}))
+        grads.append([p.grad.clone() for p in (*m.parameters(), *loss_mod.parameters())])
+    assert losses[0][0] == pytest.approx(losses[1][0], rel=1e-4)
+    assert losses[0][1] == pytest.approx(losses[1][1], rel=1e-4, abs=1e-6)
+    gate_grads = [g for g, (n, _) in zip(grads[0], base.named_parameters()) if ".gate." in n]
+    assert gate_grads and all(g.abs().sum() > 0 for g in gate_grads)  # the comparison covers live gate gradients
+    for ge, gc in zip(*grads):
+        torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-5)

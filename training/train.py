@@ -10,6 +10,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,10 +67,11 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean", log_target=True) * t * t
 
 
-def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: list[torch.optim.Optimizer],
-               xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int,
-               teacher: CifarResNet | None = None) -> dict[str, torch.Tensor]:
-    """One optimisation step; returns the detached loss terms (and, decoupled, the eval-time FLOPs ratio)."""
+def step_loss(model: CifarResNet, loss_mod: DecouplingLoss | None, xb: torch.Tensor, yb: torch.Tensor,
+              cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int, teacher: CifarResNet | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward pass and every loss term of one step: (total loss, detached terms for the log). This is the part
+    `--compile` hands to torch.compile; backward and the optimizer steps stay in train_step."""
     res = model.forward_paths(xb)
     ce = F.cross_entropy(res.logits, yb)
     terms = {"ce": ce.detach()}
@@ -88,6 +90,21 @@ def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: 
             flops = macs_per_sample(model, [s > 0 for s in res.s]).mean() / dense
         terms.update({k: v.detach() for k, v in d.items()}, flops=flops)
     terms["acc"] = (res.logits.argmax(1) == yb).float().mean()
+    return loss, terms
+
+
+def compiled_step_loss() -> Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """step_loss through torch.compile (inductor; on CPU it needs a C++ compiler). It fuses the gates' many small
+    element-wise ops and the masks into few kernels (bench/train_epoch.py --compile). Gate noise then comes from
+    inductor's own seeded generator: the same noise law, other draws than eager."""
+    return torch.compile(step_loss)
+
+
+def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: list[torch.optim.Optimizer],
+               xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int,
+               teacher: CifarResNet | None = None, loss_fn: Callable[..., Any] = step_loss) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns the detached loss terms (and, decoupled, the eval-time FLOPs ratio)."""
+    loss, terms = loss_fn(model, loss_mod, xb, yb, cfg, lambda_s, dense, teacher)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -122,8 +139,11 @@ def init_weights(model: CifarResNet, src: CifarResNet, init_dir: Path) -> None:
 
 
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = False, init: str | Path | None = None,
-          resume: bool = False, device: str = "cpu", model_cfg: ModelConfig | None = None) -> Path:
-    """Train and write a bundle to `out` (weights, config.json, train_history.json). Returns `out`."""
+          resume: bool = False, device: str = "cpu", model_cfg: ModelConfig | None = None, compile_step: bool = False) -> Path:
+    """Train and write a bundle to `out` (weights, config.json, train_history.json). Returns `out`.
+
+    compile_step: run the forward + losses through torch.compile (an execution setting like `device`, so a run may be
+    resumed with or without it)."""
     out, dev = Path(out), torch.device(device)
     ckpt_dir = out / "checkpoint"
     if decouple and init is None:
@@ -156,6 +176,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     if cfg.lambda_kd > 0:  # the --init network itself, frozen (init_weights copied its tensors, not shared them)
         teacher = src.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
     optimizers = make_optimizers(model, loss_mod, cfg)
+    loss_fn = compiled_step_loss() if compile_step else step_loss
     modules = {"model": model, **({"loss": loss_mod} if loss_mod else {})}
 
     steps_per_epoch = len(y_train) // cfg.batch_size  # drop the ragged last batch
@@ -195,7 +216,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
                 xb, yb = xb.pin_memory().to(dev, non_blocking=True), yb.pin_memory().to(dev, non_blocking=True)
             xb = xb.to(dev).contiguous(memory_format=torch.channels_last)
             yb = yb.to(dev)
-            terms = train_step(model, loss_mod, optimizers, xb, yb, cfg, lambda_s, dense, teacher)
+            terms = train_step(model, loss_mod, optimizers, xb, yb, cfg, lambda_s, dense, teacher, loss_fn)
             if loss_mod is not None and cfg.target_flops > 0:
                 ramp = min(1.0, step / max(cfg.target_ramp_epochs * steps_per_epoch, 1))
                 target = 1.0 - ramp * (1.0 - cfg.target_flops)
@@ -226,7 +247,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
             print(f"WARNING: the gates did not move (filter states {fs}, FLOPs ratio {history[-1]['flops_ratio']:.3f}): "
                   "this bundle does not decouple anything; do not use it for path-based detection", flush=True)
     extra = {"phase": "decoupled" if decouple else "dense", "gates_moved": gates_moved, "train": cfg.to_dict(), "seed": cfg.seed,
-             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
+             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev), "compiled": compile_step,
              "data": {"root": str(data), "train_fingerprint": train_set.fingerprint,
                       "test_fingerprint": test_set.fingerprint, "train_images": len(y_train)},
              "init": {"path": str(init), "weights_sha256": file_sha256(Path(init) / WEIGHTS)} if init else None,
