@@ -41,6 +41,9 @@ def test_profiles_carry_scorer_threshold_and_provenance(bundle: Path) -> None:
             "created"} <= set(p.meta)
     cal = p.meta["calibration"]
     assert cal["attacks"] == ["fgsm", "pgd"] and cal["n_clean"] > 0 and cal["n_attacked"] > 0
+    # all 300 tiny training images join the scorer's fit data (--calib-train default); the threshold part stays test
+    assert cal["extra_fit_images"] == 300 and 0 < cal["n_extra_clean"] < cal["n_clean"]
+    assert cal["threshold_images"] == 20 and cal["n_threshold_clean"] <= 20  # 2 of each class's 5 calibration images
     assert cal["fpr_achieved"] <= 0.05
 
 
