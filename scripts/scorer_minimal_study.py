@@ -1,0 +1,71 @@
+"""Scorer study: can the trees also learn the minimal-perturbation attacks (CW, DeepFool) without losing FGSM / PGD?
+
+Reads the cache of scripts/scorer_train_study.py (clean / FGSM / PGD path features of the calibration half's fit and
+threshold parts and of the training images), adds CW and DeepFool on both calibration parts (at most N_FIT fit images,
+class-balanced; DeepFool runs ~3 images/s on 2 cores), and fits the trees on
+  (a) fit part FGSM + PGD + training FGSM + PGD (the shipped scorer),
+  (b) the same + fit part CW + DeepFool, (b') with those rows repeated 10x (a weight: they are ~1,100 each
+      against ~28,000 FGSM and PGD),
+  (c) fit part only, all four attacks.
+Every AUROC is on the threshold part (clean vs each attack on it). The evaluation half is not touched.
+
+usage: python scripts/scorer_minimal_study.py BUNDLE CACHE.pt [N_FIT=1300]   (~25 min on 2 cores)
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from detector.attacks import run_attack
+from detector.bundle import load_model
+from detector.calibration import balanced_subset, path_feature_set, shuffled_per_class, split_test
+from detector.data import load_split, to_unit_float
+from detector.profiles import load_profiles
+from detector.scoring import PathScorer
+
+torch.set_num_threads(2)
+bundle, cache = sys.argv[1], sys.argv[2]
+n_fit = int(sys.argv[3]) if len(sys.argv) > 3 else 1300
+model, prof = load_model(bundle), load_profiles(bundle)
+sets = torch.load(cache)
+extra_cache = cache.replace(".pt", "-minimal.pt")
+if os.path.exists(extra_cache):
+    sets |= torch.load(extra_cache)
+else:
+    test = load_split(".data", "test")
+    cal, _ = split_test(test.y, 10)
+    xc, yc = to_unit_float(test.x[cal]), test.y[cal]
+    per_class = shuffled_per_class(yc, 10, 0)  # the fit / threshold cut of detector.calibration.calibrate
+    thr_idx = torch.cat([idx[: round(len(idx) * 0.4)] for idx in per_class])
+    fit_idx = torch.cat([idx[round(len(idx) * 0.4):] for idx in per_class])
+    fit_idx = balanced_subset(fit_idx, yc, n_fit, 10)
+    extra = {}
+    for part, idx in (("fit_min", fit_idx), ("thr_min", thr_idx)):
+        kept, _ = path_feature_set(model, prof, xc[idx], yc[idx])
+        extra[part] = {}
+        for a in ("cw", "deepfool"):
+            s = run_attack(model, a, xc[idx][kept], yc[idx][kept])
+            extra[part][a] = path_feature_set(model, prof, s.x_adv[s.success])[1]
+            print(part, a, f"{len(extra[part][a])} of {int(kept.sum())} attacked", flush=True)
+    torch.save(extra, extra_cache)
+    sets |= extra
+
+
+def auroc(scorer: PathScorer, attack: str) -> float:
+    adv = sets["thr_min"][attack] if attack in ("cw", "deepfool") else sets["thr"][attack]
+    s0, s1 = scorer.score(sets["thr"]["clean"]), scorer.score(adv)
+    return roc_auc_score(np.r_[np.zeros(len(s0)), np.ones(len(s1))], torch.cat([s0, s1]).double().numpy())
+
+
+fp = [sets["fit"]["fgsm"], sets["fit"]["pgd"]]
+tr = [sets["train"]["fgsm"], sets["train"]["pgd"]]
+mn = [sets["fit_min"]["cw"], sets["fit_min"]["deepfool"]]
+variants = {"fit FGSM+PGD + train FGSM+PGD (shipped)": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr),
+            "  + fit CW+DeepFool": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr + mn),
+            "  + fit CW+DeepFool, each repeated 10x": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr + mn * 10),
+            "fit part only, all four": ([sets["fit"]["clean"]], fp + mn)}
+for name, (clean, attacked) in variants.items():
+    sc = PathScorer.fit(torch.cat(clean), torch.cat(attacked))
+    print(f"{name:42s} " + " ".join(f"{a} {auroc(sc, a):.4f}" for a in ("fgsm", "pgd", "cw", "deepfool")), flush=True)
