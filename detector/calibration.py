@@ -59,15 +59,16 @@ def path_feature_set(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: T
 def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, attacks: list[str],
               target_fpr: float = 0.05, device: str | torch.device = "cpu", seed: int = 0,
               threshold_share: float = 0.4, trees: bool = True,
-              extra_fit: tuple[Tensor, Tensor] | None = None) -> PathProfiles:
+              extra_fit: tuple[Tensor, Tensor] | None = None, extra_attacks: list[str] | None = None) -> PathProfiles:
     """Fit the `path` scorer and its threshold on calibration images x (N, 3, 32, 32), y (N,).
 
     The images are cut (class-balanced, seeded) into a *fit* part and a *threshold* part. The scorer is fitted on the
     fit part: clean, correctly classified images against the successful `attacks` on them. The threshold is set at
     `target_fpr` on the clean, correctly classified images of the threshold part, which the scorer never saw: set on
     its own training images, it flagged 8.7% instead of 5% of unseen clean images (measured, 708 features).
-    extra_fit = (x, y) adds more images (e.g. training images) to the fit part, attacked the same way: the trees
-    are data-hungry (708 features, ~2,600 clean calibration images), and the threshold part stays test images only.
+    extra_fit = (x, y) adds more images (e.g. training images) to the fit part, attacked with `extra_attacks` (default:
+    `attacks`): the trees are data-hungry (708 features, ~2,600 clean calibration images), and the threshold part
+    stays test images only.
     Returns the profiles with scorer, threshold and a record of what was used."""
     x = to_unit_float(x)
     per_class = shuffled_per_class(y, model.cfg.num_classes, seed)
@@ -77,18 +78,22 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
     fit_kept, clean = path_feature_set(model, profiles, x[fit_idx], y[fit_idx], device)
     thr_kept, thr_clean = path_feature_set(model, profiles, x[thr_idx], y[thr_idx], device)
     fit_ok, thr_ok = fit_idx[fit_kept], thr_idx[thr_kept]
-    fit_sets = [(x[fit_ok], y[fit_ok])]
+    fit_sets = [(x[fit_ok], y[fit_ok], attacks)]
     extra: dict[str, Any] = {}
     if extra_fit is not None:
         ex_x, ex_y = to_unit_float(extra_fit[0]), extra_fit[1]
         ex_kept, ex_clean = path_feature_set(model, profiles, ex_x, ex_y, device)
         clean = torch.cat([clean, ex_clean])
-        fit_sets.append((ex_x[ex_kept], ex_y[ex_kept]))
-        extra = {"extra_fit_images": len(ex_y), "n_extra_clean": int(ex_kept.sum())}
+        ex_attacks = attacks if extra_attacks is None else extra_attacks
+        fit_sets.append((ex_x[ex_kept], ex_y[ex_kept], ex_attacks))
+        extra = {"extra_fit_images": len(ex_y), "n_extra_clean": int(ex_kept.sum()), "extra_attacks": ex_attacks}
     attacked, rates = [], {}
-    for name in tqdm(attacks, desc="calibration attacks", unit="attack"):
+    all_names = list(dict.fromkeys(n for _, _, names in fit_sets for n in names))
+    for name in tqdm(all_names, desc="calibration attacks", unit="attack"):
         ok = succ = 0
-        for xs, ys in fit_sets:
+        for xs, ys, names in fit_sets:
+            if name not in names:
+                continue
             s = run_attack(model, name, xs, ys, seed=seed, device=device)
             ok, succ = ok + len(s.success), succ + int(s.success.sum())
             attacked.append(path_feature_set(model, profiles, s.x_adv[s.success], device=device)[1])

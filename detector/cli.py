@@ -116,7 +116,7 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
                                  a.calib_train, model.cfg.num_classes)
         extra = (train.x[tr_idx], train.y[tr_idx])
     profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], _names(a.calib_attacks), a.fpr, a.device,
-                         trees=a.scorer == "trees", extra_fit=extra)
+                         trees=a.scorer == "trees", extra_fit=extra, extra_attacks=_names(a.calib_train_attacks))
     path = save_profiles(profiles, a.model, f"train:{train.fingerprint} test:{test.fingerprint}")
     c = profiles.meta["calibration"]
     print(f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-train", type=int, default=CALIB_TRAIN,
                    help=f"training images (class-balanced) whose clean and attacked paths join the scorer's fit data; "
                         f"the threshold stays on test calibration images (default {CALIB_TRAIN}, 0 = none)")
+    p.add_argument("--calib-train-attacks", default="fgsm,pgd",
+                   help="attacks run on those training images (default fgsm,pgd: CW and DeepFool cost 0.2-1 s per "
+                        "image on 2 cores, hours for 30,000)")
     p.add_argument("--scorer", choices=("trees", "linear"), default="trees",
                    help="`path` score model: gradient-boosted trees (default) or the logistic model alone")
     p.add_argument("--device", default="cpu")

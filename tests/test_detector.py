@@ -43,6 +43,7 @@ def test_profiles_carry_scorer_threshold_and_provenance(bundle: Path) -> None:
     assert cal["attacks"] == ["fgsm", "pgd"] and cal["n_clean"] > 0 and cal["n_attacked"] > 0
     # all 300 tiny training images join the scorer's fit data (--calib-train default); the threshold part stays test
     assert cal["extra_fit_images"] == 300 and 0 < cal["n_extra_clean"] < cal["n_clean"]
+    assert cal["extra_attacks"] == ["fgsm", "pgd"]
     assert cal["threshold_images"] == 20 and cal["n_threshold_clean"] <= 20  # 2 of each class's 5 calibration images
     assert cal["fpr_achieved"] <= 0.05
 
@@ -58,6 +59,17 @@ def test_predict_outputs_and_batched_equals_unbatched(bundle: Path) -> None:
     assert torch.equal(a.labels, b.labels) and torch.allclose(a.scores, b.scores, atol=1e-5)
     assert all(torch.equal(p, q) for p, q in zip(a.paths, b.paths))
     assert torch.equal(a.labels, det.model(x).argmax(1))  # det.model is the plain classifier
+
+
+def test_training_images_get_their_own_attack_list(bundle: Path, data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    b = shutil.copytree(bundle, tmp_path / "dec")
+    before = load_profiles(bundle).meta["calibration"]
+    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train-attacks", "fgsm"]) == 0
+    cal = load_profiles(b).meta["calibration"]
+    assert cal["attacks"] == ["fgsm", "pgd"] and cal["extra_attacks"] == ["fgsm"]
+    assert cal["n_clean"] == before["n_clean"] and cal["n_attacked"] < before["n_attacked"]  # no PGD on training images
 
 
 def test_threshold_override(bundle: Path) -> None:
