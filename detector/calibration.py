@@ -46,6 +46,21 @@ def balanced_subset(idx: Tensor, y: Tensor, n: int, num_classes: int) -> Tensor:
     return picked.sort().values[:n] if len(picked) > n else picked.sort().values
 
 
+def fit_threshold_split(y: Tensor, num_classes: int, seed: int = 0, threshold_share: float = 0.4
+                        ) -> tuple[Tensor, Tensor]:
+    """(fit indices, threshold indices) into calibration labels y: each class's images shuffled (seeded), the first
+    `threshold_share` of them for the threshold, the rest for fitting the scorer."""
+    per_class = shuffled_per_class(y, num_classes, seed)
+    thr = torch.cat([idx[: round(len(idx) * threshold_share)] for idx in per_class])
+    fit = torch.cat([idx[round(len(idx) * threshold_share):] for idx in per_class])
+    return fit, thr
+
+
+def train_sample(y: Tensor, n: int, num_classes: int, seed: int = 1) -> Tensor:
+    """Indices of a class-balanced, seeded sample of n training images (labels y), for the scorer's fit data."""
+    return balanced_subset(torch.cat(shuffled_per_class(y, num_classes, seed)), y, n, num_classes)
+
+
 def path_feature_set(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor | None = None,
                      device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
     """Path features of images x, one forward pass. With labels y, only the correctly classified images count.
@@ -71,9 +86,7 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
     stays test images only.
     Returns the profiles with scorer, threshold and a record of what was used."""
     x = to_unit_float(x)
-    per_class = shuffled_per_class(y, model.cfg.num_classes, seed)
-    thr_idx = torch.cat([idx[: round(len(idx) * threshold_share)] for idx in per_class])
-    fit_idx = torch.cat([idx[round(len(idx) * threshold_share):] for idx in per_class])
+    fit_idx, thr_idx = fit_threshold_split(y, model.cfg.num_classes, seed, threshold_share)
 
     fit_kept, clean = path_feature_set(model, profiles, x[fit_idx], y[fit_idx], device)
     thr_kept, thr_clean = path_feature_set(model, profiles, x[thr_idx], y[thr_idx], device)

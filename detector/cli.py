@@ -98,10 +98,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
 
 def _cmd_profiles(a: argparse.Namespace) -> None:
-    import torch
-
     from detector.bundle import load_model
-    from detector.calibration import balanced_subset, calibrate, shuffled_per_class, split_test
+    from detector.calibration import balanced_subset, calibrate, split_test, train_sample
     from detector.data import load_split
     from detector.profiles import build_profiles, save_profiles
 
@@ -111,9 +109,8 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
     cal_idx, _ = split_test(test.y, model.cfg.num_classes)
     cal_idx = balanced_subset(cal_idx, test.y, a.calib_limit, model.cfg.num_classes)
     extra = None
-    if a.calib_train > 0:  # class-balanced, seeded sample of training images for the scorer's fit data
-        tr_idx = balanced_subset(torch.cat(shuffled_per_class(train.y, model.cfg.num_classes, 1)), train.y,
-                                 a.calib_train, model.cfg.num_classes)
+    if a.calib_train > 0:
+        tr_idx = train_sample(train.y, a.calib_train, model.cfg.num_classes)
         extra = (train.x[tr_idx], train.y[tr_idx])
     profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], _names(a.calib_attacks), a.fpr, a.device,
                          trees=a.scorer == "trees", extra_fit=extra, extra_attacks=_names(a.calib_train_attacks))

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from detector.attacks import run_attack
 from detector.bundle import load_model
-from detector.calibration import balanced_subset, path_feature_set, shuffled_per_class, split_test
+from detector.calibration import balanced_subset, fit_threshold_split, path_feature_set, split_test
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
@@ -37,9 +37,7 @@ else:
     test = load_split(".data", "test")
     cal, _ = split_test(test.y, 10)
     xc, yc = to_unit_float(test.x[cal]), test.y[cal]
-    per_class = shuffled_per_class(yc, 10, 0)  # the fit / threshold cut of detector.calibration.calibrate
-    thr_idx = torch.cat([idx[: round(len(idx) * 0.4)] for idx in per_class])
-    fit_idx = torch.cat([idx[round(len(idx) * 0.4):] for idx in per_class])
+    fit_idx, thr_idx = fit_threshold_split(yc, 10)  # the cut detector.calibration.calibrate makes
     fit_idx = balanced_subset(fit_idx, yc, n_fit, 10)
     extra = {}
     for part, idx in (("fit_min", fit_idx), ("thr_min", thr_idx)):

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from detector.attacks import run_attack
 from detector.bundle import load_model
-from detector.calibration import balanced_subset, path_feature_set, shuffled_per_class, split_test
+from detector.calibration import fit_threshold_split, path_feature_set, split_test, train_sample
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
@@ -45,10 +45,8 @@ else:
     test, train = load_split(".data", "test"), load_split(".data", "train")
     cal, _ = split_test(test.y, 10)
     xc, yc = to_unit_float(test.x[cal]), test.y[cal]
-    per_class = shuffled_per_class(yc, 10, 0)  # the fit / threshold cut of detector.calibration.calibrate
-    thr_idx = torch.cat([idx[: round(len(idx) * 0.4)] for idx in per_class])
-    fit_idx = torch.cat([idx[round(len(idx) * 0.4):] for idx in per_class])
-    tr_idx = balanced_subset(torch.cat(shuffled_per_class(train.y, 10, 1)), train.y, n_train, 10)
+    fit_idx, thr_idx = fit_threshold_split(yc, 10)  # the cut detector.calibration.calibrate makes
+    tr_idx = train_sample(train.y, n_train, 10)  # the sample `dnd profiles --calib-train` takes
     sets = {}
     for part, x, y in (("fit", xc[fit_idx], yc[fit_idx]), ("thr", xc[thr_idx], yc[thr_idx]),
                        ("train", to_unit_float(train.x[tr_idx]), train.y[tr_idx])):
