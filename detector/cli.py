@@ -30,7 +30,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "on CPU needs a C++ compiler; compiles for ~1-3 min at the start and at the switch to hard paths)")
     hp = p.add_argument_group("hyper-parameters (defaults in training/config.py)")
     for f in fields(TrainConfig):
-        hp.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None, dest=f"hp_{f.name}")
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):  # --kd-offline / --no-kd-offline (type=bool would read "False" as True)
+            hp.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=f"hp_{f.name}")
+        else:
+            hp.add_argument(flag, type=type(f.default), default=None, dest=f"hp_{f.name}")
 
 
 def _cmd_train(a: argparse.Namespace) -> None:

@@ -101,6 +101,42 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
     assert make_config(False, {}).lambda_kd == 0.0  # a dense run from scratch has no teacher
 
 
+def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
+    from training.train import augment, crop_flip_params
+
+    x = torch.rand(16, 3, 32, 32)
+    ij, flip = crop_flip_params(16, torch.Generator().manual_seed(0))
+    out = augment(x, ij, flip)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    assert flip.any() and (~flip).any() and out.shape == x.shape
+    for k in range(16):  # the per-image definition: crop, then mirror
+        i, j = ij[k].tolist()
+        crop = padded[k, :, i:i + 32, j:j + 32]
+        assert torch.equal(out[k], crop.flip(2) if flip[k] else crop)
+    assert torch.equal(augment(x[3:4], ij[3:4], flip[3:4])[0], out[3])  # batched == unbatched
+
+
+def test_offline_distillation_targets_and_run(dense: Path, data: Path, tmp_path: Path) -> None:
+    from detector.config import ModelConfig
+    from detector.model import build_model
+    from training.train import teacher_logits
+
+    torch.manual_seed(0)
+    teacher, x = build_model(ModelConfig()).eval(), torch.rand(7, 3, 32, 32)
+    t = teacher_logits(teacher, x, batch_size=3)  # ragged last batch
+    assert t.shape == (2, 7, 10) and not t.requires_grad
+    with torch.no_grad():
+        assert torch.allclose(t[0], teacher(x), atol=1e-5) and torch.allclose(t[1], teacher(x.flip(3)), atol=1e-5)
+    out = tmp_path / "kd-offline"
+    assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
+                 "--epochs", "1", "--kd-offline", *TINY]) == 0
+    hist = json.loads((out / "train_history.json").read_text())
+    assert hist[0]["train_kd"] > 0 and json.loads((out / "config.json").read_text())["train"]["kd_offline"] is True
+    from training.config import make_config
+
+    assert make_config(True, {}).kd_offline is False
+
+
 def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import training.train as tr
 

@@ -39,6 +39,10 @@ class TrainConfig:
     # 0.865 / 0.921. Costs one no-grad teacher forward per step (bench/train_epoch.py). On for --decouple (below).
     lambda_kd: float = 0.0
     kd_temperature: float = 4.0
+    # Offline distillation: the teacher's logits of every training image and of its mirror image are computed once
+    # per run (2 x 50,000 forwards, on 2 cores ~1 min), and each step distils the pair member its view's flip picked
+    # (the random crop shift is not modelled). Saves the teacher forward of every step (bench/train_epoch.py).
+    kd_offline: bool = False
     # ---- run ----
     seed: int = 0                    # data order, augmentation, gate noise and init all derive from it
     limit: int = 0                   # train on this many training images only (0 = all); for smoke runs

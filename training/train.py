@@ -30,15 +30,35 @@ from .config import TrainConfig
 HISTORY = "train_history.json"
 
 
-def augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random 32x32 crop of the 4-pixel zero-padded image + horizontal flip; xb (B, 3, 32, 32) float."""
-    b = xb.shape[0]
+def crop_flip_params(b: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random augmentation draws for b images: crop offsets (b, 2) in [0, 8] and mirror flags (b,) bool.
+    Drawn on the CPU from the run's seeded generator (the same draws on any device, so a resumed run repeats them)."""
+    ij = torch.randint(0, 9, (b, 2), generator=gen)
+    return ij, torch.rand(b, generator=gen) < 0.5
+
+
+def augment(xb: torch.Tensor, ij: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """32x32 crops at offsets ij (B, 2) of the 4-pixel zero-padded images xb (B, 3, 32, 32), mirrored where flip (B,).
+    One gather on xb's device (a per-image slicing loop cost ~1.5 ms of host time per step, which a GPU waits for);
+    a mirrored crop is the crop's columns in reverse order."""
+    dev, b = xb.device, xb.shape[0]
     padded = F.pad(xb, (4, 4, 4, 4))
-    ij = torch.randint(0, 9, (b, 2), generator=gen).tolist()
-    out = torch.stack([padded[k, :, i:i + 32, j:j + 32] for k, (i, j) in enumerate(ij)])
-    flip = torch.rand(b, generator=gen) < 0.5
-    out[flip] = out[flip].flip(3)
-    return out
+    ar = torch.arange(32, device=dev)
+    ij, flip = ij.to(dev, non_blocking=True), flip.to(dev, non_blocking=True)
+    rows, cols = ij[:, :1] + ar, ij[:, 1:] + ar  # (B, 32) each
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    return padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+@torch.no_grad()  # not inference_mode: the logits are a target inside the autograd graph of every step
+def teacher_logits(teacher: CifarResNet, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The teacher's logits for each image and for its mirror image, (2, N, K) on x's device: the targets of
+    offline distillation (kd_offline), computed once per run instead of a teacher forward every step."""
+    teacher.eval()
+    out = [[teacher(xb.contiguous(memory_format=torch.channels_last)).float() for xb in (x[i:i + batch_size], x[i:i + batch_size].flip(3))]
+           for i in range(0, len(x), batch_size)]
+    return torch.stack([torch.cat([o[k] for o in out]) for k in (0, 1)])
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -68,17 +88,21 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 
 def step_loss(model: CifarResNet, loss_mod: DecouplingLoss | None, xb: torch.Tensor, yb: torch.Tensor,
-              cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int, teacher: CifarResNet | None = None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int,
+              teacher: CifarResNet | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward pass and every loss term of one step: (total loss, detached terms for the log). This is the part
-    `--compile` hands to torch.compile; backward and the optimizer steps stay in train_step."""
+    `--compile` hands to torch.compile; backward and the optimizer steps stay in train_step.
+    teacher: a network run on xb (online distillation) or its precomputed logits (B, K) (kd_offline)."""
     res = model.forward_paths(xb)
     ce = F.cross_entropy(res.logits, yb)
     terms = {"ce": ce.detach()}
     loss = ce
     if teacher is not None:
-        with torch.no_grad():
-            t_logits = teacher(xb)
+        if torch.is_tensor(teacher):
+            t_logits = teacher
+        else:
+            with torch.no_grad():
+                t_logits = teacher(xb)
         kd = distill_loss(res.logits, t_logits, cfg.kd_temperature)
         loss = loss + cfg.lambda_kd * kd
         terms["kd"] = kd.detach()
@@ -102,7 +126,8 @@ def compiled_step_loss() -> Callable[..., tuple[torch.Tensor, dict[str, torch.Te
 
 def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: list[torch.optim.Optimizer],
                xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int,
-               teacher: CifarResNet | None = None, loss_fn: Callable[..., Any] = step_loss) -> dict[str, torch.Tensor]:
+               teacher: CifarResNet | torch.Tensor | None = None, loss_fn: Callable[..., Any] = step_loss
+               ) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the detached loss terms (and, decoupled, the eval-time FLOPs ratio)."""
     loss, terms = loss_fn(model, loss_mod, xb, yb, cfg, lambda_s, dense, teacher)
     for opt in optimizers:
@@ -164,7 +189,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     if cfg.eval_limit:
         idx = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.eval_limit]
         test_set = Split(test_set.x[idx], test_set.y[idx], test_set.classes, test_set.fingerprint)
-    x_train = to_unit_float(x_train)
+    # The training set lives on the device (600 MB as float; a GPU then needs no per-step host copy of images).
+    x_train, y_train = to_unit_float(x_train.to(dev)), y_train.to(dev)
 
     model = build_model(model_cfg)
     src = load_model(Path(init)) if init is not None else None
@@ -172,9 +198,14 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         init_weights(model, src, Path(init))
     model = model.to(dev, memory_format=torch.channels_last)
     loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
-    teacher = None
+    teacher, t_logits = None, None
     if cfg.lambda_kd > 0:  # the --init network itself, frozen (init_weights copied its tensors, not shared them)
         teacher = src.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
+        if cfg.kd_offline:
+            t0 = time.perf_counter()
+            t_logits = teacher_logits(teacher, x_train)  # (2, N, K): [plain, mirrored]
+            print(f"offline distillation: teacher logits of {len(y_train)} images and their mirrors in "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
     optimizers = make_optimizers(model, loss_mod, cfg)
     loss_fn = compiled_step_loss() if compile_step else step_loss
     modules = {"model": model, **({"loss": loss_mod} if loss_mod else {})}
@@ -200,7 +231,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
             model.set_gate_training(noise_std=0.0, p_hard=1.0)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # gate noise
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(len(y_train), generator=gen)
+        perm_dev = torch.randperm(len(y_train), generator=gen).to(dev)
         sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", mininterval=5)
@@ -210,13 +241,14 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
             for opt in optimizers:
                 for g in opt.param_groups:
                     g["lr"] = frac * g["peak"]
-            idx = perm[it * cfg.batch_size:(it + 1) * cfg.batch_size]
-            xb, yb = augment(x_train[idx], gen), y_train[idx]
-            if dev.type == "cuda":  # pinned + non_blocking: the host does not wait for the GPU at every copy
-                xb, yb = xb.pin_memory().to(dev, non_blocking=True), yb.pin_memory().to(dev, non_blocking=True)
-            xb = xb.to(dev).contiguous(memory_format=torch.channels_last)
-            yb = yb.to(dev)
-            terms = train_step(model, loss_mod, optimizers, xb, yb, cfg, lambda_s, dense, teacher, loss_fn)
+            idx = perm_dev[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+            ij, flip = crop_flip_params(len(idx), gen)
+            ij, flip = ij.to(dev, non_blocking=True), flip.to(dev, non_blocking=True)
+            xb = augment(x_train[idx], ij, flip).contiguous(memory_format=torch.channels_last)
+            yb = y_train[idx]
+            # offline: the teacher's logits of this image, mirrored as the view is (the crop shift is not modelled)
+            t_in = teacher if t_logits is None else t_logits[flip.long(), idx]
+            terms = train_step(model, loss_mod, optimizers, xb, yb, cfg, lambda_s, dense, t_in, loss_fn)
             if loss_mod is not None and cfg.target_flops > 0:
                 ramp = min(1.0, step / max(cfg.target_ramp_epochs * steps_per_epoch, 1))
                 target = 1.0 - ramp * (1.0 - cfg.target_flops)
