@@ -2,8 +2,10 @@
 
 Times the real optimisation step (training.train.train_step: forward with paths, all loss terms, backward,
 SGD + Adam) on the same batches, alternating dense and decoupled rounds so machine noise hits both alike.
-Three setups: dense; decoupled without distillation; decoupled with distillation from a dense teacher (one extra
-no-grad teacher forward per step), i.e. the recipe `dnd train --decouple` runs when lambda_kd > 0 (the default).
+Four setups: dense; decoupled without distillation; decoupled with distillation from a dense teacher (one extra
+no-grad teacher forward per step), i.e. the recipe `dnd train --decouple` runs when lambda_kd > 0 (the default); and
+offline distillation (--kd-offline: precomputed teacher logits; its one-off teacher pass over 2 x 50,000 images is
+timed separately and spread over a --kd-epochs fine-tune in the amortised ratio).
 Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratios (target <= 1.5x).
 --compile adds the same three setups with the forward + losses through torch.compile (`dnd train --compile`),
 timed in the same alternating rounds; their ratios are taken against the faster dense step.
