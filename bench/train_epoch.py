@@ -7,7 +7,7 @@ no-grad teacher forward per step), i.e. the recipe `dnd train --decouple` runs w
 offline distillation (--kd-offline: precomputed teacher logits; its one-off teacher pass over 2 x 50,000 images is
 timed separately and spread over a --kd-epochs fine-tune in the amortised ratio).
 Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratios (target <= 1.5x).
---compile adds the same three setups with the forward + losses through torch.compile (`dnd train --compile`),
+--compile adds the same four setups with the forward + losses through torch.compile (`dnd train --compile`),
 timed in the same alternating rounds; their ratios are taken against the faster dense step.
 --count-ops also prints the operators dispatched per step: on a GPU each is a kernel launch of ~5-25 us host
 time, so a step made of many tiny ops is bound by the host, not the GPU (measured on an H200: dense 9.3 ms/step,

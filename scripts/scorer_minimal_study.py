@@ -6,10 +6,14 @@ class-balanced; DeepFool runs ~3 images/s on 2 cores), and fits the trees on
   (a) fit part FGSM + PGD + training FGSM + PGD (the shipped scorer),
   (b) the same + fit part CW + DeepFool, (b') with those rows repeated 10x (a weight: they are ~1,100 each
       against ~28,000 FGSM and PGD),
-  (c) fit part only, all four attacks.
+  (c) fit part only, all four attacks;
+and with N_TRAIN_MIN > 0, CW and DeepFool also on that many class-balanced training images (another seeded sample
+than the cache's; ~0.2 s per image and attack on 2 cores):
+  (d) (b) + training CW + DeepFool, (d') with every CW / DeepFool row repeated 5x.
 Every AUROC is on the threshold part (clean vs each attack on it). The evaluation half is not touched.
 
-usage: python scripts/scorer_minimal_study.py BUNDLE CACHE.pt [N_FIT=1300]   (~25 min on 2 cores)
+usage: python scripts/scorer_minimal_study.py BUNDLE CACHE.pt [N_FIT=1300] [N_TRAIN_MIN=0]   (~25 min + ~7 min per
+1,000 training images on 2 cores)
 """
 import os
 import sys
@@ -20,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from detector.attacks import run_attack
 from detector.bundle import load_model
-from detector.calibration import balanced_subset, fit_threshold_split, path_feature_set, split_test
+from detector.calibration import balanced_subset, fit_threshold_split, path_feature_set, split_test, train_sample
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
@@ -28,6 +32,7 @@ from detector.scoring import PathScorer
 torch.set_num_threads(2)
 bundle, cache = sys.argv[1], sys.argv[2]
 n_fit = int(sys.argv[3]) if len(sys.argv) > 3 else 1300
+n_train_min = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 model, prof = load_model(bundle), load_profiles(bundle)
 sets = torch.load(cache)
 extra_cache = cache.replace(".pt", "-minimal.pt")
@@ -50,6 +55,22 @@ else:
     torch.save(extra, extra_cache)
     sets |= extra
 
+train_cache = cache.replace(".pt", f"-train-minimal-{n_train_min}.pt")
+if n_train_min and os.path.exists(train_cache):
+    sets |= torch.load(train_cache)
+elif n_train_min:
+    train = load_split(".data", "train")
+    idx = train_sample(train.y, n_train_min, 10, seed=2)
+    xt, yt = to_unit_float(train.x[idx]), train.y[idx]
+    kept, _ = path_feature_set(model, prof, xt, yt)
+    extra = {"train_min": {}}
+    for a in ("cw", "deepfool"):
+        s = run_attack(model, a, xt[kept], yt[kept])
+        extra["train_min"][a] = path_feature_set(model, prof, s.x_adv[s.success])[1]
+        print("train_min", a, f"{len(extra['train_min'][a])} of {int(kept.sum())} attacked", flush=True)
+    torch.save(extra, train_cache)
+    sets |= extra
+
 
 def auroc(scorer: PathScorer, attack: str) -> float:
     adv = sets["thr_min"][attack] if attack in ("cw", "deepfool") else sets["thr"][attack]
@@ -64,6 +85,10 @@ variants = {"fit FGSM+PGD + train FGSM+PGD (shipped)": ([sets["fit"]["clean"], s
             "  + fit CW+DeepFool": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr + mn),
             "  + fit CW+DeepFool, each repeated 10x": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr + mn * 10),
             "fit part only, all four": ([sets["fit"]["clean"]], fp + mn)}
+if n_train_min:
+    mt = mn + [sets["train_min"]["cw"], sets["train_min"]["deepfool"]]
+    variants |= {f"  + fit and {n_train_min} train CW+DeepFool": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr + mt),
+                 f"  + fit and {n_train_min} train CW+DeepFool, 5x": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr + mt * 5)}
 for name, (clean, attacked) in variants.items():
     sc = PathScorer.fit(torch.cat(clean), torch.cat(attacked))
     print(f"{name:42s} " + " ".join(f"{a} {auroc(sc, a):.4f}" for a in ("fgsm", "pgd", "cw", "deepfool")), flush=True)

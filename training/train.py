@@ -56,9 +56,12 @@ def teacher_logits(teacher: CifarResNet, x: torch.Tensor, batch_size: int = 1000
     """The teacher's logits for each image and for its mirror image, (2, N, K) on x's device: the targets of
     offline distillation (kd_offline), computed once per run instead of a teacher forward every step."""
     teacher.eval()
-    out = [[teacher(xb.contiguous(memory_format=torch.channels_last)).float() for xb in (x[i:i + batch_size], x[i:i + batch_size].flip(3))]
-           for i in range(0, len(x), batch_size)]
-    return torch.stack([torch.cat([o[k] for o in out]) for k in (0, 1)])
+    plain, mirrored = [], []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        plain.append(teacher(xb.contiguous(memory_format=torch.channels_last)).float())
+        mirrored.append(teacher(xb.flip(3).contiguous(memory_format=torch.channels_last)).float())
+    return torch.stack([torch.cat(plain), torch.cat(mirrored)])
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
