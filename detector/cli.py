@@ -117,7 +117,8 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
         tr_idx = train_sample(train.y, a.calib_train, model.cfg.num_classes)
         extra = (train.x[tr_idx], train.y[tr_idx])
     profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], _names(a.calib_attacks), a.fpr, a.device,
-                         trees=a.scorer == "trees", extra_fit=extra, extra_attacks=_names(a.calib_train_attacks))
+                         trees=a.scorer == "trees", extra_fit=extra, extra_attacks=_names(a.calib_train_attacks),
+                         extra_subset=(a.calib_train_subset, _names(a.calib_train_subset_attacks)))
     path = save_profiles(profiles, a.model, f"train:{train.fingerprint} test:{test.fingerprint}")
     c = profiles.meta["calibration"]
     print(f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
@@ -208,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-train-attacks", default="fgsm,pgd",
                    help="attacks run on those training images (default fgsm,pgd: CW and DeepFool cost 0.2-1 s per "
                         "image on 2 cores, hours for 30,000)")
+    p.add_argument("--calib-train-subset", type=int, default=0,
+                   help="of those training images, this many (class-balanced) are also attacked with "
+                        "--calib-train-subset-attacks (default 0). With --calib-attacks fgsm,pgd,cw,deepfool and 2,000 such "
+                        "images (~9 min on 2 cores), validation AUROC rose by 0.13 / 0.18 on CW / DeepFool for 0.01 off "
+                        "FGSM / PGD (README); not what the shipped profiles used")
+    p.add_argument("--calib-train-subset-attacks", default="cw,deepfool")
     p.add_argument("--scorer", choices=("trees", "linear"), default="trees",
                    help="`path` score model: gradient-boosted trees (default) or the logistic model alone")
     p.add_argument("--device", default="cpu")

@@ -72,6 +72,20 @@ def test_training_images_get_their_own_attack_list(bundle: Path, data: Path, tmp
     assert cal["n_clean"] == before["n_clean"] and cal["n_attacked"] < before["n_attacked"]  # no PGD on training images
 
 
+def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    b = shutil.copytree(bundle, tmp_path / "dec")
+    before = load_profiles(bundle).meta["calibration"]
+    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train-subset", "10",
+                 "--calib-train-subset-attacks", "fgsm,deepfool"]) == 0
+    cal = load_profiles(b).meta["calibration"]
+    # FGSM already ran on every training image: only DeepFool is added, on 10 of them, and no clean row
+    assert cal["extra_subset_images"] == 10 and cal["extra_subset_attacks"] == ["deepfool"]
+    assert cal["n_clean"] == before["n_clean"] and before["n_attacked"] < cal["n_attacked"] <= before["n_attacked"] + 10
+    assert "extra_subset_images" not in before  # off by default
+
+
 def test_threshold_override(bundle: Path) -> None:
     x = torch.rand(8, 3, 32, 32)
     hi, lo = load_detector(bundle, threshold=1e9), load_detector(bundle, threshold=-1e9)
