@@ -107,6 +107,9 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
     from detector.data import load_split
     from detector.profiles import build_profiles, save_profiles
 
+    if a.calib_train_subset > 0 and a.calib_train <= 0:
+        raise ValueError(f"--calib-train-subset {a.calib_train_subset} takes its images from the --calib-train ones, "
+                         f"but --calib-train is {a.calib_train}; pass both (e.g. --calib-train 30000)")
     model = load_model(a.model, a.device)
     train, test = load_split(a.data, "train"), load_split(a.data, "test")
     profiles = build_profiles(model, train.x, train.y, device=a.device)

@@ -84,6 +84,7 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
     assert cal["extra_subset_images"] == 10 and cal["extra_subset_attacks"] == ["deepfool"]
     assert cal["n_clean"] == before["n_clean"] and before["n_attacked"] < cal["n_attacked"] <= before["n_attacked"] + 10
     assert "extra_subset_images" not in before  # off by default
+    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train", "0", "--calib-train-subset", "5"]) != 0
 
 
 def test_threshold_override(bundle: Path) -> None:
