@@ -71,6 +71,18 @@ def path_feature_set(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: T
     return kept, path_features([zl[kept] for zl in z], pred[kept], profiles.freq)
 
 
+def attacked_path_features(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, attacks: list[str],
+                           device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Path features of the correctly classified images among x ("clean") and of each attack's successful
+    adversarial images on them (one entry per attack name): the rows the scorer studies fit and score."""
+    kept, clean = path_feature_set(model, profiles, x, y, device)
+    out = {"clean": clean}
+    for name in attacks:
+        s = run_attack(model, name, x[kept], y[kept], device=device)
+        out[name] = path_feature_set(model, profiles, s.x_adv[s.success], device=device)[1]
+    return out
+
+
 def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, attacks: list[str],
               target_fpr: float = 0.05, device: str | torch.device = "cpu", seed: int = 0,
               threshold_share: float = 0.4, trees: bool = True,

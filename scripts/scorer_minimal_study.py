@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from detector.attacks import run_attack
 from detector.bundle import load_model
-from detector.calibration import balanced_subset, fit_threshold_split, path_feature_set, split_test, train_sample
+from detector.calibration import attacked_path_features, balanced_subset, fit_threshold_split, split_test, train_sample
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
@@ -35,6 +34,17 @@ n_fit = int(sys.argv[3]) if len(sys.argv) > 3 else 1300
 n_train_min = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 model, prof = load_model(bundle), load_profiles(bundle)
 sets = torch.load(cache)
+
+
+def minimal(part: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """CW and DeepFool path features on the correctly classified images among x (the clean rows are dropped: the
+    cache already holds them where they are used)."""
+    out = attacked_path_features(model, prof, x, y, ["cw", "deepfool"])
+    for a in ("cw", "deepfool"):
+        print(part, a, f"{len(out[a])} of {len(out['clean'])} attacked", flush=True)
+    return {a: out[a] for a in ("cw", "deepfool")}
+
+
 extra_cache = cache.replace(".pt", "-minimal.pt")
 if os.path.exists(extra_cache):
     sets |= torch.load(extra_cache)
@@ -44,14 +54,7 @@ else:
     xc, yc = to_unit_float(test.x[cal]), test.y[cal]
     fit_idx, thr_idx = fit_threshold_split(yc, 10)  # the cut detector.calibration.calibrate makes
     fit_idx = balanced_subset(fit_idx, yc, n_fit, 10)
-    extra = {}
-    for part, idx in (("fit_min", fit_idx), ("thr_min", thr_idx)):
-        kept, _ = path_feature_set(model, prof, xc[idx], yc[idx])
-        extra[part] = {}
-        for a in ("cw", "deepfool"):
-            s = run_attack(model, a, xc[idx][kept], yc[idx][kept])
-            extra[part][a] = path_feature_set(model, prof, s.x_adv[s.success])[1]
-            print(part, a, f"{len(extra[part][a])} of {int(kept.sum())} attacked", flush=True)
+    extra = {part: minimal(part, xc[idx], yc[idx]) for part, idx in (("fit_min", fit_idx), ("thr_min", thr_idx))}
     torch.save(extra, extra_cache)
     sets |= extra
 
@@ -62,12 +65,7 @@ elif n_train_min:
     train = load_split(".data", "train")
     idx = train_sample(train.y, n_train_min, 10, seed=2)
     xt, yt = to_unit_float(train.x[idx]), train.y[idx]
-    kept, _ = path_feature_set(model, prof, xt, yt)
-    extra = {"train_min": {}}
-    for a in ("cw", "deepfool"):
-        s = run_attack(model, a, xt[kept], yt[kept])
-        extra["train_min"][a] = path_feature_set(model, prof, s.x_adv[s.success])[1]
-        print("train_min", a, f"{len(extra['train_min'][a])} of {int(kept.sum())} attacked", flush=True)
+    extra = {"train_min": minimal("train_min", xt, yt)}
     torch.save(extra, train_cache)
     sets |= extra
 

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from detector.attacks import run_attack
 from detector.bundle import load_model
-from detector.calibration import fit_threshold_split, path_feature_set, split_test, train_sample
+from detector.calibration import attacked_path_features, fit_threshold_split, split_test, train_sample
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
@@ -30,12 +29,9 @@ model, prof = load_model(bundle), load_profiles(bundle)
 
 def feats(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Path features of the clean correctly classified images and of the successful FGSM / PGD attacks on them."""
-    kept, clean = path_feature_set(model, prof, x, y)
-    out = {"clean": clean}
+    out = attacked_path_features(model, prof, x, y, ["fgsm", "pgd"])
     for a in ("fgsm", "pgd"):
-        s = run_attack(model, a, x[kept], y[kept])
-        out[a] = path_feature_set(model, prof, s.x_adv[s.success])[1]
-        print(f"  {a}: {len(out[a])} of {int(kept.sum())} attacked", flush=True)
+        print(f"  {a}: {len(out[a])} of {len(out['clean'])} attacked", flush=True)
     return out
 
 

@@ -87,6 +87,20 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
     assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train", "0", "--calib-train-subset", "5"]) != 0
 
 
+def test_attacked_path_features_are_the_clean_and_successful_attack_rows(bundle: Path) -> None:
+    from detector.attacks import run_attack
+    from detector.bundle import load_model
+    from detector.calibration import attacked_path_features, path_feature_set
+
+    model, prof = load_model(bundle), load_profiles(bundle)
+    x, y = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(24) % 10
+    out = attacked_path_features(model, prof, x, y, ["fgsm"])
+    kept, clean = path_feature_set(model, prof, x, y)
+    s = run_attack(model, "fgsm", x[kept], y[kept])
+    assert 0 < len(clean) < 24 and set(out) == {"clean", "fgsm"} and torch.equal(out["clean"], clean)
+    assert torch.equal(out["fgsm"], path_feature_set(model, prof, s.x_adv[s.success])[1])
+
+
 def test_threshold_override(bundle: Path) -> None:
     x = torch.rand(8, 3, 32, 32)
     hi, lo = load_detector(bundle, threshold=1e9), load_detector(bundle, threshold=-1e9)
