@@ -15,6 +15,8 @@ from detector.scoring import PathScorer, path_distances, path_features, soft_pat
 from .conftest import write_image_folder
 
 TINY = ["--batch-size", "32", "--threads", "2"]
+# `dnd profiles` without CW / DeepFool (the defaults add them: ~1 s per image, minutes even on the tiny data)
+CHEAP = ["--calib-attacks", "fgsm,pgd", "--calib-train-subset", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def bundle(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "--epochs", "2", "--target-flops", "0.7", "--target-ramp-epochs", "0.5", "--lambda-kd", "0", *TINY]) == 0
     # (no distillation: from this 6-epoch teacher on 300 images it left whole classes misclassified, and profiles
     # need at least one correct image per class)
-    assert main(["profiles", "--model", str(runs / "dec"), "--data", str(data), "--calib-limit", "0"]) == 0
+    assert main(["profiles", "--model", str(runs / "dec"), "--data", str(data), "--calib-limit", "0", *CHEAP]) == 0
     return runs / "dec"
 
 
@@ -66,7 +68,7 @@ def test_training_images_get_their_own_attack_list(bundle: Path, data: Path, tmp
 
     b = shutil.copytree(bundle, tmp_path / "dec")
     before = load_profiles(bundle).meta["calibration"]
-    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train-attacks", "fgsm"]) == 0
+    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train-attacks", "fgsm", *CHEAP]) == 0
     cal = load_profiles(b).meta["calibration"]
     assert cal["attacks"] == ["fgsm", "pgd"] and cal["extra_attacks"] == ["fgsm"]
     assert cal["n_clean"] == before["n_clean"] and cal["n_attacked"] < before["n_attacked"]  # no PGD on training images
@@ -77,14 +79,30 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
 
     b = shutil.copytree(bundle, tmp_path / "dec")
     before = load_profiles(bundle).meta["calibration"]
-    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train-subset", "10",
-                 "--calib-train-subset-attacks", "fgsm,deepfool"]) == 0
+    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-attacks", "fgsm,pgd",
+                 "--calib-train-subset", "10", "--calib-train-subset-attacks", "fgsm,deepfool"]) == 0
     cal = load_profiles(b).meta["calibration"]
     # FGSM already ran on every training image: only DeepFool is added, on 10 of them, and no clean row
     assert cal["extra_subset_images"] == 10 and cal["extra_subset_attacks"] == ["deepfool"]
     assert cal["n_clean"] == before["n_clean"] and before["n_attacked"] < cal["n_attacked"] <= before["n_attacked"] + 10
-    assert "extra_subset_images" not in before  # off by default
+    assert "extra_subset_images" not in before  # the fixture turned it off
     assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train", "0", "--calib-train-subset", "5"]) != 0
+
+
+def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
+    from detector.cli import CALIB_TRAIN_SUBSET, _calib_train_subset, build_parser
+
+    a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d"])
+    assert a.calib_attacks == "fgsm,pgd,cw,deepfool" and a.calib_train == 30000 and a.calib_train_subset is None
+    assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool"
+    assert _calib_train_subset(None, 30000) == CALIB_TRAIN_SUBSET == 2000
+    assert _calib_train_subset(None, 300) == 300 and _calib_train_subset(None, 0) == 0  # follows --calib-train
+    assert _calib_train_subset(0, 30000) == 0 and _calib_train_subset(10, 300) == 10
+    with pytest.raises(ValueError, match="--calib-train is 0"):
+        _calib_train_subset(5, 0)
+    shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
+    assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
+    assert shipped["extra_subset_images"] == CALIB_TRAIN_SUBSET and shipped["extra_subset_attacks"] == ["cw", "deepfool"]
 
 
 def test_attacked_path_features_are_the_clean_and_successful_attack_rows(bundle: Path) -> None:
@@ -153,7 +171,7 @@ def test_interrupted_regenerate_leaves_old_profiles(bundle: Path, data: Path, mo
 
     monkeypatch.setattr(prof, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        main(["profiles", "--model", str(bundle), "--data", str(data), "--calib-limit", "0"])
+        main(["profiles", "--model", str(bundle), "--data", str(data), "--calib-limit", "0", *CHEAP])
     assert (bundle / PROFILES).read_bytes() == before
     load_detector(bundle)  # still loads
     for tmp in bundle.glob(f".{PROFILES}.tmp*"):
