@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate of the threshold (default 0.05)")
     p.add_argument("--calib-attacks", default=CALIB_ATTACKS,
-                   help=f"attacks the scorer is fitted against (default {CALIB_ATTACKS}; fgsm,pgd alone: 20 min less, "
-                        f"0.01 more AUROC on FGSM / PGD, 0.16-0.22 less on CW / DeepFool, README)")
+                   help=f"attacks the scorer is fitted against (default {CALIB_ATTACKS}; fgsm,pgd with --calib-train-subset 0: "
+                        f"20 min less, 0.01 more AUROC on FGSM / PGD, 0.16-0.22 less on CW / DeepFool, README)")
     p.add_argument("--calib-limit", type=int, default=0, help="calibration images (class-balanced; 0 = all 5,000)")
     p.add_argument("--calib-train", type=int, default=CALIB_TRAIN,
                    help=f"training images (class-balanced) whose clean and attacked paths join the scorer's fit data; "
