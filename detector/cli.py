@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"training images (class-balanced) whose clean and attacked paths join the scorer's fit data; "
                         f"the threshold stays on test calibration images (default {CALIB_TRAIN}, 0 = none)")
     p.add_argument("--calib-train-attacks", default="fgsm,pgd",
-                   help="attacks run on those training images (default fgsm,pgd: CW and DeepFool cost 0.2-1 s per "
-                        "image on 2 cores, hours for 30,000)")
+                   help="attacks run on those training images (default fgsm,pgd: DeepFool costs ~0.25 s per image "
+                        "on 2 cores, about 2 h for 30,000)")
     p.add_argument("--calib-train-subset", type=int, default=None,
                    help=f"of those training images, this many (class-balanced) are also attacked with "
                         f"--calib-train-subset-attacks (default {CALIB_TRAIN_SUBSET}, none with --calib-train 0; "

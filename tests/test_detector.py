@@ -15,7 +15,7 @@ from detector.scoring import PathScorer, path_distances, path_features, soft_pat
 from .conftest import write_image_folder
 
 TINY = ["--batch-size", "32", "--threads", "2"]
-# `dnd profiles` without CW / DeepFool (the defaults add them: ~1 s per image, minutes even on the tiny data)
+# `dnd profiles` without CW / DeepFool (the defaults add them: DeepFool ~0.25 s per image, a minute or more here)
 CHEAP = ["--calib-attacks", "fgsm,pgd", "--calib-train-subset", "0"]
 
 
