@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .api import Detector
-from .scoring import path_features
+from .scoring import PathLikelihood, path_features
 
 DEFAULTS: dict[str, Any] = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "beta": 1.0, "random_start": True}
 
@@ -28,6 +28,7 @@ def adaptive_pgd(det: Detector, x: Tensor, y: Tensor, eps: float = 8 / 255, alph
     """x (N, 3, 32, 32) in [0, 1], y (N,) true labels -> adversarial images within the Linf eps-ball, in [0, 1]."""
     model, dev = det.model.eval(), det.device
     scorer, freq = det.profiles.scorer, [f.to(dev) for f in det.profiles.freq]
+    sig, nb = [f >= 0.5 for f in freq], PathLikelihood.from_freq(freq)
     # Trees have no gradient: descend on the logistic surrogate (at its own threshold), judge with the real score.
     sur_thr = det.threshold if scorer.trees is None or scorer.surrogate_threshold is None else scorer.surrogate_threshold
     gen = torch.Generator().manual_seed(seed)
@@ -46,13 +47,13 @@ def adaptive_pgd(det: Detector, x: Tensor, y: Tensor, eps: float = 8 / 255, alph
             xa.requires_grad_(True)
             with model.straight_through_paths():
                 o = model.forward_paths(xa)
-                score = scorer.surrogate(path_features(o.z, target, freq))
+                score = scorer.surrogate(path_features(o.z, target, freq, sig, nb))
                 loss = F.cross_entropy(o.logits, target, reduction="sum") + beta * F.softplus(score - sur_thr).sum()
             grad, = torch.autograd.grad(loss, xa)
             with torch.no_grad():
                 # the forward values are exactly eval-time: record images that already evade (first success kept)
                 pred = o.logits.argmax(1)
-                hard_score = scorer.score(path_features([z.detach() > 0.5 for z in o.z], pred, freq))
+                hard_score = scorer.score(path_features([z.detach() > 0.5 for z in o.z], pred, freq, sig, nb))
                 now = (pred != yb) & (hard_score <= det.threshold) & ~broken
                 best[now] = xa.detach()[now]
                 broken |= now

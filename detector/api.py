@@ -18,7 +18,7 @@ from torch import Tensor
 from .bundle import METRICS, file_sha256, load_model, read_config
 from .model import CifarResNet
 from .profiles import PROFILES, PathProfiles, load_profiles
-from .scoring import path_features
+from .scoring import PathLikelihood, path_features
 
 
 @dataclass
@@ -54,6 +54,7 @@ class Detector:
                              f"run `dnd profiles --model {bundle} --data ROOT` to build and calibrate it")
         self.model, self.profiles, self.bundle = model, profiles, bundle
         self.signatures = profiles.signatures()
+        self.likelihood = PathLikelihood.from_freq(profiles.freq)  # built once: one matmul per batch
         self.calibrated_threshold = float(profiles.meta["threshold"])
         self.threshold = self.calibrated_threshold if threshold is None else float(threshold)
         self.classes = list(model.cfg.classes)
@@ -113,7 +114,7 @@ class Detector:
             logits, features, z_float = out.logits, out.features, out.z
         labels = logits.argmax(1)
         z = [zl.bool() for zl in z_float]
-        feats = path_features(z, labels, self.profiles.freq, self.signatures)
+        feats = path_features(z, labels, self.profiles.freq, self.signatures, self.likelihood)
         n_layers = len(z)
         ham, jac = feats[:, :n_layers], feats[:, n_layers:2 * n_layers]  # the per-layer distances lead the features
         scores = self.profiles.scorer.score(feats)

@@ -95,7 +95,7 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
     `target_fpr` on the clean, correctly classified images of the threshold part, which the scorer never saw: set on
     its own training images, it flagged 8.7% instead of 5% of unseen clean images (measured, 708 features).
     extra_fit = (x, y) adds more images (e.g. training images) to the fit part, attacked with `extra_attacks` (default:
-    `attacks`): the trees are data-hungry (708 features, ~2,600 clean calibration images), and the threshold part
+    `attacks`): the trees are data-hungry (745 features, ~2,600 clean calibration images), and the threshold part
     stays test images only. extra_subset = (n, names): n class-balanced, correctly classified ones of those extra
     images are also attacked with `names` (CW and DeepFool cost 0.05-0.25 s per image on 2 cores: hours for all).
     Returns the profiles with scorer, threshold and a record of what was used."""

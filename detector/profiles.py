@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .bundle import WEIGHTS, file_sha256, publish
 from .model import CifarResNet
-from .scoring import PathScorer
+from .scoring import PathScorer, feature_count
 from .stats import collect_paths
 
 PROFILES = "profiles.safetensors"
@@ -92,4 +92,9 @@ def load_profiles(bundle: str | os.PathLike) -> PathProfiles:
     if set(tensors) - scorer_keys != expected:
         raise ValueError(f"{path}: expected tensors freq.0..freq.{n - 1} and counts, found {sorted(tensors)}")
     scorer = PathScorer.from_tensors(tensors) if scorer_keys else None
-    return PathProfiles([tensors[f"freq.{l}"] for l in range(n)], tensors["counts"], meta, scorer)
+    freq = [tensors[f"freq.{l}"] for l in range(n)]
+    want = feature_count([f.shape[1] for f in freq])
+    if scorer is not None and scorer.mean.numel() != want:
+        raise ValueError(f"{path}: its scorer was fitted on {scorer.mean.numel()} path features, this version computes "
+                         f"{want} (an older feature set); rebuild with `dnd profiles --model {bundle} --data ROOT`")
+    return PathProfiles(freq, tensors["counts"], meta, scorer)

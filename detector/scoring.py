@@ -2,9 +2,10 @@
 
 Per layer l and input with predicted class c: Hamming distance (share of the layer's filters whose state differs
 from c's signature) and Jaccard distance (1 - |z AND sig| / |z OR sig|). The `path` score is a classifier (gradient-
-boosted trees, or a logistic model) on those distances and on each filter's deviation from the class's firing
-frequency, fitted on a calibration split (clean vs attacked); `path_hamming` and `path_jaccard` are plain means over
-layers and need no fitting.
+boosted trees, or a logistic model) on those distances, on each filter's deviation from the class's firing
+frequency and on naive-Bayes path likelihoods (how much more the path looks like c's than like any other class's),
+fitted on a calibration split (clean vs attacked); `path_hamming` and `path_jaccard` are plain means over layers and
+need no fitting.
 """
 from __future__ import annotations
 
@@ -47,19 +48,79 @@ def soft_path_distances(v: list[Tensor], labels: Tensor, signatures: list[Tensor
     return torch.stack(ham, 1), torch.stack(jac, 1)
 
 
-def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signatures: list[Tensor] | None = None) -> Tensor:
-    """The `path` score's inputs, (N, 2L + sum C_l): per-layer Hamming and Jaccard distances to the signature of
+@dataclass(frozen=True)
+class PathLikelihood:
+    """Naive-Bayes log-likelihood of a path under each class: layer l's filters fire independently, filter j of class
+    k with the profile's frequency p (clamped to [eps, 1 - eps]): ll[l, k] = sum_j z_j log p_kj + (1 - z_j) log(1 - p_kj).
+    Held as one block-diagonal matrix, so all L x K likelihoods are one matmul: ll = cat(z) @ weight + bias.
+    Linear in z, so soft paths give a differentiable value."""
+
+    weight: Tensor  # (sum C_l, L*K): rows of layer l hold log p - log(1 - p) in column block l
+    bias: Tensor    # (L*K,): sum over layer l's filters of log(1 - p)
+    layers: int
+    classes: int
+
+    @classmethod
+    def from_freq(cls, freq: list[Tensor], eps: float = 1e-3) -> "PathLikelihood":
+        k, widths = freq[0].shape[0], [f.shape[1] for f in freq]
+        weight = freq[0].new_zeros(sum(widths), len(freq) * k)
+        bias, row = [], 0
+        for l, f in enumerate(freq):
+            lp, lq = f.clamp(eps, 1 - eps).log(), (1 - f).clamp(eps, 1 - eps).log()  # (K, C_l)
+            weight[row:row + f.shape[1], l * k:(l + 1) * k] = (lp - lq).T
+            bias.append(lq.sum(1))
+            row += f.shape[1]
+        return cls(weight, torch.cat(bias), len(freq), k)
+
+    def __call__(self, z: list[Tensor]) -> Tensor:
+        """Paths L x (N, C_l) (bool or [0, 1]) -> (N, L, K) log-likelihoods."""
+        zc = torch.cat([zl.float() for zl in z], 1)
+        return (zc @ self.weight.to(zc) + self.bias.to(zc)).view(len(zc), self.layers, self.classes)
+
+
+def likelihood_features(ll: Tensor, labels: Tensor) -> Tensor:
+    """(N, L, K) log-likelihoods, (N,) labels c -> (N, 2L + 1): per layer the path's log-likelihood under c, per layer
+    its margin over the best other class, and the margin of the summed (whole-path) log-likelihoods. Measured on the
+    calibration half: the whole-path margin alone separates CW / DeepFool from clean images with AUROC 0.87 / 0.92 (the
+    image crossed the decision boundary, the path still looks like where it came from)."""
+    n, l, k = ll.shape
+    idx = labels.view(n, 1, 1).expand(n, l, 1)
+    own = ll.gather(2, idx).squeeze(2)                                               # (N, L)
+    margin = own - ll.scatter(2, idx, float("-inf")).amax(2)                        # (N, L)
+    tot = ll.sum(1)                                                                   # (N, K)
+    total = tot.gather(1, labels.view(n, 1)) - tot.scatter(1, labels.view(n, 1), float("-inf")).amax(1, keepdim=True)
+    return torch.cat([own, margin, total], 1)
+
+
+def feature_count(widths: list[int]) -> int:
+    """Columns of `path_features` for layers of widths C_l: 2L distances, sum C_l deviations, 2L + 1 likelihoods."""
+    return 4 * len(widths) + 1 + sum(widths)
+
+
+def without_likelihoods(features: Tensor, widths: list[int]) -> Tensor:
+    """`path_features` rows minus the likelihood columns: the feature set before session 10 (708 columns for
+    ResNet-20), for the study scripts' `--without-likelihoods` (regenerating figures measured on it)."""
+    if features.shape[1] != feature_count(widths):
+        raise ValueError(f"expected {feature_count(widths)} path feature columns, found {features.shape[1]}")
+    return features[:, :feature_count(widths) - (2 * len(widths) + 1)]
+
+
+def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signatures: list[Tensor] | None = None,
+                  likelihood: PathLikelihood | None = None) -> Tensor:
+    """The `path` score's inputs, (N, feature_count): per-layer Hamming and Jaccard distances to the signature of
     `labels` (columns :L and L:2L, the same numbers as `path_distances`), then every filter's deviation
-    z - freq[label] from the class's firing frequency. Only path information. z may be soft (L x (N, C_l) in
-    [0, 1]); the result is then differentiable in z. `signatures` (freq >= 0.5) may be passed to skip recomputing."""
+    z - freq[label] from the class's firing frequency (sum C_l columns), then `likelihood_features` (2L + 1). Only
+    path information. z may be soft (L x (N, C_l) in [0, 1]); the result is then differentiable in z. `signatures`
+    (freq >= 0.5) and `likelihood` (PathLikelihood.from_freq(freq)) may be passed to skip recomputing them."""
     sig = [f >= 0.5 for f in freq] if signatures is None else signatures
+    nb = PathLikelihood.from_freq(freq) if likelihood is None else likelihood
     if all(not zl.is_floating_point() for zl in z):
         ham, jac = path_distances(z, labels, sig)
         z = [zl.float() for zl in z]
     else:
         ham, jac = soft_path_distances(z, labels, sig)
     dev = [zl - f.to(zl)[labels] for zl, f in zip(z, freq)]
-    return torch.cat([ham, jac, *dev], 1)
+    return torch.cat([ham, jac, *dev, likelihood_features(nb(z), labels.to(ham.device))], 1)
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,20 @@
 the shipped TREE_PARAMS (lr 0.05, 600 trees, 31 leaves) came from this.
 
 usage: python scripts/scorer_collect.py models/resnet20-decoupled paths.pt fgsm,pgd; python scripts/scorer_study.py paths.pt
+       [--without-likelihoods]  (the 708 features the figures in the README were measured on, before session 10)
 """
 import sys, torch, numpy as np, time
 from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier
-from detector.scoring import path_features
+from detector.scoring import path_features, without_likelihoods
+OLD = "--without-likelihoods" in sys.argv
+if OLD:
+    sys.argv.remove("--without-likelihoods")
 d = torch.load(sys.argv[1], weights_only=False); freq = d["freq"]
 def F(part):
-    lg, z = d[part]; return path_features(z, lg.argmax(1), freq).double().numpy()
+    lg, z = d[part]; f = path_features(z, lg.argmax(1), freq)
+    return (without_likelihoods(f, [c.shape[1] for c in freq]) if OLD else f).double().numpy()
 rng = np.random.default_rng(0)
 parts = {k: F(f"cal_{k}") for k in ("clean", "fgsm", "pgd")}
 # validation inside the calibration half: 30% of each set

@@ -5,7 +5,8 @@ fitted on (a) the fit part only, (b) fit part + n class-balanced training images
 shares of the N_TRAIN collected), (c) the training images only, each as clean vs FGSM + PGD on the correctly classified ones; every AUROC is measured on the threshold part
 (clean vs FGSM / PGD / both on it), which none of them saw. The evaluation half is not touched.
 
-usage: python scripts/scorer_train_study.py BUNDLE [N_TRAIN=10000] [CACHE.pt]   (~10 min on 2 cores)
+usage: python scripts/scorer_train_study.py BUNDLE [N_TRAIN=10000] [CACHE.pt] [--without-likelihoods]   (~10 min on 2 cores;
+       the flag: the 708 features the README figures were measured on, before session 10)
 """
 import os
 import sys
@@ -18,9 +19,12 @@ from detector.bundle import load_model
 from detector.calibration import attacked_path_features, fit_threshold_split, split_test, train_sample
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
-from detector.scoring import PathScorer
+from detector.scoring import PathScorer, without_likelihoods
 
 torch.set_num_threads(2)
+OLD = "--without-likelihoods" in sys.argv  # the 708 features of the figures measured before session 10
+if OLD:
+    sys.argv.remove("--without-likelihoods")
 bundle = sys.argv[1]
 n_train = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
 cache = sys.argv[3] if len(sys.argv) > 3 else None
@@ -50,6 +54,10 @@ else:
         sets[part] = feats(x, y)
     if cache:
         torch.save(sets, cache)
+
+if OLD:
+    widths = [f.shape[1] for f in prof.freq]
+    sets = {p: {a: without_likelihoods(v, widths) for a, v in d.items()} for p, d in sets.items()}
 
 
 def auroc(scorer: PathScorer, attack: str) -> float:

@@ -1,5 +1,6 @@
 """The detector pipeline end to end on tiny generated data: `dnd profiles`, `load_detector`, `dnd evaluate`."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from detector.adaptive import adaptive_pgd
 from detector.calibration import balanced_subset, split_test
 from detector.cli import main
 from detector.profiles import PROFILES, load_profiles
-from detector.scoring import PathScorer, path_distances, path_features, soft_path_distances
+from detector.scoring import (PathLikelihood, PathScorer, feature_count, likelihood_features, path_distances,
+                              path_features, soft_path_distances, without_likelihoods)
 
 from .conftest import write_image_folder
 
@@ -147,6 +149,22 @@ def test_profiles_of_other_weights_are_refused(bundle: Path, tmp_path: Path) -> 
         load_detector(other)
 
 
+def test_profiles_with_an_older_feature_set_are_refused(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+    from dataclasses import replace
+
+    from detector.profiles import PathProfiles, save_profiles
+
+    other = tmp_path / "old"
+    shutil.copytree(bundle, other)
+    p = load_profiles(other)
+    old = p.scorer.mean.numel() - 37  # the 708-feature layout before the likelihood columns (18 layers: 2L + 1 = 37)
+    sc = replace(p.scorer, mean=p.scorer.mean[:old], scale=p.scorer.scale[:old], coef=p.scorer.coef[:old])
+    save_profiles(PathProfiles(p.freq, p.counts, p.meta, sc), other, p.meta["data_fingerprint"])
+    with pytest.raises(ValueError, match=f"fitted on {old} path features, this version computes {old + 37}"):
+        load_detector(other)
+
+
 def test_dense_bundle_and_missing_profiles_give_clear_errors(bundle: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -197,6 +215,32 @@ def test_soft_distances_equal_hard_ones_on_binary_paths() -> None:
     for hard, soft in zip(path_distances(z, labels, sig), soft_path_distances([zl.float() for zl in z], labels, sig)):
         assert torch.allclose(hard, soft)
     assert torch.allclose(path_features(z, labels, freq), path_features([zl.float() for zl in z], labels, freq))
+
+
+def test_path_likelihoods_exact_on_a_hand_built_case() -> None:
+    # 2 layers, 2 classes. Layer 0: 2 filters, layer 1: 1 filter (frequency 0 is clamped to eps = 1e-3).
+    freq = [torch.tensor([[0.9, 0.2], [0.1, 0.5]]), torch.tensor([[0.0], [0.6]])]
+    z = [torch.tensor([[True, False]]), torch.tensor([[True]])]
+    ll = PathLikelihood.from_freq(freq)(z)
+    log = math.log
+    want = torch.tensor([[[log(0.9) + log(0.8), log(0.1) + log(0.5)], [log(1e-3), log(0.6)]]])
+    assert ll.shape == (1, 2, 2) and torch.allclose(ll, want, atol=1e-6)
+    f = likelihood_features(ll, torch.tensor([0]))
+    # own (per layer), margin over the other class (per layer), margin of the summed log-likelihoods
+    own, margin = want[0, :, 0], want[0, :, 0] - want[0, :, 1]
+    assert torch.allclose(f, torch.cat([own, margin, margin.sum().view(1)]).view(1, 5), atol=1e-6)
+    feats = path_features(z, torch.tensor([0]), freq)
+    assert feats.shape == (1, feature_count([2, 1])) == (1, 4 * 2 + 1 + 3)
+    assert torch.allclose(feats[:, -5:], f)
+    assert torch.equal(without_likelihoods(feats, [2, 1]), feats[:, :-5])  # the 708-column layout of older scorers
+
+
+def test_likelihood_features_are_differentiable_in_soft_paths() -> None:
+    g = torch.Generator().manual_seed(0)
+    freq = [torch.rand(3, c, generator=g) for c in (4, 8)]
+    v = [torch.rand(5, c, generator=g).requires_grad_(True) for c in (4, 8)]
+    path_features(v, torch.tensor([0, 1, 2, 0, 1]), freq)[:, -5:].sum().backward()
+    assert all(vl.grad is not None and vl.grad.abs().sum() > 0 for vl in v)
 
 
 @pytest.mark.parametrize("trees", [False, True])

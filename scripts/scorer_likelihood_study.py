@@ -1,0 +1,97 @@
+"""Scorer study: do naive-Bayes path likelihoods (`likelihood_features`) help the trees, mostly on CW / DeepFool?
+
+Collects raw eval-time paths (not features, so any feature set can be screened) of the calibration half's fit and
+threshold parts (clean, FGSM, PGD, CW, DeepFool on the correctly classified images) and of N_TRAIN class-balanced
+training images (clean, FGSM, PGD; CW and DeepFool on N_SUB of them): the mix `dnd profiles` fits on, with fewer
+training images. Then fits the trees on fit part + training rows twice, with the feature set before the likelihood
+columns (`path_features` minus its last 2L + 1 columns) and with the full one, and prints AUROC on the threshold part
+(clean vs each attack there; the evaluation half is not touched), a paired bootstrap 95% interval of the difference
+(threshold images resampled, fitted scorers fixed), and the AUROC of the whole-path likelihood margin alone.
+
+usage: python scripts/scorer_likelihood_study.py BUNDLE CACHE.pt [N_TRAIN=10000] [N_SUB=2000]
+       (~37 min to collect on 2 cores, DeepFool most of it; ~3 min per run once CACHE.pt exists)
+"""
+import os
+import sys
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from detector.attacks import run_attack
+from detector.bundle import load_model
+from detector.calibration import balanced_subset, fit_threshold_split, split_test, train_sample
+from detector.data import load_split, to_unit_float
+from detector.profiles import load_profiles
+from detector.scoring import PathScorer, path_features
+from detector.stats import collect_paths
+
+torch.set_num_threads(2)
+bundle, cache = sys.argv[1], sys.argv[2]
+n_train = int(sys.argv[3]) if len(sys.argv) > 3 else 10000
+n_sub = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
+model, prof = load_model(bundle), load_profiles(bundle)
+FOUR = ["fgsm", "pgd", "cw", "deepfool"]
+
+
+def paths(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits, z = collect_paths(model, x)
+    return torch.cat(z, 1), logits.argmax(1)  # (N, sum C_l) bool, (N,)
+
+
+def part(x: torch.Tensor, y: torch.Tensor, attacks: list[str], sub_attacks: list[str] = (), n: int = 0) -> dict:
+    """{name: (paths, predictions, true labels)} for the clean correctly classified images and each successful attack."""
+    z, pred = paths(x)
+    kept = pred == y
+    out, xk, yk = {"clean": (z[kept], pred[kept], y[kept])}, x[kept], y[kept]
+    sub = balanced_subset(torch.arange(len(yk)), yk, n, 10) if n else None
+    for a in [*attacks, *sub_attacks]:
+        xs, ys = (xk, yk) if a in attacks else (xk[sub], yk[sub])
+        s = run_attack(model, a, xs, ys, seed=0)
+        za, pa = paths(s.x_adv[s.success])
+        out[a] = (za, pa, ys[s.success])
+        print(f"  {a}: {len(pa)} of {len(ys)} attacked", flush=True)
+    return out
+
+
+if os.path.exists(cache):
+    sets = torch.load(cache)
+else:
+    test, train = load_split(".data", "test"), load_split(".data", "train")
+    cal, _ = split_test(test.y, 10)
+    xc, yc = to_unit_float(test.x[cal]), test.y[cal]
+    fit_idx, thr_idx = fit_threshold_split(yc, 10)  # the cut detector.calibration.calibrate makes
+    tr = train_sample(train.y, n_train, 10)         # the sample `dnd profiles --calib-train` takes
+    sets = {}
+    for name, x, y in (("thr", xc[thr_idx], yc[thr_idx]), ("fit", xc[fit_idx], yc[fit_idx])):
+        print(name, flush=True)
+        sets[name] = part(x, y, FOUR)
+    print("train", flush=True)
+    sets["train"] = part(to_unit_float(train.x[tr]), train.y[tr], ["fgsm", "pgd"], ["cw", "deepfool"], n_sub)
+    torch.save(sets, cache)
+
+widths = [f.shape[1] for f in prof.freq]
+n_lik = 2 * len(widths) + 1  # the likelihood columns come last
+F = {p: {a: path_features(list(torch.split(e[0], widths, 1)), e[1], prof.freq) for a, e in d.items()}
+     for p, d in sets.items()}
+y_of = {a: np.r_[np.zeros(len(F["thr"]["clean"])), np.ones(len(F["thr"][a]))] for a in FOUR}
+scores = {}
+for name, cols in (("without likelihoods", slice(0, -n_lik)), ("with likelihoods", slice(None))):
+    clean = torch.cat([F[p]["clean"][:, cols] for p in ("fit", "train")])
+    att = torch.cat([F[p][a][:, cols] for p in ("fit", "train") for a in FOUR if a in F[p]])
+    sc = PathScorer.fit(clean, att)
+    scores[name] = {a: sc.score(F["thr"][a][:, cols]).double().numpy() for a in ["clean", *FOUR]}
+    au = [roc_auc_score(y_of[a], np.r_[scores[name]["clean"], scores[name][a]]) for a in FOUR]
+    print(f"trees {name:20s} ({clean.shape[1]} features, {len(clean)} clean, {len(att)} attacked): "
+          + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au)), flush=True)
+rng = np.random.default_rng(0)
+for a in FOUR:
+    s0, s1 = scores["without likelihoods"], scores["with likelihoods"]
+    n0, n1 = len(s0["clean"]), len(s0[a])
+    d = []
+    for _ in range(300):
+        i0, i1 = rng.integers(0, n0, n0), rng.integers(0, n1, n1)
+        d.append(roc_auc_score(y_of[a], np.r_[s1["clean"][i0], s1[a][i1]]) - roc_auc_score(y_of[a], np.r_[s0["clean"][i0], s0[a][i1]]))
+    margin = -torch.cat([F["thr"]["clean"][:, -1], F["thr"][a][:, -1]]).numpy()  # low margin = attack
+    print(f"{a:8s} difference 95% interval [{np.percentile(d, 2.5):+.4f}, {np.percentile(d, 97.5):+.4f}] | "
+          f"whole-path likelihood margin alone: AUROC {roc_auc_score(y_of[a], margin):.4f}", flush=True)
