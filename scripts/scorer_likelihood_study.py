@@ -20,11 +20,11 @@ from sklearn.metrics import roc_auc_score
 
 from detector.attacks import run_attack
 from detector.bundle import load_model
-from detector.calibration import balanced_subset, fit_threshold_split, split_test, train_sample
-from detector.data import load_split, to_unit_float
+from detector.calibration import balanced_subset
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer, path_features
 from detector.stats import collect_paths
+from study_data import calibration_parts
 
 torch.set_num_threads(2)
 bundle, cache = sys.argv[1], sys.argv[2]
@@ -57,17 +57,13 @@ def part(x: torch.Tensor, y: torch.Tensor, attacks: list[str], sub_attacks: list
 if os.path.exists(cache):
     sets = torch.load(cache)
 else:
-    test, train = load_split(".data", "test"), load_split(".data", "train")
-    cal, _ = split_test(test.y, 10)
-    xc, yc = to_unit_float(test.x[cal]), test.y[cal]
-    fit_idx, thr_idx = fit_threshold_split(yc, 10)  # the cut detector.calibration.calibrate makes
-    tr = train_sample(train.y, n_train, 10)         # the sample `dnd profiles --calib-train` takes
+    parts = calibration_parts(n_train=n_train)
     sets = {}
-    for name, x, y in (("thr", xc[thr_idx], yc[thr_idx]), ("fit", xc[fit_idx], yc[fit_idx])):
+    for name in ("thr", "fit"):
         print(name, flush=True)
-        sets[name] = part(x, y, FOUR)
+        sets[name] = part(*parts[name], FOUR)
     print("train", flush=True)
-    sets["train"] = part(to_unit_float(train.x[tr]), train.y[tr], ["fgsm", "pgd"], ["cw", "deepfool"], n_sub)
+    sets["train"] = part(*parts["train"], ["fgsm", "pgd"], ["cw", "deepfool"], n_sub)
     torch.save(sets, cache)
 
 widths = [f.shape[1] for f in prof.freq]

@@ -16,10 +16,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from detector.bundle import load_model
-from detector.calibration import attacked_path_features, fit_threshold_split, split_test, train_sample
-from detector.data import load_split, to_unit_float
+from detector.calibration import attacked_path_features
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer, without_likelihoods
+from study_data import calibration_parts
 
 torch.set_num_threads(2)
 OLD = "--without-likelihoods" in sys.argv  # the 708 features of the figures measured before session 10
@@ -42,14 +42,8 @@ def feats(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
 if cache and os.path.exists(cache):
     sets = torch.load(cache)
 else:
-    test, train = load_split(".data", "test"), load_split(".data", "train")
-    cal, _ = split_test(test.y, 10)
-    xc, yc = to_unit_float(test.x[cal]), test.y[cal]
-    fit_idx, thr_idx = fit_threshold_split(yc, 10)  # the cut detector.calibration.calibrate makes
-    tr_idx = train_sample(train.y, n_train, 10)  # the sample `dnd profiles --calib-train` takes
     sets = {}
-    for part, x, y in (("fit", xc[fit_idx], yc[fit_idx]), ("thr", xc[thr_idx], yc[thr_idx]),
-                       ("train", to_unit_float(train.x[tr_idx]), train.y[tr_idx])):
+    for part, (x, y) in calibration_parts(n_train=n_train).items():
         print(part, len(y), "images", flush=True)
         sets[part] = feats(x, y)
     if cache:

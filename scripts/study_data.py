@@ -1,0 +1,21 @@
+"""Images the scorer studies work on, cut exactly as `dnd profiles` cuts them (imported by scripts/scorer_*_study.py)."""
+import torch
+
+from detector.calibration import fit_threshold_split, split_test, train_sample
+from detector.data import load_split, to_unit_float
+
+
+def calibration_parts(root: str = ".data", n_train: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"fit", "thr"[, "train"]: (images in [0, 1], labels)}: the calibration half's fit and threshold parts (the cut
+    detector.calibration.calibrate makes) and, with n_train > 0, the class-balanced training sample that
+    `dnd profiles --calib-train` takes. The evaluation half is never returned."""
+    test = load_split(root, "test")
+    cal, _ = split_test(test.y, 10)
+    xc, yc = to_unit_float(test.x[cal]), test.y[cal]
+    fit_idx, thr_idx = fit_threshold_split(yc, 10)
+    parts = {"fit": (xc[fit_idx], yc[fit_idx]), "thr": (xc[thr_idx], yc[thr_idx])}
+    if n_train:
+        train = load_split(root, "train")
+        idx = train_sample(train.y, n_train, 10)
+        parts["train"] = (to_unit_float(train.x[idx]), train.y[idx])
+    return parts
