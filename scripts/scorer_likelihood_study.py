@@ -4,7 +4,7 @@ Collects raw eval-time paths (not features, so any feature set can be screened) 
 threshold parts (clean, FGSM, PGD, CW, DeepFool on the correctly classified images) and of N_TRAIN class-balanced
 training images (clean, FGSM, PGD; CW and DeepFool on N_SUB of them): the mix `dnd profiles` fits on, with fewer
 training images. Then fits the trees on fit part + training rows twice, with the feature set before the likelihood
-columns (`path_features` minus its last 2L + 1 columns) and with the full one, and prints AUROC on the threshold part
+columns (`without_likelihoods`) and with the full one, and prints AUROC on the threshold part
 (clean vs each attack there; the evaluation half is not touched), a paired bootstrap 95% interval of the difference
 (threshold images resampled, fitted scorers fixed), and the AUROC of the whole-path likelihood margin alone.
 
@@ -24,7 +24,7 @@ from detector.calibration import balanced_subset
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer, path_features
 from detector.stats import collect_paths
-from study_data import calibration_parts
+from study_data import calibration_parts, strip_likelihoods
 
 torch.set_num_threads(2)
 bundle, cache = sys.argv[1], sys.argv[2]
@@ -67,16 +67,15 @@ else:
     torch.save(sets, cache)
 
 widths = [f.shape[1] for f in prof.freq]
-n_lik = 2 * len(widths) + 1  # the likelihood columns come last
 F = {p: {a: path_features(list(torch.split(e[0], widths, 1)), e[1], prof.freq) for a, e in d.items()}
      for p, d in sets.items()}
 y_of = {a: np.r_[np.zeros(len(F["thr"]["clean"])), np.ones(len(F["thr"][a]))] for a in FOUR}
 scores = {}
-for name, cols in (("without likelihoods", slice(0, -n_lik)), ("with likelihoods", slice(None))):
-    clean = torch.cat([F[p]["clean"][:, cols] for p in ("fit", "train")])
-    att = torch.cat([F[p][a][:, cols] for p in ("fit", "train") for a in FOUR if a in F[p]])
+for name, sets_f in (("without likelihoods", strip_likelihoods(F, prof.freq)), ("with likelihoods", F)):
+    clean = torch.cat([sets_f[p]["clean"] for p in ("fit", "train")])
+    att = torch.cat([sets_f[p][a] for p in ("fit", "train") for a in FOUR if a in sets_f[p]])
     sc = PathScorer.fit(clean, att)
-    scores[name] = {a: sc.score(F["thr"][a][:, cols]).double().numpy() for a in ["clean", *FOUR]}
+    scores[name] = {a: sc.score(sets_f["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
     au = [roc_auc_score(y_of[a], np.r_[scores[name]["clean"], scores[name][a]]) for a in FOUR]
     print(f"trees {name:20s} ({clean.shape[1]} features, {len(clean)} clean, {len(att)} attacked): "
           + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au)), flush=True)

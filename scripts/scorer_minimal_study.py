@@ -27,12 +27,11 @@ from detector.bundle import load_model
 from detector.calibration import attacked_path_features, balanced_subset, fit_threshold_split, split_test, train_sample
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
-from detector.scoring import PathScorer, without_likelihoods
+from detector.scoring import PathScorer
+from study_data import strip_likelihoods, take_flag
 
 torch.set_num_threads(2)
-OLD = "--without-likelihoods" in sys.argv  # the 708 features of the figures measured before session 10
-if OLD:
-    sys.argv.remove("--without-likelihoods")
+OLD = take_flag("--without-likelihoods")  # the 708 features of the figures measured before session 10
 bundle, cache = sys.argv[1], sys.argv[2]
 n_fit = int(sys.argv[3]) if len(sys.argv) > 3 else 1300
 n_train_min = int(sys.argv[4]) if len(sys.argv) > 4 else 0
@@ -74,8 +73,7 @@ elif n_train_min:
     sets |= extra
 
 if OLD:
-    widths = [f.shape[1] for f in prof.freq]
-    sets = {p: {a: without_likelihoods(v, widths) for a, v in d.items()} for p, d in sets.items()}
+    sets = strip_likelihoods(sets, prof.freq)
 
 
 def auroc(scorer: PathScorer, attack: str) -> float:

@@ -10,9 +10,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neural_network import MLPClassifier
 from sklearn.ensemble import HistGradientBoostingClassifier
 from detector.scoring import path_features, without_likelihoods
-OLD = "--without-likelihoods" in sys.argv
-if OLD:
-    sys.argv.remove("--without-likelihoods")
+from study_data import take_flag
+OLD = take_flag("--without-likelihoods")
 d = torch.load(sys.argv[1], weights_only=False); freq = d["freq"]
 def F(part):
     lg, z = d[part]; f = path_features(z, lg.argmax(1), freq)

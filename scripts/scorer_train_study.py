@@ -18,13 +18,11 @@ from sklearn.metrics import roc_auc_score
 from detector.bundle import load_model
 from detector.calibration import attacked_path_features
 from detector.profiles import load_profiles
-from detector.scoring import PathScorer, without_likelihoods
-from study_data import calibration_parts
+from detector.scoring import PathScorer
+from study_data import calibration_parts, strip_likelihoods, take_flag
 
 torch.set_num_threads(2)
-OLD = "--without-likelihoods" in sys.argv  # the 708 features of the figures measured before session 10
-if OLD:
-    sys.argv.remove("--without-likelihoods")
+OLD = take_flag("--without-likelihoods")  # the 708 features of the figures measured before session 10
 bundle = sys.argv[1]
 n_train = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
 cache = sys.argv[3] if len(sys.argv) > 3 else None
@@ -50,8 +48,7 @@ else:
         torch.save(sets, cache)
 
 if OLD:
-    widths = [f.shape[1] for f in prof.freq]
-    sets = {p: {a: without_likelihoods(v, widths) for a, v in d.items()} for p, d in sets.items()}
+    sets = strip_likelihoods(sets, prof.freq)
 
 
 def auroc(scorer: PathScorer, attack: str) -> float:

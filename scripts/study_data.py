@@ -1,8 +1,11 @@
 """Images the scorer studies work on, cut exactly as `dnd profiles` cuts them (imported by scripts/scorer_*_study.py)."""
+import sys
+
 import torch
 
 from detector.calibration import fit_threshold_split, split_test, train_sample
 from detector.data import load_split, to_unit_float
+from detector.scoring import without_likelihoods
 
 
 def calibration_parts(root: str = ".data", n_train: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -19,3 +22,18 @@ def calibration_parts(root: str = ".data", n_train: int = 0) -> dict[str, tuple[
         idx = train_sample(train.y, n_train, 10)
         parts["train"] = (to_unit_float(train.x[idx]), train.y[idx])
     return parts
+
+
+def take_flag(name: str = "--without-likelihoods") -> bool:
+    """Whether `name` is on the command line (removed from sys.argv, so positional arguments keep their places)."""
+    if name in sys.argv:
+        sys.argv.remove(name)
+        return True
+    return False
+
+
+def strip_likelihoods(sets: dict[str, dict[str, torch.Tensor]], freq: list[torch.Tensor]) -> dict:
+    """{part: {set: features}} with the likelihood columns dropped: the 708 features of figures measured before
+    session 10."""
+    widths = [f.shape[1] for f in freq]
+    return {p: {a: without_likelihoods(v, widths) for a, v in d.items()} for p, d in sets.items()}
