@@ -22,9 +22,9 @@ from detector.attacks import run_attack
 from detector.bundle import load_model
 from detector.calibration import balanced_subset
 from detector.profiles import load_profiles
-from detector.scoring import PathScorer, path_features
+from detector.scoring import PathScorer
 from detector.stats import collect_paths
-from study_data import calibration_parts, strip_likelihoods
+from study_data import cached_features, calibration_parts, strip_likelihoods
 
 torch.set_num_threads(2)
 bundle, cache = sys.argv[1], sys.argv[2]
@@ -66,9 +66,7 @@ else:
     sets["train"] = part(*parts["train"], ["fgsm", "pgd"], ["cw", "deepfool"], n_sub)
     torch.save(sets, cache)
 
-widths = [f.shape[1] for f in prof.freq]
-F = {p: {a: path_features(list(torch.split(e[0], widths, 1)), e[1], prof.freq) for a, e in d.items()}
-     for p, d in sets.items()}
+F = cached_features(sets, prof.freq)
 y_of = {a: np.r_[np.zeros(len(F["thr"]["clean"])), np.ones(len(F["thr"][a]))] for a in FOUR}
 scores = {}
 for name, sets_f in (("without likelihoods", strip_likelihoods(F, prof.freq)), ("with likelihoods", F)):

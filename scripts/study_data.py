@@ -5,7 +5,7 @@ import torch
 
 from detector.calibration import fit_threshold_split, split_test, train_sample
 from detector.data import load_split, to_unit_float
-from detector.scoring import without_likelihoods
+from detector.scoring import path_features, without_likelihoods
 
 
 def calibration_parts(root: str = ".data", n_train: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -37,3 +37,11 @@ def strip_likelihoods(sets: dict[str, dict[str, torch.Tensor]], freq: list[torch
     session 10."""
     widths = [f.shape[1] for f in freq]
     return {p: {a: without_likelihoods(v, widths) for a, v in d.items()} for p, d in sets.items()}
+
+
+def cached_features(sets: dict[str, dict[str, tuple]], freq: list[torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{part: {set: path_features}} from the path cache of scripts/scorer_likelihood_study.py, whose entries are
+    (paths (N, sum C_l) bool, predictions (N,), true labels (N,))."""
+    widths = [f.shape[1] for f in freq]
+    return {p: {a: path_features(list(torch.split(e[0], widths, 1)), e[1], freq) for a, e in d.items()}
+            for p, d in sets.items()}
