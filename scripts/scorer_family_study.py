@@ -21,12 +21,11 @@ from sklearn.metrics import roc_auc_score
 
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
-from study_data import cached_features
+from study_data import FOUR, cached_features
 
 torch.set_num_threads(2)
 prof = load_profiles(sys.argv[1])
 F = cached_features(torch.load(sys.argv[2]), prof.freq)
-FOUR = ["fgsm", "pgd", "cw", "deepfool"]
 clean = torch.cat([F[p]["clean"] for p in ("fit", "train")])
 rng = np.random.default_rng(0)
 n = len(F["thr"]["clean"])

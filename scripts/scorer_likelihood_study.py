@@ -22,16 +22,14 @@ from detector.attacks import run_attack
 from detector.bundle import load_model
 from detector.calibration import balanced_subset
 from detector.profiles import load_profiles
-from detector.scoring import PathScorer
 from detector.stats import collect_paths
-from study_data import cached_features, calibration_parts, strip_likelihoods
+from study_data import FOUR, cached_features, calibration_parts, mix_scores, paired_interval, strip_likelihoods, thr_labels
 
 torch.set_num_threads(2)
 bundle, cache = sys.argv[1], sys.argv[2]
 n_train = int(sys.argv[3]) if len(sys.argv) > 3 else 10000
 n_sub = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
 model, prof = load_model(bundle), load_profiles(bundle)
-FOUR = ["fgsm", "pgd", "cw", "deepfool"]
 
 
 def paths(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,24 +65,12 @@ else:
     torch.save(sets, cache)
 
 F = cached_features(sets, prof.freq)
-y_of = {a: np.r_[np.zeros(len(F["thr"]["clean"])), np.ones(len(F["thr"][a]))] for a in FOUR}
-scores = {}
-for name, sets_f in (("without likelihoods", strip_likelihoods(F, prof.freq)), ("with likelihoods", F)):
-    clean = torch.cat([sets_f[p]["clean"] for p in ("fit", "train")])
-    att = torch.cat([sets_f[p][a] for p in ("fit", "train") for a in FOUR if a in sets_f[p]])
-    sc = PathScorer.fit(clean, att)
-    scores[name] = {a: sc.score(sets_f["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
-    au = [roc_auc_score(y_of[a], np.r_[scores[name]["clean"], scores[name][a]]) for a in FOUR]
-    print(f"trees {name:20s} ({clean.shape[1]} features, {len(clean)} clean, {len(att)} attacked): "
-          + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au)), flush=True)
+y_of = thr_labels(F)
+s0 = mix_scores(strip_likelihoods(F, prof.freq), "without likelihoods")
+s1 = mix_scores(F, "with likelihoods")
 rng = np.random.default_rng(0)
 for a in FOUR:
-    s0, s1 = scores["without likelihoods"], scores["with likelihoods"]
-    n0, n1 = len(s0["clean"]), len(s0[a])
-    d = []
-    for _ in range(300):
-        i0, i1 = rng.integers(0, n0, n0), rng.integers(0, n1, n1)
-        d.append(roc_auc_score(y_of[a], np.r_[s1["clean"][i0], s1[a][i1]]) - roc_auc_score(y_of[a], np.r_[s0["clean"][i0], s0[a][i1]]))
+    lo, hi = paired_interval(s0, s1, a, rng)
     margin = -torch.cat([F["thr"]["clean"][:, -1], F["thr"][a][:, -1]]).numpy()  # low margin = attack
-    print(f"{a:8s} difference 95% interval [{np.percentile(d, 2.5):+.4f}, {np.percentile(d, 97.5):+.4f}] | "
+    print(f"{a:8s} difference 95% interval [{lo:+.4f}, {hi:+.4f}] | "
           f"whole-path likelihood margin alone: AUROC {roc_auc_score(y_of[a], margin):.4f}", flush=True)

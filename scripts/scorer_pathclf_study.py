@@ -24,15 +24,13 @@ from detector.bundle import load_model
 from detector.calibration import shuffled_per_class
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
-from detector.scoring import PathScorer
 from detector.stats import collect_paths
-from study_data import cached_features
+from study_data import FOUR, cached_features, mix_scores, paired_interval, thr_labels
 
 torch.set_num_threads(2)
 bundle, cache, clf_cache = sys.argv[1:4]
 wd = float(sys.argv[4]) if len(sys.argv) > 4 else 1e-4
 model, prof = load_model(bundle), load_profiles(bundle)
-FOUR = ["fgsm", "pgd", "cw", "deepfool"]
 sets = torch.load(cache)
 
 if os.path.exists(clf_cache):
@@ -79,26 +77,13 @@ acc = (lin(thr_clean[0].double()).argmax(1) == thr_clean[1]).double().mean()
 print(f"path classifier agrees with the network on {acc:.4f} of clean threshold-part images", flush=True)
 F0 = cached_features(sets, prof.freq)
 F1 = {p: {a: torch.cat([F0[p][a], clf_columns(e[0], e[1])], 1) for a, e in d.items()} for p, d in sets.items()}
-y_of = {a: np.r_[np.zeros(len(F0["thr"]["clean"])), np.ones(len(F0["thr"][a]))] for a in FOUR}
-scores = {}
-for name, sets_f in (("745 path features", F0), ("+ path classifier", F1)):
-    clean = torch.cat([sets_f[p]["clean"] for p in ("fit", "train")])
-    att = torch.cat([sets_f[p][a] for p in ("fit", "train") for a in FOUR if a in sets_f[p]])
-    sc = PathScorer.fit(clean, att)
-    scores[name] = {a: sc.score(sets_f["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
-    au = [roc_auc_score(y_of[a], np.r_[scores[name]["clean"], scores[name][a]]) for a in FOUR]
-    print(f"trees {name:20s} ({clean.shape[1]} features, {len(clean)} clean, {len(att)} attacked): "
-          + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au)), flush=True)
+y_of = thr_labels(F1)
+s0, s1 = mix_scores(F0, "745 path features"), mix_scores(F1, "+ path classifier")
 rng = np.random.default_rng(0)
-s0, s1 = scores["745 path features"], scores["+ path classifier"]
 for a in FOUR:
-    n0, n1 = len(s0["clean"]), len(s0[a])
-    d = []
-    for _ in range(300):
-        i0, i1 = rng.integers(0, n0, n0), rng.integers(0, n1, n1)
-        d.append(roc_auc_score(y_of[a], np.r_[s1["clean"][i0], s1[a][i1]]) - roc_auc_score(y_of[a], np.r_[s0["clean"][i0], s0[a][i1]]))
+    lo, hi = paired_interval(s0, s1, a, rng)
     alone = [roc_auc_score(y_of[a], -torch.cat([F1["thr"]["clean"][:, j], F1["thr"][a][:, j]]).numpy())
              for j in (-3, -2)]
     ent = roc_auc_score(y_of[a], torch.cat([F1["thr"]["clean"][:, -1], F1["thr"][a][:, -1]]).numpy())
-    print(f"{a:8s} difference 95% interval [{np.percentile(d, 2.5):+.4f}, {np.percentile(d, 97.5):+.4f}] | alone: "
+    print(f"{a:8s} difference 95% interval [{lo:+.4f}, {hi:+.4f}] | alone: "
           f"log p(c) {alone[0]:.4f}, margin {alone[1]:.4f}, entropy {ent:.4f}", flush=True)

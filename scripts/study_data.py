@@ -1,11 +1,15 @@
 """Images the scorer studies work on, cut exactly as `dnd profiles` cuts them (imported by scripts/scorer_*_study.py)."""
 import sys
 
+import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from detector.calibration import fit_threshold_split, split_test, train_sample
 from detector.data import load_split, to_unit_float
-from detector.scoring import path_features, without_likelihoods
+from detector.scoring import PathScorer, path_features, without_likelihoods
+
+FOUR = ["fgsm", "pgd", "cw", "deepfool"]
 
 
 def calibration_parts(root: str = ".data", n_train: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -45,3 +49,34 @@ def cached_features(sets: dict[str, dict[str, tuple]], freq: list[torch.Tensor])
     widths = [f.shape[1] for f in freq]
     return {p: {a: path_features(list(torch.split(e[0], widths, 1)), e[1], freq) for a, e in d.items()}
             for p, d in sets.items()}
+
+
+def thr_labels(F: dict[str, dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Per attack, the 0 (clean) / 1 (attacked) labels of the threshold part's rows [clean, attack]."""
+    return {a: np.r_[np.zeros(len(F["thr"]["clean"])), np.ones(len(F["thr"][a]))] for a in FOUR}
+
+
+def mix_scores(F: dict[str, dict[str, torch.Tensor]], name: str) -> dict[str, np.ndarray]:
+    """Fit the trees (`PathScorer.fit`) on the fit + training parts' clean rows against all their attacked rows (the
+    `dnd profiles` mix), print the threshold part's AUROC per attack and return its scores {set: (N,)}."""
+    clean = torch.cat([F[p]["clean"] for p in ("fit", "train")])
+    att = torch.cat([F[p][a] for p in ("fit", "train") for a in FOUR if a in F[p]])
+    sc = PathScorer.fit(clean, att)
+    scores = {a: sc.score(F["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
+    y_of = thr_labels(F)
+    au = [roc_auc_score(y_of[a], np.r_[scores["clean"], scores[a]]) for a in FOUR]
+    print(f"trees {name:20s} ({clean.shape[1]} features, {len(clean)} clean, {len(att)} attacked): "
+          + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au)), flush=True)
+    return scores
+
+
+def paired_interval(s0: dict[str, np.ndarray], s1: dict[str, np.ndarray], a: str, rng: np.random.Generator,
+                    draws: int = 300) -> tuple[float, float]:
+    """95% bootstrap interval of AUROC(s1) - AUROC(s0) on attack a: clean and attacked rows resampled, scorers fixed."""
+    y = np.r_[np.zeros(len(s0["clean"])), np.ones(len(s0[a]))]
+    n0, n1 = len(s0["clean"]), len(s0[a])
+    d = []
+    for _ in range(draws):
+        i0, i1 = rng.integers(0, n0, n0), rng.integers(0, n1, n1)
+        d.append(roc_auc_score(y, np.r_[s1["clean"][i0], s1[a][i1]]) - roc_auc_score(y, np.r_[s0["clean"][i0], s0[a][i1]]))
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
