@@ -20,23 +20,15 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from detector.profiles import load_profiles
-from detector.scoring import PathScorer
-from study_data import FOUR, cached_features
+from study_data import FOUR, cached_features, fit_scores
 
 torch.set_num_threads(2)
 prof = load_profiles(sys.argv[1])
 F = cached_features(torch.load(sys.argv[2]), prof.freq)
-clean = torch.cat([F[p]["clean"] for p in ("fit", "train")])
 rng = np.random.default_rng(0)
 n = len(F["thr"]["clean"])
 perm = rng.permutation(n)
 ref, test = perm[: n // 2], perm[n // 2:]  # p-value reference half, AUROC half
-
-
-def fit(names: list[str]) -> dict[str, np.ndarray]:
-    att = torch.cat([F[p][a] for p in ("fit", "train") for a in names if a in F[p]])
-    sc = PathScorer.fit(clean, att)
-    return {a: sc.score(F["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
 
 
 def aurocs(s: dict[str, np.ndarray], i0: np.ndarray = test, draw: dict[str, np.ndarray] | None = None) -> list[float]:
@@ -53,7 +45,7 @@ def p_values(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {a: np.searchsorted(r, v, side="left") / len(r) for a, v in s.items()}
 
 
-mix, a_fam, b_fam = fit(FOUR), fit(["fgsm", "pgd"]), fit(["cw", "deepfool"])
+mix, a_fam, b_fam = (fit_scores(F, names)[0] for names in (FOUR, ["fgsm", "pgd"], ["cw", "deepfool"]))
 pa, pb = p_values(a_fam), p_values(b_fam)
 union = {a: np.maximum(pa[a], pb[a]) + 1e-9 * a_fam[a] for a in pa}  # ties (both beyond every reference) by A
 rows = {"mix of all four (shipped)": mix, "A: FGSM + PGD": a_fam, "B: CW + DeepFool": b_fam,

@@ -23,7 +23,9 @@ from sklearn.metrics import roc_auc_score
 from detector.bundle import load_model
 from detector.calibration import shuffled_per_class
 from detector.data import load_split, to_unit_float
+from detector.cli import CALIB_TRAIN
 from detector.profiles import load_profiles
+from detector.scoring import likelihood_features
 from detector.stats import collect_paths
 from study_data import FOUR, cached_features, mix_scores, paired_interval, thr_labels
 
@@ -37,7 +39,7 @@ if os.path.exists(clf_cache):
     zc, yc = torch.load(clf_cache)
 else:
     train = load_split(".data", "train")
-    idx = torch.cat([i[3000:] for i in shuffled_per_class(train.y, 10, 1)])  # outside train_sample(30000, seed 1)
+    idx = torch.cat([i[CALIB_TRAIN // 10:] for i in shuffled_per_class(train.y, 10, 1)])  # outside train_sample(CALIB_TRAIN, 10, seed 1)
     logits, z = collect_paths(model, to_unit_float(train.x[idx]))
     ok = logits.argmax(1) == train.y[idx]
     zc, yc = torch.cat(z, 1)[ok], train.y[idx][ok]
@@ -66,10 +68,9 @@ def clf_columns(z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         lg = lin(z.double()).float()
     lp = lg.log_softmax(1)
-    own = lp.gather(1, labels[:, None])
-    margin = lg.gather(1, labels[:, None]) - lg.scatter(1, labels[:, None], float("-inf")).amax(1, keepdim=True)
+    own_margin = likelihood_features(lp[:, None, :], labels)[:, :2]  # one "layer": log p(c), its margin (= logits')
     ent = -(lp.exp() * lp).sum(1, keepdim=True)
-    return torch.cat([own, margin, ent], 1)
+    return torch.cat([own_margin, ent], 1)
 
 
 thr_clean = sets["thr"]["clean"]

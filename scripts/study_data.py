@@ -56,17 +56,22 @@ def thr_labels(F: dict[str, dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
     return {a: np.r_[np.zeros(len(F["thr"]["clean"])), np.ones(len(F["thr"][a]))] for a in FOUR}
 
 
-def mix_scores(F: dict[str, dict[str, torch.Tensor]], name: str) -> dict[str, np.ndarray]:
-    """Fit the trees (`PathScorer.fit`) on the fit + training parts' clean rows against all their attacked rows (the
-    `dnd profiles` mix), print the threshold part's AUROC per attack and return its scores {set: (N,)}."""
+def fit_scores(F: dict[str, dict[str, torch.Tensor]], attacks: list[str] = FOUR) -> tuple[dict[str, np.ndarray], str]:
+    """Fit the trees (`PathScorer.fit`) on the fit + training parts' clean rows against their `attacks` rows (all
+    four: the `dnd profiles` mix). Returns the threshold part's scores {set: (N,)} and a description of the fit."""
     clean = torch.cat([F[p]["clean"] for p in ("fit", "train")])
-    att = torch.cat([F[p][a] for p in ("fit", "train") for a in FOUR if a in F[p]])
+    att = torch.cat([F[p][a] for p in ("fit", "train") for a in attacks if a in F[p]])
     sc = PathScorer.fit(clean, att)
     scores = {a: sc.score(F["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
+    return scores, f"{clean.shape[1]} features, {len(clean)} clean, {len(att)} attacked"
+
+
+def mix_scores(F: dict[str, dict[str, torch.Tensor]], name: str) -> dict[str, np.ndarray]:
+    """`fit_scores` on the mix of all four attacks, printing the threshold part's AUROC per attack."""
+    scores, what = fit_scores(F)
     y_of = thr_labels(F)
     au = [roc_auc_score(y_of[a], np.r_[scores["clean"], scores[a]]) for a in FOUR]
-    print(f"trees {name:20s} ({clean.shape[1]} features, {len(clean)} clean, {len(att)} attacked): "
-          + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au)), flush=True)
+    print(f"trees {name:20s} ({what}): " + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au)), flush=True)
     return scores
 
 
