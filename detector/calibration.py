@@ -87,7 +87,8 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
               target_fpr: float = 0.05, device: str | torch.device = "cpu", seed: int = 0,
               threshold_share: float = 0.4, trees: bool = True,
               extra_fit: tuple[Tensor, Tensor] | None = None, extra_attacks: list[str] | None = None,
-              extra_subset: tuple[int, list[str]] | None = None) -> PathProfiles:
+              extra_subset: tuple[int, list[str]] | None = None,
+              families: list[list[str]] | None = None) -> PathProfiles:
     """Fit the `path` scorer and its threshold on calibration images x (N, 3, 32, 32), y (N,).
 
     The images are cut (class-balanced, seeded) into a *fit* part and a *threshold* part. The scorer is fitted on the
@@ -98,6 +99,9 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
     `attacks`): the trees are data-hungry (745 features, ~2,600 clean calibration images), and the threshold part
     stays test images only. extra_subset = (n, names): n class-balanced, correctly classified ones of those extra
     images are also attacked with `names` (CW and DeepFool cost 0.05-0.25 s per image on 2 cores: hours for all).
+    families: attack names per tree model (default: one model on all attacks; see PathScorer). The threshold part's
+    clean images also serve as the trees' clean reference (their scores' quantiles): a new clean image's quantile is
+    uniform like theirs (exchangeability), so the threshold set on them holds for unseen images up to O(1/n).
     Returns the profiles with scorer, threshold and a record of what was used."""
     x = to_unit_float(x)
     fit_idx, thr_idx = fit_threshold_split(y, model.cfg.num_classes, seed, threshold_share)
@@ -120,7 +124,8 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
             sub_names = [n for n in sub_names if n not in ex_attacks]  # the rest already ran on every extra image
             fit_sets.append((ex_x[sub], ex_y[sub], sub_names))
             extra |= {"extra_subset_images": len(sub), "extra_subset_attacks": sub_names}
-    attacked, rates = [], {}
+    attacked: dict[str, list[Tensor]] = {}
+    rates = {}
     all_names = list(dict.fromkeys(n for _, _, names in fit_sets for n in names))
     for name in tqdm(all_names, desc="calibration attacks", unit="attack"):
         ok = succ = 0
@@ -129,18 +134,23 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
                 continue
             s = run_attack(model, name, xs, ys, seed=seed, device=device)
             ok, succ = ok + len(s.success), succ + int(s.success.sum())
-            attacked.append(path_feature_set(model, profiles, s.x_adv[s.success], device=device)[1])
+            attacked.setdefault(name, []).append(path_feature_set(model, profiles, s.x_adv[s.success], device=device)[1])
         rates[name] = round(succ / max(ok, 1), 4)
-    attacked_all = torch.cat(attacked)
-    scorer = PathScorer.fit(clean, attacked_all, trees=trees)
+    rows = {name: torch.cat(v) for name, v in attacked.items()}
+    fams = [list(all_names)] if families is None else [[n for n in f if n in rows] for f in families]
+    fams = [f for f in fams if f]  # a family none of whose attacks ran (e.g. --calib-attacks fgsm,pgd) has no model
+    scorer = PathScorer.fit(clean, rows, fams, trees=trees)
+    if trees:
+        scorer = scorer.with_reference(thr_clean)
     thr_scores = scorer.score(thr_clean)
     threshold = calibrate_threshold(thr_scores, target_fpr)
     # the differentiable stand-in an adaptive attacker descends on, thresholded at the same FPR
     scorer = replace(scorer, surrogate_threshold=calibrate_threshold(scorer.surrogate(thr_clean), target_fpr))
     record: dict[str, Any] = {"split_seed": SPLIT_SEED, "images": len(y), "fit_images": len(fit_idx),
-                              "threshold_images": len(thr_idx), "n_clean": len(clean), "n_attacked": len(attacked_all),
+                              "threshold_images": len(thr_idx), "n_clean": len(clean), "n_attacked": sum(map(len, rows.values())),
                               "n_threshold_clean": len(thr_ok), "attacks": attacks, "attack_success_rates": rates,
                               "scorer": "trees" if trees else "linear", **extra,
+                              **({"families": fams} if trees else {}),
                               "fpr_achieved": round(float((thr_scores > threshold).float().mean()), 4)}
     meta = {**profiles.meta, "threshold": threshold, "target_fpr": target_fpr, "calibration": record}
     return PathProfiles(profiles.freq, profiles.counts, meta, scorer)

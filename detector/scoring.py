@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -125,9 +125,10 @@ def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signature
 
 @dataclass(frozen=True)
 class TreeEnsemble:
-    """Gradient-boosted trees (scikit-learn HistGradientBoostingClassifier) exported to plain tensors, evaluated in
-    torch: no pickle, no scikit-learn at serving time. raw(x) = baseline + sum over trees of the reached leaf's value,
-    scikit-learn's decision_function (log-odds) for float32 features.
+    """K gradient-boosted tree models (scikit-learn HistGradientBoostingClassifier, one per attack family) exported to
+    plain tensors and walked together in torch: no pickle, no scikit-learn at serving time. raw(x)[:, k] = baseline[k] +
+    sum over model k's trees of the reached leaf's value, scikit-learn's decision_function (log-odds) for float32
+    features. One walk for all K models: scoring costs what one model with all their trees would.
 
     Layout (T trees padded to M nodes, sorted by depth, deepest first): node j's children are left[j] and left[j] + 1
     (renumbered so), and it goes right iff x[feature[j]] > threshold[j]. A leaf points to itself with threshold +inf,
@@ -138,16 +139,17 @@ class TreeEnsemble:
     left: Tensor       # (T, M) int64
     value: Tensor      # (T, M) float64 (leaves; 0 elsewhere)
     depth: Tensor      # (T,) int64, non-increasing
-    baseline: float
+    group: Tensor      # (T,) int64: which of the K models the tree belongs to
+    baseline: Tensor   # (K,) float64
 
     @classmethod
-    def from_sklearn(cls, clf: Any) -> "TreeEnsemble":
-        trees = [p[0].nodes for p in clf._predictors]  # binary task: one predictor per boosting iteration
-        trees.sort(key=lambda n: -int(n["depth"].max()))
-        t, m = len(trees), max(len(n) for n in trees)
+    def from_sklearn(cls, clfs: list[Any]) -> "TreeEnsemble":
+        trees = [(k, p[0].nodes) for k, clf in enumerate(clfs) for p in clf._predictors]  # binary: one per iteration
+        trees.sort(key=lambda kn: -int(kn[1]["depth"].max()))
+        t, m = len(trees), max(len(n) for _, n in trees)
         feature, left = torch.zeros(t, m, dtype=torch.int64), torch.zeros(t, m, dtype=torch.int64)
         threshold, value = torch.full((t, m), float("inf")), torch.zeros(t, m, dtype=torch.float64)
-        for i, n in enumerate(trees):
+        for i, (_, n) in enumerate(trees):
             order, new = [0], {0: 0}  # breadth-first renumbering that puts each node's children side by side
             for old in order:
                 if not n["is_leaf"][old]:
@@ -164,8 +166,10 @@ class TreeEnsemble:
                     if t32 > t64:  # round down: for float32 x, x <= t64 iff x <= t32
                         t32 = np.nextafter(t32, np.float32(-np.inf))
                     feature[i, j], threshold[i, j], left[i, j] = int(n["feature_idx"][old]), float(t32), new[int(n["left"][old])]
-        depth = torch.tensor([int(n["depth"].max()) for n in trees])
-        return cls(feature, threshold, left, value, depth, float(clf._baseline_prediction.ravel()[0]))
+        depth = torch.tensor([int(n["depth"].max()) for _, n in trees])
+        group = torch.tensor([k for k, _ in trees], dtype=torch.int64)
+        baseline = torch.tensor([float(c._baseline_prediction.ravel()[0]) for c in clfs], dtype=torch.float64)
+        return cls(feature, threshold, left, value, depth, group, baseline)
 
     @functools.cached_property
     def _walk(self) -> tuple[Tensor, list[int]]:
@@ -179,7 +183,7 @@ class TreeEnsemble:
         return table, active
 
     def raw(self, features: Tensor) -> Tensor:
-        """(N, F) -> (N,) float64 log-odds. Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
+        """(N, F) -> (N, K) float64 log-odds. Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
         x = features.detach().float()
         n, (t, m), dev = len(x), self.feature.shape, x.device
         table, active = self._walk
@@ -188,35 +192,57 @@ class TreeEnsemble:
         for a in active:  # trees are sorted by depth: the first `a` still descend at this level
             rows = table.index_select(0, node[:, :a].reshape(-1)).view(n, a, 3)
             node[:, :a] = rows[..., 2].long() + (x.gather(1, rows[..., 0].long()) > rows[..., 1])
-        return self.baseline + self.value.to(dev).flatten().index_select(0, node.reshape(-1)).view(n, t).sum(1)
+        leaves = self.value.to(dev).flatten().index_select(0, node.reshape(-1)).view(n, t)  # (N, T)
+        out = self.baseline.to(dev).repeat(n, 1)
+        return out.index_add_(1, self.group.to(dev), leaves)
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"scorer.trees.feature": self.feature, "scorer.trees.threshold": self.threshold,
-                "scorer.trees.left": self.left, "scorer.trees.value": self.value, "scorer.trees.depth": self.depth,
-                "scorer.trees.baseline": torch.tensor([self.baseline], dtype=torch.float64)}
+        return {f"scorer.trees.{k}": getattr(self, k) for k in ("feature", "threshold", "left", "value", "depth", "group",
+                                                                "baseline")}
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor]) -> "TreeEnsemble":
-        return cls(*(t[f"scorer.trees.{k}"] for k in ("feature", "threshold", "left", "value", "depth")),
-                   baseline=float(t["scorer.trees.baseline"][0]))
+        feature = t["scorer.trees.feature"]
+        # files from before the per-family scorer (session 12) hold one model and no group
+        group = t.get("scorer.trees.group", torch.zeros(len(feature), dtype=torch.int64))
+        return cls(*(t[f"scorer.trees.{k}"] for k in ("feature", "threshold", "left", "value", "depth")), group=group,
+                   baseline=t["scorer.trees.baseline"].double())
 
 
-# Boosting settings, chosen on a validation split inside the calibration half of the shipped bundle (FGSM/PGD AUROC
-# 0.908 / 0.957 there, vs 0.869 / 0.923 for the logistic model and at best 0.894 / 0.946 for 12 MLPs;
-# scripts/scorer_study.py).
-TREE_PARAMS: dict[str, Any] = {"learning_rate": 0.05, "max_iter": 600, "max_leaf_nodes": 31, "early_stopping": False,
+# Boosting settings, one model per attack family. 600 trees at rate 0.05 were chosen for the single model on a
+# validation split inside the calibration half (FGSM / PGD AUROC 0.908 / 0.957 there, vs 0.869 / 0.923 for the logistic
+# model and at best 0.894 / 0.946 for 12 MLPs; scripts/scorer_study.py). Two family models at 300 trees / rate 0.1
+# score as well as two at 600 / 0.05 (threshold part, max of clean quantiles: 0.892 / 0.948 / 0.856 / 0.915 vs 0.889 /
+# 0.947 / 0.855 / 0.915 FGSM / PGD / CW / DeepFool) and keep scoring as cheap as the one 600-tree model was.
+TREE_PARAMS: dict[str, Any] = {"learning_rate": 0.1, "max_iter": 300, "max_leaf_nodes": 31, "early_stopping": False,
                                "random_state": 0}
+
+
+def clean_quantile(raw: Tensor, reference: Tensor) -> Tensor:
+    """raw (N, K) scores, reference (K, R) each model's scores of R clean images, sorted -> (N, K): the share of clean
+    reference scores strictly below each score; beyond the largest one 1 + the excess (so the most extreme inputs still
+    rank). Monotone in each raw score: one model's quantile ranks as its log-odds do."""
+    r = reference.to(raw)
+    below = torch.searchsorted(r, raw.T.contiguous(), side="left").T.to(raw.dtype) / r.shape[1]  # (N, K)
+    top = r[:, -1]
+    return torch.where(raw > top, 1 + raw - top, below)
 
 
 @dataclass(frozen=True)
 class PathScorer:
     """The `path` score on `path_features`; higher = more likely an attack. Fitted only on calibration data.
 
-    linear: logistic model ((x - mean) / scale) . coef + intercept. Measured on a 1,000-image calibration split:
-      per-filter deviations lifted PGD AUROC from 0.77 (per-layer distances only) to 0.87, so both are kept.
-    trees (optional, the default of `dnd profiles`): gradient-boosted trees on the same features; when present they
-      give the score. They have no gradient, so `surrogate` (the linear model) is what a gradient-based adaptive
-      attacker descends on, against `surrogate_threshold` (same target FPR)."""
+    linear: logistic model ((x - mean) / scale) . coef + intercept, on all attacks together. Measured on a 1,000-image
+      calibration split: per-filter deviations lifted PGD AUROC from 0.77 (per-layer distances only) to 0.87, so both
+      are kept.
+    trees (optional, the default of `dnd profiles`): gradient-boosted trees on the same features, one model per attack
+      family (FGSM / PGD move paths towards the predicted class's profile, CW / DeepFool away from it: one model on the
+      mix, ~90% FGSM / PGD rows, served the minimal attacks poorly). With `reference` (each model's sorted scores of
+      clean calibration images not used to fit it) the score is the largest of the models' clean quantiles
+      (`clean_quantile`): an input is as suspicious as its most unusual family score. Without it (one model, files from
+      before session 12) the score is that model's log-odds.
+    The trees have no gradient, so `surrogate` (the linear model) is what a gradient-based adaptive attacker descends
+    on, against `surrogate_threshold` (same target FPR)."""
 
     mean: Tensor   # (F,)
     scale: Tensor  # (F,)
@@ -224,37 +250,74 @@ class PathScorer:
     intercept: float
     trees: TreeEnsemble | None = None
     surrogate_threshold: float | None = None
+    reference: Tensor | None = None  # (K, R) float64, sorted rows
 
     def surrogate(self, features: Tensor) -> Tensor:
         """(N, F) -> (N,) logistic log-odds. Pure torch ops, so it is differentiable."""
         return ((features - self.mean.to(features)) / self.scale.to(features)) @ self.coef.to(features) + self.intercept
 
+    def family_scores(self, features: Tensor) -> Tensor:
+        """(N, F) -> (N, K) each tree model's log-odds (float64)."""
+        if self.trees is None:
+            raise ValueError("this scorer has no trees (fitted with trees=False): use score() or surrogate()")
+        return self.trees.raw(features)
+
     def score(self, features: Tensor) -> Tensor:
-        """(N, F) -> (N,) log-odds of 'attacked' (float32): the trees if fitted, else the logistic model."""
+        """(N, F) -> (N,) float32: the largest clean quantile of the family models (see the class docstring); one
+        model's log-odds without a reference; the logistic log-odds without trees."""
         if self.trees is None:
             return self.surrogate(features)
-        return self.trees.raw(features).float()
+        raw = self.trees.raw(features)
+        if self.reference is None:
+            return raw[:, 0].float()
+        return clean_quantile(raw, self.reference).amax(1).float()
+
+    def with_reference(self, clean: Tensor) -> "PathScorer":
+        """The scorer with `reference` set from the features (N, F) of clean images the trees were not fitted on."""
+        if self.trees is None or len(clean) == 0:
+            raise ValueError(f"a reference needs trees and clean images, found trees={self.trees is not None}, "
+                             f"{len(clean)} images")
+        return replace(self, reference=self.trees.raw(clean).T.sort(1).values.contiguous())
 
     @classmethod
-    def fit(cls, clean: Tensor, attacked: Tensor, c: float = 0.01, trees: bool = True) -> "PathScorer":
-        """clean (N0, F), attacked (N1, F) path features. Always an L2-regularised logistic regression (scikit-learn)
-        with balanced class weights on standardised features (small C: F ~700 is large next to N); with trees=True
-        also gradient-boosted trees (TREE_PARAMS, balanced sample weights)."""
+    def fit(cls, clean: Tensor, attacked: dict[str, Tensor], families: list[list[str]] | None = None,
+            c: float = 0.01, trees: bool = True, tree_params: dict[str, Any] | None = None) -> "PathScorer":
+        """clean (N0, F) and per attack name attacked (N_a, F) path features. Always an L2-regularised logistic
+        regression (scikit-learn) on all attacks with balanced class weights on standardised features (small C: F ~700
+        is large next to N); with trees=True also gradient-boosted trees (TREE_PARAMS, balanced sample weights), one
+        model per family (lists of attack names; default one family of all; families with no rows are left out).
+        tree_params overrides TREE_PARAMS (the study scripts refit the single model shipped until session 11)."""
         from sklearn.linear_model import LogisticRegression
 
-        if len(clean) == 0 or len(attacked) == 0:
-            raise ValueError(f"need clean and attacked calibration paths, found {len(clean)} clean and {len(attacked)} attacked")
-        x = torch.cat([clean, attacked]).double()
+        rows = [v for v in attacked.values() if len(v)]
+        if len(clean) == 0 or not rows:
+            raise ValueError(f"need clean and attacked calibration paths, found {len(clean)} clean and "
+                             f"{sum(map(len, rows))} attacked")
+        x = torch.cat([clean, *rows]).double()
+        n_att = len(x) - len(clean)
         mean, scale = x.mean(0), x.std(0).clamp_min(1e-3)
-        y = torch.cat([torch.zeros(len(clean)), torch.ones(len(attacked))])
+        y = torch.cat([torch.zeros(len(clean)), torch.ones(n_att)])
         lr = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
         lr.fit(((x - mean) / scale).numpy(), y.numpy())
         ensemble = None
         if trees:
             from sklearn.ensemble import HistGradientBoostingClassifier
 
-            w = torch.where(y == 1, len(y) / (2 * len(attacked)), len(y) / (2 * len(clean)))
-            ensemble = TreeEnsemble.from_sklearn(HistGradientBoostingClassifier(**TREE_PARAMS).fit(x.numpy(), y.numpy(), sample_weight=w.numpy()))
+            fams = [list(attacked)] if families is None else families
+            unknown = sorted({a for f in fams for a in f} - set(attacked))
+            if unknown:
+                raise ValueError(f"families name attacks {unknown} that have no rows; attacked sets: {sorted(attacked)}")
+            models = []
+            for fam in fams:
+                att = [attacked[a] for a in fam if len(attacked[a])]
+                if not att:
+                    continue
+                xf = torch.cat([clean, *att]).double()
+                yf = torch.cat([torch.zeros(len(clean)), torch.ones(len(xf) - len(clean))])
+                n1 = len(xf) - len(clean)
+                w = torch.where(yf == 1, len(yf) / (2 * n1), len(yf) / (2 * len(clean)))
+                models.append(HistGradientBoostingClassifier(**(tree_params or TREE_PARAMS)).fit(xf.numpy(), yf.numpy(), sample_weight=w.numpy()))
+            ensemble = TreeEnsemble.from_sklearn(models)
         return cls(mean.float(), scale.float(), torch.from_numpy(lr.coef_[0]).float(), float(lr.intercept_[0]), ensemble)
 
     def tensors(self) -> dict[str, Tensor]:
@@ -262,13 +325,21 @@ class PathScorer:
              "scorer.intercept": torch.tensor([self.intercept])}
         if self.surrogate_threshold is not None:
             t["scorer.surrogate_threshold"] = torch.tensor([self.surrogate_threshold], dtype=torch.float64)
+        if self.reference is not None:
+            t["scorer.reference"] = self.reference
         return t | (self.trees.tensors() if self.trees is not None else {})
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor]) -> "PathScorer":
         trees = TreeEnsemble.from_tensors(t) if "scorer.trees.baseline" in t else None
         sur = float(t["scorer.surrogate_threshold"][0]) if "scorer.surrogate_threshold" in t else None
-        return cls(t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]), trees, sur)
+        ref = t.get("scorer.reference")
+        if trees is not None and ref is None and len(trees.baseline) > 1:
+            raise ValueError(f"the scorer has {len(trees.baseline)} tree models but no clean reference to combine them")
+        if ref is not None and (trees is None or ref.dim() != 2 or ref.shape[0] != len(trees.baseline)):
+            raise ValueError(f"expected a clean reference of shape ({0 if trees is None else len(trees.baseline)}, R), "
+                             f"found {tuple(ref.shape)}")
+        return cls(t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]), trees, sur, ref)
 
 
 def calibrate_threshold(clean_scores: Tensor, target_fpr: float) -> float:

@@ -3,15 +3,16 @@
 FGSM / PGD (large-step) and CW / DeepFool (minimal-perturbation) move paths in opposite directions (PGD paths look
 *more* like the predicted class than clean paths do, CW / DeepFool paths less), and the mix is ~90% FGSM / PGD rows.
 Fits with the production `PathScorer.fit` on the cache of scripts/scorer_likelihood_study.py (same fit + training
-rows): the mix (what `dnd profiles` ships), specialist A on FGSM + PGD and specialist B on CW + DeepFool, and combines
+rows): the mix (what `dnd profiles` shipped until session 11: 600 trees), specialist A on FGSM + PGD and specialist B on CW + DeepFool, and combines
 A and B by
   - max of p-values: each specialist's score turned into its tail probability under clean images, taken on one half
     of the threshold part's clean images (seeded); the larger wins;
-  - logsumexp(A, B + offset): the specialists' log-odds as likelihood ratios of a mixture of the two families.
+  - logsumexp(A, B + offset): the specialists' log-odds as likelihood ratios of a mixture of the two families;
+and scores what `dnd profiles` now ships (production PathScorer, one smaller model per family, max of clean quantiles).
 Every AUROC is on the *other* half of the threshold part's clean images against each attack there (the evaluation
 half is not touched), with paired bootstrap 95% intervals of (max of p-values) - (mix).
 
-usage: python scripts/scorer_family_study.py BUNDLE CACHE.pt      (CACHE.pt from scorer_likelihood_study.py; ~6 min)
+usage: python scripts/scorer_family_study.py BUNDLE CACHE.pt      (CACHE.pt from scorer_likelihood_study.py; ~8 min)
 """
 import sys
 
@@ -20,6 +21,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from detector.profiles import load_profiles
+from detector.scoring import PathScorer
 from study_data import FOUR, cached_features, fit_scores
 
 torch.set_num_threads(2)
@@ -48,9 +50,15 @@ def p_values(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 mix, a_fam, b_fam = (fit_scores(F, names)[0] for names in (FOUR, ["fgsm", "pgd"], ["cw", "deepfool"]))
 pa, pb = p_values(a_fam), p_values(b_fam)
 union = {a: np.maximum(pa[a], pb[a]) + 1e-9 * a_fam[a] for a in pa}  # ties (both beyond every reference) by A
-rows = {"mix of all four (shipped)": mix, "A: FGSM + PGD": a_fam, "B: CW + DeepFool": b_fam,
+rows = {"mix of all four (until s11)": mix, "A: FGSM + PGD": a_fam, "B: CW + DeepFool": b_fam,
         "max of p-values (A, B)": union}
 rows |= {f"logsumexp(A, B {o:+d})": {a: np.logaddexp(a_fam[a], b_fam[a] + o) for a in a_fam} for o in (-1, 0)}
+# what `dnd profiles` ships since session 12: PathScorer with one model per family (TREE_PARAMS: 300 trees each),
+# clean reference = the p-value half, score = the larger clean quantile
+clean = torch.cat([F[p]["clean"] for p in ("fit", "train")])
+att = {a: torch.cat([F[p][a] for p in ("fit", "train") if a in F[p]]) for a in FOUR}
+shipped = PathScorer.fit(clean, att, [["fgsm", "pgd"], ["cw", "deepfool"]]).with_reference(F["thr"]["clean"][ref])
+rows["shipped: families, 300 trees"] = {a: shipped.score(F["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
 print(f"{len(test)} clean (AUROC half), " + ", ".join(f"{len(F['thr'][a])} {a}" for a in FOUR))
 for name, s in rows.items():
     print(f"{name:28s} " + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, aurocs(s))), flush=True)

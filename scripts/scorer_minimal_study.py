@@ -28,7 +28,7 @@ from detector.calibration import attacked_path_features, balanced_subset, fit_th
 from detector.data import load_split, to_unit_float
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
-from study_data import strip_likelihoods, take_flag
+from study_data import SINGLE_TREE_PARAMS, strip_likelihoods, take_flag
 
 torch.set_num_threads(2)
 OLD = take_flag("--without-likelihoods")  # the 708 features of the figures measured before session 10
@@ -94,5 +94,5 @@ if n_train_min:
     variants |= {f"  + fit and {n_train_min} train CW+DeepFool": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr + mt),
                  f"  + fit and {n_train_min} train CW+DeepFool, 5x": ([sets["fit"]["clean"], sets["train"]["clean"]], fp + tr + mt * 5)}
 for name, (clean, attacked) in variants.items():
-    sc = PathScorer.fit(torch.cat(clean), torch.cat(attacked))
+    sc = PathScorer.fit(torch.cat(clean), {"attacked": torch.cat(attacked)}, tree_params=SINGLE_TREE_PARAMS)
     print(f"{name:42s} " + " ".join(f"{a} {auroc(sc, a):.4f}" for a in ("fgsm", "pgd", "cw", "deepfool")), flush=True)

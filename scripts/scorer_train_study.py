@@ -19,7 +19,7 @@ from detector.bundle import load_model
 from detector.calibration import attacked_path_features
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
-from study_data import calibration_parts, strip_likelihoods, take_flag
+from study_data import SINGLE_TREE_PARAMS, calibration_parts, strip_likelihoods, take_flag
 
 torch.set_num_threads(2)
 OLD = take_flag("--without-likelihoods")  # the 708 features of the figures measured before session 10
@@ -75,7 +75,7 @@ for n in sorted({min(10000, n_train), min(20000, n_train), n_train}):
 variants.append((f"{n_train} train only", ["train"]))
 for name, parts in variants:
     clean, attacked = pool(parts)
-    sc = PathScorer.fit(clean, attacked)
+    sc = PathScorer.fit(clean, {"attacked": attacked}, tree_params=SINGLE_TREE_PARAMS)
     lin = PathScorer(sc.mean, sc.scale, sc.coef, sc.intercept)
     print(f"{name:28s} n_clean {len(clean):6d} n_attacked {len(attacked):6d} | trees FGSM {auroc(sc, 'fgsm'):.4f} "
           f"PGD {auroc(sc, 'pgd'):.4f} | logistic FGSM {auroc(lin, 'fgsm'):.4f} PGD {auroc(lin, 'pgd'):.4f}", flush=True)

@@ -88,6 +88,14 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
     assert cal["extra_subset_images"] == 10 and cal["extra_subset_attacks"] == ["deepfool"]
     assert cal["n_clean"] == before["n_clean"] and before["n_attacked"] < cal["n_attacked"] <= before["n_attacked"] + 10
     assert "extra_subset_images" not in before  # the fixture turned it off
+    # one tree model per family: FGSM + PGD, and DeepFool (its CW partner did not run); one clean reference row each
+    assert cal["families"] == [["fgsm", "pgd"], ["deepfool"]] and before["families"] == [["fgsm", "pgd"]]
+    sc = load_profiles(b).scorer
+    assert sc.trees is not None and len(sc.trees.baseline) == 2 and sc.reference.shape == (2, cal["n_threshold_clean"])
+    assert cal["fpr_achieved"] <= 0.05
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    out = load_detector(b).predict(x)
+    assert torch.equal(out.is_adversarial, out.scores > load_detector(b).threshold)
     assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train", "0", "--calib-train-subset", "5"]) != 0
 
 
@@ -97,6 +105,7 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d"])
     assert a.calib_attacks == "fgsm,pgd,cw,deepfool" and a.calib_train == 30000 and a.calib_train_subset is None
     assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool"
+    assert a.families == "fgsm+pgd,cw+deepfool"
     assert _calib_train_subset(None, 30000) == CALIB_TRAIN_SUBSET == 2000
     assert _calib_train_subset(None, 300) == 300 and _calib_train_subset(None, 0) == 0  # follows --calib-train
     assert _calib_train_subset(0, 30000) == 0 and _calib_train_subset(10, 300) == 10
@@ -105,6 +114,19 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
     assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
     assert shipped["extra_subset_images"] == CALIB_TRAIN_SUBSET and shipped["extra_subset_attacks"] == ["cw", "deepfool"]
+    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"]]
+
+
+def test_families_must_cover_every_attack_once() -> None:
+    from detector.cli import _families
+
+    assert _families("fgsm+pgd,cw+deepfool", ["fgsm", "pgd"]) == [["fgsm", "pgd"], ["cw", "deepfool"]]
+    with pytest.raises(ValueError, match="missing pgd"):
+        _families("fgsm,cw+deepfool", ["fgsm", "pgd"])
+    with pytest.raises(ValueError, match="twice pgd"):
+        _families("fgsm+pgd,pgd+cw", ["fgsm", "pgd", "cw"])
+    with pytest.raises(ValueError, match="unknown attack"):
+        _families("fgsm+bim", ["fgsm"])
 
 
 def test_attacked_path_features_are_the_clean_and_successful_attack_rows(bundle: Path) -> None:
@@ -247,7 +269,7 @@ def test_likelihood_features_are_differentiable_in_soft_paths() -> None:
 def test_scorer_ranks_separable_data(trees: bool) -> None:
     g = torch.Generator().manual_seed(0)
     clean, attacked = torch.randn(200, 5, generator=g), torch.randn(100, 5, generator=g) + 2
-    s = PathScorer.fit(clean, attacked, trees=trees)
+    s = PathScorer.fit(clean, {"a": attacked}, trees=trees)
     assert s.score(attacked).mean() > s.score(clean).mean() + 2
     t = PathScorer.from_tensors(s.tensors())
     assert torch.equal(t.score(clean), s.score(clean)) and torch.equal(t.surrogate(clean), s.surrogate(clean))
@@ -268,12 +290,54 @@ def test_tree_ensemble_in_torch_equals_sklearn() -> None:
     x = torch.cat([torch.randn(300, 7, generator=g), torch.randint(0, 3, (300, 1), generator=g).float()], 1).double()
     y = ((x[:, 0] + x[:, 1] * x[:, 2] + x[:, 7]) > 0.5).double()
     clf = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=15, random_state=0).fit(x.numpy(), y.numpy())
-    ens = TreeEnsemble.from_sklearn(clf)
+    # a second model with other trees (deeper, other target): both walked together, each summed into its own column
+    clf2 = HistGradientBoostingClassifier(max_iter=25, max_leaf_nodes=40, random_state=0).fit(x.numpy(), (x[:, 3] > 0).numpy())
+    ens = TreeEnsemble.from_sklearn([clf, clf2])
     probe = torch.cat([x, torch.randn(50, 8, generator=g).double()])  # randn is float32: exact in float64
-    want = torch.from_numpy(clf.decision_function(probe.numpy()))
+    want = torch.stack([torch.from_numpy(c.decision_function(probe.numpy())) for c in (clf, clf2)], 1)
     torch.testing.assert_close(ens.raw(probe), want, rtol=0, atol=1e-12)
     assert torch.equal(TreeEnsemble.from_tensors(ens.tensors()).raw(probe), ens.raw(probe))
     assert torch.equal(ens.raw(probe[:1]), ens.raw(probe)[:1])  # batched == unbatched
+    # files from before session 12: one model, no group tensor
+    one = TreeEnsemble.from_sklearn([clf]).tensors()
+    del one["scorer.trees.group"]
+    torch.testing.assert_close(TreeEnsemble.from_tensors(one).raw(probe)[:, 0], want[:, 0], rtol=0, atol=1e-12)
+
+
+def test_clean_quantile_exact_on_hand_built_reference() -> None:
+    from detector.scoring import clean_quantile
+
+    ref = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 0.0, 5.0]], dtype=torch.float64)
+    raw = torch.tensor([[0.5, -2.0], [2.0, 0.0], [2.5, 0.5], [4.0, 5.0], [6.0, 5.5]], dtype=torch.float64)
+    want = torch.tensor([[0.0, 0.0], [0.25, 0.25], [0.5, 0.75], [0.75, 0.75], [3.0, 1.5]], dtype=torch.float64)
+    assert torch.equal(clean_quantile(raw, ref), want)  # share strictly below; beyond the top, 1 + the excess
+
+
+def test_family_scorer_takes_the_larger_clean_quantile_and_round_trips() -> None:
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(300, 4, generator=g)
+    up, down = torch.randn(100, 4, generator=g), torch.randn(100, 4, generator=g)
+    up[:, 0] += 3
+    down[:, 1] -= 3  # two families that move different features in different directions
+    s = PathScorer.fit(clean, {"up": up, "down": down}, [["up"], ["down"]])
+    assert s.trees is not None and len(s.trees.baseline) == 2
+    ref_clean = torch.randn(200, 4, generator=g)
+    s = s.with_reference(ref_clean)
+    assert s.reference.shape == (2, 200) and torch.equal(s.reference, s.reference.sort(1).values)
+    probe = torch.cat([torch.randn(50, 4, generator=g), up[:20], down[:20]])
+    from detector.scoring import clean_quantile
+
+    q = clean_quantile(s.family_scores(probe), s.reference)
+    assert torch.equal(s.score(probe), q.amax(1).float())
+    assert s.score(up).median() > 0.9 and s.score(down).median() > 0.9  # each family caught by its own model
+    assert torch.equal(PathScorer.from_tensors(s.tensors()).score(probe), s.score(probe))
+    t = s.tensors()
+    with pytest.raises(ValueError, match="no clean reference"):
+        PathScorer.from_tensors({k: v for k, v in t.items() if k != "scorer.reference"})
+    with pytest.raises(ValueError, match=r"clean reference of shape \(2, R\)"):
+        PathScorer.from_tensors(t | {"scorer.reference": t["scorer.reference"][:1]})
+    with pytest.raises(ValueError, match="have no rows"):
+        PathScorer.fit(clean, {"up": up}, [["up"], ["down"]])
 
 
 def test_adaptive_attack_stays_in_eps_ball_and_straight_through_is_exact(bundle: Path) -> None:
