@@ -46,6 +46,11 @@ def main() -> None:
     for k, v in med.items():
         print(f"{k:>7}: {v * 1e3:7.1f} ms per batch of {a.batch_size} ({a.batch_size / v:7.0f} img/s)")
     print(f"scoring overhead: {med['scored'] / med['plain'] - 1:+.1%} (target <= +10%), threads {a.threads}")
+    trees = det.profiles.scorer.trees
+    if trees is not None:
+        d = trees.depth.double()
+        print(f"tree scorer: {len(trees.depth)} trees in {len(trees.baseline)} model(s), mean depth {d.mean():.1f}, "
+              f"at most {int(d.max())} levels")
 
 
 if __name__ == "__main__":

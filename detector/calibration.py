@@ -88,7 +88,7 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
               threshold_share: float = 0.4, trees: bool = True,
               extra_fit: tuple[Tensor, Tensor] | None = None, extra_attacks: list[str] | None = None,
               extra_subset: tuple[int, list[str]] | None = None,
-              families: list[list[str]] | None = None) -> PathProfiles:
+              families: list[list[str]] | None = None, log_prior: list[float] | None = None) -> PathProfiles:
     """Fit the `path` scorer and its threshold on calibration images x (N, 3, 32, 32), y (N,).
 
     The images are cut (class-balanced, seeded) into a *fit* part and a *threshold* part. The scorer is fitted on the
@@ -99,9 +99,8 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
     `attacks`): the trees are data-hungry (745 features, ~2,600 clean calibration images), and the threshold part
     stays test images only. extra_subset = (n, names): n class-balanced, correctly classified ones of those extra
     images are also attacked with `names` (CW and DeepFool cost 0.05-0.25 s per image on 2 cores: hours for all).
-    families: attack names per tree model (default: one model on all attacks; see PathScorer). The threshold part's
-    clean images also serve as the trees' clean reference (their scores' quantiles): a new clean image's quantile is
-    uniform like theirs (exchangeability), so the threshold set on them holds for unseen images up to O(1/n).
+    families: attack names per tree model (default: one model on all attacks), log_prior: their log prior weights in
+    the mixture score (default zeros; see PathScorer).
     Returns the profiles with scorer, threshold and a record of what was used."""
     x = to_unit_float(x)
     fit_idx, thr_idx = fit_threshold_split(y, model.cfg.num_classes, seed, threshold_share)
@@ -138,10 +137,13 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
         rates[name] = round(succ / max(ok, 1), 4)
     rows = {name: torch.cat(v) for name, v in attacked.items()}
     fams = [list(all_names)] if families is None else [[n for n in f if n in rows] for f in families]
-    fams = [f for f in fams if f]  # a family none of whose attacks ran (e.g. --calib-attacks fgsm,pgd) has no model
-    scorer = PathScorer.fit(clean, rows, fams, trees=trees)
-    if trees:
-        scorer = scorer.with_reference(thr_clean)
+    prior = [0.0] * len(fams) if log_prior is None else list(log_prior)
+    if len(prior) != len(fams):
+        raise ValueError(f"expected one log prior per family ({len(fams)}), found {len(prior)}")
+    # a family none of whose attacks ran (e.g. --calib-attacks fgsm,pgd) has no model
+    prior = [lp for f, lp in zip(fams, prior) if f]
+    fams = [f for f in fams if f]
+    scorer = PathScorer.fit(clean, rows, fams, prior, trees=trees)
     thr_scores = scorer.score(thr_clean)
     threshold = calibrate_threshold(thr_scores, target_fpr)
     # the differentiable stand-in an adaptive attacker descends on, thresholded at the same FPR
@@ -150,7 +152,7 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
                               "threshold_images": len(thr_idx), "n_clean": len(clean), "n_attacked": sum(map(len, rows.values())),
                               "n_threshold_clean": len(thr_ok), "attacks": attacks, "attack_success_rates": rates,
                               "scorer": "trees" if trees else "linear", **extra,
-                              **({"families": fams} if trees else {}),
+                              **({"families": fams, "family_log_prior": prior} if trees else {}),
                               "fpr_achieved": round(float((thr_scores > threshold).float().mean()), 4)}
     meta = {**profiles.meta, "threshold": threshold, "target_fpr": target_fpr, "calibration": record}
     return PathProfiles(profiles.freq, profiles.counts, meta, scorer)

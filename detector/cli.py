@@ -18,11 +18,13 @@ CALIB_TRAIN = 30000
 # (both floors kept, `dnd profiles` 42 min instead of 22). The shipped profiles use these defaults.
 CALIB_ATTACKS = "fgsm,pgd,cw,deepfool"
 CALIB_TRAIN_SUBSET = 2000
-# One tree model per attack family, combined by the larger clean quantile (detector/scoring.py PathScorer). Measured
-# on the calibration half's threshold part (scripts/scorer_family_study.py): the single model on the mix gave FGSM /
-# PGD / CW / DeepFool AUROC 0.892 / 0.945 / 0.841 / 0.901, the two families 0.889 / 0.947 / 0.855 / 0.915 (paired
-# bootstrap 95% intervals of the gain CW [+0.007, +0.022], DeepFool [+0.008, +0.020], FGSM / PGD spanning 0).
+# One tree model per attack family, combined as a mixture: logsumexp(log-odds_k + log_prior_k). The log priors were
+# chosen on the calibration half's threshold part with the family models of these profiles (scripts/
+# scorer_combine_study.py): the largest CW + DeepFool weight, in steps of 1, that keeps FGSM and PGD within 0.005 of the
+# single model on the mix: FGSM / PGD / CW / DeepFool AUROC 0.914 / 0.961 / 0.822 / 0.882 against 0.916 / 0.962 /
+# 0.801 / 0.856 (equal priors: 0.899 / 0.948 / 0.856 / 0.915, below the FGSM floor on the evaluation half).
 CALIB_FAMILIES = "fgsm+pgd,cw+deepfool"
+CALIB_FAMILY_LOG_PRIOR = "0,-1"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -146,6 +148,12 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
     ran = list(dict.fromkeys(_names(a.calib_attacks) + (_names(a.calib_train_attacks) if a.calib_train > 0 else [])
                              + (_names(a.calib_train_subset_attacks) if subset > 0 else [])))
     families = _families(a.families, ran)
+    if a.family_log_prior is None:  # the measured priors belong to the default families; other families: equal
+        a.family_log_prior = CALIB_FAMILY_LOG_PRIOR if a.families == CALIB_FAMILIES else ",".join(["0"] * len(families))
+    log_prior = [float(v) for v in a.family_log_prior.split(",")]
+    if len(log_prior) != len(families):
+        raise ValueError(f"--family-log-prior {a.family_log_prior!r}: expected one value per family of --families "
+                         f"{a.families!r} ({len(families)}), found {len(log_prior)}")
     model = load_model(a.model, a.device)
     train, test = load_split(a.data, "train"), load_split(a.data, "test")
     profiles = build_profiles(model, train.x, train.y, device=a.device)
@@ -157,7 +165,8 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
         extra = (train.x[tr_idx], train.y[tr_idx])
     profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], _names(a.calib_attacks), a.fpr, a.device,
                          trees=a.scorer == "trees", extra_fit=extra, extra_attacks=_names(a.calib_train_attacks),
-                         extra_subset=(subset, _names(a.calib_train_subset_attacks)), families=families)
+                         extra_subset=(subset, _names(a.calib_train_subset_attacks)), families=families,
+                         log_prior=log_prior)
     path = save_profiles(profiles, a.model, f"train:{train.fingerprint} test:{test.fingerprint}")
     c = profiles.meta["calibration"]
     print(f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
@@ -258,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", default=CALIB_FAMILIES,
                    help=f"attack families, one tree model each, '+'-joined within and comma-separated (default "
                         f"{CALIB_FAMILIES}; one family of all attacks = the single model shipped until session 11)")
+    p.add_argument("--family-log-prior", default=None,
+                   help=f"log prior weight of each family in the mixture score, comma-separated in --families order "
+                        f"(default {CALIB_FAMILY_LOG_PRIOR} for the default families, else zeros; only differences count)")
     p.add_argument("--scorer", choices=("trees", "linear"), default="trees",
                    help="`path` score model: gradient-boosted trees (default) or the logistic model alone")
     p.add_argument("--device", default="cpu")

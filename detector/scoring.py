@@ -4,14 +4,15 @@ Per layer l and input with predicted class c: Hamming distance (share of the lay
 from c's signature) and Jaccard distance (1 - |z AND sig| / |z OR sig|). The `path` score is a classifier (gradient-
 boosted trees, or a logistic model) on those distances, on each filter's deviation from the class's firing
 frequency and on naive-Bayes path likelihoods (how much more the path looks like c's than like any other class's),
-fitted on a calibration split (clean vs attacked); `path_hamming` and `path_jaccard` are plain means over layers and
+fitted on a calibration split (clean vs attacked), one tree model per attack family; the score is the log-odds of
+their mixture. `path_hamming` and `path_jaccard` are plain means over layers and
 need no fitting.
 """
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -212,20 +213,11 @@ class TreeEnsemble:
 # Boosting settings, one model per attack family. 600 trees at rate 0.05 were chosen for the single model on a
 # validation split inside the calibration half (FGSM / PGD AUROC 0.908 / 0.957 there, vs 0.869 / 0.923 for the logistic
 # model and at best 0.894 / 0.946 for 12 MLPs; scripts/scorer_study.py). Two family models at 300 trees / rate 0.1
-# score as well as two at 600 / 0.05 (threshold part, max of clean quantiles: 0.892 / 0.948 / 0.856 / 0.915 vs 0.889 /
-# 0.947 / 0.855 / 0.915 FGSM / PGD / CW / DeepFool) and keep scoring as cheap as the one 600-tree model was.
+# score as well as two at 600 / 0.05 (threshold part, logsumexp(A, B - 1): 0.904 / 0.954 / 0.837 / 0.899 vs 0.904 /
+# 0.953 / 0.835 / 0.899 FGSM / PGD / CW / DeepFool; scripts/scorer_family_study.py) and keep scoring as cheap as the
+# one 600-tree model was.
 TREE_PARAMS: dict[str, Any] = {"learning_rate": 0.1, "max_iter": 300, "max_leaf_nodes": 31, "early_stopping": False,
                                "random_state": 0}
-
-
-def clean_quantile(raw: Tensor, reference: Tensor) -> Tensor:
-    """raw (N, K) scores, reference (K, R) each model's scores of R clean images, sorted -> (N, K): the share of clean
-    reference scores strictly below each score; beyond the largest one 1 + the excess (so the most extreme inputs still
-    rank). Monotone in each raw score: one model's quantile ranks as its log-odds do."""
-    r = reference.to(raw)
-    below = torch.searchsorted(r, raw.T.contiguous(), side="left").T.to(raw.dtype) / r.shape[1]  # (N, K)
-    top = r[:, -1]
-    return torch.where(raw > top, 1 + raw - top, below)
 
 
 @dataclass(frozen=True)
@@ -237,10 +229,10 @@ class PathScorer:
       are kept.
     trees (optional, the default of `dnd profiles`): gradient-boosted trees on the same features, one model per attack
       family (FGSM / PGD move paths towards the predicted class's profile, CW / DeepFool away from it: one model on the
-      mix, ~90% FGSM / PGD rows, served the minimal attacks poorly). With `reference` (each model's sorted scores of
-      clean calibration images not used to fit it) the score is the largest of the models' clean quantiles
-      (`clean_quantile`): an input is as suspicious as its most unusual family score. Without it (one model, files from
-      before session 12) the score is that model's log-odds.
+      mix, ~90% FGSM / PGD rows, served the minimal attacks poorly). Each model's log-odds is a likelihood ratio of its
+      family against clean (balanced weights); the score is the log-odds of their mixture,
+      logsumexp_k(log-odds_k + log_prior_k), log_prior_k the log of family k's prior weight (only differences count).
+      One model (files from before session 12): its log-odds.
     The trees have no gradient, so `surrogate` (the linear model) is what a gradient-based adaptive attacker descends
     on, against `surrogate_threshold` (same target FPR)."""
 
@@ -250,7 +242,7 @@ class PathScorer:
     intercept: float
     trees: TreeEnsemble | None = None
     surrogate_threshold: float | None = None
-    reference: Tensor | None = None  # (K, R) float64, sorted rows
+    log_prior: Tensor | None = None  # (K,) float64 per tree model; None = zeros
 
     def surrogate(self, features: Tensor) -> Tensor:
         """(N, F) -> (N,) logistic log-odds. Pure torch ops, so it is differentiable."""
@@ -263,29 +255,24 @@ class PathScorer:
         return self.trees.raw(features)
 
     def score(self, features: Tensor) -> Tensor:
-        """(N, F) -> (N,) float32: the largest clean quantile of the family models (see the class docstring); one
-        model's log-odds without a reference; the logistic log-odds without trees."""
+        """(N, F) -> (N,) float32: the mixture log-odds of the family tree models (see the class docstring); the
+        logistic log-odds without trees."""
         if self.trees is None:
             return self.surrogate(features)
-        raw = self.trees.raw(features)
-        if self.reference is None:
-            return raw[:, 0].float()
-        return clean_quantile(raw, self.reference).amax(1).float()
-
-    def with_reference(self, clean: Tensor) -> "PathScorer":
-        """The scorer with `reference` set from the features (N, F) of clean images the trees were not fitted on."""
-        if self.trees is None or len(clean) == 0:
-            raise ValueError(f"a reference needs trees and clean images, found trees={self.trees is not None}, "
-                             f"{len(clean)} images")
-        return replace(self, reference=self.trees.raw(clean).T.sort(1).values.contiguous())
+        raw = self.trees.raw(features)  # (N, K)
+        if self.log_prior is not None:
+            raw = raw + self.log_prior.to(raw)
+        return torch.logsumexp(raw, 1).float()
 
     @classmethod
     def fit(cls, clean: Tensor, attacked: dict[str, Tensor], families: list[list[str]] | None = None,
-            c: float = 0.01, trees: bool = True, tree_params: dict[str, Any] | None = None) -> "PathScorer":
+            log_prior: list[float] | None = None, c: float = 0.01, trees: bool = True,
+            tree_params: dict[str, Any] | None = None) -> "PathScorer":
         """clean (N0, F) and per attack name attacked (N_a, F) path features. Always an L2-regularised logistic
         regression (scikit-learn) on all attacks with balanced class weights on standardised features (small C: F ~700
         is large next to N); with trees=True also gradient-boosted trees (TREE_PARAMS, balanced sample weights), one
-        model per family (lists of attack names; default one family of all; families with no rows are left out).
+        model per family (lists of attack names; default one family of all; families with no rows are left out, and
+        so are their log_prior entries; default log_prior: zeros).
         tree_params overrides TREE_PARAMS (the study scripts refit the single model shipped until session 11)."""
         from sklearn.linear_model import LogisticRegression
 
@@ -304,42 +291,51 @@ class PathScorer:
             from sklearn.ensemble import HistGradientBoostingClassifier
 
             fams = [list(attacked)] if families is None else families
+            prior = [0.0] * len(fams) if log_prior is None else list(log_prior)
+            if len(prior) != len(fams):
+                raise ValueError(f"expected one log prior per family ({len(fams)}), found {len(prior)}")
             unknown = sorted({a for f in fams for a in f} - set(attacked))
             if unknown:
                 raise ValueError(f"families name attacks {unknown} that have no rows; attacked sets: {sorted(attacked)}")
-            models = []
-            for fam in fams:
+            models, kept_prior = [], []
+            for fam, lp in zip(fams, prior):
                 att = [attacked[a] for a in fam if len(attacked[a])]
                 if not att:
                     continue
+                kept_prior.append(lp)
                 xf = torch.cat([clean, *att]).double()
                 yf = torch.cat([torch.zeros(len(clean)), torch.ones(len(xf) - len(clean))])
                 n1 = len(xf) - len(clean)
                 w = torch.where(yf == 1, len(yf) / (2 * n1), len(yf) / (2 * len(clean)))
                 models.append(HistGradientBoostingClassifier(**(tree_params or TREE_PARAMS)).fit(xf.numpy(), yf.numpy(), sample_weight=w.numpy()))
             ensemble = TreeEnsemble.from_sklearn(models)
-        return cls(mean.float(), scale.float(), torch.from_numpy(lr.coef_[0]).float(), float(lr.intercept_[0]), ensemble)
+        lp = torch.tensor(kept_prior, dtype=torch.float64) if trees else None
+        return cls(mean.float(), scale.float(), torch.from_numpy(lr.coef_[0]).float(), float(lr.intercept_[0]), ensemble,
+                   log_prior=lp)
 
     def tensors(self) -> dict[str, Tensor]:
         t = {"scorer.mean": self.mean, "scorer.scale": self.scale, "scorer.coef": self.coef,
              "scorer.intercept": torch.tensor([self.intercept])}
         if self.surrogate_threshold is not None:
             t["scorer.surrogate_threshold"] = torch.tensor([self.surrogate_threshold], dtype=torch.float64)
-        if self.reference is not None:
-            t["scorer.reference"] = self.reference
+        if self.log_prior is not None:
+            t["scorer.log_prior"] = self.log_prior
         return t | (self.trees.tensors() if self.trees is not None else {})
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor]) -> "PathScorer":
+        known = {f"scorer.{k}" for k in ("mean", "scale", "coef", "intercept", "surrogate_threshold", "log_prior")}
+        known |= {f"scorer.trees.{k}" for k in ("feature", "threshold", "left", "value", "depth", "group", "baseline")}
+        unknown = sorted(k for k in t if k.startswith("scorer.") and k not in known)
+        if unknown:
+            raise ValueError(f"unexpected scorer tensors {unknown} (written by another version?); expected some of {sorted(known)}")
         trees = TreeEnsemble.from_tensors(t) if "scorer.trees.baseline" in t else None
         sur = float(t["scorer.surrogate_threshold"][0]) if "scorer.surrogate_threshold" in t else None
-        ref = t.get("scorer.reference")
-        if trees is not None and ref is None and len(trees.baseline) > 1:
-            raise ValueError(f"the scorer has {len(trees.baseline)} tree models but no clean reference to combine them")
-        if ref is not None and (trees is None or ref.dim() != 2 or ref.shape[0] != len(trees.baseline)):
-            raise ValueError(f"expected a clean reference of shape ({0 if trees is None else len(trees.baseline)}, R), "
-                             f"found {tuple(ref.shape)}")
-        return cls(t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]), trees, sur, ref)
+        lp = t.get("scorer.log_prior")
+        if lp is not None and (trees is None or lp.shape != trees.baseline.shape):
+            raise ValueError(f"expected one log prior per tree model, shape {tuple(trees.baseline.shape) if trees else (0,)}, "
+                             f"found {tuple(lp.shape)}")
+        return cls(t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]), trees, sur, lp)
 
 
 def calibrate_threshold(clean_scores: Tensor, target_fpr: float) -> float:

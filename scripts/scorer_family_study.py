@@ -8,7 +8,7 @@ A and B by
   - max of p-values: each specialist's score turned into its tail probability under clean images, taken on one half
     of the threshold part's clean images (seeded); the larger wins;
   - logsumexp(A, B + offset): the specialists' log-odds as likelihood ratios of a mixture of the two families;
-and scores what `dnd profiles` now ships (production PathScorer, one smaller model per family, max of clean quantiles).
+and scores what `dnd profiles` now ships (production PathScorer, one smaller model per family, logsumexp(A, B - 1)).
 Every AUROC is on the *other* half of the threshold part's clean images against each attack there (the evaluation
 half is not touched), with paired bootstrap 95% intervals of (max of p-values) - (mix).
 
@@ -54,11 +54,11 @@ rows = {"mix of all four (until s11)": mix, "A: FGSM + PGD": a_fam, "B: CW + Dee
         "max of p-values (A, B)": union}
 rows |= {f"logsumexp(A, B {o:+d})": {a: np.logaddexp(a_fam[a], b_fam[a] + o) for a in a_fam} for o in (-1, 0)}
 # what `dnd profiles` ships since session 12: PathScorer with one model per family (TREE_PARAMS: 300 trees each),
-# clean reference = the p-value half, score = the larger clean quantile
+# score = logsumexp(A, B - 1) (detector/cli.py CALIB_FAMILY_LOG_PRIOR)
 clean = torch.cat([F[p]["clean"] for p in ("fit", "train")])
 att = {a: torch.cat([F[p][a] for p in ("fit", "train") if a in F[p]]) for a in FOUR}
-shipped = PathScorer.fit(clean, att, [["fgsm", "pgd"], ["cw", "deepfool"]]).with_reference(F["thr"]["clean"][ref])
-rows["shipped: families, 300 trees"] = {a: shipped.score(F["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
+shipped = PathScorer.fit(clean, att, [["fgsm", "pgd"], ["cw", "deepfool"]], [0.0, -1.0])
+rows["shipped: 300 trees each, B -1"] = {a: shipped.score(F["thr"][a]).double().numpy() for a in ["clean", *FOUR]}
 print(f"{len(test)} clean (AUROC half), " + ", ".join(f"{len(F['thr'][a])} {a}" for a in FOUR))
 for name, s in rows.items():
     print(f"{name:28s} " + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, aurocs(s))), flush=True)

@@ -88,10 +88,11 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
     assert cal["extra_subset_images"] == 10 and cal["extra_subset_attacks"] == ["deepfool"]
     assert cal["n_clean"] == before["n_clean"] and before["n_attacked"] < cal["n_attacked"] <= before["n_attacked"] + 10
     assert "extra_subset_images" not in before  # the fixture turned it off
-    # one tree model per family: FGSM + PGD, and DeepFool (its CW partner did not run); one clean reference row each
+    # one tree model per family: FGSM + PGD, and DeepFool (its CW partner did not run); the default log priors
     assert cal["families"] == [["fgsm", "pgd"], ["deepfool"]] and before["families"] == [["fgsm", "pgd"]]
+    assert cal["family_log_prior"] == [0.0, -1.0] and before["family_log_prior"] == [0.0]
     sc = load_profiles(b).scorer
-    assert sc.trees is not None and len(sc.trees.baseline) == 2 and sc.reference.shape == (2, cal["n_threshold_clean"])
+    assert sc.trees is not None and len(sc.trees.baseline) == 2 and sc.log_prior.tolist() == [0.0, -1.0]
     assert cal["fpr_achieved"] <= 0.05
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     out = load_detector(b).predict(x)
@@ -105,7 +106,7 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d"])
     assert a.calib_attacks == "fgsm,pgd,cw,deepfool" and a.calib_train == 30000 and a.calib_train_subset is None
     assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool"
-    assert a.families == "fgsm+pgd,cw+deepfool"
+    assert a.families == "fgsm+pgd,cw+deepfool" and a.family_log_prior is None  # -> CALIB_FAMILY_LOG_PRIOR "0,-1"
     assert _calib_train_subset(None, 30000) == CALIB_TRAIN_SUBSET == 2000
     assert _calib_train_subset(None, 300) == 300 and _calib_train_subset(None, 0) == 0  # follows --calib-train
     assert _calib_train_subset(0, 30000) == 0 and _calib_train_subset(10, 300) == 10
@@ -114,7 +115,7 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
     assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
     assert shipped["extra_subset_images"] == CALIB_TRAIN_SUBSET and shipped["extra_subset_attacks"] == ["cw", "deepfool"]
-    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"]]
+    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"]] and shipped["family_log_prior"] == [0.0, -1.0]
 
 
 def test_families_must_cover_every_attack_once() -> None:
@@ -304,40 +305,34 @@ def test_tree_ensemble_in_torch_equals_sklearn() -> None:
     torch.testing.assert_close(TreeEnsemble.from_tensors(one).raw(probe)[:, 0], want[:, 0], rtol=0, atol=1e-12)
 
 
-def test_clean_quantile_exact_on_hand_built_reference() -> None:
-    from detector.scoring import clean_quantile
-
-    ref = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 0.0, 5.0]], dtype=torch.float64)
-    raw = torch.tensor([[0.5, -2.0], [2.0, 0.0], [2.5, 0.5], [4.0, 5.0], [6.0, 5.5]], dtype=torch.float64)
-    want = torch.tensor([[0.0, 0.0], [0.25, 0.25], [0.5, 0.75], [0.75, 0.75], [3.0, 1.5]], dtype=torch.float64)
-    assert torch.equal(clean_quantile(raw, ref), want)  # share strictly below; beyond the top, 1 + the excess
-
-
-def test_family_scorer_takes_the_larger_clean_quantile_and_round_trips() -> None:
+def test_family_scorer_is_the_mixture_log_odds_and_round_trips() -> None:
     g = torch.Generator().manual_seed(0)
     clean = torch.randn(300, 4, generator=g)
     up, down = torch.randn(100, 4, generator=g), torch.randn(100, 4, generator=g)
     up[:, 0] += 3
     down[:, 1] -= 3  # two families that move different features in different directions
-    s = PathScorer.fit(clean, {"up": up, "down": down}, [["up"], ["down"]])
-    assert s.trees is not None and len(s.trees.baseline) == 2
-    ref_clean = torch.randn(200, 4, generator=g)
-    s = s.with_reference(ref_clean)
-    assert s.reference.shape == (2, 200) and torch.equal(s.reference, s.reference.sort(1).values)
+    s = PathScorer.fit(clean, {"up": up, "down": down}, [["up"], ["down"]], [0.0, -1.0])
+    assert s.trees is not None and len(s.trees.baseline) == 2 and s.log_prior.tolist() == [0.0, -1.0]
     probe = torch.cat([torch.randn(50, 4, generator=g), up[:20], down[:20]])
-    from detector.scoring import clean_quantile
-
-    q = clean_quantile(s.family_scores(probe), s.reference)
-    assert torch.equal(s.score(probe), q.amax(1).float())
-    assert s.score(up).median() > 0.9 and s.score(down).median() > 0.9  # each family caught by its own model
+    raw = s.family_scores(probe)
+    want = torch.log(torch.exp(raw[:, 0]) + torch.exp(raw[:, 1] - 1)).float()
+    torch.testing.assert_close(s.score(probe), want)
+    assert s.score(up).median() > 0 and s.score(down).median() > 0  # each family caught by its own model
     assert torch.equal(PathScorer.from_tensors(s.tensors()).score(probe), s.score(probe))
     t = s.tensors()
-    with pytest.raises(ValueError, match="no clean reference"):
-        PathScorer.from_tensors({k: v for k, v in t.items() if k != "scorer.reference"})
-    with pytest.raises(ValueError, match=r"clean reference of shape \(2, R\)"):
-        PathScorer.from_tensors(t | {"scorer.reference": t["scorer.reference"][:1]})
+    with pytest.raises(ValueError, match=r"one log prior per tree model, shape \(2,\)"):
+        PathScorer.from_tensors(t | {"scorer.log_prior": t["scorer.log_prior"][:1]})
+    with pytest.raises(ValueError, match="unexpected scorer tensors"):
+        PathScorer.from_tensors(t | {"scorer.reference": torch.zeros(2, 3)})
     with pytest.raises(ValueError, match="have no rows"):
         PathScorer.fit(clean, {"up": up}, [["up"], ["down"]])
+    with pytest.raises(ValueError, match="one log prior per family"):
+        PathScorer.fit(clean, {"up": up, "down": down}, [["up"], ["down"]], [0.0])
+    # a family without rows drops out with its prior; files from before session 12 (one model, no prior) score log-odds
+    one = PathScorer.fit(clean, {"up": up, "down": down[:0]}, [["up"], ["down"]], [0.0, -1.0])
+    assert one.log_prior.tolist() == [0.0] and len(one.trees.baseline) == 1
+    old = {k: v for k, v in one.tensors().items() if k not in ("scorer.log_prior", "scorer.trees.group")}
+    torch.testing.assert_close(PathScorer.from_tensors(old).score(probe), one.trees.raw(probe)[:, 0].float())
 
 
 def test_adaptive_attack_stays_in_eps_ball_and_straight_through_is_exact(bundle: Path) -> None:
