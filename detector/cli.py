@@ -150,10 +150,13 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
     families = _families(a.families, ran)
     if a.family_log_prior is None:  # the measured priors belong to the default families; other families: equal
         a.family_log_prior = CALIB_FAMILY_LOG_PRIOR if a.families == CALIB_FAMILIES else ",".join(["0"] * len(families))
-    log_prior = [float(v) for v in a.family_log_prior.split(",")]
+    try:
+        log_prior = [float(v) for v in a.family_log_prior.split(",")]
+    except ValueError:
+        log_prior = []
     if len(log_prior) != len(families):
-        raise ValueError(f"--family-log-prior {a.family_log_prior!r}: expected one value per family of --families "
-                         f"{a.families!r} ({len(families)}), found {len(log_prior)}")
+        raise ValueError(f"--family-log-prior {a.family_log_prior!r}: expected one number per family of --families "
+                         f"{a.families!r} ({len(families)}), comma-separated")
     model = load_model(a.model, a.device)
     train, test = load_split(a.data, "train"), load_split(a.data, "test")
     profiles = build_profiles(model, train.x, train.y, device=a.device)

@@ -12,7 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DND_", protected_namespaces=())
 
     model_dir: Path = Path("models/resnet20-decoupled")  # bundle with profiles.safetensors (`dnd profiles`)
-    threshold: float | None = None      # overrides the calibrated threshold (attack_score scale: clean quantile, see README)
+    threshold: float | None = None      # overrides the calibrated threshold (attack_score scale: mixture log-odds, README)
     max_batch: int = Field(64, ge=1)    # images per forward pass of the micro-batcher
     max_wait_ms: float = Field(2.0, ge=0)  # how long the batcher waits for more requests before running
     max_images: int = Field(64, ge=1)   # images per request (JSON batches)

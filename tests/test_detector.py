@@ -128,6 +128,8 @@ def test_families_must_cover_every_attack_once() -> None:
         _families("fgsm+pgd,pgd+cw", ["fgsm", "pgd", "cw"])
     with pytest.raises(ValueError, match="unknown attack"):
         _families("fgsm+bim", ["fgsm"])
+    for bad in ("0", "0,x"):  # checked before any model or data is loaded
+        assert main(["profiles", "--model", "m", "--data", "d", "--family-log-prior", bad]) != 0
 
 
 def test_attacked_path_features_are_the_clean_and_successful_attack_rows(bundle: Path) -> None:
