@@ -136,14 +136,9 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
             attacked.setdefault(name, []).append(path_feature_set(model, profiles, s.x_adv[s.success], device=device)[1])
         rates[name] = round(succ / max(ok, 1), 4)
     rows = {name: torch.cat(v) for name, v in attacked.items()}
+    # only the attacks that ran; PathScorer.fit leaves out a family left empty (e.g. --calib-attacks fgsm,pgd) and its prior
     fams = [list(all_names)] if families is None else [[n for n in f if n in rows] for f in families]
-    prior = [0.0] * len(fams) if log_prior is None else list(log_prior)
-    if len(prior) != len(fams):
-        raise ValueError(f"expected one log prior per family ({len(fams)}), found {len(prior)}")
-    # a family none of whose attacks ran (e.g. --calib-attacks fgsm,pgd) has no model
-    prior = [lp for f, lp in zip(fams, prior) if f]
-    fams = [f for f in fams if f]
-    scorer = PathScorer.fit(clean, rows, fams, prior, trees=trees)
+    scorer = PathScorer.fit(clean, rows, fams, log_prior, trees=trees)
     thr_scores = scorer.score(thr_clean)
     threshold = calibrate_threshold(thr_scores, target_fpr)
     # the differentiable stand-in an adaptive attacker descends on, thresholded at the same FPR
@@ -152,7 +147,8 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
                               "threshold_images": len(thr_idx), "n_clean": len(clean), "n_attacked": sum(map(len, rows.values())),
                               "n_threshold_clean": len(thr_ok), "attacks": attacks, "attack_success_rates": rates,
                               "scorer": "trees" if trees else "linear", **extra,
-                              **({"families": fams, "family_log_prior": prior} if trees else {}),
+                              **({"families": [f for f in fams if f], "family_log_prior": scorer.log_prior.tolist()}
+                                 if trees else {}),
                               "fpr_achieved": round(float((thr_scores > threshold).float().mean()), 4)}
     meta = {**profiles.meta, "threshold": threshold, "target_fpr": target_fpr, "calibration": record}
     return PathProfiles(profiles.freq, profiles.counts, meta, scorer)

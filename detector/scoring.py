@@ -302,16 +302,18 @@ class PathScorer:
                 att = [attacked[a] for a in fam if len(attacked[a])]
                 if not att:
                     continue
-                kept_prior.append(lp)
                 xf = torch.cat([clean, *att]).double()
-                yf = torch.cat([torch.zeros(len(clean)), torch.ones(len(xf) - len(clean))])
                 n1 = len(xf) - len(clean)
+                yf = torch.cat([torch.zeros(len(clean)), torch.ones(n1)])
                 w = torch.where(yf == 1, len(yf) / (2 * n1), len(yf) / (2 * len(clean)))
-                models.append(HistGradientBoostingClassifier(**(tree_params or TREE_PARAMS)).fit(xf.numpy(), yf.numpy(), sample_weight=w.numpy()))
-            ensemble = TreeEnsemble.from_sklearn(models)
-        lp = torch.tensor(kept_prior, dtype=torch.float64) if trees else None
+                clf = HistGradientBoostingClassifier(**(tree_params or TREE_PARAMS))
+                models.append(clf.fit(xf.numpy(), yf.numpy(), sample_weight=w.numpy()))
+                kept_prior.append(lp)
+            ensemble, log_prior_t = TreeEnsemble.from_sklearn(models), torch.tensor(kept_prior, dtype=torch.float64)
+        else:
+            log_prior_t = None
         return cls(mean.float(), scale.float(), torch.from_numpy(lr.coef_[0]).float(), float(lr.intercept_[0]), ensemble,
-                   log_prior=lp)
+                   log_prior=log_prior_t)
 
     def tensors(self) -> dict[str, Tensor]:
         t = {"scorer.mean": self.mean, "scorer.scale": self.scale, "scorer.coef": self.coef,
