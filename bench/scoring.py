@@ -3,7 +3,8 @@
 plain:   det.model(x)      (logits only)
 scored:  det.predict(x)    (logits + paths + per-layer distances + `path` score + threshold)
 Rounds alternate so machine noise hits both alike. Prints median ms per batch, img/s and the overhead
-(target: scoring adds <= 10%).
+(target: scoring adds <= 10%), then the scoring stages alone on the same batch's paths (path features, `path`
+score), to show what the scoring steps themselves cost beside the end-to-end ratio.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 import torch
 
 from detector import load_detector
+from detector.scoring import path_features
 
 
 def main() -> None:
@@ -46,6 +48,21 @@ def main() -> None:
     for k, v in med.items():
         print(f"{k:>7}: {v * 1e3:7.1f} ms per batch of {a.batch_size} ({a.batch_size / v:7.0f} img/s)")
     print(f"scoring overhead: {med['scored'] / med['plain'] - 1:+.1%} (target <= +10%), threads {a.threads}")
+    with torch.inference_mode():
+        out = det.model.forward_paths(x)
+        labels, z = out.logits.argmax(1), [zl.bool() for zl in out.z]
+        feats = path_features(z, labels, det.profiles.freq, det.signatures, det.likelihood)
+        stage = {"path features": lambda: path_features(z, labels, det.profiles.freq, det.signatures, det.likelihood),
+                 "path score": lambda: det.profiles.scorer.score(feats)}
+        st: dict[str, list[float]] = {k: [] for k in stage}
+        for _ in range(a.rounds):
+            for k, fn in stage.items():
+                t0 = time.perf_counter()
+                fn()
+                st[k].append(time.perf_counter() - t0)
+    for k, v in st.items():
+        m = statistics.median(v)
+        print(f"  stage {k}: {m * 1e3:6.2f} ms per batch ({m / med['plain']:+.1%} of plain)")
     trees = det.profiles.scorer.trees
     if trees is not None:
         d = trees.depth.double()
