@@ -11,11 +11,22 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import torch
 
 from detector import load_detector
-from detector.scoring import path_features
+
+
+def median_seconds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, called in alternating rounds so machine noise hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -36,33 +47,20 @@ def main() -> None:
     def scored() -> None:
         det.predict(x, batch_size=a.batch_size)
 
-    times: dict[str, list[float]] = {"plain": [], "scored": []}
     for _ in range(2):  # warm-up
         plain(), scored()
-    for _ in range(a.rounds):
-        for name, fn in (("plain", plain), ("scored", scored)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = median_seconds({"plain": plain, "scored": scored}, a.rounds)
     for k, v in med.items():
         print(f"{k:>7}: {v * 1e3:7.1f} ms per batch of {a.batch_size} ({a.batch_size / v:7.0f} img/s)")
     print(f"scoring overhead: {med['scored'] / med['plain'] - 1:+.1%} (target <= +10%), threads {a.threads}")
     with torch.inference_mode():
         out = det.model.forward_paths(x)
         labels, z = out.logits.argmax(1), [zl.bool() for zl in out.z]
-        feats = path_features(z, labels, det.profiles.freq, det.signatures, det.likelihood)
-        stage = {"path features": lambda: path_features(z, labels, det.profiles.freq, det.signatures, det.likelihood),
-                 "path score": lambda: det.profiles.scorer.score(feats)}
-        st: dict[str, list[float]] = {k: [] for k in stage}
-        for _ in range(a.rounds):
-            for k, fn in stage.items():
-                t0 = time.perf_counter()
-                fn()
-                st[k].append(time.perf_counter() - t0)
-    for k, v in st.items():
-        m = statistics.median(v)
-        print(f"  stage {k}: {m * 1e3:6.2f} ms per batch ({m / med['plain']:+.1%} of plain)")
+        feats = det.path_features(z, labels)
+        stages = median_seconds({"path features": lambda: det.path_features(z, labels),
+                                 "path score": lambda: det.profiles.scorer.score(feats)}, a.rounds)
+    for k, v in stages.items():
+        print(f"  stage {k}: {v * 1e3:6.2f} ms per batch ({v / med['plain']:+.1%} of plain)")
     trees = det.profiles.scorer.trees
     if trees is not None:
         d = trees.depth.double()

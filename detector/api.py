@@ -97,6 +97,11 @@ class Detector:
         if len(x) and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
             raise ValueError(f"expected values in [0, 1], found range [{float(x.min()):.3g}, {float(x.max()):.3g}]")
 
+    def path_features(self, z: list[Tensor], labels: Tensor) -> Tensor:
+        """The `path` score's inputs (N, F) for binary paths z (per layer (N, C_l)) and predicted labels (N,), against
+        this bundle's profiles."""
+        return path_features(z, labels, self.profiles.freq, self.signatures, self.likelihood)
+
     @torch.inference_mode()
     def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
         """Classify and score float images x (N, 3, 32, 32) in [0, 1]. Results do not depend on batch_size."""
@@ -114,7 +119,7 @@ class Detector:
             logits, features, z_float = out.logits, out.features, out.z
         labels = logits.argmax(1)
         z = [zl.bool() for zl in z_float]
-        feats = path_features(z, labels, self.profiles.freq, self.signatures, self.likelihood)
+        feats = self.path_features(z, labels)
         n_layers = len(z)
         ham, jac = feats[:, :n_layers], feats[:, n_layers:2 * n_layers]  # the per-layer distances lead the features
         scores = self.profiles.scorer.score(feats)
