@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from detector import load_detector
+from detector.runtime import tune_malloc
 
 
 def median_seconds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -35,7 +36,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="skip detector.runtime.tune_malloc (which dnd and the service call) to time glibc's defaults")
     a = ap.parse_args()
+    if not a.default_malloc:
+        print(f"tune_malloc: {'applied' if tune_malloc() else 'not applied'}")
     torch.set_num_threads(a.threads)
     det = load_detector(a.model)
     x = torch.rand(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -67,7 +67,9 @@ async def load(url: str, images: list[bytes], n: int, concurrency: int) -> tuple
 
 def raw_throughput(model_dir: str, images: list[bytes], threads: int, batch: int = 64, rounds: int = 20) -> float:
     from detector import load_detector
+    from detector.runtime import tune_malloc
 
+    tune_malloc()  # as `dnd serve` does
     torch.set_num_threads(threads)
     det = load_detector(model_dir).trace()  # the same forward the service runs (DND_TRACE defaults to on)
     x = torch.stack([torch.from_numpy(np.array(Image.open(__import__("io").BytesIO(b)).convert("RGB"))).permute(2, 0, 1)

@@ -45,6 +45,8 @@ class DecouplingLoss(nn.Module):
     def forward(self, out: PathOutput, y: Tensor) -> dict[str, Tensor]:
         if len(out.z) != len(self.heads):
             raise ValueError(f"expected paths for {len(self.heads)} gated layers, found {len(out.z)}")
+        if out.energy is None:
+            raise ValueError("expected the layers' activation energy: call forward_paths(x, energy=True)")
         mi, kl, l1 = [], [], []
         for idx in self.groups:
             z = torch.stack([out.z[i] for i in idx])                                   # (G, N, C)

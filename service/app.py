@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from detector.api import Detector, Prediction, load_detector
 from detector.images import InputError as ApiError  # the service's error type: status, code, message
 from detector.images import decode_base64, decode_image
+from detector.runtime import tune_malloc
 
 from .batcher import MicroBatcher
 from .settings import Settings
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         st: State = app.state.dnd
+        tune_malloc()  # fixed glibc thresholds: no page faults per batch (detector/runtime.py); `dnd serve` did it too
         torch.set_num_threads(1)  # request handling (decode, resize); inference threads are set per batch
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels  # Pillow's own bomb guard, tightened to our limit
 

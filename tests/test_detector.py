@@ -153,7 +153,13 @@ def test_threshold_override(bundle: Path) -> None:
 
 
 @pytest.mark.parametrize("x, msg", [(torch.rand(2, 3, 28, 28), "shape"), (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "float"),
-                                    (torch.full((2, 3, 32, 32), 2.0), r"\[0, 1\]"), ("img", "Tensor")])
+                                    (torch.full((2, 3, 32, 32), 2.0), r"\[0, 1\]"), ("img", "Tensor"),
+                                    (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(1),), torch.tensor(-0.1)),
+                                     r"\[0, 1\], found range \[-0.1, 0.5\]"),
+                                    (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("nan"))),
+                                     r"\[0, 1\], found range \[nan"),
+                                    (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("inf"))),
+                                     r"\[0, 1\], found range \[0.5, inf\]")])
 def test_predict_rejects_bad_input_clearly(bundle: Path, x, msg: str) -> None:
     with pytest.raises((ValueError, TypeError), match=msg):
         load_detector(bundle).predict(x)

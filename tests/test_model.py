@@ -23,10 +23,15 @@ def test_resnet20_size_and_logits_only() -> None:
 
 def test_paths_have_one_entry_per_gated_conv() -> None:
     m = _decoupled().eval()
-    out = m.forward_paths(torch.rand(5, 3, 32, 32))
+    x = torch.rand(5, 3, 32, 32)
+    out = m.forward_paths(x, energy=True)
     assert out.logits.shape == (5, 10) and out.features.shape == (5, 64)
     assert [z.shape[1] for z in out.z] == [16] * 6 + [32] * 6 + [64] * 6
     assert all(z.shape[0] == 5 for z in out.z) and len(out.s) == len(out.energy) == 18
+    assert [e.shape for e in out.energy] == [z.shape for z in out.z] and all((e >= 0).all() for e in out.energy)
+    lean = m.forward_paths(x)  # inference callers skip the energy; nothing else changes
+    assert lean.energy is None and torch.equal(lean.logits, out.logits)
+    assert all(torch.equal(a, b) for a, b in zip(lean.z, out.z))
 
 
 def test_eval_paths_are_binary_and_deterministic() -> None:
@@ -77,7 +82,7 @@ def test_every_gate_parameter_gets_a_gradient_in_training() -> None:
     m = _decoupled().train()
     loss_mod = DecouplingLoss([u.cout for u in m.units()], 10)
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    out = m.forward_paths(x)
+    out = m.forward_paths(x, energy=True)
     terms = loss_mod(out, y)
     (F.cross_entropy(out.logits, y) + terms["mi"] + terms["kl"] + terms["l1"]).backward()
     for name, p in m.named_parameters():
@@ -93,7 +98,7 @@ def test_grouped_losses_equal_the_per_layer_definition() -> None:
     m = _decoupled().train()
     loss_mod = DecouplingLoss([u.cout for u in m.units()], 10)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    out = m.forward_paths(x)
+    out = m.forward_paths(x, energy=True)
     got = loss_mod(out, y)
     n = len(out.z)
     ref = {"mi": sum(F.cross_entropy(h(z), y) for h, z in zip(loss_mod.heads, out.z)) / n,

@@ -96,7 +96,7 @@ def step_loss(model: CifarResNet, loss_mod: DecouplingLoss | None, xb: torch.Ten
     """Forward pass and every loss term of one step: (total loss, detached terms for the log). This is the part
     `--compile` hands to torch.compile; backward and the optimizer steps stay in train_step.
     teacher: a network run on xb (online distillation) or its precomputed logits (B, K) (kd_offline)."""
-    res = model.forward_paths(xb)
+    res = model.forward_paths(xb, energy=loss_mod is not None)
     ce = F.cross_entropy(res.logits, yb)
     terms = {"ce": ce.detach()}
     loss = ce

@@ -1,0 +1,39 @@
+"""Process-wide allocator settings for CPU inference: call `tune_malloc()` once at the start of a process.
+
+Why: a CPU forward pass allocates and frees tensors of 0.1-16 MB every batch. glibc serves blocks above its mmap
+threshold (128 KiB at start, then raised dynamically as such blocks are freed) with mmap and gives them back with
+munmap, and trims the heap top back to the kernel, so each batch can fault its pages in afresh. Where a process's
+threshold ends up depends on its allocation history: the same `det.predict` batch took 185-210 ms in some processes
+and 158-166 ms with fixed thresholds, and the tree walk 18-20 ms instead of 6-7 ms in about half of the fresh
+processes (2 threads, batch 256, measured side by side; README "Benchmarks"). Fixing both thresholds keeps freed
+blocks in the heap for reuse. The cost is resident memory: up to `trim_threshold` of freed heap stays mapped.
+Training steps were not affected (same step time either way), so the trainer does not need it.
+
+Not done at import (importing the package does no work): entry points call it (`dnd`, the service, the benches).
+Only glibc has these knobs; elsewhere, or when the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the
+environment (glibc's own way, which then wins), it does nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h> parameter numbers
+MMAP_THRESHOLD = 32 * 2**20   # the ceiling of glibc's own dynamic threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+TRIM_THRESHOLD = 256 * 2**20
+
+
+def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
+    """Fix glibc's mmap and trim thresholds (bytes) for this process. True if both were applied."""
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ \
+            or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # glibc returns 1 on success, 0 for a value out of range; musl's stub returns 0 for everything
+    return mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
