@@ -65,11 +65,13 @@ async def load(url: str, images: list[bytes], n: int, concurrency: int) -> tuple
     return lat, errors, wall
 
 
-def raw_throughput(model_dir: str, images: list[bytes], threads: int, batch: int = 64, rounds: int = 20) -> float:
+def raw_throughput(model_dir: str, images: list[bytes], threads: int, batch: int = 64, rounds: int = 20,
+                   malloc: bool = True) -> float:
     from detector import load_detector
     from detector.runtime import tune_malloc
 
-    tune_malloc()  # as `dnd serve` does
+    if malloc:
+        tune_malloc()  # as `dnd serve` does
     torch.set_num_threads(threads)
     det = load_detector(model_dir).trace()  # the same forward the service runs (DND_TRACE defaults to on)
     x = torch.stack([torch.from_numpy(np.array(Image.open(__import__("io").BytesIO(b)).convert("RGB"))).permute(2, 0, 1)
@@ -93,11 +95,20 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="server micro-batch wait (DND_MAX_WAIT_MS)")
     ap.add_argument("--soak", type=int, default=3, help="extra rounds of 3,000 requests at the top concurrency, to "
                     "tell a leak from allocator growth (RSS printed after each)")
+    ap.add_argument("--raw-only", choices=["tuned", "default"], help="no server: only the raw batched throughput, "
+                    "with detector.runtime.tune_malloc (as dnd serve) or with glibc's default malloc (one process can "
+                    "not undo the tuning, so compare runs of each)")
     a = ap.parse_args()
     files = sorted(Path(a.data, "test").glob("*/*.jpg"))[::20][:500]
     if not files:
         sys.exit(f"no test JPEGs under {a.data}/test/<class>/: run `make data` first")
     images = [f.read_bytes() for f in files]
+    if a.raw_only:
+        for threads in sorted({1, a.threads or len(os.sched_getaffinity(0))}):
+            raw = [raw_throughput(a.model, images, threads, malloc=a.raw_only == "tuned") for _ in range(3)]
+            print(f"raw batched det.predict throughput (batch 64, {threads} threads, malloc {a.raw_only}): "
+                  f"{', '.join(f'{r:.0f}' for r in raw)} img/s")
+        return
     port = free_port()
     env = {**os.environ, "DND_MODEL_DIR": a.model, "DND_MAX_WAIT_MS": str(a.max_wait_ms)}
     env |= {k: str(v) for k, v in {"DND_THREADS": a.threads, "DND_PARALLEL_MIN_BATCH": a.parallel_min_batch}.items() if v}
