@@ -3,10 +3,10 @@
 Why: a CPU forward pass allocates and frees tensors of 0.1-16 MB every batch. glibc serves blocks above its mmap
 threshold (128 KiB at start, then raised dynamically as such blocks are freed) with mmap and gives them back with
 munmap, and trims the heap top back to the kernel, so each batch can fault its pages in afresh. Where a process's
-threshold ends up depends on its allocation history: the same `det.predict` batch took 185-210 ms in some processes
-and 158-166 ms with fixed thresholds, and the tree walk 18-20 ms instead of 6-7 ms in about half of the fresh
-processes (2 threads, batch 256, measured side by side; README "Benchmarks"). Fixing both thresholds keeps freed
-blocks in the heap for reuse. The cost is resident memory: up to `trim_threshold` of freed heap stays mapped.
+threshold ends up depends on its allocation history. Measured side by side (README "Benchmarks"): plain
+classification of a batch of 256 took 181-210 ms per batch with glibc's defaults and 151-166 ms with fixed thresholds
+(`bench/scoring.py --default-malloc` vs without), and raw batched `det.predict` at batch 64 ran at 994-1,157 vs
+1,431-1,497 img/s on 2 threads (`bench/serve.py --raw-only`). Fixing both thresholds keeps freed blocks in the heap. The cost is resident memory: up to `trim_threshold` of freed heap stays mapped.
 Training steps were not affected (same step time either way), so the trainer does not need it.
 
 Not done at import (importing the package does no work): entry points call it (`dnd`, the service, the benches).

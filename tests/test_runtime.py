@@ -14,4 +14,3 @@ def test_tune_malloc_applies_on_glibc() -> None:
 def test_tune_malloc_respects_the_users_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert tune_malloc() is False
-
