@@ -5,7 +5,7 @@ DATA    ?= .data
 SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
-.PHONY: serve run test test-all data train-dense train-decoupled stats profiles evaluate bench bench-serve clean
+.PHONY: serve run test test-all data train-dense train-decoupled stats profiles evaluate candidate bench bench-serve clean
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -37,7 +37,7 @@ test: $(VENV_OK)
 test-all: $(VENV_OK) data
 	$(PY) -m pytest -q -m ''
 
-# The shipped bundles, exactly as they were produced (≈ 1 h + 30 min on 2 CPU cores).
+# The shipped bundles, exactly as they were produced (≈ 1 h + 75 min on 2 CPU cores).
 train-dense: $(VENV_OK) data
 	.venv/bin/dnd train --data $(DATA) --out models/resnet20-dense --device $(DEVICE) --resume
 train-decoupled: $(VENV_OK) data
@@ -51,6 +51,25 @@ profiles: $(VENV_OK) data
 	.venv/bin/dnd profiles --model models/resnet20-decoupled --data $(DATA) --device $(DEVICE)
 evaluate: $(VENV_OK) data
 	.venv/bin/dnd evaluate --model models/resnet20-decoupled --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out reports/evaluation --device $(DEVICE)
+
+# A candidate pair under runs/ (never shipped by this target): the same steps as train-dense ... evaluate, each
+# resumable, and a re-run skips the finished ones, so a long run survives interruptions. NAME names it;
+# DENSE_FLAGS / DECOUPLED_FLAGS are extra `dnd train` flags (the same on every re-run, or --resume refuses), e.g.
+#   make candidate NAME=b256-e120 DENSE_FLAGS="--batch-size 256 --lr 0.2 --warmup-epochs 2 --epochs 120"
+CAND := runs/$(NAME)
+candidate: $(VENV_OK) data
+	@test -n "$(NAME)" || { echo "make candidate: set NAME= (the run goes to runs/NAME-*)"; exit 2; }
+	$(MAKE) --no-print-directory $(CAND)-evaluation/report.json
+$(CAND)-dense/metrics.json:
+	.venv/bin/dnd train --data $(DATA) --out $(CAND)-dense $(DENSE_FLAGS) --device $(DEVICE) --resume
+	.venv/bin/dnd stats --model $(CAND)-dense --data $(DATA)
+$(CAND)-decoupled/metrics.json: $(CAND)-dense/metrics.json
+	.venv/bin/dnd train --data $(DATA) --out $(CAND)-decoupled --decouple --init $(CAND)-dense $(DECOUPLED_FLAGS) --device $(DEVICE) --resume
+	.venv/bin/dnd stats --model $(CAND)-decoupled --data $(DATA)
+$(CAND)-decoupled/profiles.safetensors: $(CAND)-decoupled/metrics.json
+	.venv/bin/dnd profiles --model $(CAND)-decoupled --data $(DATA) --device $(DEVICE)
+$(CAND)-evaluation/report.json: $(CAND)-decoupled/profiles.safetensors
+	.venv/bin/dnd evaluate --model $(CAND)-decoupled --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out $(CAND)-evaluation --device $(DEVICE)
 
 bench: $(VENV_OK)
 	$(PY) bench/train_epoch.py
