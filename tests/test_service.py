@@ -162,6 +162,9 @@ def test_open_inference_protocol_v2(client: TestClient) -> None:
     assert client.get("/v2/models/other").status_code == 404
     bad = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0] * 192}]})
     assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
+    out_of_range = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [0.5] * 3071 + [255.0]}]}
+    bad = client.post("/v2/models/tiny/infer", json=out_of_range)
+    assert bad.status_code == 400 and "found range [0.5, 255]" in bad.json()["error"]
 
 
 def test_batched_equals_one_by_one(client: TestClient) -> None:
