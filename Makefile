@@ -37,7 +37,7 @@ test: $(VENV_OK)
 test-all: $(VENV_OK) data
 	$(PY) -m pytest -q -m ''
 
-# The shipped bundles, exactly as they were produced (≈ 1 h + 75 min on 2 CPU cores).
+# The shipped bundles, exactly as they were produced (≈ 2.7 h + 75 min on 2 CPU cores).
 train-dense: $(VENV_OK) data
 	.venv/bin/dnd train --data $(DATA) --out models/resnet20-dense --device $(DEVICE) --resume
 train-decoupled: $(VENV_OK) data

@@ -240,3 +240,13 @@ def test_compiled_step_matches_eager() -> None:
     assert gate_grads and all(g.abs().sum() > 0 for g in gate_grads)  # the comparison covers live gate gradients
     for ge, gc in zip(*grads):
         torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, decouple", [("resnet20-dense", False), ("resnet20-decoupled", True)])
+def test_defaults_are_the_shipped_recipes(name: str, decouple: bool) -> None:
+    # `make train-dense` / `make train-decoupled` pass no hyper-parameter flags, so the defaults must be what the
+    # shipped bundles recorded in config.json, or those targets would not reproduce them.
+    from training.config import make_config
+
+    recorded = json.loads((Path(__file__).parents[1] / "models" / name / "config.json").read_text())["train"]
+    assert make_config(decouple, {}).to_dict() == recorded
