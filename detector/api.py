@@ -45,6 +45,21 @@ class Prediction:
                              for f in fields(self)})
 
 
+def check_images(x: Tensor) -> None:
+    """Refuse anything but float images (N, 3, 32, 32) in [0, 1] with an error naming what was found (TypeError or
+    ValueError). `Detector.predict` calls it; the service calls it per request, before the images join a batch."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (N, 3, 32, 32), found {type(x).__name__}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+        raise ValueError(f"expected images of shape (N, 3, 32, 32), found {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected float images in [0, 1], found dtype {x.dtype} (divide uint8 images by 255)")
+    if len(x):
+        lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; NaN propagates into both and fails the test
+        if not (lo >= 0 and hi <= 1):
+            raise ValueError(f"expected values in [0, 1], found range [{lo:.3g}, {hi:.3g}]")
+
+
 class Detector:
     """A decoupled model plus its class path profiles, fitted `path` scorer and threshold."""
 
@@ -87,18 +102,6 @@ class Detector:
                                            check_trace=False)
         return self
 
-    def _check(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor of shape (N, 3, 32, 32), found {type(x).__name__}")
-        if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
-            raise ValueError(f"expected images of shape (N, 3, 32, 32), found {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"expected float images in [0, 1], found dtype {x.dtype} (divide uint8 images by 255)")
-        if len(x):
-            lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; NaN propagates into both and fails the test
-            if not (lo >= 0 and hi <= 1):
-                raise ValueError(f"expected values in [0, 1], found range [{lo:.3g}, {hi:.3g}]")
-
     def path_features(self, z: list[Tensor], labels: Tensor) -> Tensor:
         """The `path` score's inputs (N, F) for binary paths z (per layer (N, C_l)) and predicted labels (N,), against
         this bundle's profiles."""
@@ -107,7 +110,7 @@ class Detector:
     @torch.inference_mode()
     def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
         """Classify and score float images x (N, 3, 32, 32) in [0, 1]. Results do not depend on batch_size."""
-        self._check(x)
+        check_images(x)
         self.model.eval()
         parts = [self._predict_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)] or [self._predict_batch(x)]
         return parts[0] if len(parts) == 1 else Prediction.concat(parts)
