@@ -4,7 +4,8 @@ plain:   det.model(x)      (logits only)
 scored:  det.predict(x)    (logits + paths + per-layer distances + `path` score + threshold)
 Rounds alternate so machine noise hits both alike. Prints median ms per batch, img/s and the overhead
 (target: scoring adds <= 10%), then the scoring stages alone on the same batch's paths (path features, `path`
-score), to show what the scoring steps themselves cost beside the end-to-end ratio.
+score), to show what the scoring steps themselves cost beside the end-to-end ratio, and the tree walk that
+`TreeEnsemble.raw` replaced in session 16 (level by level in torch ops, kept here only as the side-by-side reference).
 """
 from __future__ import annotations
 
@@ -14,9 +15,27 @@ import time
 from typing import Callable
 
 import torch
+from torch import Tensor
 
 from detector import load_detector
 from detector.runtime import tune_malloc
+from detector.scoring import TreeEnsemble
+
+
+def torch_level_walk(trees: TreeEnsemble, features: Tensor) -> Tensor:
+    """(N, F) -> (N, K) log-odds, as `TreeEnsemble.raw` computed them until session 15: all images and trees advance one
+    level per step (one row fetch of [feature, threshold, left child] per node, trees sorted deepest first so level k
+    touches only the trees deeper than k), ~8 torch ops per level."""
+    x = features.float()
+    n, (t, m) = len(x), trees.feature.shape
+    left = trees.left + (torch.arange(t) * m)[:, None]
+    table = torch.stack([trees.feature.float(), trees.threshold, left.float()], -1).reshape(t * m, 3)
+    node = (torch.arange(t) * m).repeat(n, 1)  # (N, T) global node index
+    for a in [int((trees.depth > k).sum()) for k in range(int(trees.depth[0]))]:
+        rows = table.index_select(0, node[:, :a].reshape(-1)).view(n, a, 3)
+        node[:, :a] = rows[..., 2].long() + (x.gather(1, rows[..., 0].long()) > rows[..., 1])
+    leaves = trees.value.flatten().index_select(0, node.reshape(-1)).view(n, t)
+    return trees.baseline.repeat(n, 1).index_add_(1, trees.group, leaves)
 
 
 def median_seconds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
@@ -62,11 +81,15 @@ def main() -> None:
         out = det.model.forward_paths(x)
         labels, z = out.logits.argmax(1), [zl.bool() for zl in out.z]
         feats = det.path_features(z, labels)
-        stages = median_seconds({"path features": lambda: det.path_features(z, labels),
-                                 "path score": lambda: det.profiles.scorer.score(feats)}, a.rounds)
+        trees = det.profiles.scorer.trees
+        fns = {"path features": lambda: det.path_features(z, labels), "path score": lambda: det.profiles.scorer.score(feats)}
+        if trees is not None:
+            if not torch.allclose(torch_level_walk(trees, feats), trees.raw(feats), rtol=0, atol=1e-9):
+                raise SystemExit("the reference torch walk and TreeEnsemble.raw disagree")
+            fns["path score, torch level walk (reference)"] = lambda: torch_level_walk(trees, feats)
+        stages = median_seconds(fns, a.rounds)
     for k, v in stages.items():
         print(f"  stage {k}: {v * 1e3:6.2f} ms per batch ({v / med['plain']:+.1%} of plain)")
-    trees = det.profiles.scorer.trees
     if trees is not None:
         d = trees.depth.double()
         print(f"tree scorer: {len(trees.depth)} trees in {len(trees.baseline)} model(s), mean depth {d.mean():.1f}, "

@@ -20,33 +20,34 @@ import torch
 from torch import Tensor
 
 
+@functools.cache
+def _layer_sums(widths: tuple[int, ...]) -> Tensor:
+    """(sum C_l, L) 0/1 block matrix: cat(z) @ it sums each layer's columns, so all layers cost one matmul. Made
+    outside inference mode whatever the caller's mode: the cached tensor also serves the adaptive attack's autograd."""
+    with torch.inference_mode(False):
+        return torch.block_diag(*[torch.ones(w, 1) for w in widths])
+
+
+def _distances(zc: Tensor, ref: Tensor, widths: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Concatenated paths zc (N, sum C_l) and reference signatures ref (N, sum C_l), float -> (hamming, jaccard), each
+    (N, L). Binary inputs: the sums are exact integer counts (<= 64, exact in float32), so every figure is exact."""
+    s = _layer_sums(widths).to(zc)
+    inter = (zc * ref) @ s                    # |z AND ref| (soft: sum v ref)
+    union = (zc + ref) @ s - inter            # |z OR ref|
+    ham = (union - inter) / zc.new_tensor(widths)  # |z XOR ref| / C_l  (soft: sum |v - ref| for binary ref)
+    jac = torch.where(union > 0, 1 - inter / union.clamp_min(1e-6), torch.zeros_like(union))
+    return ham, jac
+
+
 def path_distances(z: list[Tensor], labels: Tensor, signatures: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Per-layer distances of paths z (L x (N, C_l), bool) to the signatures (L x (K, C_l), bool) of `labels` (N,).
+    """Per-layer distances of paths z (L x (N, C_l)) to the signatures (L x (K, C_l), bool) of `labels` (N,).
 
     Returns (hamming, jaccard), each (N, L): Hamming = share of the layer's filters whose state differs;
-    Jaccard = 1 - |z AND s| / |z OR s| (0 when both are empty)."""
-    ham, jac = [], []
-    for zl, sl in zip(z, signatures):
-        ref = sl[labels]
-        zl = zl.bool()
-        ham.append((zl != ref).float().mean(1))
-        inter = (zl & ref).sum(1).float()
-        union = (zl | ref).sum(1).float()
-        jac.append(torch.where(union > 0, 1 - inter / union.clamp_min(1), torch.zeros_like(union)))
-    return torch.stack(ham, 1), torch.stack(jac, 1)
-
-
-def soft_path_distances(v: list[Tensor], labels: Tensor, signatures: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Differentiable version of `path_distances` for soft paths v (L x (N, C_l) in [0, 1]); equal to it when v
-    is binary. Used by the adaptive attack (v = SemHash v1 or straight-through z)."""
-    ham, jac = [], []
-    for vl, sl in zip(v, signatures):
-        ref = sl[labels].to(vl.dtype)
-        inter = (vl * ref).sum(1)
-        union = (vl + ref - vl * ref).sum(1)
-        ham.append((vl + ref - 2 * vl * ref).mean(1))  # |v - ref| for binary ref
-        jac.append(torch.where(union > 0, 1 - inter / union.clamp_min(1e-6), torch.zeros_like(union)))
-    return torch.stack(ham, 1), torch.stack(jac, 1)
+    Jaccard = 1 - |z AND s| / |z OR s| (0 when both are empty). z bool gives exact figures; z soft (float in [0, 1],
+    the adaptive attack's SemHash v1 or straight-through z) gives their differentiable extension, equal on binary z."""
+    zc = torch.cat([zl if zl.is_floating_point() else zl.float() for zl in z], 1)
+    ref = torch.cat(signatures, 1)[labels].to(zc.dtype)
+    return _distances(zc, ref, tuple(zl.shape[1] for zl in z))
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,9 @@ class PathLikelihood:
             row += f.shape[1]
         return cls(weight, torch.cat(bias), len(freq), k)
 
-    def __call__(self, z: list[Tensor]) -> Tensor:
-        """Paths L x (N, C_l) (bool or [0, 1]) -> (N, L, K) log-likelihoods."""
-        zc = torch.cat([zl.float() for zl in z], 1)
+    def __call__(self, z: list[Tensor] | Tensor) -> Tensor:
+        """Paths L x (N, C_l) (bool or [0, 1]), or already concatenated (N, sum C_l) float -> (N, L, K) log-likelihoods."""
+        zc = z if isinstance(z, Tensor) else torch.cat([zl.float() for zl in z], 1)
         return (zc @ self.weight.to(zc) + self.bias.to(zc)).view(len(zc), self.layers, self.classes)
 
 
@@ -112,28 +113,50 @@ def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signature
     `labels` (columns :L and L:2L, the same numbers as `path_distances`), then every filter's deviation
     z - freq[label] from the class's firing frequency (sum C_l columns), then `likelihood_features` (2L + 1). Only
     path information. z may be soft (L x (N, C_l) in [0, 1]); the result is then differentiable in z. `signatures`
-    (freq >= 0.5) and `likelihood` (PathLikelihood.from_freq(freq)) may be passed to skip recomputing them."""
+    (freq >= 0.5) and `likelihood` (PathLikelihood.from_freq(freq)) may be passed to skip recomputing them.
+    All layers at once on the concatenated path (~35 ops whatever L: per layer, one image cost 0.8 ms in ~200 ops)."""
     sig = [f >= 0.5 for f in freq] if signatures is None else signatures
     nb = PathLikelihood.from_freq(freq) if likelihood is None else likelihood
-    if all(not zl.is_floating_point() for zl in z):
-        ham, jac = path_distances(z, labels, sig)
-        z = [zl.float() for zl in z]
-    else:
-        ham, jac = soft_path_distances(z, labels, sig)
-    dev = [zl - f.to(zl)[labels] for zl, f in zip(z, freq)]
-    return torch.cat([ham, jac, *dev, likelihood_features(nb(z), labels.to(ham.device))], 1)
+    zc = torch.cat([zl if zl.is_floating_point() else zl.float() for zl in z], 1)  # (N, sum C_l)
+    labels = labels.to(zc.device)
+    ham, jac = _distances(zc, torch.cat(sig, 1)[labels].to(zc.dtype), tuple(zl.shape[1] for zl in z))
+    dev = zc - torch.cat(freq, 1).to(zc)[labels]
+    return torch.cat([ham, jac, dev, likelihood_features(nb(zc), labels)], 1)
+
+
+@functools.cache
+def _walk_kernel() -> Any:
+    """The tree walk, compiled by numba for one signature when first needed (~0.7 s, once per process; importing this
+    module does no work). Why not torch ops: a level-by-level walk in torch is ~180 small ops per batch, 6.5-7 ms for
+    256 images on 2 threads here, and a slow mode of those ops (18-22 ms, in some processes and stretches, not of the
+    forward pass) made the <= 10% scoring target a coin toss (README, Benchmarks). This loop is one pass per (image,
+    tree), ~4.5 ms for the same batch in either mode on one thread, 40 us for one image (torch: ~480 us).
+    nogil: the service's event loop keeps running while a batch is scored."""
+    import numba
+
+    @numba.njit("void(float32[:, ::1], int32[:, ::1], float32[:, ::1], int32[:, ::1], float64[:, ::1], int64[::1], "
+                "float64[:, ::1])", nogil=True, cache=False)
+    def walk(x, feature, threshold, left, value, group, out):  # pragma: no cover - compiled
+        # x (N, F); tree arrays (T, M); out (N, K) holds the baselines and receives each reached leaf's value
+        for i in range(x.shape[0]):
+            for k in range(feature.shape[0]):
+                j = 0
+                while left[k, j] != j:  # leaves point to themselves
+                    j = left[k, j] + (x[i, feature[k, j]] > threshold[k, j])
+                out[i, group[k]] += value[k, j]
+
+    return walk
 
 
 @dataclass(frozen=True)
 class TreeEnsemble:
     """K gradient-boosted tree models (scikit-learn HistGradientBoostingClassifier, one per attack family) exported to
-    plain tensors and walked together in torch: no pickle, no scikit-learn at serving time. raw(x)[:, k] = baseline[k] +
-    sum over model k's trees of the reached leaf's value, scikit-learn's decision_function (log-odds) for float32
-    features. One walk for all K models: scoring costs what one model with all their trees would.
+    plain tensors, walked by one small compiled loop (`_walk_kernel`): no pickle, no scikit-learn at serving time.
+    raw(x)[:, k] = baseline[k] + sum over model k's trees of the reached leaf's value, scikit-learn's decision_function
+    (log-odds) for float32 features. All K models in one pass: scoring costs what one model with all their trees would.
 
     Layout (T trees padded to M nodes, sorted by depth, deepest first): node j's children are left[j] and left[j] + 1
-    (renumbered so), and it goes right iff x[feature[j]] > threshold[j]. A leaf points to itself with threshold +inf,
-    so a traversal step is one row fetch, one gather of x and an add, and level k only touches the trees deeper than k."""
+    (renumbered so), and it goes right iff x[feature[j]] > threshold[j]. A leaf points to itself (threshold +inf)."""
 
     feature: Tensor    # (T, M) int64
     threshold: Tensor  # (T, M) float32: sklearn's float64 split value rounded down, exact for float32 inputs
@@ -173,29 +196,22 @@ class TreeEnsemble:
         return cls(feature, threshold, left, value, depth, group, baseline)
 
     @functools.cached_property
-    def _walk(self) -> tuple[Tensor, list[int]]:
-        """(T*M, 3) float32 rows [feature, threshold, global index of the left child] (indices < 2^24 are exact in
-        float32: one index_select per level fetches all three, 30% faster on CPU than three lookups, measured), and
-        how many trees are still descending at each level. Cached: a single image pays ~20 levels of small ops."""
-        t, m = self.feature.shape
-        left = self.left + (torch.arange(t) * m)[:, None]  # global node numbers
-        table = torch.stack([self.feature.float(), self.threshold, left.float()], -1).reshape(t * m, 3).contiguous()
-        active = [int((self.depth > k).sum()) for k in range(int(self.depth[0]) if t else 0)]
-        return table, active
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        """The walk's inputs as contiguous numpy arrays of the kernel's dtypes (int32 indices: M, F < 2^31)."""
+        c = lambda t, dt: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=dt)  # noqa: E731
+        return (c(self.feature, np.int32), c(self.threshold, np.float32), c(self.left, np.int32),
+                c(self.value, np.float64), c(self.group, np.int64))
 
     def raw(self, features: Tensor) -> Tensor:
-        """(N, F) -> (N, K) float64 log-odds. Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
-        x = features.detach().float()
-        n, (t, m), dev = len(x), self.feature.shape, x.device
-        table, active = self._walk
-        table = table.to(dev)
-        node = (torch.arange(t, device=dev) * m).repeat(n, 1)  # (N, T): each tree's current node, global index
-        for a in active:  # trees are sorted by depth: the first `a` still descend at this level
-            rows = table.index_select(0, node[:, :a].reshape(-1)).view(n, a, 3)
-            node[:, :a] = rows[..., 2].long() + (x.gather(1, rows[..., 0].long()) > rows[..., 1])
-        leaves = self.value.to(dev).flatten().index_select(0, node.reshape(-1)).view(n, t)  # (N, T)
-        out = self.baseline.to(dev).repeat(n, 1)
-        return out.index_add_(1, self.group.to(dev), leaves)
+        """(N, F) -> (N, K) float64 log-odds, on the features' device (walked on the CPU: the features are ~4 KB per
+        image). Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
+        x = np.ascontiguousarray(features.detach().float().cpu().numpy())
+        if x.ndim != 2 or (len(self.feature) and x.shape[1] <= int(self.feature.max())):
+            raise ValueError(f"expected (N, F) path features with F > {int(self.feature.max()) if len(self.feature) else 0}"
+                             f" (the trees' largest feature index), found shape {tuple(x.shape)}")
+        out = np.tile(self.baseline.detach().cpu().numpy().astype(np.float64), (len(x), 1))  # (N, K)
+        _walk_kernel()(x, *self._arrays, out)
+        return torch.from_numpy(out).to(features.device)
 
     def tensors(self) -> dict[str, Tensor]:
         return {f"scorer.trees.{k}": getattr(self, k) for k in ("feature", "threshold", "left", "value", "depth", "group",

@@ -12,7 +12,7 @@ from detector.calibration import balanced_subset, split_test
 from detector.cli import main
 from detector.profiles import PROFILES, load_profiles
 from detector.scoring import (PathLikelihood, PathScorer, feature_count, likelihood_features, path_distances,
-                              path_features, soft_path_distances, without_likelihoods)
+                              path_features, without_likelihoods)
 
 from .conftest import write_image_folder
 
@@ -243,9 +243,31 @@ def test_soft_distances_equal_hard_ones_on_binary_paths() -> None:
     freq = [torch.rand(3, c, generator=g) for c in (4, 8)]
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     sig = [f >= 0.5 for f in freq]
-    for hard, soft in zip(path_distances(z, labels, sig), soft_path_distances([zl.float() for zl in z], labels, sig)):
-        assert torch.allclose(hard, soft)
-    assert torch.allclose(path_features(z, labels, freq), path_features([zl.float() for zl in z], labels, freq))
+    for hard, soft in zip(path_distances(z, labels, sig), path_distances([zl.float() for zl in z], labels, sig)):
+        assert torch.equal(hard, soft)
+    assert torch.equal(path_features(z, labels, freq), path_features([zl.float() for zl in z], labels, freq))
+    # the all-layers-at-once features are the per-layer definitions, column by column
+    ref = [s[labels] for s in sig]
+    ham = torch.stack([(zl != r).float().mean(1) for zl, r in zip(z, ref)], 1)
+    jac = torch.stack([1 - (zl & r).sum(1) / (zl | r).sum(1).clamp_min(1) for zl, r in zip(z, ref)], 1)
+    jac[torch.stack([(zl | r).sum(1) == 0 for zl, r in zip(z, ref)], 1)] = 0
+    dev = torch.cat([zl.float() - f[labels] for zl, f in zip(z, freq)], 1)
+    assert torch.equal(path_features(z, labels, freq)[:, :4 + 12], torch.cat([ham, jac, dev], 1))
+    v = [torch.rand(6, c, generator=g).requires_grad_(True) for c in (4, 8)]  # soft paths: gradients reach every filter
+    path_features(v, labels, freq)[:, :4].sum().backward()
+    assert all(vl.grad is not None and bool((vl.grad != 0).all()) for vl in v)
+
+
+def test_features_first_built_in_inference_mode_still_differentiate() -> None:
+    """Detector.predict (inference mode) and then the adaptive attack (autograd) in one process: the per-width tensors
+    cached by the first call must serve the second. Widths used by no other test, so this one makes the first call."""
+    g = torch.Generator().manual_seed(2)
+    freq = [torch.rand(2, c, generator=g) for c in (3, 7, 5)]
+    with torch.inference_mode():
+        path_features([torch.rand(4, c, generator=g) > 0.5 for c in (3, 7, 5)], torch.tensor([0, 1, 1, 0]), freq)
+    v = [torch.rand(4, c, generator=g).requires_grad_(True) for c in (3, 7, 5)]
+    path_features(v, torch.tensor([0, 1, 1, 0]), freq).sum().backward()
+    assert all(vl.grad is not None for vl in v)
 
 
 def test_path_likelihoods_exact_on_a_hand_built_case() -> None:
@@ -287,9 +309,9 @@ def test_scorer_ranks_separable_data(trees: bool) -> None:
     assert x.grad.abs().sum() > 0
 
 
-def test_tree_ensemble_in_torch_equals_sklearn() -> None:
-    """The exported trees reach scikit-learn's leaves: the same log-odds up to summation order (a wrong leaf is off by
-    >= 1e-3), including ties at split thresholds (the integer column)."""
+def test_tree_ensemble_walk_equals_sklearn() -> None:
+    """The exported trees, walked by the compiled kernel, reach scikit-learn's leaves: the same log-odds up to summation
+    order (a wrong leaf is off by >= 1e-3), including ties at split thresholds (the integer column)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from detector.scoring import TreeEnsemble
@@ -307,6 +329,9 @@ def test_tree_ensemble_in_torch_equals_sklearn() -> None:
     torch.testing.assert_close(ens.raw(probe), want, rtol=0, atol=1e-12)
     assert torch.equal(TreeEnsemble.from_tensors(ens.tensors()).raw(probe), ens.raw(probe))
     assert torch.equal(ens.raw(probe[:1]), ens.raw(probe)[:1])  # batched == unbatched
+    assert ens.raw(probe[:0]).shape == (0, 2)
+    with pytest.raises(ValueError, match=r"expected \(N, F\) path features with F > 7 .* found shape \(350, 5\)"):
+        ens.raw(probe[:, :5])  # too few columns would read past each row: refused, not walked
     # files from before session 12: one model, no group tensor
     one = TreeEnsemble.from_sklearn([clf]).tensors()
     del one["scorer.trees.group"]
