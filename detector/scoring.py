@@ -28,6 +28,12 @@ def _layer_sums(widths: tuple[int, ...]) -> Tensor:
         return torch.block_diag(*[torch.ones(w, 1) for w in widths])
 
 
+def _concat(z: list[Tensor]) -> Tensor:
+    """Paths L x (N, C_l), bool or float -> (N, sum C_l) float (bool: one cat, then one conversion)."""
+    zc = torch.cat(z, 1)
+    return zc if zc.is_floating_point() else zc.float()
+
+
 def _distances(zc: Tensor, ref: Tensor, widths: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Concatenated paths zc (N, sum C_l) and reference signatures ref (N, sum C_l), float -> (hamming, jaccard), each
     (N, L). Binary inputs: the sums are exact integer counts (<= 64, exact in float32), so every figure is exact."""
@@ -45,7 +51,7 @@ def path_distances(z: list[Tensor], labels: Tensor, signatures: list[Tensor]) ->
     Returns (hamming, jaccard), each (N, L): Hamming = share of the layer's filters whose state differs;
     Jaccard = 1 - |z AND s| / |z OR s| (0 when both are empty). z bool gives exact figures; z soft (float in [0, 1],
     the adaptive attack's SemHash v1 or straight-through z) gives their differentiable extension, equal on binary z."""
-    zc = torch.cat([zl if zl.is_floating_point() else zl.float() for zl in z], 1)
+    zc = _concat(z)
     ref = torch.cat(signatures, 1)[labels].to(zc.dtype)
     return _distances(zc, ref, tuple(zl.shape[1] for zl in z))
 
@@ -117,7 +123,7 @@ def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signature
     All layers at once on the concatenated path (~35 ops whatever L: per layer, one image cost 0.8 ms in ~200 ops)."""
     sig = [f >= 0.5 for f in freq] if signatures is None else signatures
     nb = PathLikelihood.from_freq(freq) if likelihood is None else likelihood
-    zc = torch.cat([zl if zl.is_floating_point() else zl.float() for zl in z], 1)  # (N, sum C_l)
+    zc = _concat(z)  # (N, sum C_l)
     labels = labels.to(zc.device)
     ham, jac = _distances(zc, torch.cat(sig, 1)[labels].to(zc.dtype), tuple(zl.shape[1] for zl in z))
     dev = zc - torch.cat(freq, 1).to(zc)[labels]

@@ -63,6 +63,12 @@ def test_predict_outputs_and_batched_equals_unbatched(bundle: Path) -> None:
     assert torch.equal(a.labels, b.labels) and torch.allclose(a.scores, b.scores, atol=1e-5)
     assert all(torch.equal(p, q) for p, q in zip(a.paths, b.paths))
     assert torch.equal(a.labels, det.model(x).argmax(1))  # det.model is the plain classifier
+    # predict runs in eval mode whatever mode a caller left the model or one of its gates in (noise-free, exact z)
+    for part in (det.model, next(m for m in det.model.modules() if "Gate" in type(m).__name__)):
+        part.train()
+        c = det.predict(x)
+        assert not any(m.training for m in det.model.modules())
+        assert torch.equal(c.scores, a.scores) and all(torch.equal(p, q) for p, q in zip(c.paths, a.paths))
 
 
 def test_training_images_get_their_own_attack_list(bundle: Path, data: Path, tmp_path: Path) -> None:
