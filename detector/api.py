@@ -75,6 +75,8 @@ class Detector:
         self.classes = list(model.cfg.classes)
         self.weights_sha256 = profiles.meta["model_weights_sha256"]
         self.device = next(model.parameters()).device
+        if profiles.scorer.trees is not None:
+            profiles.scorer.trees.compile()  # at load (the service's readiness), not in the first request
         self._modules = list(model.modules())  # predict checks their modes: model.eval() itself costs ~0.3 ms a call
         self._traced: torch.jit.ScriptModule | None = None
 

@@ -208,6 +208,11 @@ class TreeEnsemble:
         return (c(self.feature, np.int32), c(self.threshold, np.float32), c(self.left, np.int32),
                 c(self.value, np.float64), c(self.group, np.int64))
 
+    def compile(self) -> "TreeEnsemble":
+        """Compile the walk now (numba import + compilation, ~1 s once per process) instead of at the first score."""
+        _walk_kernel()
+        return self
+
     def raw(self, features: Tensor) -> Tensor:
         """(N, F) -> (N, K) float64 log-odds, on the features' device (walked on the CPU: the features are ~4 KB per
         image). Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
