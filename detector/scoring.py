@@ -132,12 +132,12 @@ def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signature
 
 @functools.cache
 def _walk_kernel() -> Any:
-    """The tree walk, compiled by numba for one signature when first needed (~0.7 s, once per process; importing this
-    module does no work). Why not torch ops: a level-by-level walk in torch is ~180 small ops per batch, 6.5-7 ms for
-    256 images on 2 threads here, and a slow mode of those ops (18-22 ms, in some processes and stretches, not of the
-    forward pass) made the <= 10% scoring target a coin toss (README, Benchmarks). This loop is one pass per (image,
-    tree), ~4.5 ms for the same batch in either mode on one thread, 40 us for one image (torch: ~480 us).
-    nogil: the service's event loop keeps running while a batch is scored."""
+    """The tree walk, compiled by numba for one signature on the first call (~1 s with the import, once per process;
+    `load_detector` makes that call, importing this module does not). Why not torch ops: a level-by-level walk in
+    torch is ~180 small ops per batch, 6.6-7 ms for 256 images on 2 threads here, and a slow mode of those ops
+    (18-23 ms, in some processes and stretches, not of the forward pass) made the <= 10% scoring target a coin toss
+    (README, Benchmarks). This loop is one pass per (image, tree) on one thread: 4.8-5.0 ms for the same batch in
+    every run, 0.08 ms for one image (torch: 0.7-0.85 ms). nogil: the service's event loop runs on meanwhile."""
     import numba
 
     @numba.njit("void(float32[:, ::1], int32[:, ::1], float32[:, ::1], int32[:, ::1], float64[:, ::1], int64[::1], "
@@ -217,9 +217,10 @@ class TreeEnsemble:
         """(N, F) -> (N, K) float64 log-odds, on the features' device (walked on the CPU: the features are ~4 KB per
         image). Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
         x = np.ascontiguousarray(features.detach().float().cpu().numpy())
-        if x.ndim != 2 or (len(self.feature) and x.shape[1] <= int(self.feature.max())):
-            raise ValueError(f"expected (N, F) path features with F > {int(self.feature.max()) if len(self.feature) else 0}"
-                             f" (the trees' largest feature index), found shape {tuple(x.shape)}")
+        top = int(self._arrays[0].max(initial=0))  # the kernel does not bounds-check: too few columns are refused
+        if x.ndim != 2 or x.shape[1] <= top:
+            raise ValueError(f"expected (N, F) path features with F > {top} (the trees' largest feature index), "
+                             f"found shape {tuple(x.shape)}")
         out = np.tile(self.baseline.detach().cpu().numpy().astype(np.float64), (len(x), 1))  # (N, K)
         _walk_kernel()(x, *self._arrays, out)
         return torch.from_numpy(out).to(features.device)
