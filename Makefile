@@ -37,20 +37,27 @@ test: $(VENV_OK)
 test-all: $(VENV_OK) data
 	$(PY) -m pytest -q -m ''
 
+# The pipeline's four steps, shared by the shipped targets and `make candidate` ($(1) = bundle or report dir).
+DND := .venv/bin/dnd
+train_dense     = $(DND) train --data $(DATA) --out $(1) $(2) --device $(DEVICE) --resume
+train_decoupled = $(DND) train --data $(DATA) --out $(1) --decouple --init $(2) $(3) --device $(DEVICE) --resume
+profile         = $(DND) profiles --model $(1) --data $(DATA) --device $(DEVICE)
+evaluate_to     = $(DND) evaluate --model $(1) --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out $(2) --device $(DEVICE)
+
 # The shipped bundles, exactly as they were produced (≈ 2.7 h + 75 min on 2 CPU cores).
 train-dense: $(VENV_OK) data
-	.venv/bin/dnd train --data $(DATA) --out models/resnet20-dense --device $(DEVICE) --resume
+	$(call train_dense,models/resnet20-dense)
 train-decoupled: $(VENV_OK) data
-	.venv/bin/dnd train --data $(DATA) --out models/resnet20-decoupled --decouple --init models/resnet20-dense --device $(DEVICE) --resume
+	$(call train_decoupled,models/resnet20-decoupled,models/resnet20-dense)
 stats: $(VENV_OK) data
-	.venv/bin/dnd stats --model models/resnet20-dense --data $(DATA)
-	.venv/bin/dnd stats --model models/resnet20-decoupled --data $(DATA)
+	$(DND) stats --model models/resnet20-dense --data $(DATA)
+	$(DND) stats --model models/resnet20-decoupled --data $(DATA)
 
 # Detector: profiles + calibrated scorer into the bundle, then the full evaluation report.
 profiles: $(VENV_OK) data
-	.venv/bin/dnd profiles --model models/resnet20-decoupled --data $(DATA) --device $(DEVICE)
+	$(call profile,models/resnet20-decoupled)
 evaluate: $(VENV_OK) data
-	.venv/bin/dnd evaluate --model models/resnet20-decoupled --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out reports/evaluation --device $(DEVICE)
+	$(call evaluate_to,models/resnet20-decoupled,reports/evaluation)
 
 # A candidate pair under runs/ (never shipped by this target): the same steps as train-dense ... evaluate, each
 # resumable, and a re-run skips the finished ones, so a long run survives interruptions. NAME names it;
@@ -61,15 +68,15 @@ candidate: $(VENV_OK) data
 	@test -n "$(NAME)" || { echo "make candidate: set NAME= (the run goes to runs/NAME-*)"; exit 2; }
 	$(MAKE) --no-print-directory $(CAND)-evaluation/report.json
 $(CAND)-dense/metrics.json:
-	.venv/bin/dnd train --data $(DATA) --out $(CAND)-dense $(DENSE_FLAGS) --device $(DEVICE) --resume
-	.venv/bin/dnd stats --model $(CAND)-dense --data $(DATA)
+	$(call train_dense,$(CAND)-dense,$(DENSE_FLAGS))
+	$(DND) stats --model $(CAND)-dense --data $(DATA)
 $(CAND)-decoupled/metrics.json: $(CAND)-dense/metrics.json
-	.venv/bin/dnd train --data $(DATA) --out $(CAND)-decoupled --decouple --init $(CAND)-dense $(DECOUPLED_FLAGS) --device $(DEVICE) --resume
-	.venv/bin/dnd stats --model $(CAND)-decoupled --data $(DATA)
+	$(call train_decoupled,$(CAND)-decoupled,$(CAND)-dense,$(DECOUPLED_FLAGS))
+	$(DND) stats --model $(CAND)-decoupled --data $(DATA)
 $(CAND)-decoupled/profiles.safetensors: $(CAND)-decoupled/metrics.json
-	.venv/bin/dnd profiles --model $(CAND)-decoupled --data $(DATA) --device $(DEVICE)
+	$(call profile,$(CAND)-decoupled)
 $(CAND)-evaluation/report.json: $(CAND)-decoupled/profiles.safetensors
-	.venv/bin/dnd evaluate --model $(CAND)-decoupled --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out $(CAND)-evaluation --device $(DEVICE)
+	$(call evaluate_to,$(CAND)-decoupled,$(CAND)-evaluation)
 
 bench: $(VENV_OK)
 	$(PY) bench/train_epoch.py
