@@ -208,6 +208,14 @@ class TreeEnsemble:
         return (c(self.feature, np.int32), c(self.threshold, np.float32), c(self.left, np.int32),
                 c(self.value, np.float64), c(self.group, np.int64))
 
+    @functools.cached_property
+    def _max_feature(self) -> int:
+        return int(self._arrays[0].max(initial=0))
+
+    @functools.cached_property
+    def _baseline(self) -> np.ndarray:
+        return self.baseline.detach().cpu().numpy().astype(np.float64)
+
     def compile(self) -> "TreeEnsemble":
         """Compile the walk now (numba import + compilation, ~1 s once per process) instead of at the first score."""
         _walk_kernel()
@@ -217,11 +225,11 @@ class TreeEnsemble:
         """(N, F) -> (N, K) float64 log-odds, on the features' device (walked on the CPU: the features are ~4 KB per
         image). Piecewise constant: no useful gradient (see PathScorer.surrogate)."""
         x = np.ascontiguousarray(features.detach().float().cpu().numpy())
-        top = int(self._arrays[0].max(initial=0))  # the kernel does not bounds-check: too few columns are refused
+        top = self._max_feature  # the kernel does not bounds-check: too few columns are refused
         if x.ndim != 2 or x.shape[1] <= top:
             raise ValueError(f"expected (N, F) path features with F > {top} (the trees' largest feature index), "
                              f"found shape {tuple(x.shape)}")
-        out = np.tile(self.baseline.detach().cpu().numpy().astype(np.float64), (len(x), 1))  # (N, K)
+        out = np.tile(self._baseline, (len(x), 1))  # (N, K)
         _walk_kernel()(x, *self._arrays, out)
         return torch.from_numpy(out).to(features.device)
 
