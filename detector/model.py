@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,60 @@ from .config import ModelConfig
 from .gates import Gate, semhash
 
 INPUT_HW = 32  # CIFAR resolution; MAC counts assume it.
+
+
+class _SpatialMean(torch.autograd.Function):
+    """x.mean(dim=(2, 3)) whose backward returns the gradient as a broadcast view, (N, C, 1, 1) expanded to x's shape.
+
+    Autograd's own mean backward writes a new NCHW-contiguous (N, C, H, W) tensor; in this channels_last network it
+    then meets channels_last gradients in mixed-layout adds and ReLU backwards, which run several times slower than
+    same-layout ones. The decoupled network pools 37 activations per forward (gate inputs, KL energies), so this cost
+    it ~20% of a training step (bench/train_epoch.py; measured 315 -> 253 ms per step of 128 on 2 cores)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.hw = x.shape[2] * x.shape[3]
+        ctx.shape = x.shape
+        return x.mean(dim=(2, 3))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return (grad / ctx.hw)[:, :, None, None].expand(ctx.shape)
+
+
+def spatial_mean(x: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, C). With autograd recording, through _SpatialMean (same values, same gradient, layout-friendly
+    backward); otherwise the plain op (a Python autograd Function costs ~10 us per call, felt at batch 1)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SpatialMean.apply(x)
+    return x.mean(dim=(2, 3))
+
+
+class _OptionAShortcut(torch.autograd.Function):
+    """The option-A shortcut: x (N, C, H, W) subsampled by `stride` and zero-padded to lo + C + hi channels. Its backward
+    writes the gradient in x's own layout; autograd's (pad, then strided slice backward) returned NCHW, which met the
+    channels_last gradients in mixed-layout ops (~3% of a training step, dense and decoupled alike, measured)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, stride: int, lo: int, hi: int) -> Tensor:
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx.shape, ctx.stride, ctx.lo = x.shape, stride, lo
+        ctx.layout = torch.channels_last if cl else torch.contiguous_format
+        return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, lo, hi))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
+        s, lo, c = ctx.stride, ctx.lo, ctx.shape[1]
+        gx = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.layout).zero_()
+        gx[:, :, ::s, ::s] = grad[:, lo:lo + c]
+        return gx, None, None, None
+
+
+def option_a_shortcut(x: Tensor, stride: int, lo: int, hi: int) -> Tensor:
+    """(N, C, H, W) -> (N, lo + C + hi, H / stride, W / stride); see _OptionAShortcut (used only when autograd records)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _OptionAShortcut.apply(x, stride, lo, hi)
+    return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, lo, hi))
 
 
 @dataclass
@@ -53,15 +108,15 @@ class ConvUnit(nn.Module):
         a = F.relu(y) if self.relu else y
         if self.gate is None:
             return a, None
-        s = self.gate(x.mean(dim=(2, 3)) if x_pooled is None else x_pooled)
+        s = self.gate(spatial_mean(x) if x_pooled is None else x_pooled)
         z = semhash(s, self.noise_std, self.training, self.p_hard, self.straight_through)
         # mean(relu(y) * z) == mean(relu(y)) * z as z is constant per channel: the next gate's input, for free
-        a_pooled = a.mean(dim=(2, 3)) if self.relu else None
+        a_pooled = spatial_mean(a) if self.relu else None
         if rec is not None:
             rec.s.append(s)
             rec.z.append(z)
             if rec.energy is not None:
-                rec.energy.append(a_pooled if a_pooled is not None else F.relu(y).mean(dim=(2, 3)))
+                rec.energy.append(a_pooled if a_pooled is not None else spatial_mean(F.relu(y)))
         return a * z[:, :, None, None], (a_pooled * z if a_pooled is not None else None)
 
 
@@ -78,7 +133,7 @@ class BasicBlock(nn.Module):
         h, _ = self.unit2(h, rec, h_pooled)
         sc = x
         if self.stride != 1 or self.pad:
-            sc = F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            sc = option_a_shortcut(x, self.stride, self.pad // 2, self.pad - self.pad // 2)
         return F.relu(h + sc)
 
 
@@ -128,7 +183,7 @@ class CifarResNet(nn.Module):
         h = self.stem((x - self.mean) / self.std)
         for b in self.blocks:
             h = b(h, rec)
-        feats = h.mean(dim=(2, 3))
+        feats = spatial_mean(h)
         return self.fc(feats), feats
 
     def forward(self, x: Tensor) -> Tensor:

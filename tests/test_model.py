@@ -157,3 +157,57 @@ def test_reused_pooled_input_equals_pooling_the_real_input() -> None:
         h.remove()
     for k, (unit, x) in enumerate(seen):
         torch.testing.assert_close(unit.gate(x.mean(dim=(2, 3))), out.s[2 * k + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_spatial_mean_matches_mean_and_keeps_the_gradient_layout() -> None:
+    import detector.model as dm
+
+    torch.manual_seed(0)
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(4, 6, 8, 8).contiguous(memory_format=fmt).requires_grad_()
+        w = torch.randn(4, 6)
+        ours, ref = dm.spatial_mean(x), x.mean(dim=(2, 3))
+        assert torch.equal(ours, ref) and ours.grad_fn is not ref.grad_fn
+        g_ours, = torch.autograd.grad((ours * w).sum(), x)
+        g_ref, = torch.autograd.grad((ref * w).sum(), x)
+        assert torch.equal(g_ours, g_ref)
+        assert g_ours.stride()[2:] == (0, 0)  # a broadcast view, not a new (N, C, H, W) tensor in another layout
+    with torch.no_grad():  # no autograd: the plain op
+        assert dm.spatial_mean(x).grad_fn is None
+
+
+def test_option_a_shortcut_matches_pad_of_subsample_in_value_gradient_and_layout() -> None:
+    import detector.model as dm
+
+    torch.manual_seed(0)
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(3, 4, 8, 8).contiguous(memory_format=fmt).requires_grad_()
+        g = torch.randn(3, 8, 4, 4)
+        ref = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 1, 3))  # uneven channel padding, to catch a swapped lo / hi
+        ours = dm.option_a_shortcut(x, 2, 1, 3)
+        assert torch.equal(ours, ref)
+        g_ours, = torch.autograd.grad((ours * g).sum(), x)
+        g_ref, = torch.autograd.grad((ref * g).sum(), x)
+        assert torch.equal(g_ours, g_ref) and g_ours.is_contiguous(memory_format=fmt)
+
+
+def test_training_gradients_equal_those_through_plain_mean(monkeypatch) -> None:  # noqa: ANN001
+    # The layout-friendly mean changes how gradients are stored, not their values: a decoupled training step's
+    # gradients equal those with autograd's own mean backward.
+    import detector.model as dm
+
+    grads = []
+    for plain in (False, True):
+        if plain:
+            monkeypatch.setattr(dm, "spatial_mean", lambda t: t.mean(dim=(2, 3)))
+        m = _decoupled().train().to(memory_format=torch.channels_last)
+        loss_mod = DecouplingLoss([u.cout for u in m.units()], 10)
+        torch.manual_seed(1)
+        x = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (8,))
+        out = m.forward_paths(x, energy=True)
+        terms = loss_mod(out, y)
+        (F.cross_entropy(out.logits, y) + terms["mi"] + terms["kl"] + terms["l1"]).backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
