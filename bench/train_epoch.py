@@ -2,12 +2,13 @@
 
 Times the real optimisation step (training.train.train_step: forward with paths, all loss terms, backward,
 SGD + Adam) on the same batches, alternating dense and decoupled rounds so machine noise hits both alike.
-Four setups: dense; decoupled without distillation; decoupled with distillation from a dense teacher (one extra
-no-grad teacher forward per step), i.e. the recipe `dnd train --decouple` runs when lambda_kd > 0 (the default); and
+Five setups: dense; decoupled without distillation; decoupled with distillation from a dense teacher (one extra
+no-grad teacher forward per step, under bf16 autocast), i.e. the recipe `dnd train --decouple` runs by default; the
+same with the teacher in float32 (--no-kd-teacher-bf16, the recipe before session 17, the shipped bundle's); and
 offline distillation (--kd-offline: precomputed teacher logits; its one-off teacher pass over 2 x 50,000 images is
 timed separately and spread over a --kd-epochs fine-tune in the amortised ratio).
 Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratios (target <= 1.5x).
---compile adds the same four setups with the forward + losses through torch.compile (`dnd train --compile`),
+--compile adds the same five setups with the forward + losses through torch.compile (`dnd train --compile`),
 timed in the same alternating rounds; their ratios are taken against the faster dense step.
 --count-ops also prints the operators dispatched per step: on a GPU each is a kernel launch of ~5-25 us host
 time, so a step made of many tiny ops is bound by the host, not the GPU (measured on an H200: dense 9.3 ms/step,
@@ -26,7 +27,7 @@ from detector.losses import DecouplingLoss
 from detector.model import build_model
 from detector.stats import dense_macs
 from training.config import make_config
-from training.train import compiled_step_loss, make_optimizers, step_loss, train_step
+from training.train import compiled_step_loss, make_optimizers, step_loss, teacher_forward, train_step
 
 
 def main() -> None:
@@ -55,8 +56,10 @@ def main() -> None:
     setups = {}
     for suffix, loss_fn in modes:  # with --compile every setup runs eager and compiled, side by side
         for name, decouple, kd in (("dense", False, 0.0), ("decoupled", True, 0.0), ("decoupled+kd", True, a.lambda_kd),
+                                   ("decoupled+kd fp32-teacher", True, a.lambda_kd),
                                    ("decoupled+kd-offline", True, a.lambda_kd)):
-            cfg = make_config(decouple, {"batch_size": a.batch_size, "lambda_kd": kd, "kd_offline": "offline" in name})
+            cfg = make_config(decouple, {"batch_size": a.batch_size, "lambda_kd": kd, "kd_offline": "offline" in name,
+                                         **({"kd_teacher_bf16": False} if "fp32" in name else {})})
             model = build_model(ModelConfig(decoupled=decouple)).to(dev, memory_format=torch.channels_last).train()
             loss = DecouplingLoss([u.cout for u in model.units()], 10).to(dev) if decouple else None
             # offline: the step reads precomputed teacher logits (B, K); their one-off cost is timed below
@@ -90,7 +93,7 @@ def main() -> None:
         for _ in range(4):  # the first is a warm-up
             sync()
             t0 = time.perf_counter()
-            teacher(x)
+            teacher_forward(teacher, x, make_config(True, {}).kd_teacher_bf16)
             sync()
             fwds.append(time.perf_counter() - t0)
     fwd = min(fwds[1:])
@@ -98,11 +101,12 @@ def main() -> None:
     med["decoupled+kd-offline (amortised)"] = med["decoupled+kd-offline"] + once / a.kd_epochs / (50_000 / a.batch_size)
     print(f"kd-offline teacher logits, once per run: ~{once:.1f} s; over a {a.kd_epochs}-epoch fine-tune "
           f"~{once / a.kd_epochs:.1f} s per epoch (included in the amortised ratio)")
-    for k in ("decoupled", "decoupled+kd", "decoupled+kd-offline (amortised)"):
+    for k in ("decoupled", "decoupled+kd", "decoupled+kd fp32-teacher", "decoupled+kd-offline (amortised)"):
         print(f"{k + ' / dense':45s} training cost: {med[k] / med['dense']:.2f}x (target <= 1.5x)")
     if a.compile:  # against the faster of the two dense steps, so compilation cannot flatter the ratio
         best_dense = min(med["dense"], med["dense compiled"])
-        for k in ("decoupled compiled", "decoupled+kd compiled", "decoupled+kd-offline compiled"):
+        for k in ("decoupled compiled", "decoupled+kd compiled", "decoupled+kd fp32-teacher compiled",
+                  "decoupled+kd-offline compiled"):
             print(f"{k + ' / best dense':45s} training cost: {med[k] / best_dense:.2f}x (target <= 1.5x)")
     if a.count_ops:
         from torch.profiler import profile

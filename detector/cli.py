@@ -6,6 +6,10 @@ import json
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 # Training images added to the `path` scorer's fit data by `dnd profiles` (attacked like the calibration images).
 # Measured on the shipped bundle, on the calibration half's threshold part (scripts/scorer_train_study.py): the trees'
@@ -50,12 +54,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             hp.add_argument(flag, type=type(f.default), default=None, dest=f"hp_{f.name}")
 
 
-def _cmd_train(a: argparse.Namespace) -> None:
+def train_config(a: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig a parsed `dnd train` command line asks for: the defaults plus its hyper-parameter flags."""
     from training.config import make_config
+
+    return make_config(a.decouple, {k[3:]: v for k, v in vars(a).items() if k.startswith("hp_") and v is not None})
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
     from training.train import train
 
-    overrides = {k[3:]: v for k, v in vars(a).items() if k.startswith("hp_") and v is not None}
-    train(a.data, a.out, make_config(a.decouple, overrides), decouple=a.decouple, init=a.init,
+    train(a.data, a.out, train_config(a), decouple=a.decouple, init=a.init,
           resume=a.resume, device=a.device, compile_step=a.compile)
 
 

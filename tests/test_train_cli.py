@@ -1,5 +1,8 @@
 """`dnd train` / `dnd stats` end to end on a tiny generated image folder (a few hundred images)."""
 import json
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -95,10 +98,30 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
     assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
                  "--epochs", "1", *TINY]) == 0  # distillation is on by default for --decouple
     hist = json.loads((out / "train_history.json").read_text())
-    assert hist[0]["train_kd"] > 0 and json.loads((out / "config.json").read_text())["train"]["lambda_kd"] == 1.0
+    recorded = json.loads((out / "config.json").read_text())["train"]
+    assert hist[0]["train_kd"] > 0 and recorded["lambda_kd"] == 1.0 and recorded["kd_teacher_bf16"] is True
     from training.config import make_config
 
     assert make_config(False, {}).lambda_kd == 0.0  # a dense run from scratch has no teacher
+
+
+def test_bf16_teacher_gives_float32_logits_close_to_fp32() -> None:
+    from detector.config import ModelConfig
+    from detector.model import build_model
+    from training.train import teacher_forward, teacher_logits
+
+    torch.manual_seed(0)
+    teacher, x = build_model(ModelConfig()).eval().requires_grad_(False), torch.rand(16, 3, 32, 32)
+    with torch.no_grad():
+        ref, low = teacher_forward(teacher, x, bf16=False), teacher_forward(teacher, x, bf16=True)
+    assert low.dtype == torch.float32 and low.shape == ref.shape == (16, 10)
+    # bf16 keeps 8 mantissa bits: close to fp32, and not bit-identical (the autocast really ran)
+    assert not torch.equal(low, ref) and torch.allclose(low, ref, atol=0.05 * float(ref.abs().max()))
+    t = teacher_logits(teacher, x, bf16=True, batch_size=5)
+    cl = x.contiguous(memory_format=torch.channels_last)  # as teacher_logits feeds it
+    with torch.no_grad():
+        expect = torch.cat([teacher_forward(teacher, cl[i:i + 5], True) for i in range(0, 16, 5)])
+    assert t.dtype == torch.float32 and torch.equal(t[0], expect)
 
 
 def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
@@ -159,6 +182,32 @@ def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pyte
     assert main(["train", "--data", str(data), "--out", str(straight), "--epochs", "2", *TINY]) == 0
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_checkpoint_from_before_a_setting_existed_resumes_at_its_old_behaviour(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # A run checkpointed before `kd_teacher_bf16` existed has no such key; it resumes as what it was (the class
+    # default, fp32), and is refused if the resuming command asks for the other value.
+    import training.train as tr
+
+    out, real_save = tmp_path / "old", tr.save_checkpoint
+
+    def crash_after_first(ckpt_dir, modules, opt, meta):  # noqa: ANN001
+        real_save(ckpt_dir, modules, opt, meta)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", *TINY])
+    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    meta_path = out / "checkpoint" / "state.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["train"]["kd_teacher_bf16"]
+    meta_path.write_text(json.dumps(meta))
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--resume", *TINY]
+    assert main([*args, "--kd-teacher-bf16"]) == 2 and "other settings" in capsys.readouterr().err
+    assert main(args) == 0
+    assert [h["epoch"] for h in json.loads((out / "train_history.json").read_text())] == [1, 2]
 
 
 def test_resume_with_other_settings_is_refused(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -242,11 +291,18 @@ def test_compiled_step_matches_eager() -> None:
         torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, decouple", [("resnet20-dense", False), ("resnet20-decoupled", True)])
-def test_defaults_are_the_shipped_recipes(name: str, decouple: bool) -> None:
-    # `make train-dense` / `make train-decoupled` pass no hyper-parameter flags, so the defaults must be what the
-    # shipped bundles recorded in config.json, or those targets would not reproduce them.
-    from training.config import make_config
+@pytest.mark.parametrize("name, target", [("resnet20-dense", "train-dense"), ("resnet20-decoupled", "train-decoupled")])
+def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str) -> None:
+    # `make train-dense` / `make train-decoupled` must ask for exactly the settings the shipped bundles recorded in
+    # config.json (fields added since then count at their class defaults: training.config.saved_config), or those
+    # targets would not reproduce them. The command is the one make would run, parsed by dnd's own parser.
+    from detector.cli import build_parser, train_config
+    from training.config import saved_config
 
-    recorded = json.loads((Path(__file__).parents[1] / "models" / name / "config.json").read_text())["train"]
-    assert make_config(decouple, {}).to_dict() == recorded
+    root = Path(__file__).parents[1]
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "-s", target], cwd=root, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith(".venv/bin/dnd train "))
+    recorded = json.loads((root / "models" / name / "config.json").read_text())["train"]
+    assert train_config(build_parser().parse_args(shlex.split(line)[1:])).to_dict() == saved_config(recorded)

@@ -25,7 +25,7 @@ from detector.model import CifarResNet, build_model
 from detector.stats import collect_paths, dense_macs, filter_states, macs_per_sample
 
 from .checkpoint import META, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, saved_config
 
 HISTORY = "train_history.json"
 
@@ -51,16 +51,28 @@ def augment(xb: torch.Tensor, ij: torch.Tensor, flip: torch.Tensor) -> torch.Ten
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def teacher_forward(teacher: CifarResNet, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The distillation teacher's logits (B, K), float32. bf16: the forward runs under bfloat16 autocast (convs and
+    the FC in bf16). Measured with the shipped bundles (bench/teacher_precision.py, 5,000 augmented training views,
+    T = 4): 1.83x faster on these 2 CPU cores (AVX512-BF16); top-1 agreement 99.96%; the soft targets move by L1 5.2e-3
+    on average, 2.2% of the distillation signal |p_s - p_t|, and KL(fp32 || bf16) = 3.6e-5 against the fine-tune's
+    final KL of ~0.07. Callers hold no_grad."""
+    if not bf16:
+        return teacher(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        return teacher(x).float()
+
+
 @torch.no_grad()  # not inference_mode: the logits are a target inside the autograd graph of every step
-def teacher_logits(teacher: CifarResNet, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def teacher_logits(teacher: CifarResNet, x: torch.Tensor, bf16: bool = False, batch_size: int = 1000) -> torch.Tensor:
     """The teacher's logits for each image and for its mirror image, (2, N, K) on x's device: the targets of
     offline distillation (kd_offline), computed once per run instead of a teacher forward every step."""
     teacher.eval()
     plain, mirrored = [], []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
-        plain.append(teacher(xb.contiguous(memory_format=torch.channels_last)).float())
-        mirrored.append(teacher(xb.flip(3).contiguous(memory_format=torch.channels_last)).float())
+        plain.append(teacher_forward(teacher, xb.contiguous(memory_format=torch.channels_last), bf16).float())
+        mirrored.append(teacher_forward(teacher, xb.flip(3).contiguous(memory_format=torch.channels_last), bf16).float())
     return torch.stack([torch.cat(plain), torch.cat(mirrored)])
 
 
@@ -105,7 +117,7 @@ def step_loss(model: CifarResNet, loss_mod: DecouplingLoss | None, xb: torch.Ten
             t_logits = teacher
         else:
             with torch.no_grad():
-                t_logits = teacher(xb)
+                t_logits = teacher_forward(teacher, xb, cfg.kd_teacher_bf16)
         kd = distill_loss(res.logits, t_logits, cfg.kd_temperature)
         loss = loss + cfg.lambda_kd * kd
         terms["kd"] = kd.detach()
@@ -206,7 +218,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         teacher = src.to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
         if cfg.kd_offline:
             t0 = time.perf_counter()
-            t_logits = teacher_logits(teacher, x_train)  # (2, N, K): [plain, mirrored]
+            t_logits = teacher_logits(teacher, x_train, cfg.kd_teacher_bf16)  # (2, N, K): [plain, mirrored]
             print(f"offline distillation: teacher logits of {len(y_train)} images and their mirrors in "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
     optimizers = make_optimizers(model, loss_mod, cfg)
@@ -221,7 +233,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     if resume and (ckpt_dir / META).exists():
         meta = load_checkpoint(ckpt_dir, modules, optimizers, dev)
         same = json.loads(json.dumps({"train": cfg.to_dict(), "model": model_cfg.to_dict()}))  # tuples -> lists
-        if {"train": meta["train"], "model": meta["model"]} != same:
+        if {"train": saved_config(meta["train"]), "model": meta["model"]} != same:
             raise ValueError(f"{ckpt_dir} was written with other settings; resume with the same flags "
                              f"(checkpoint: {meta['train']})")
         start_epoch, history = meta["epoch"] + 1, meta["history"]
