@@ -25,8 +25,11 @@ def test_round_trip_gives_identical_logits_and_paths(tmp_path: Path) -> None:
     m = _model()
     save_bundle(m, tmp_path / "b", {"seed": 7})
     loaded = load_model(tmp_path / "b")
+    ref = m.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in loaded.state_dict().items())  # every tensor back exactly
+    assert loaded.stem[0].weight.is_contiguous(memory_format=torch.channels_last)  # the layout it loads in
     x = torch.rand(10, 3, 32, 32)
-    a, b = m.forward_paths(x), loaded.forward_paths(x)
+    a, b = m.to(memory_format=torch.channels_last).forward_paths(x), loaded.forward_paths(x)  # same layout: same maths
     assert torch.equal(a.logits, b.logits) and all(torch.equal(p, q) for p, q in zip(a.z, b.z))
     cfg = read_config(tmp_path / "b")
     assert cfg["seed"] == 7 and cfg["model"]["decoupled"] is True and "torch" in cfg["libraries"]
