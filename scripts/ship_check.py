@@ -1,0 +1,62 @@
+"""Does a `make candidate NAME=X` pair beat the shipped one by the rule written down before its report was read?
+
+Rule (session 14, with the dense floor added in session 16), candidate against the shipped bundles and report:
+  1. `path` AUROC >= 0.90 on FGSM and on PGD (the issue's floor);
+  2. the mean `path` AUROC over the four attacks falls by no more than 0.01;
+  3. the fine-tune is within 1.0 point of its own dense bundle;
+  4. the dense bundle reaches 88.5% (the target the candidate exists for).
+`python scripts/ship_check.py b256-e200` reads runs/X-dense/metrics.json, runs/X-decoupled/metrics.json and
+runs/X-evaluation/report.json next to models/*/metrics.json and reports/evaluation/report.json; prints each figure and
+each rule, and exits 0 only if every rule holds (1 otherwise, 2 if a file is missing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ATTACKS = ("fgsm", "pgd", "cw", "deepfool")
+
+
+def load(path: Path) -> dict:
+    if not path.is_file():
+        print(f"missing {path}: run the candidate to the end first (make candidate NAME=...)", file=sys.stderr)
+        sys.exit(2)
+    return json.loads(path.read_text())
+
+
+def figures(dense: Path, decoupled: Path, report: Path) -> dict[str, float]:
+    d, f, r = load(dense / "metrics.json"), load(decoupled / "metrics.json"), load(report / "report.json")
+    out = {"dense": d["test_accuracy"], "decoupled": f["test_accuracy"], "flops": f["flops_ratio"]}
+    out |= {a: r["attacks"][a]["detectors"]["path"]["auroc"] for a in ATTACKS}
+    out["mean"] = sum(out[a] for a in ATTACKS) / len(ATTACKS)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", help="the candidate's NAME (runs/NAME-dense, -decoupled, -evaluation)")
+    ap.add_argument("--root", default=".", help="repository root")
+    a = ap.parse_args()
+    root = Path(a.root)
+    cand = figures(root / "runs" / f"{a.name}-dense", root / "runs" / f"{a.name}-decoupled",
+                   root / "runs" / f"{a.name}-evaluation")
+    ship = figures(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
+                   root / "reports" / "evaluation")
+    print(f"{'':12s} {'shipped':>9s} {'candidate':>10s}")
+    for k in ("dense", "decoupled", "flops", *ATTACKS, "mean"):
+        print(f"{k:12s} {ship[k]:9.4f} {cand[k]:10.4f}")
+    rules = [("path AUROC >= 0.90 on FGSM and PGD", cand["fgsm"] >= 0.90 and cand["pgd"] >= 0.90),
+             ("mean path AUROC not lower by more than 0.01", cand["mean"] >= ship["mean"] - 0.01),
+             ("fine-tune within 1.0 point of its dense", cand["decoupled"] >= cand["dense"] - 0.010),
+             ("dense accuracy >= 88.5%", cand["dense"] >= 0.885)]
+    for text, ok in rules:
+        print(f"{'holds ' if ok else 'FAILS '} {text}")
+    verdict = all(ok for _, ok in rules)
+    print("ship it" if verdict else "do not ship")
+    return 0 if verdict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""scripts/ship_check.py: the shipping rule on hand-built metrics and reports."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "ship_check.py"
+
+
+def _pair(root: Path, dense_dir: str, dec_dir: str, report_dir: str, dense: float, dec: float,
+          auroc: dict[str, float]) -> None:
+    for d, acc in ((dense_dir, dense), (dec_dir, dec)):
+        (root / d).mkdir(parents=True)
+        (root / d / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "flops_ratio": 0.68}))
+    (root / report_dir).mkdir(parents=True)
+    attacks = {a: {"detectors": {"path": {"auroc": v}}} for a, v in auroc.items()}
+    (root / report_dir / "report.json").write_text(json.dumps({"attacks": attacks}))
+
+
+SHIPPED = {"fgsm": 0.91, "pgd": 0.95, "cw": 0.84, "deepfool": 0.89}
+
+
+@pytest.mark.parametrize("dense, dec, auroc, ok", [
+    (0.886, 0.880, SHIPPED, True),                                          # every rule holds
+    (0.884, 0.880, SHIPPED, False),                                         # dense below 88.5%
+    (0.890, 0.878, SHIPPED, False),                                         # fine-tune 1.2 points below its dense
+    (0.890, 0.885, {**SHIPPED, "fgsm": 0.899}, False),                      # FGSM floor
+    (0.890, 0.885, {**SHIPPED, "cw": 0.79}, False),                         # mean falls by 0.0125
+    (0.890, 0.885, {**SHIPPED, "cw": 0.81}, True),                          # mean falls by 0.0075
+])
+def test_rule(tmp_path: Path, dense: float, dec: float, auroc: dict[str, float], ok: bool) -> None:
+    _pair(tmp_path, "models/resnet20-dense", "models/resnet20-decoupled", "reports/evaluation", 0.878, 0.881, SHIPPED)
+    _pair(tmp_path, "runs/x-dense", "runs/x-decoupled", "runs/x-evaluation", dense, dec, auroc)
+    r = subprocess.run([sys.executable, str(SCRIPT), "x", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == (0 if ok else 1), r.stdout + r.stderr
+    assert ("ship it" if ok else "do not ship") in r.stdout
+
+
+def test_missing_candidate_is_exit_2(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(SCRIPT), "nope", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "make candidate" in r.stderr
