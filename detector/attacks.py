@@ -5,6 +5,7 @@ The model is attacked as is (logits from [0, 1] input; eval mode, so paths are t
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -44,13 +45,36 @@ class AttackSet:
         return float(self.success.float().mean()) if len(self.success) else 0.0
 
 
+@functools.cache
+def _batched_jacobian_deepfool() -> type:
+    """torchattacks.DeepFool with one change: its Jacobian (K logits x image) comes from a single pass, the image
+    repeated K times, one forward and one backward with the identity as grad_outputs (row k = d logit_k / d x), instead
+    of K backward passes through the batch-1 graph. The algorithm, its steps and its stopping are torchattacks' own.
+    The model is in eval mode, so the K copies do not interact; the Jacobian agrees to float rounding (a test). On the
+    shipped bundle (bench/deepfool.py, 100 real test images) it ran 1.69x faster, with the same success rate and mean L2;
+    98 adversarial images agreed with torchattacks' to 1e-4, the other 2 to 4.8e-4 (rounding moved a gate logit)."""
+    import torchattacks
+
+    class DeepFool(torchattacks.DeepFool):
+        def _construct_jacobian(self, y: Tensor, x: Tensor) -> Tensor:
+            k = y.shape[0]  # y: (K,) logits of the single image x (1, 3, H, W)
+            xr = x.detach().repeat(k, 1, 1, 1).requires_grad_()
+            logits = self.get_logits(xr)  # (K, K)
+            eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+            grad, = torch.autograd.grad(logits, xr, grad_outputs=eye)
+            return grad.reshape(*y.shape, *x.shape)  # (K, 1, 3, H, W), as torchattacks builds it
+
+    return DeepFool
+
+
 def make_attack(name: str, model: torch.nn.Module, **overrides: Any):  # noqa: ANN201 (torchattacks.Attack)
     import torchattacks
 
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
     cls, params = ATTACKS[name]
-    return getattr(torchattacks, cls)(model, **{**params, **overrides})
+    attack_cls = _batched_jacobian_deepfool() if cls == "DeepFool" else getattr(torchattacks, cls)
+    return attack_cls(model, **{**params, **overrides})
 
 
 @torch.inference_mode()
