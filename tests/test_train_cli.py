@@ -160,10 +160,10 @@ def test_offline_distillation_targets_and_run(dense: Path, data: Path, tmp_path:
     assert make_config(True, {}).kd_offline is False
 
 
-def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _interrupted_after_first_epoch(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-epoch dense run killed right after its first checkpoint."""
     import training.train as tr
 
-    out = tmp_path / "r"
     real_save = tr.save_checkpoint
 
     def crash_after_first(ckpt_dir, modules, opt, meta):  # noqa: ANN001
@@ -174,6 +174,11 @@ def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pyte
     with pytest.raises(KeyboardInterrupt):
         main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", *TINY])
     monkeypatch.setattr(tr, "save_checkpoint", real_save)
+
+
+def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "r"
+    _interrupted_after_first_epoch(data, out, monkeypatch)
     assert not (out / "model.safetensors").exists()
     assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--resume", *TINY]) == 0
     hist = json.loads((out / "train_history.json").read_text())
@@ -188,18 +193,8 @@ def test_checkpoint_from_before_a_setting_existed_resumes_at_its_old_behaviour(
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     # A run checkpointed before `kd_teacher_bf16` existed has no such key; it resumes as what it was (the class
     # default, fp32), and is refused if the resuming command asks for the other value.
-    import training.train as tr
-
-    out, real_save = tmp_path / "old", tr.save_checkpoint
-
-    def crash_after_first(ckpt_dir, modules, opt, meta):  # noqa: ANN001
-        real_save(ckpt_dir, modules, opt, meta)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tr, "save_checkpoint", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", *TINY])
-    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    out = tmp_path / "old"
+    _interrupted_after_first_epoch(data, out, monkeypatch)
     meta_path = out / "checkpoint" / "state.json"
     meta = json.loads(meta_path.read_text())
     del meta["train"]["kd_teacher_bf16"]
