@@ -232,10 +232,13 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     start_epoch, lambda_s, history = 0, torch.tensor(cfg.lambda_s, dtype=torch.float64, device=dev), []
     if resume and (ckpt_dir / META).exists():
         meta = load_checkpoint(ckpt_dir, modules, optimizers, dev)
-        same = json.loads(json.dumps({"train": cfg.to_dict(), "model": model_cfg.to_dict()}))  # tuples -> lists
-        if {"train": saved_config(meta["train"]), "model": meta["model"]} != same:
-            raise ValueError(f"{ckpt_dir} was written with other settings; resume with the same flags "
-                             f"(checkpoint: {meta['train']})")
+        now = json.loads(json.dumps({"train": cfg.to_dict(), "model": model_cfg.to_dict()}))  # tuples -> lists
+        then = {"train": saved_config(meta["train"]), "model": meta["model"]}
+        if then != now:
+            diff = [f"{part} {k}: checkpoint {then[part].get(k, '(absent)')!r}, this command {now[part].get(k, '(absent)')!r}"
+                    for part in ("train", "model") for k in sorted(set(then[part]) | set(now[part]))
+                    if then[part].get(k, "(absent)") != now[part].get(k, "(absent)")]
+            raise ValueError(f"{ckpt_dir} was written with other settings; resume with the same flags ({'; '.join(diff)})")
         start_epoch, history = meta["epoch"] + 1, meta["history"]
         lambda_s = torch.tensor(meta["lambda_s"], dtype=torch.float64, device=dev)
         print(f"resuming after epoch {meta['epoch'] + 1}/{cfg.epochs}")
