@@ -5,7 +5,7 @@ DATA    ?= .data
 SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
-.PHONY: serve run test test-all data train-dense train-decoupled stats profiles evaluate candidate bench bench-serve clean
+.PHONY: serve run test test-all data train-dense train-decoupled stats profiles evaluate candidate bench bench-data bench-serve clean
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -82,6 +82,11 @@ $(CAND)-evaluation/report.json: $(CAND)-decoupled/profiles.safetensors
 bench: $(VENV_OK)
 	$(PY) bench/train_epoch.py
 	$(PY) bench/scoring.py
+	$(PY) bench/layout.py
+# The measurements behind two session-17 defaults, on real images: the bf16 distillation teacher and DeepFool's Jacobian.
+bench-data: $(VENV_OK) data
+	$(PY) bench/teacher_precision.py --data $(DATA)
+	$(PY) bench/deepfool.py --data $(DATA) --images 100
 bench-serve: $(VENV_OK) data
 	$(PY) bench/serve.py --data $(DATA)
 
