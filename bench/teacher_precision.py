@@ -4,7 +4,7 @@ The teacher only supplies soft targets p_t = softmax(teacher(x) / T); the studen
 logits is T * (p_s - p_t). This script measures, on augmented training images (the views a fine-tune sees):
   - how far the bf16 targets are from the fp32 ones (L1 distance of p_t, KL, top-1 agreement, largest logit change),
   - next to the size of the signal they feed: the L1 distance between the student's p_s and the fp32 p_t
-    (student = the decoupled bundle, in training mode as in a fine-tune step, or a dense one if none is given),
+    (student = the decoupled bundle, in training mode as in a fine-tune step),
   - and the teacher's forward time per batch in both precisions, side by side (alternating rounds).
 `python bench/teacher_precision.py --data .data` (shipped bundles by default).
 """
@@ -34,8 +34,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    teacher = load_model(a.teacher).to(memory_format=torch.channels_last).eval().requires_grad_(False)
-    student = load_model(a.student).to(memory_format=torch.channels_last).train()
+    teacher = load_model(a.teacher).requires_grad_(False)  # load_model: eval mode, channels_last
+    student = load_model(a.student).train()
     train = load_split(a.data, "train")
     idx = torch.randperm(len(train), generator=gen)[: a.images]
     x = to_unit_float(train.x[idx])

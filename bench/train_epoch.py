@@ -89,11 +89,12 @@ def main() -> None:
         print(f"{k:30s} {v * 1e3:7.1f} ms/step   epoch (50,000 images) ~{v * 50_000 / a.batch_size:6.1f} s")
     # kd_offline pays 2 teacher forwards per training image once per run (plain + mirrored), not per step
     fwds = []
+    bf16 = make_config(True, {}).kd_teacher_bf16  # the teacher precision of the default fine-tune
     with torch.no_grad():
         for _ in range(4):  # the first is a warm-up
             sync()
             t0 = time.perf_counter()
-            teacher_forward(teacher, x, make_config(True, {}).kd_teacher_bf16)
+            teacher_forward(teacher, x, bf16)
             sync()
             fwds.append(time.perf_counter() - t0)
     fwd = min(fwds[1:])

@@ -30,13 +30,13 @@ class _SpatialMean(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.hw = x.shape[2] * x.shape[3]
         ctx.shape = x.shape
         return x.mean(dim=(2, 3))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return (grad / ctx.hw)[:, :, None, None].expand(ctx.shape)
+        n, c, h, w = ctx.shape
+        return (grad / (h * w))[:, :, None, None].expand(n, c, h, w)
 
 
 def spatial_mean(x: Tensor) -> Tensor:
