@@ -83,10 +83,12 @@ bench: $(VENV_OK)
 	$(PY) bench/train_epoch.py
 	$(PY) bench/scoring.py
 	$(PY) bench/layout.py
-# The measurements behind two session-17 defaults, on real images: the bf16 distillation teacher and DeepFool's Jacobian.
+# On real images: the measurements behind two session-17 defaults (the bf16 distillation teacher, DeepFool's
+# Jacobian) and a fine-tune step's cost by gate mode (session 18).
 bench-data: $(VENV_OK) data
 	$(PY) bench/teacher_precision.py --data $(DATA)
 	$(PY) bench/deepfool.py --data $(DATA) --images 100
+	$(PY) bench/step_modes.py --data $(DATA)
 bench-serve: $(VENV_OK) data
 	$(PY) bench/serve.py --data $(DATA)
 
