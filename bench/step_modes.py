@@ -14,17 +14,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from detector.bundle import load_model
-from detector.config import ModelConfig
 from detector.data import load_split, to_unit_float
 from detector.losses import DecouplingLoss
 from detector.model import build_model
 from detector.stats import dense_macs
 from training.config import make_config
-from training.train import make_optimizers, train_step
+from training.train import init_weights, make_optimizers, train_step
 
 
 def main() -> None:
@@ -42,22 +43,22 @@ def main() -> None:
     xs = [to_unit_float(train.x[i * b:(i + 1) * b]).contiguous(memory_format=torch.channels_last) for i in range(a.steps)]
     ys = [train.y[i * b:(i + 1) * b].long() for i in range(a.steps)]
     teacher = load_model(a.dense).eval().requires_grad_(False)
-    fresh = build_model(ModelConfig(decoupled=True)).to(memory_format=torch.channels_last)
-    fresh.load_state_dict(teacher.state_dict(), strict=False)  # conv/BN/FC from dense; gates keep their init
+    fresh = build_model(replace(teacher.cfg, decoupled=True))  # as `dnd train --decouple --init DENSE` starts
+    init_weights(fresh, teacher, Path(a.dense))
+    fresh = fresh.to(memory_format=torch.channels_last)
     models = {"fresh": fresh, "trained": load_model(a.trained)}
     setups = {}
     for name, m in models.items():
         m.train()
         loss = DecouplingLoss([u.cout for u in m.units()], 10)
-        noise = m.units()[0].noise_std  # the bundle's training-time SemHash noise
-        setups[name] = (m, loss, make_optimizers(m, loss, cfg), dense_macs(m), noise)
+        setups[name] = (m, loss, make_optimizers(m, loss, cfg), dense_macs(m))
     keys = [(n, hard, flush) for n in setups for hard in (False, True) for flush in (False, True)]
     times: dict[tuple[str, bool, bool], list[float]] = {k: [] for k in keys}
     for r in range(a.rounds + 1):
         for k in keys:
             n, hard, flush = k
-            m, loss, opts, dense, noise = setups[n]
-            m.set_gate_training(noise_std=0.0 if hard else noise, p_hard=1.0 if hard else 0.5)  # as training/train.py
+            m, loss, opts, dense = setups[n]
+            m.set_gate_training(noise_std=0.0 if hard else m.cfg.gate_noise_std, p_hard=1.0 if hard else 0.5)  # as train.py
             torch.set_flush_denormal(flush)
             t0 = time.perf_counter()
             for x, y in zip(xs, ys):
