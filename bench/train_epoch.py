@@ -7,6 +7,7 @@ no-grad teacher forward per step, under bf16 autocast), i.e. the recipe `dnd tra
 same with the teacher in float32 (--no-kd-teacher-bf16, the recipe before session 17, the shipped bundle's); and
 offline distillation (--kd-offline: precomputed teacher logits; its one-off teacher pass over 2 x 50,000 images is
 timed separately and spread over a --kd-epochs fine-tune in the amortised ratio).
+--bf16 adds dense and decoupled+kd steps with the trained network's own forward under bf16 autocast (dnd train --bf16).
 Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratios (target <= 1.5x).
 --compile adds the same five setups with the forward + losses through torch.compile (`dnd train --compile`),
 timed in the same alternating rounds; their ratios are taken against the faster dense step.
@@ -44,6 +45,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="run every setup's forward + losses through torch.compile (dnd train --compile); "
                          "the compile happens in the warm-up round and is timed separately")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time dense and decoupled+kd with the trained network's forward under bf16 autocast "
+                         "(dnd train --bf16), beside the float32 steps")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -57,9 +61,11 @@ def main() -> None:
     for suffix, loss_fn in modes:  # with --compile every setup runs eager and compiled, side by side
         for name, decouple, kd in (("dense", False, 0.0), ("decoupled", True, 0.0), ("decoupled+kd", True, a.lambda_kd),
                                    ("decoupled+kd fp32-teacher", True, a.lambda_kd),
-                                   ("decoupled+kd-offline", True, a.lambda_kd)):
+                                   ("decoupled+kd-offline", True, a.lambda_kd),
+                                   *((("dense bf16", False, 0.0), ("decoupled+kd bf16", True, a.lambda_kd)) if a.bf16 else ())):
             cfg = make_config(decouple, {"batch_size": a.batch_size, "lambda_kd": kd, "kd_offline": "offline" in name,
-                                         **({"kd_teacher_bf16": False} if "fp32" in name else {})})
+                                         **({"kd_teacher_bf16": False} if "fp32" in name else {}),
+                                         **({"bf16": True} if name.endswith("bf16") else {})})
             model = build_model(ModelConfig(decoupled=decouple)).to(dev, memory_format=torch.channels_last).train()
             loss = DecouplingLoss([u.cout for u in model.units()], 10).to(dev) if decouple else None
             # offline: the step reads precomputed teacher logits (B, K); their one-off cost is timed below
@@ -104,6 +110,11 @@ def main() -> None:
           f"~{once / a.kd_epochs:.1f} s per epoch (included in the amortised ratio)")
     for k in ("decoupled", "decoupled+kd", "decoupled+kd fp32-teacher", "decoupled+kd-offline (amortised)"):
         print(f"{k + ' / dense':45s} training cost: {med[k] / med['dense']:.2f}x (target <= 1.5x)")
+    if a.bf16:  # the student's own forward under bf16 autocast (dnd train --bf16) against the float32 steps
+        print(f"{'dense bf16 / dense':45s} training cost: {med['dense bf16'] / med['dense']:.2f}x")
+        print(f"{'decoupled+kd bf16 / decoupled+kd':45s} training cost: {med['decoupled+kd bf16'] / med['decoupled+kd']:.2f}x")
+        print(f"{'decoupled+kd bf16 / dense bf16':45s} training cost: {med['decoupled+kd bf16'] / med['dense bf16']:.2f}x "
+              "(target <= 1.5x)")
     if a.compile:  # against the faster of the two dense steps, so compilation cannot flatter the ratio
         best_dense = min(med["dense"], med["dense compiled"])
         for k in ("decoupled compiled", "decoupled+kd compiled", "decoupled+kd fp32-teacher compiled",

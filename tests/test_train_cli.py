@@ -124,6 +124,50 @@ def test_bf16_teacher_gives_float32_logits_close_to_fp32() -> None:
     assert t.dtype == torch.float32 and torch.equal(t[0], expect)
 
 
+@pytest.mark.parametrize("decouple", [False, True])
+def test_bf16_step_keeps_float32_losses_and_gradients_reach_every_parameter(decouple: bool) -> None:
+    from dataclasses import replace
+
+    from detector.config import ModelConfig
+    from detector.losses import DecouplingLoss
+    from detector.model import build_model
+    from detector.stats import dense_macs
+    from training.config import make_config
+    from training.train import step_loss
+
+    torch.manual_seed(0)
+    model = build_model(replace(ModelConfig(), decoupled=decouple)).to(memory_format=torch.channels_last).train()
+    loss_mod = DecouplingLoss([u.cout for u in model.units()], 10) if decouple else None
+    x, y = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (8,))
+    results = {}
+    for bf16 in (False, True):
+        cfg = make_config(decouple, {"bf16": bf16, "lambda_kd": 0.0})
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same gate noise in both passes
+        loss, terms = step_loss(model, loss_mod, x, y, cfg, 0.1, dense_macs(model))
+        loss.backward()
+        results[bf16] = (loss.detach(), terms)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert all(t.dtype in (torch.float32, torch.float64) for t in terms.values())
+        for name, p in model.named_parameters():  # master weights and their gradients stay float32
+            assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32, name
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"no gradient reached {name}"
+    # the autocast really ran (not bit-identical), and the cross-entropy stays close to the float32 one
+    ce32, ce16 = results[False][1]["ce"], results[True][1]["ce"]
+    assert not torch.equal(ce32, ce16) and abs(float(ce32) - float(ce16)) < 0.05 * float(ce32)
+
+
+def test_bf16_flag_is_recorded_and_trains(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--bf16", *TINY]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["bf16"] is True
+    weights = load_file(out / "model.safetensors")
+    assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())  # the bundle stays float32
+    from training.config import make_config
+
+    assert make_config(False, {}).bf16 is False and make_config(True, {}).bf16 is False  # off unless asked for
+
+
 def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
     from training.train import augment, crop_flip_params
 

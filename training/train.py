@@ -21,7 +21,7 @@ from detector.bundle import file_sha256, load_model, read_config, save_bundle, w
 from detector.config import ModelConfig
 from detector.data import Split, load_split, to_unit_float
 from detector.losses import DecouplingLoss
-from detector.model import CifarResNet, build_model
+from detector.model import CifarResNet, PathOutput, build_model
 from detector.stats import collect_paths, dense_macs, filter_states, macs_per_sample
 
 from .checkpoint import META, load_checkpoint, save_checkpoint
@@ -102,13 +102,23 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
     return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean", log_target=True) * t * t
 
 
+def float_paths(res: PathOutput) -> PathOutput:
+    """A forward pass's outputs cast to float32 (autograd flows through the casts)."""
+    def f(ts: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+        return None if ts is None else [t.float() for t in ts]
+    return PathOutput(res.logits.float(), res.features.float(), f(res.z), f(res.s), f(res.energy))
+
+
 def step_loss(model: CifarResNet, loss_mod: DecouplingLoss | None, xb: torch.Tensor, yb: torch.Tensor,
               cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int,
               teacher: CifarResNet | torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward pass and every loss term of one step: (total loss, detached terms for the log). This is the part
     `--compile` hands to torch.compile; backward and the optimizer steps stay in train_step.
     teacher: a network run on xb (online distillation) or its precomputed logits (B, K) (kd_offline)."""
-    res = model.forward_paths(xb, energy=loss_mod is not None)
+    with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        res = model.forward_paths(xb, energy=loss_mod is not None)
+    if cfg.bf16:  # the losses in float32: bf16's 8 mantissa bits would round the small MI / KL / L1 terms
+        res = float_paths(res)
     ce = F.cross_entropy(res.logits, yb)
     terms = {"ce": ce.detach()}
     loss = ce
