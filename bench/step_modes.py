@@ -25,7 +25,7 @@ from detector.losses import DecouplingLoss
 from detector.model import build_model
 from detector.stats import dense_macs
 from training.config import make_config
-from training.train import init_weights, make_optimizers, train_step
+from training.train import frozen_teacher, init_weights, make_optimizers, train_step
 
 
 def main() -> None:
@@ -46,6 +46,7 @@ def main() -> None:
     fresh = build_model(replace(teacher.cfg, decoupled=True))  # as `dnd train --decouple --init DENSE` starts
     init_weights(fresh, teacher, Path(a.dense))
     fresh = fresh.to(memory_format=torch.channels_last)
+    teacher = frozen_teacher(teacher, torch.device("cpu"))  # as dnd train builds it (BN folded)
     models = {"fresh": fresh, "trained": load_model(a.trained)}
     setups = {}
     for name, m in models.items():

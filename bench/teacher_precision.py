@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from detector.bundle import load_model
 from detector.data import load_split, to_unit_float
-from training.train import augment, crop_flip_params, teacher_forward
+from training.train import augment, crop_flip_params, frozen_teacher, teacher_forward
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    teacher = load_model(a.teacher).requires_grad_(False)  # load_model: eval mode, channels_last
+    teacher = frozen_teacher(load_model(a.teacher), torch.device("cpu"))  # as dnd train builds it (BN folded)
     student = load_model(a.student).train()
     train = load_split(a.data, "train")
     idx = torch.randperm(len(train), generator=gen)[: a.images]

@@ -28,7 +28,7 @@ from detector.losses import DecouplingLoss
 from detector.model import build_model
 from detector.stats import dense_macs
 from training.config import make_config
-from training.train import compiled_step_loss, make_optimizers, step_loss, teacher_forward, train_step
+from training.train import compiled_step_loss, frozen_teacher, make_optimizers, step_loss, teacher_forward, train_step
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     torch.manual_seed(0)
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)  # kernels run async: time to completion
-    teacher = build_model(ModelConfig()).to(dev, memory_format=torch.channels_last).eval().requires_grad_(False)
+    teacher = frozen_teacher(build_model(ModelConfig()), dev)  # as dnd train builds it (BN folded into the convs)
     offline_logits = torch.randn(a.batch_size, 10, device=dev)
     modes = [("", step_loss)] + ([(" compiled", compiled_step_loss())] if a.compile else [])
     setups = {}

@@ -168,6 +168,36 @@ def test_bf16_flag_is_recorded_and_trains(data: Path, tmp_path: Path) -> None:
     assert make_config(False, {}).bf16 is False and make_config(True, {}).bf16 is False  # off unless asked for
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) -> None:
+    import copy
+
+    from detector.config import ModelConfig
+    from detector.model import build_model
+    from training.train import frozen_teacher
+
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(decoupled=decoupled))
+    net.train()
+    with torch.no_grad():  # BN statistics and affine parameters away from their identity initialisation
+        for _ in range(3):
+            net(torch.rand(64, 3, 32, 32) * 2)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    x = torch.rand(16, 3, 32, 32)
+    with torch.no_grad():
+        ref = net.forward_paths(x)
+        teacher = frozen_teacher(copy.deepcopy(net), torch.device("cpu"))
+        got = teacher.forward_paths(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert torch.allclose(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(got.z, ref.z))  # the gates read the conv input: same paths
+
+
 def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
     from training.train import augment, crop_flip_params
 
