@@ -80,7 +80,8 @@ $(CAND)-evaluation/report.json: $(CAND)-decoupled/profiles.safetensors
 	$(call evaluate_to,$(CAND)-decoupled,$(CAND)-evaluation)
 
 bench: $(VENV_OK)
-	$(PY) bench/train_epoch.py
+	$(PY) bench/train_epoch.py --bf16
+	$(PY) bench/train_epoch.py --recipes
 	$(PY) bench/scoring.py
 	$(PY) bench/layout.py
 # On real images: the measurements behind two session-17 defaults (the bf16 distillation teacher, DeepFool's

@@ -7,6 +7,7 @@ no-grad teacher forward per step, under bf16 autocast), i.e. the recipe `dnd tra
 same with the teacher in float32 (--no-kd-teacher-bf16, the recipe before session 17, the shipped bundle's); and
 offline distillation (--kd-offline: precomputed teacher logits; its one-off teacher pass over 2 x 50,000 images is
 timed separately and spread over a --kd-epochs fine-tune in the amortised ratio).
+--recipes times the two default recipes instead, each at its own batch size (dense 256, fine-tune 128).
 --bf16 adds dense and decoupled+kd steps with the trained network's own forward under bf16 autocast (dnd train --bf16).
 Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratios (target <= 1.5x).
 --compile adds the same five setups with the forward + losses through torch.compile (`dnd train --compile`),
@@ -48,7 +49,12 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true",
                     help="also time dense and decoupled+kd with the trained network's forward under bf16 autocast "
                          "(dnd train --bf16), beside the float32 steps")
+    ap.add_argument("--recipes", action="store_true",
+                    help="instead: one epoch of `dnd train` (dense, its default batch 256) against one of `dnd train "
+                         "--decouple` (its default batch 128, distillation), each at its own batch size")
     a = ap.parse_args()
+    if a.recipes:
+        return time_recipes(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -130,6 +136,45 @@ def main() -> None:
             n = sum(1 for e in prof.events() if e.name.startswith("aten::")
                     and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
             print(f"{name:21s} {n:6d} aten ops per step (outermost)")
+
+
+def time_recipes(a: argparse.Namespace) -> None:
+    """The two default recipes as `dnd train` runs them: the dense one at its batch (256), the fine-tune at its own
+    (128, distillation from a bf16 teacher). A CIFAR-10 epoch is 50,000 images either way, so the epoch cost is
+    ms/step x 50,000 / batch. Alternating rounds, as above."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    teacher = frozen_teacher(build_model(ModelConfig()), dev)
+    setups = {}
+    for name, decouple in (("dense (dnd train)", False), ("decoupled (dnd train --decouple)", True)):
+        cfg = make_config(decouple, {})
+        model = build_model(ModelConfig(decoupled=decouple)).to(dev, memory_format=torch.channels_last).train()
+        loss = DecouplingLoss([u.cout for u in model.units()], 10).to(dev) if decouple else None
+        x = torch.rand(cfg.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (cfg.batch_size,), device=dev)
+        setups[name] = (model, loss, make_optimizers(model, loss, cfg), cfg, dense_macs(model),
+                        teacher if cfg.lambda_kd > 0 else None, x, y)
+    times: dict[str, list[float]] = {k: [] for k in setups}
+    for r in range(a.rounds + 1):  # round 0 is warm-up
+        for name, (model, loss, opts, cfg, dense, teach, x, y) in setups.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach)
+            sync()
+            if r:
+                times[name].append((time.perf_counter() - t0) / a.steps)
+    print(f"device={dev} threads={torch.get_num_threads()} rounds={a.rounds} steps/round={a.steps} (default recipes)")
+    epoch = {}
+    for name, (_, _, _, cfg, *_rest) in setups.items():
+        med = statistics.median(times[name])
+        epoch[name] = med * 50_000 / cfg.batch_size
+        print(f"{name:34s} batch {cfg.batch_size:3d} {med * 1e3:7.1f} ms/step   epoch (50,000 images) ~{epoch[name]:6.1f} s")
+    d, f = epoch["dense (dnd train)"], epoch["decoupled (dnd train --decouple)"]
+    print(f"{'fine-tune epoch / dense epoch':45s} training cost: {f / d:.2f}x (target <= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ class TrainConfig:
     # ---- numerics ----
     # The trained network's forward (convs, FC, gates) under bfloat16 autocast; weights, optimizer state, BN running
     # statistics and every loss term stay float32, and the bundle is float32 (inference is unchanged). On these 2 CPU
-    # cores (AVX512-BF16) a dense step at batch 256 took 260 ms instead of 484 (1.86x; bench/train_epoch.py --bf16).
+    # cores (AVX512-BF16) a dense step at batch 256 took 303 ms instead of 474 (0.64x), at batch 128 153 ms instead of
+    # 210-216 (bench/train_epoch.py --bf16 [--batch-size 256]); the gated step gains ~10% (its extra ops are small).
     # Off by default: every shipped bundle was trained in float32; accuracy with it: README "Training".
     bf16: bool = False
     # ---- run ----
