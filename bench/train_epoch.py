@@ -19,8 +19,11 @@ decoupled 58 ms/step, 6.2x, while the GPU itself was busy ~7 ms of it).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -30,6 +33,27 @@ from detector.model import build_model
 from detector.stats import dense_macs
 from training.config import make_config
 from training.train import compiled_step_loss, frozen_teacher, make_optimizers, step_loss, teacher_forward, train_step
+
+
+def time_rounds(steps: dict[str, Callable[[], Any]], rounds: int, n: int, sync: Callable[[], Any]
+                ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Run each setup's step n times per round, setups alternating within a round so machine noise hits all alike.
+    Returns the seconds per step of rounds 1..rounds for each setup, and the seconds of round 0 (the warm-up; with
+    --compile, the compilation)."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    warmup: dict[str, float] = {}
+    for r in range(rounds + 1):
+        for name, step in steps.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step()
+            sync()
+            if r:
+                times[name].append((time.perf_counter() - t0) / n)
+            else:
+                warmup[name] = time.perf_counter() - t0
+    return times, warmup
 
 
 def main() -> None:
@@ -79,19 +103,9 @@ def main() -> None:
             setups[name + suffix] = (model, loss, make_optimizers(model, loss, cfg), cfg, dense_macs(model), teach, loss_fn)
     x = torch.rand(a.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,), device=dev)
-    times: dict[str, list[float]] = {k: [] for k in setups}
-    warmup: dict[str, float] = {}
-    for r in range(a.rounds + 1):  # round 0 is warm-up (and, with --compile, the compilation)
-        for name, (model, loss, opts, cfg, dense, teach, loss_fn) in setups.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(a.steps):
-                train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach, loss_fn)
-            sync()
-            if r:
-                times[name].append((time.perf_counter() - t0) / a.steps)
-            else:
-                warmup[name] = time.perf_counter() - t0
+    steps = {name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach, loss_fn)
+             for name, (model, loss, opts, cfg, dense, teach, loss_fn) in setups.items()}
+    times, warmup = time_rounds(steps, a.rounds, a.steps, sync)
     print(f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}"
           f" compile={a.compile}")
     if a.compile:
@@ -157,16 +171,9 @@ def time_recipes(a: argparse.Namespace) -> None:
         y = torch.randint(0, 10, (cfg.batch_size,), device=dev)
         setups[name] = (model, loss, make_optimizers(model, loss, cfg), cfg, dense_macs(model),
                         teacher if cfg.lambda_kd > 0 else None, x, y)
-    times: dict[str, list[float]] = {k: [] for k in setups}
-    for r in range(a.rounds + 1):  # round 0 is warm-up
-        for name, (model, loss, opts, cfg, dense, teach, x, y) in setups.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(a.steps):
-                train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach)
-            sync()
-            if r:
-                times[name].append((time.perf_counter() - t0) / a.steps)
+    times, _ = time_rounds({name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach)
+                            for name, (model, loss, opts, cfg, dense, teach, x, y) in setups.items()},
+                           a.rounds, a.steps, sync)
     print(f"device={dev} threads={torch.get_num_threads()} rounds={a.rounds} steps/round={a.steps} (default recipes)")
     epoch = {}
     for name, (_, _, _, cfg, *_rest) in setups.items():
