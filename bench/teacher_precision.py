@@ -64,17 +64,21 @@ def main() -> None:
           f"ratio of means {float(d_prec.mean() / d_sig.mean()):.2e}")
 
     xb = x[: a.batch_size]
-    times: dict[bool, list[float]] = {False: [], True: []}
+    unfolded = load_model(a.teacher).requires_grad_(False)  # the same network with its BatchNorm layers
+    nets = {"BN folded": teacher, "unfolded": unfolded}
+    times: dict[tuple[str, bool], list[float]] = {(n, b): [] for n in nets for b in (False, True)}
     with torch.no_grad():
-        for r in range(a.rounds + 1):  # round 0 warms both up
-            for bf16 in (False, True):
+        for r in range(a.rounds + 1):  # round 0 warms all up
+            for n, bf16 in times:
                 t0 = time.perf_counter()
-                teacher_forward(teacher, xb, bf16)
+                teacher_forward(nets[n], xb, bf16)
                 if r:
-                    times[bf16].append(time.perf_counter() - t0)
-    m32, mbf = statistics.median(times[False]), statistics.median(times[True])
-    print(f"teacher forward, batch {a.batch_size}, {torch.get_num_threads()} threads: fp32 {m32 * 1e3:.1f} ms, "
-          f"bf16 {mbf * 1e3:.1f} ms ({m32 / mbf:.2f}x faster)")
+                    times[n, bf16].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for n in nets:
+        m32, mbf = med[n, False], med[n, True]
+        print(f"teacher forward ({n}), batch {a.batch_size}, {torch.get_num_threads()} threads: fp32 {m32 * 1e3:.1f} ms, "
+              f"bf16 {mbf * 1e3:.1f} ms ({m32 / mbf:.2f}x faster)")
 
 
 if __name__ == "__main__":
