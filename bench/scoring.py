@@ -80,9 +80,10 @@ def main() -> None:
     with torch.inference_mode():
         out = det.model.forward_paths(x)
         labels, z = out.logits.argmax(1), [zl.bool() for zl in out.z]
-        feats = det.path_features(z, labels)
+        feats = det.path_features(z, labels, out.s)
         trees = det.profiles.scorer.trees
-        fns = {"path features": lambda: det.path_features(z, labels), "path score": lambda: det.profiles.scorer.score(feats)}
+        fns = {"path features": lambda: det.path_features(z, labels, out.s),
+               "path score": lambda: det.profiles.scorer.score(feats)}
         if trees is not None:
             if not torch.allclose(torch_level_walk(trees, feats), trees.raw(feats), rtol=0, atol=1e-9):
                 raise SystemExit("the reference torch walk and TreeEnsemble.raw disagree")

@@ -105,10 +105,15 @@ class Detector:
                                            check_trace=False)
         return self
 
-    def path_features(self, z: list[Tensor], labels: Tensor) -> Tensor:
-        """The `path` score's inputs (N, F) for binary paths z (per layer (N, C_l)) and predicted labels (N,), against
-        this bundle's profiles."""
-        return path_features(z, labels, self.profiles.freq, self.signatures, self.likelihood)
+    def path_features(self, z: list[Tensor], labels: Tensor, s: list[Tensor] | None = None) -> Tensor:
+        """The `path` score's inputs (N, F) for binary paths z (per layer (N, C_l)), predicted labels (N,) and gate
+        logits s (per layer (N, C_l); read only when the profiles hold their class means), against this bundle's
+        profiles."""
+        gm = self.profiles.gate_mean
+        if gm is not None and s is None:
+            raise ValueError(f"{self.bundle / PROFILES} scores gate logits too: pass s (model.forward_paths(x).s)")
+        return path_features(z, labels, self.profiles.freq, self.signatures, self.likelihood,
+                             s if gm is not None else None, gm)
 
     @torch.inference_mode()
     def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
@@ -122,13 +127,13 @@ class Detector:
     def _predict_batch(self, xb: Tensor) -> Prediction:
         xb = xb.to(self.device, torch.float32)
         if self._traced is not None:
-            logits, features, z_float = self._traced(xb)
+            logits, features, z_float, s = self._traced(xb)
         else:
             out = self.model.forward_paths(xb)
-            logits, features, z_float = out.logits, out.features, out.z
+            logits, features, z_float, s = out.logits, out.features, out.z, out.s
         labels = logits.argmax(1)
         z = [zl.bool() for zl in z_float]
-        feats = self.path_features(z, labels)
+        feats = self.path_features(z, labels, s)
         n_layers = len(z)
         ham, jac = feats[:, :n_layers], feats[:, n_layers:2 * n_layers]  # the per-layer distances lead the features
         scores = self.profiles.scorer.score(feats)
@@ -138,15 +143,15 @@ class Detector:
 
 
 class _Paths(torch.nn.Module):
-    """forward_paths as a plain (logits, features, z) tuple, which torch.jit.trace can record."""
+    """forward_paths as a plain (logits, features, z, s) tuple, which torch.jit.trace can record."""
 
     def __init__(self, model: CifarResNet) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
         out = self.model.forward_paths(x)
-        return out.logits, out.features, out.z
+        return out.logits, out.features, out.z, out.s
 
 
 def read_json_or_none(path: Path) -> Any:

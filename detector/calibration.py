@@ -17,7 +17,7 @@ from .data import to_unit_float
 from .model import CifarResNet
 from .profiles import PathProfiles
 from .scoring import PathScorer, calibrate_threshold, path_features
-from .stats import collect_paths
+from .stats import collect_gate_paths
 
 SPLIT_SEED = 20190604  # fixed, so that `dnd profiles` and `dnd evaluate` agree on the halves
 
@@ -65,10 +65,11 @@ def path_feature_set(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: T
                      device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
     """Path features of images x, one forward pass. With labels y, only the correctly classified images count.
     Returns (kept: (N,) bool, features of the kept images)."""
-    logits, z = collect_paths(model, x, device=device)
+    logits, z, s = collect_gate_paths(model, x, device=device)
     pred = logits.argmax(1).cpu()
     kept = pred == y if y is not None else torch.ones(len(pred), dtype=torch.bool)
-    return kept, path_features([zl[kept] for zl in z], pred[kept], profiles.freq)
+    gates = [sl[kept] for sl in s] if profiles.gate_mean is not None else None
+    return kept, path_features([zl[kept] for zl in z], pred[kept], profiles.freq, s=gates, gate_mean=profiles.gate_mean)
 
 
 def attacked_path_features(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, attacks: list[str],
@@ -151,4 +152,4 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
                                  if trees else {}),
                               "fpr_achieved": round(float((thr_scores > threshold).float().mean()), 4)}
     meta = {**profiles.meta, "threshold": threshold, "target_fpr": target_fpr, "calibration": record}
-    return PathProfiles(profiles.freq, profiles.counts, meta, scorer)
+    return PathProfiles(profiles.freq, profiles.counts, meta, scorer, profiles.gate_mean)

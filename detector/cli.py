@@ -168,7 +168,7 @@ def _cmd_profiles(a: argparse.Namespace) -> None:
                          f"{a.families!r} ({len(families)}), comma-separated")
     model = load_model(a.model, a.device)
     train, test = load_split(a.data, "train"), load_split(a.data, "test")
-    profiles = build_profiles(model, train.x, train.y, device=a.device)
+    profiles = build_profiles(model, train.x, train.y, device=a.device, gate_logits=not a.without_gate_logits)
     cal_idx, _ = split_test(test.y, model.cfg.num_classes)
     cal_idx = balanced_subset(cal_idx, test.y, a.calib_limit, model.cfg.num_classes)
     extra = None
@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"attacks the scorer is fitted against (default {CALIB_ATTACKS}; fgsm,pgd with --calib-train-subset 0: "
                         f"20 min less, 0.01 more AUROC on FGSM / PGD, 0.16-0.22 less on CW / DeepFool, README)")
     p.add_argument("--calib-limit", type=int, default=0, help="calibration images (class-balanced; 0 = all 5,000)")
+    p.add_argument("--without-gate-logits", action="store_true",
+                   help="score the binary path z only, not also each gate logit's deviation from its class mean (the "
+                        "scorer before session 20; on the calibration half the gate logits added 0.014-0.04 AUROC per "
+                        "attack, README)")
     p.add_argument("--calib-train", type=int, default=CALIB_TRAIN,
                    help=f"training images (class-balanced) whose clean and attacked paths join the scorer's fit data; "
                         f"the threshold stays on test calibration images (default {CALIB_TRAIN}, 0 = none)")

@@ -3,7 +3,9 @@
 Built from correctly classified *training* images. The signature of a class is the binary path of the filters
 that fire for at least half of its images. Stored in the bundle as one safetensors file whose metadata holds the
 JSON description (model weights hash, data fingerprint, images per class, creation time), so one rename replaces
-the profiles atomically: a crash mid-way leaves the previous profiles intact.
+the profiles atomically: a crash mid-way leaves the previous profiles intact. Beside the firing frequencies, each
+class's mean gate logit per filter (z = 1(s > 0) keeps only the sign of s; the scorer also reads how far s sits from
+where it sits for the class).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from torch import Tensor
 from .bundle import WEIGHTS, file_sha256, publish
 from .model import CifarResNet
 from .scoring import PathScorer, feature_count
-from .stats import collect_paths
+from .stats import collect_gate_paths
 
 PROFILES = "profiles.safetensors"
 _META_KEY = "dnd_profiles"
@@ -34,6 +36,9 @@ class PathProfiles:
     counts: Tensor      # (K,) int64: images per class the profile was built from
     meta: dict[str, Any] = field(default_factory=dict)  # + "threshold", "calibration" once calibrated
     scorer: PathScorer | None = None  # the `path` score, fitted on a calibration split (see calibration.py)
+    # L x (K, C_l) float32: the class's mean gate logit s per filter; None in profiles from before session 20 (their
+    # scorer reads z only) or built with gate_logits=False
+    gate_mean: list[Tensor] | None = None
 
     def signatures(self, level: float = 0.5) -> list[Tensor]:
         """Binary reference path per class: L x (K, C_l) bool, filters open for >= `level` of the class."""
@@ -41,12 +46,13 @@ class PathProfiles:
 
 
 def build_profiles(model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 500,
-                   device: str | torch.device = "cpu") -> PathProfiles:
+                   device: str | torch.device = "cpu", gate_logits: bool = True) -> PathProfiles:
     """Profiles from images x (N, 3, 32, 32) (uint8 or [0,1] float) with labels y (N,); only the correctly
-    classified ones count, so a profile describes how the model *succeeds* on a class."""
+    classified ones count, so a profile describes how the model *succeeds* on a class. gate_logits=False leaves out
+    the class means of the gate logits (the scorer then reads z only, as before session 20)."""
     if not model.cfg.decoupled:
         raise ValueError("path profiles need a decoupled model (one with gates); this bundle is dense")
-    logits, z = collect_paths(model, x, batch_size, device)
+    logits, z, s = collect_gate_paths(model, x, batch_size, device)
     ok = logits.argmax(1) == y
     k = model.cfg.num_classes
     counts = torch.stack([(ok & (y == c)).sum() for c in range(k)])
@@ -54,7 +60,9 @@ def build_profiles(model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 5
         missing = [model.cfg.classes[c] for c in range(k) if counts[c] == 0]
         raise ValueError(f"no correctly classified images of class(es) {missing}; expected at least one per class")
     freq = [torch.stack([zl[ok & (y == c)].float().mean(0) for c in range(k)]) for zl in z]
-    return PathProfiles(freq, counts.long(), {"images_correct": int(ok.sum()), "images_seen": len(y)})
+    gate_mean = [torch.stack([sl[ok & (y == c)].mean(0) for c in range(k)]) for sl in s] if gate_logits else None
+    return PathProfiles(freq, counts.long(), {"images_correct": int(ok.sum()), "images_seen": len(y)},
+                        gate_mean=gate_mean)
 
 
 def save_profiles(profiles: PathProfiles, bundle: str | os.PathLike, data_fingerprint: str) -> Path:
@@ -65,6 +73,8 @@ def save_profiles(profiles: PathProfiles, bundle: str | os.PathLike, data_finger
             "images_per_class": profiles.counts.tolist(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "layers": len(profiles.freq)}
     tensors = {f"freq.{l}": f.contiguous() for l, f in enumerate(profiles.freq)} | {"counts": profiles.counts}
+    if profiles.gate_mean is not None:
+        tensors |= {f"gate_mean.{l}": g.contiguous() for l, g in enumerate(profiles.gate_mean)}
     if profiles.scorer is not None:
         tensors |= {k: v.contiguous() for k, v in profiles.scorer.tensors().items()}
     tmp = bundle / f".{PROFILES}.tmp{os.getpid()}"
@@ -88,13 +98,19 @@ def load_profiles(bundle: str | os.PathLike) -> PathProfiles:
                          f"{bundle / WEIGHTS} is {weights[:12]}...; rebuild with `dnd profiles --model {bundle}`")
     n = meta["layers"]
     expected = {f"freq.{l}" for l in range(n)} | {"counts"}
+    with_gates = expected | {f"gate_mean.{l}" for l in range(n)}
     scorer_keys = {k for k in tensors if k.startswith("scorer.")}
-    if set(tensors) - scorer_keys != expected:
-        raise ValueError(f"{path}: expected tensors freq.0..freq.{n - 1} and counts, found {sorted(tensors)}")
+    if set(tensors) - scorer_keys not in (expected, with_gates):
+        raise ValueError(f"{path}: expected tensors freq.0..freq.{n - 1}, counts and optionally gate_mean.0.."
+                         f"gate_mean.{n - 1}, found {sorted(tensors)}")
     scorer = PathScorer.from_tensors(tensors) if scorer_keys else None
     freq = [tensors[f"freq.{l}"] for l in range(n)]
-    want = feature_count([f.shape[1] for f in freq])
+    gate_mean = [tensors[f"gate_mean.{l}"] for l in range(n)] if "gate_mean.0" in tensors else None
+    if gate_mean is not None and [g.shape for g in gate_mean] != [f.shape for f in freq]:
+        raise ValueError(f"{path}: gate_mean shapes {[tuple(g.shape) for g in gate_mean]} differ from freq shapes "
+                         f"{[tuple(f.shape) for f in freq]}")
+    want = feature_count([f.shape[1] for f in freq], gate_logits=gate_mean is not None)
     if scorer is not None and scorer.mean.numel() != want:
         raise ValueError(f"{path}: its scorer was fitted on {scorer.mean.numel()} path features, this version computes "
                          f"{want} (an older feature set); rebuild with `dnd profiles --model {bundle} --data ROOT`")
-    return PathProfiles(freq, tensors["counts"], meta, scorer)
+    return PathProfiles(freq, tensors["counts"], meta, scorer, gate_mean)

@@ -51,18 +51,29 @@ def macs_per_sample(model: CifarResNet, z: list[Tensor]) -> Tensor:
 
 
 @torch.inference_mode()
-def collect_paths(model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
-                  ) -> tuple[Tensor, list[Tensor]]:
-    """Eval-mode logits (N, K) and binary paths L x (N, C_l) (bool) for uint8 or [0,1] float images x."""
+def collect_gate_paths(model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+                       ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Eval-mode logits (N, K), binary paths L x (N, C_l) (bool) and gate logits L x (N, C_l) (float32; z = 1(s > 0))
+    for uint8 or [0,1] float images x."""
     model.eval()
-    logits, paths = [], []
+    logits, paths, gates = [], [], []
     for i in range(0, max(len(x), 1), batch_size):  # one empty batch for empty x: (0, K) logits, (0, C_l) paths
         xb = x[i:i + batch_size].to(device)
         xb = to_unit_float(xb)
         out = model.forward_paths(xb.contiguous(memory_format=torch.channels_last))
         logits.append(out.logits.float().cpu())
         paths.append([z.bool().cpu() for z in out.z])
-    return torch.cat(logits), [torch.cat([p[l] for p in paths]) for l in range(len(paths[0]))]
+        gates.append([s.float().cpu() for s in out.s])
+    layers = range(len(paths[0]))
+    return (torch.cat(logits), [torch.cat([p[l] for p in paths]) for l in layers],
+            [torch.cat([g[l] for g in gates]) for l in layers])
+
+
+def collect_paths(model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+                  ) -> tuple[Tensor, list[Tensor]]:
+    """Eval-mode logits (N, K) and binary paths L x (N, C_l) (bool) for uint8 or [0,1] float images x."""
+    logits, z, _ = collect_gate_paths(model, x, batch_size, device)
+    return logits, z
 
 
 def filter_states(z: list[Tensor]) -> dict[str, int]:

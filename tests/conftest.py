@@ -92,8 +92,9 @@ def write_detector_bundle(out: Path, seed: int = 0) -> Path:
     save_bundle(m, out, {})
     g = torch.Generator().manual_seed(seed)
     freq = [torch.rand(10, u.cout, generator=g) for u in m.units()]
-    n_feat = feature_count([f.shape[1] for f in freq])
+    gate_mean = [torch.randn(10, u.cout, generator=g) for u in m.units()]
+    n_feat = feature_count([f.shape[1] for f in freq], gate_logits=True)
     scorer = PathScorer(torch.zeros(n_feat), torch.ones(n_feat), torch.randn(n_feat, generator=g), 0.0)
     meta = {"threshold": 0.0, "target_fpr": 0.05, "calibration": {"synthetic": True}}
-    save_profiles(PathProfiles(freq, torch.full((10,), 5), meta, scorer), out, "synthetic")
+    save_profiles(PathProfiles(freq, torch.full((10,), 5), meta, scorer, gate_mean), out, "synthetic")
     return out

@@ -195,11 +195,31 @@ def test_profiles_with_an_older_feature_set_are_refused(bundle: Path, tmp_path: 
     other = tmp_path / "old"
     shutil.copytree(bundle, other)
     p = load_profiles(other)
-    old = p.scorer.mean.numel() - 37  # the 708-feature layout before the likelihood columns (18 layers: 2L + 1 = 37)
+    # the 708-feature layout before the likelihood columns (18 layers: 2L + 1 = 37) and the gate logits (session 20)
+    old = feature_count([f.shape[1] for f in p.freq]) - 37
     sc = replace(p.scorer, mean=p.scorer.mean[:old], scale=p.scorer.scale[:old], coef=p.scorer.coef[:old])
-    save_profiles(PathProfiles(p.freq, p.counts, p.meta, sc), other, p.meta["data_fingerprint"])
+    save_profiles(PathProfiles(p.freq, p.counts, p.meta, sc), other, p.meta["data_fingerprint"])  # no gate_mean
     with pytest.raises(ValueError, match=f"fitted on {old} path features, this version computes {old + 37}"):
         load_detector(other)
+
+
+def test_profiles_without_gate_logits_still_score(bundle: Path, data: Path, tmp_path: Path) -> None:
+    """--without-gate-logits (and profiles from before session 20): the scorer reads z only, and the detector serves it."""
+    import shutil
+
+    other = tmp_path / "z-only"
+    shutil.copytree(bundle, other)
+    assert main(["profiles", "--model", str(other), "--data", str(data), "--without-gate-logits", *CHEAP]) == 0
+    p, q = load_profiles(other), load_profiles(bundle)
+    assert p.gate_mean is None and q.gate_mean is not None
+    widths = [f.shape[1] for f in p.freq]
+    assert p.scorer.mean.numel() == feature_count(widths) and q.scorer.mean.numel() == feature_count(widths, True)
+    det = load_detector(other)
+    x = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    a, b = det.predict(x), det.predict(x, batch_size=4)
+    assert torch.allclose(a.scores, b.scores, atol=1e-5) and torch.equal(a.labels, load_detector(bundle).predict(x).labels)
+    with pytest.raises(ValueError, match="scores gate logits too: pass s"):
+        load_detector(bundle).path_features(a.paths, a.labels)
 
 
 def test_dense_bundle_and_missing_profiles_give_clear_errors(bundle: Path, tmp_path: Path) -> None:
@@ -262,6 +282,26 @@ def test_soft_distances_equal_hard_ones_on_binary_paths() -> None:
     v = [torch.rand(6, c, generator=g).requires_grad_(True) for c in (4, 8)]  # soft paths: gradients reach every filter
     path_features(v, labels, freq)[:, :4].sum().backward()
     assert all(vl.grad is not None and bool((vl.grad != 0).all()) for vl in v)
+
+
+def test_gate_logit_features_are_deviations_from_the_class_mean() -> None:
+    g = torch.Generator().manual_seed(3)
+    widths = (4, 8)
+    z = [torch.rand(5, c, generator=g) > 0.5 for c in widths]
+    freq = [torch.rand(3, c, generator=g) for c in widths]
+    s = [torch.randn(5, c, generator=g) for c in widths]
+    gm = [torch.randn(3, c, generator=g) for c in widths]
+    labels = torch.tensor([0, 2, 1, 1, 0])
+    feats = path_features(z, labels, freq, s=s, gate_mean=gm)
+    assert feats.shape == (5, feature_count(list(widths), gate_logits=True)) == (5, feature_count(list(widths)) + 12)
+    assert torch.equal(feats[:, :feature_count(list(widths))], path_features(z, labels, freq))  # the z columns unchanged
+    want = torch.cat([sl - gl[labels] for sl, gl in zip(s, gm)], 1)
+    assert torch.equal(feats[:, -12:], want)
+    v = [sl.clone().requires_grad_(True) for sl in s]  # what the adaptive attack differentiates through
+    path_features(z, labels, freq, s=v, gate_mean=gm)[:, -12:].sum().backward()
+    assert all(bool((vl.grad == 1).all()) for vl in v)
+    with pytest.raises(ValueError, match="need both the gate logits s and the profiles' gate_mean"):
+        path_features(z, labels, freq, s=s)
 
 
 def test_features_first_built_in_inference_mode_still_differentiate() -> None:

@@ -47,18 +47,25 @@ def test_profiles_count_only_correct_images_exactly(tmp_path: Path, monkeypatch:
     z[0][y == 0, 1] = True       # filter 1 only for class 0 ...
     z[0][0, 1] = False           # ... except the (misclassified) image 0, which must not count anyway
     z[0][20, 2] = True           # filter 2 for one of the 3 counted class-0 images (20, 30 and this one)
+    s = [torch.zeros(40, u.cout) for u in m.units()]
+    s[1][:, 0] = torch.arange(40.0)  # class 0's counted images are 20 and 30 (0 and 10 are misclassified): mean 25
     import detector.profiles as prof
 
-    monkeypatch.setattr(prof, "collect_paths", lambda *a, **k: (logits, z))
+    monkeypatch.setattr(prof, "collect_gate_paths", lambda *a, **k: (logits, z, s))
     p = build_profiles(m, torch.zeros(40, 3, 32, 32), y)
     assert p.counts.tolist() == [2] + [4] * 9 and p.meta["images_correct"] == 38
     assert p.freq[0][:, 0].tolist() == [1.0] * 10
     assert p.freq[0][:, 1].tolist() == [1.0] + [0.0] * 9
     assert p.freq[0][0, 2].item() == 0.5 and p.signatures()[0][0, 2].item() is True  # >= 0.5 is in the signature
+    # class c's images are c, c+10, c+20, c+30: mean c+15 for c > 0
+    assert p.gate_mean[1][:, 0].tolist() == [25.0] + [c + 15.0 for c in range(1, 10)]
+    assert all(g.shape == f.shape for g, f in zip(p.gate_mean, p.freq))
     save_profiles(p, bundle, "fp")
     q = load_profiles(bundle)
     assert all(torch.equal(a, b) for a, b in zip(p.freq, q.freq))
+    assert all(torch.equal(a, b) for a, b in zip(p.gate_mean, q.gate_mean))
     assert q.meta["data_fingerprint"] == "fp" and q.meta["images_per_class"] == [2] + [4] * 9
+    assert build_profiles(m, torch.zeros(40, 3, 32, 32), y, gate_logits=False).gate_mean is None
 
 
 def test_profiles_need_every_class(tmp_path: Path) -> None:
