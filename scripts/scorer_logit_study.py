@@ -13,7 +13,7 @@ class-balanced training images (FGSM + PGD on all, CW + DeepFool on N_SUB of the
 evaluation half is not touched. Paired bootstrap 95% intervals of the AUROC difference against `z`.
 
 usage: python scripts/scorer_logit_study.py BUNDLE CACHE.pt [N_TRAIN [N_SUB]]   (defaults 5000 1000; the first run
-collects the cache, ~40 min on 2 cores; later runs ~3 min)
+collects the cache, 20-40 min on 2 cores (THREADS=1 sets torch's threads); later runs ~6 min, ~2 per feature set)
 """
 import os
 import sys
