@@ -50,14 +50,14 @@ def adaptive_pgd(det: Detector, x: Tensor, y: Tensor, eps: float = 8 / 255, alph
             with model.straight_through_paths():
                 o = model.forward_paths(xa)
                 # gate-logit features (profiles with gate_mean) are differentiable in s as they are
-                score = scorer.surrogate(path_features(o.z, target, freq, sig, nb, o.s if gm else None, gm))
+                score = scorer.surrogate(path_features(o.z, target, freq, sig, nb, o.s if gm is not None else None, gm))
                 loss = F.cross_entropy(o.logits, target, reduction="sum") + beta * F.softplus(score - sur_thr).sum()
             grad, = torch.autograd.grad(loss, xa)
             with torch.no_grad():
                 # the forward values are exactly eval-time: record images that already evade (first success kept)
                 pred = o.logits.argmax(1)
                 hard_score = scorer.score(path_features([z.detach() > 0.5 for z in o.z], pred, freq, sig, nb,
-                                                        [s.detach() for s in o.s] if gm else None, gm))
+                                                        [s.detach() for s in o.s] if gm is not None else None, gm))
                 now = (pred != yb) & (hard_score <= det.threshold) & ~broken
                 best[now] = xa.detach()[now]
                 broken |= now

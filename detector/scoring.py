@@ -137,7 +137,7 @@ def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signature
     if (s is None) != (gate_mean is None):
         raise ValueError("gate-logit features need both the gate logits s and the profiles' gate_mean; "
                          f"found s {'missing' if s is None else 'given'} and gate_mean {'missing' if gate_mean is None else 'given'}")
-    if s is not None and gate_mean is not None:
+    if s is not None and gate_mean is not None:  # (both, after the check above; narrows the types)
         sc = torch.cat(s, 1).to(zc)  # (N, sum C_l)
         cols.append(sc - torch.cat(gate_mean, 1).to(zc)[labels])
     return torch.cat(cols, 1)

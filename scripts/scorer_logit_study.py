@@ -27,6 +27,7 @@ from detector.bundle import load_model
 from detector.calibration import balanced_subset
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer, path_features
+from detector.stats import collect_gate_paths
 from study_data import FOUR, calibration_parts, paired_interval
 
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
@@ -37,14 +38,10 @@ model, prof = load_model(bundle).eval(), load_profiles(bundle)
 widths = [f.shape[1] for f in prof.freq]
 
 
-@torch.inference_mode()
 def paths(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images (N, 3, 32, 32) in [0, 1] -> predictions (N,), z (N, 672) bool, s (N, 672) float."""
-    pred, z, s = [], [], []
-    for i in range(0, len(x), 500):
-        out = model.forward_paths(x[i:i + 500].contiguous(memory_format=torch.channels_last))
-        pred.append(out.logits.argmax(1)); z.append(torch.cat(out.z, 1).bool()); s.append(torch.cat(out.s, 1).float())
-    return torch.cat(pred), torch.cat(z), torch.cat(s)
+    logits, z, s = collect_gate_paths(model, x)
+    return logits.argmax(1), torch.cat(z, 1), torch.cat(s, 1)
 
 
 if not os.path.exists(cache):
