@@ -47,12 +47,22 @@ def strip_likelihoods(sets: dict[str, dict[str, torch.Tensor]], freq: list[torch
     return {p: {a: without_likelihoods(v, widths) for a, v in d.items()} for p, d in sets.items()}
 
 
-def cached_features(sets: dict[str, dict[str, tuple]], freq: list[torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """{part: {set: path_features}} from the path cache of scripts/scorer_likelihood_study.py, whose entries are
-    (paths (N, sum C_l) bool, predictions (N,), true labels (N,))."""
+def cached_features(sets: dict[str, dict[str, tuple]], freq: list[torch.Tensor],
+                    gate_mean: list[torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """{part: {set: path_features}} from a path cache: scripts/scorer_likelihood_study.py's, whose entries are
+    (paths (N, sum C_l) bool, predictions (N,), true labels (N,)), or scripts/scorer_logit_study.py's, whose entries
+    are (predictions (N,), paths (N, sum C_l) bool, gate logits (N, sum C_l)). With gate_mean (the profiles' class
+    means of the gate logits) and the latter cache, the features include the gate-logit columns, as shipped."""
     widths = [f.shape[1] for f in freq]
-    return {p: {a: path_features(list(torch.split(e[0], widths, 1)), e[1], freq) for a, e in d.items()}
-            for p, d in sets.items()}
+
+    def one(e: tuple) -> torch.Tensor:
+        if e[0].dtype == torch.bool:  # likelihood-study cache: no gate logits
+            return path_features(list(torch.split(e[0], widths, 1)), e[1], freq)
+        pred, z, s = e
+        gates = list(torch.split(s, widths, 1)) if gate_mean is not None else None
+        return path_features(list(torch.split(z, widths, 1)), pred, freq, s=gates, gate_mean=gate_mean)
+
+    return {p: {a: one(e) for a, e in d.items()} for p, d in sets.items()}
 
 
 def thr_labels(F: dict[str, dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:

@@ -96,9 +96,12 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
     assert "extra_subset_images" not in before  # the fixture turned it off
     # one tree model per family: FGSM + PGD, and DeepFool (its CW partner did not run); the default log priors
     assert cal["families"] == [["fgsm", "pgd"], ["deepfool"]] and before["families"] == [["fgsm", "pgd"]]
-    assert cal["family_log_prior"] == [0.0, -1.0] and before["family_log_prior"] == [0.0]
+    from detector.cli import CALIB_FAMILY_LOG_PRIOR
+
+    default_prior = [float(v) for v in CALIB_FAMILY_LOG_PRIOR.split(",")]
+    assert cal["family_log_prior"] == default_prior and before["family_log_prior"] == [0.0]
     sc = load_profiles(b).scorer
-    assert sc.trees is not None and len(sc.trees.baseline) == 2 and sc.log_prior.tolist() == [0.0, -1.0]
+    assert sc.trees is not None and len(sc.trees.baseline) == 2 and sc.log_prior.tolist() == default_prior
     assert cal["fpr_achieved"] <= 0.05
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     out = load_detector(b).predict(x)
@@ -107,12 +110,12 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
 
 
 def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
-    from detector.cli import CALIB_TRAIN_SUBSET, _calib_train_subset, build_parser
+    from detector.cli import CALIB_FAMILY_LOG_PRIOR, CALIB_TRAIN_SUBSET, _calib_train_subset, build_parser
 
     a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d"])
     assert a.calib_attacks == "fgsm,pgd,cw,deepfool" and a.calib_train == 30000 and a.calib_train_subset is None
     assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool"
-    assert a.families == "fgsm+pgd,cw+deepfool" and a.family_log_prior is None  # -> CALIB_FAMILY_LOG_PRIOR "0,-1"
+    assert a.families == "fgsm+pgd,cw+deepfool" and a.family_log_prior is None  # -> CALIB_FAMILY_LOG_PRIOR
     assert _calib_train_subset(None, 30000) == CALIB_TRAIN_SUBSET == 2000
     assert _calib_train_subset(None, 300) == 300 and _calib_train_subset(None, 0) == 0  # follows --calib-train
     assert _calib_train_subset(0, 30000) == 0 and _calib_train_subset(10, 300) == 10
@@ -121,7 +124,8 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
     assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
     assert shipped["extra_subset_images"] == CALIB_TRAIN_SUBSET and shipped["extra_subset_attacks"] == ["cw", "deepfool"]
-    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"]] and shipped["family_log_prior"] == [0.0, -1.0]
+    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"]]
+    assert shipped["family_log_prior"] == [float(v) for v in CALIB_FAMILY_LOG_PRIOR.split(",")] == [0.0, 0.0]
 
 
 def test_families_must_cover_every_attack_once() -> None:
