@@ -47,8 +47,8 @@ if len(sys.argv) > 3:
 rows["A: FGSM + PGD model"] = aurocs({a: r[:, 0] for a, r in raw.items()})
 rows["B: CW + DeepFool model"] = aurocs({a: r[:, 1] for a, r in raw.items()})
 offsets = [1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0]
-for o in offsets:
-    rows[f"logsumexp(A, B {o:+.1f})"] = aurocs({a: np.logaddexp(r[:, 0], r[:, 1] + o) for a, r in raw.items()})
+mix = {o: aurocs({a: np.logaddexp(r[:, 0], r[:, 1] + o) for a, r in raw.items()}) for o in offsets}
+rows |= {f"logsumexp(A, B {o:+.1f})": au for o, au in mix.items()}
 rows["max of clean quantiles"] = aurocs({a: q.max(1) + 1e-9 * raw[a][:, 0] for a, q in quant.items()})
 rows[f"bundle score (log prior {None if sc.log_prior is None else sc.log_prior.tolist()})"] = aurocs({a: sc.score(v).numpy() for a, v in F.items()})
 print(f"threshold part: {len(F['clean'])} clean, " + ", ".join(f"{len(F[a])} {a}" for a in FOUR))
@@ -56,9 +56,9 @@ for name, au in rows.items():
     print(f"{name:40s} " + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au)) + f" mean {np.mean(au):.4f}")
 if "COMPARE (single model)" in rows:
     base = rows["COMPARE (single model)"]
-    ok = [o for o in offsets if all(rows[f"logsumexp(A, B {o:+.1f})"][i] >= base[i] - 0.005 for i in (0, 1))]
+    ok = [o for o in offsets if all(mix[o][i] >= base[i] - 0.005 for i in (0, 1))]
     print(f"largest offset keeping FGSM and PGD within 0.005 of COMPARE: {max(ok) if ok else None}")
-floor = [o for o in offsets if min(rows[f"logsumexp(A, B {o:+.1f})"][:2]) >= 0.92]
-best = max(floor, key=lambda o: np.mean(rows[f"logsumexp(A, B {o:+.1f})"])) if floor else None
+floor = [o for o in offsets if min(mix[o][:2]) >= 0.92]
+best = max(floor, key=lambda o: np.mean(mix[o])) if floor else None
 print(f"highest mean AUROC with FGSM and PGD >= 0.92: offset {best}"
-      + (f", mean {np.mean(rows[f'logsumexp(A, B {best:+.1f})']):.4f}" if best is not None else ""))
+      + (f", mean {np.mean(mix[best]):.4f}" if best is not None else ""))

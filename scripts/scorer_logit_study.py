@@ -72,11 +72,12 @@ mean_s = torch.stack([s_tr[p_tr == k].mean(0) for k in range(10)])  # (K, 672)
 
 def features(kind: str, e: tuple) -> torch.Tensor:
     pred, z, s = e
+    if kind == "+dev":  # the shipped columns s - mean_s[pred], with mean_s in place of the profiles' gate_mean
+        return path_features(list(torch.split(z, widths, 1)), pred, prof.freq, s=list(torch.split(s, widths, 1)),
+                             gate_mean=list(torch.split(mean_s, widths, 1)))
     base = path_features(list(torch.split(z, widths, 1)), pred, prof.freq)
     if kind == "z":
         return base
-    if kind == "+dev":
-        return torch.cat([base, s - mean_s[pred]], 1)
     a = s.abs()
     layer = [(c.mean(1, keepdim=True), (c < 1).float().mean(1, keepdim=True)) for c in torch.split(a, widths, 1)]
     return torch.cat([base, *[t for pair in layer for t in pair]], 1)
