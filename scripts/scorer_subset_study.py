@@ -7,7 +7,7 @@ random share (1/4, 1/2, all) of their CW and DeepFool rows, two draws per share,
 half's threshold part (the evaluation half is not touched). Decision rule, written down before the run: a larger subset
 is worth a `dnd profiles` rebuild only if doubling the rows (1/2 -> all) lifts the mean CW / DeepFool AUROC by >= 0.01.
 
-usage: python scripts/scorer_subset_study.py BUNDLE CACHE.pt    (CACHE.pt from scripts/scorer_logit_study.py; ~5 min)
+usage: python scripts/scorer_subset_study.py BUNDLE CACHE.pt    (CACHE.pt from scripts/scorer_logit_study.py; ~9 min)
 """
 import sys
 import time
