@@ -10,7 +10,7 @@ rows (the logit cache's fit and training parts) and scored on the calibration ha
 half is not touched). Decision rule, written down before the run: the margins join the shipped features only if the
 mean AUROC over the four attacks gains >= 0.005 and no attack loses more than 0.005.
 
-usage: python scripts/scorer_logit_margin_study.py BUNDLE CACHE.pt    (CACHE.pt from scripts/scorer_logit_study.py)
+usage: python scripts/scorer_logit_margin_study.py BUNDLE CACHE.pt    (CACHE.pt from scripts/scorer_logit_study.py; ~9 min)
 """
 import sys
 import time

@@ -8,7 +8,7 @@ training parts: all clean rows against all attacked ones) and scored on the cali
 evaluation half is not touched). Decision rule, written down before the run: the multiclass model replaces the two
 family models only if its mean AUROC over the four attacks beats theirs by >= 0.005 with FGSM and PGD >= 0.92.
 
-usage: python scripts/scorer_multiclass_study.py BUNDLE CACHE.pt    (CACHE.pt from scripts/scorer_logit_study.py)
+usage: python scripts/scorer_multiclass_study.py BUNDLE CACHE.pt    (CACHE.pt from scripts/scorer_logit_study.py; ~9 min)
 """
 import sys
 import time
