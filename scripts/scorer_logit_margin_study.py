@@ -17,11 +17,10 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
-from study_data import FOUR, cached_features
+from study_data import FOUR, cached_features, fit_rows, thr_aurocs
 
 torch.set_num_threads(2)
 prof = load_profiles(sys.argv[1])
@@ -50,12 +49,9 @@ fams = [["fgsm", "pgd"], ["cw", "deepfool"]]
 
 def run(feats: dict, name: str) -> list[float]:
     t0 = time.time()
-    rows = {a: torch.cat([feats[p][a] for p in ("fit", "train")]) for a in ["clean", *FOUR]}
+    rows = fit_rows(feats)
     sc = PathScorer.fit(rows["clean"], {a: rows[a] for a in FOUR}, families=fams)
-    thr = feats["thr"]
-    s0 = sc.score(thr["clean"]).double().numpy()
-    au = [roc_auc_score(np.r_[np.zeros(len(s0)), np.ones(len(thr[a]))], np.r_[s0, sc.score(thr[a]).double().numpy()])
-          for a in FOUR]
+    au = thr_aurocs(feats, lambda x: sc.score(x).double().numpy())
     print(f"{name:28s} {rows['clean'].shape[1]} features: " + " ".join(f"{a} {v:.4f}" for a, v in zip(FOUR, au))
           + f" mean {np.mean(au):.4f}  ({time.time() - t0:.0f} s)", flush=True)
     return au

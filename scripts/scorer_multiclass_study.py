@@ -17,25 +17,19 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import roc_auc_score
 
 from detector.profiles import load_profiles
 from detector.scoring import TREE_PARAMS, PathScorer
-from study_data import FOUR, cached_features
+from study_data import FOUR, cached_features, fit_rows, thr_aurocs
 
 torch.set_num_threads(2)
 prof = load_profiles(sys.argv[1])
 F = cached_features(torch.load(sys.argv[2]), prof.freq, prof.gate_mean)
 thr = F["thr"]
-rows = {a: torch.cat([F[p][a] for p in ("fit", "train")]) for a in ["clean", *FOUR]}
+rows = fit_rows(F)
 fams = [["fgsm", "pgd"], ["cw", "deepfool"]]
 print("fit rows: " + ", ".join(f"{len(v)} {a}" for a, v in rows.items())
       + "; threshold part: " + ", ".join(f"{len(v)} {a}" for a, v in thr.items()), flush=True)
-
-
-def aurocs(score) -> list[float]:
-    s0 = score(thr["clean"])
-    return [roc_auc_score(np.r_[np.zeros(len(s0)), np.ones(len(thr[a]))], np.r_[s0, score(thr[a])]) for a in FOUR]
 
 
 def show(name: str, au: list[float], t: float) -> None:
@@ -45,7 +39,7 @@ def show(name: str, au: list[float], t: float) -> None:
 
 t0 = time.time()
 two = PathScorer.fit(rows["clean"], {a: rows[a] for a in FOUR}, families=fams)
-base = aurocs(lambda x: two.score(x).double().numpy())
+base = thr_aurocs(F, lambda x: two.score(x).double().numpy())
 show("two family models, equal priors", base, time.time() - t0)
 
 t0 = time.time()
@@ -61,7 +55,7 @@ def multi(f: torch.Tensor) -> np.ndarray:
     return logsumexp(d[:, 1:], axis=1) - d[:, 0]
 
 
-multi_au = aurocs(multi)
+multi_au = thr_aurocs(F, multi)
 show("one three-class model", multi_au, time.time() - t0)
 gain = np.mean(multi_au) - np.mean(base)
 ok = gain >= 0.005 and min(multi_au[:2]) >= 0.92

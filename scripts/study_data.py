@@ -1,5 +1,6 @@
 """Images the scorer studies work on, cut exactly as `dnd profiles` cuts them (imported by scripts/scorer_*_study.py)."""
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -68,6 +69,18 @@ def cached_features(sets: dict[str, dict[str, tuple]], freq: list[torch.Tensor],
 def thr_labels(F: dict[str, dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
     """Per attack, the 0 (clean) / 1 (attacked) labels of the threshold part's rows [clean, attack]."""
     return {a: np.r_[np.zeros(len(F["thr"]["clean"])), np.ones(len(F["thr"][a]))] for a in FOUR}
+
+
+def fit_rows(F: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """{set: features}: the fit and training parts' rows of each set (clean and the four attacks) stacked, the rows the
+    study scorers are fitted on."""
+    return {a: torch.cat([F[p][a] for p in ("fit", "train")]) for a in ["clean", *FOUR]}
+
+
+def thr_aurocs(F: dict[str, dict[str, torch.Tensor]], score: Callable[[torch.Tensor], np.ndarray]) -> list[float]:
+    """AUROC per attack in FOUR on the threshold part (its clean rows against the attack's), `score`: (N, F) -> (N,)."""
+    s0 = score(F["thr"]["clean"])
+    return [roc_auc_score(np.r_[np.zeros(len(s0)), np.ones(len(F["thr"][a]))], np.r_[s0, score(F["thr"][a])]) for a in FOUR]
 
 
 def fit_scores(F: dict[str, dict[str, torch.Tensor]], attacks: list[str] = FOUR) -> tuple[dict[str, np.ndarray], str]:
