@@ -14,24 +14,17 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 from detector.profiles import load_profiles
 from detector.scoring import PathScorer
-from study_data import cached_features
+from study_data import cached_features, fit_rows, thr_aurocs
 
 torch.set_num_threads(2)
 prof = load_profiles(sys.argv[1])
 F = cached_features(torch.load(sys.argv[2]), prof.freq, prof.gate_mean)
-clean = torch.cat([F[p]["clean"] for p in ("fit", "train")])
-pool = {a: torch.cat([F[p][a] for p in ("fit", "train")]) for a in ("cw", "deepfool")}
+rows = fit_rows(F)
+clean, pool = rows["clean"], {a: rows[a] for a in ("cw", "deepfool")}
 thr = F["thr"]
-
-
-def aurocs(sc: PathScorer) -> list[float]:
-    s0 = sc.score(thr["clean"]).double().numpy()
-    return [roc_auc_score(np.r_[np.zeros(len(s0)), np.ones(len(thr[a]))], np.r_[s0, sc.score(thr[a]).double().numpy()])
-            for a in ("cw", "deepfool")]
 
 
 print(f"{len(clean)} clean rows; pool: " + ", ".join(f"{len(v)} {a}" for a, v in pool.items())
@@ -44,7 +37,7 @@ for share in (0.25, 0.5, 1.0):
         att = {a: v[torch.randperm(len(v), generator=g)[: round(share * len(v))]] for a, v in pool.items()}
         t0 = time.time()
         sc = PathScorer.fit(clean, att, families=[["cw", "deepfool"]])
-        au = aurocs(sc)
+        au = thr_aurocs(F, lambda x: sc.score(x).double().numpy(), ["cw", "deepfool"])
         got.append(np.mean(au))
         print(f"share {share:.2f} draw {draw}: {sum(map(len, att.values()))} attacked rows  cw {au[0]:.4f} "
               f"deepfool {au[1]:.4f} mean {np.mean(au):.4f}  ({time.time() - t0:.0f} s)", flush=True)

@@ -77,10 +77,11 @@ def fit_rows(F: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {a: torch.cat([F[p][a] for p in ("fit", "train")]) for a in ["clean", *FOUR]}
 
 
-def thr_aurocs(F: dict[str, dict[str, torch.Tensor]], score: Callable[[torch.Tensor], np.ndarray]) -> list[float]:
-    """AUROC per attack in FOUR on the threshold part (its clean rows against the attack's), `score`: (N, F) -> (N,)."""
-    s0 = score(F["thr"]["clean"])
-    return [roc_auc_score(np.r_[np.zeros(len(s0)), np.ones(len(F["thr"][a]))], np.r_[s0, score(F["thr"][a])]) for a in FOUR]
+def thr_aurocs(F: dict[str, dict[str, torch.Tensor]], score: Callable[[torch.Tensor], np.ndarray],
+               attacks: list[str] = FOUR) -> list[float]:
+    """AUROC per attack on the threshold part (its clean rows against the attack's), `score`: (N, F) -> (N,)."""
+    s0, y_of = score(F["thr"]["clean"]), thr_labels(F)
+    return [roc_auc_score(y_of[a], np.r_[s0, score(F["thr"][a])]) for a in attacks]
 
 
 def fit_scores(F: dict[str, dict[str, torch.Tensor]], attacks: list[str] = FOUR) -> tuple[dict[str, np.ndarray], str]:
