@@ -53,6 +53,21 @@ def augment(xb: torch.Tensor, ij: torch.Tensor, flip: torch.Tensor) -> torch.Ten
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def cutout_params(b: int, gen: torch.Generator) -> torch.Tensor:
+    """Cutout centres (b, 2) in [0, 31], drawn on the CPU from the run's seeded generator (as crop_flip_params)."""
+    return torch.randint(0, 32, (b, 2), generator=gen)
+
+
+def cutout(xb: torch.Tensor, centre: torch.Tensor, size: int) -> torch.Tensor:
+    """xb (B, C, H, W) with the size x size square at each image's centre (B, 2) set to 0, clipped at the border.
+    The square spans rows centre - size // 2 ... centre - size // 2 + size - 1 (DeVries & Taylor 2017)."""
+    lo = centre.to(xb.device)[:, :, None] - size // 2  # (B, 2, 1): first row / column of the square
+    ar = torch.arange(xb.shape[-1], device=xb.device)
+    inside = (ar >= lo) & (ar < lo + size)  # (B, 2, W): rows / columns the square covers
+    keep = ~(inside[:, 0, :, None] & inside[:, 1, None, :])  # (B, H, W)
+    return xb * keep[:, None].to(xb.dtype)
+
+
 def frozen_teacher(src: CifarResNet, device: torch.device) -> CifarResNet:
     """The distillation teacher: `src` in eval mode, frozen, channels_last, with every BatchNorm folded into the conv
     before it (W' = W * g / sqrt(v + eps), b' = beta - mu * g / sqrt(v + eps)), which eval-mode BN allows. The logits
@@ -287,7 +302,10 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
             idx = perm_dev[it * cfg.batch_size:(it + 1) * cfg.batch_size]
             ij, flip = crop_flip_params(len(idx), gen)
             ij, flip = ij.to(dev, non_blocking=True), flip.to(dev, non_blocking=True)
-            xb = augment(x_train[idx], ij, flip).contiguous(memory_format=torch.channels_last)
+            xb = augment(x_train[idx], ij, flip)
+            if cfg.cutout:  # drawn only when on, so a run without it keeps its random stream
+                xb = cutout(xb, cutout_params(len(idx), gen), cfg.cutout)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y_train[idx]
             # offline: the teacher's logits of this image, mirrored as the view is (the crop shift is not modelled)
             t_in = teacher if t_logits is None else t_logits[flip.long(), idx]
