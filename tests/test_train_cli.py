@@ -232,6 +232,14 @@ def test_cutout_zeroes_one_clipped_square_per_image() -> None:
     assert torch.equal(cutout(x, centre, 0), x)
 
 
+def test_train_refuses_a_bad_cutout_size_before_loading_data(tmp_path: Path) -> None:
+    from training.config import TrainConfig
+    from training.train import train
+
+    with pytest.raises(ValueError, match="--cutout .* 0 \\(off\\) to 32; got -4"):
+        train(tmp_path / "no-data", tmp_path / "out", TrainConfig(cutout=-4))
+
+
 def test_offline_distillation_targets_and_run(dense: Path, data: Path, tmp_path: Path) -> None:
     from detector.config import ModelConfig
     from detector.model import build_model

@@ -59,7 +59,7 @@ def cutout_params(b: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def cutout(xb: torch.Tensor, centre: torch.Tensor, size: int) -> torch.Tensor:
-    """xb (B, C, H, W) with the size x size square at each image's centre (B, 2) set to 0, clipped at the border.
+    """xb (B, C, S, S) (square images) with the size x size square at each image's centre (B, 2) set to 0, clipped at the border.
     The square spans rows centre - size // 2 ... centre - size // 2 + size - 1 (DeVries & Taylor 2017)."""
     lo = centre.to(xb.device)[:, :, None] - size // 2  # (B, 2, 1): first row / column of the square
     ar = torch.arange(xb.shape[-1], device=xb.device)
@@ -230,6 +230,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         raise ValueError("--decouple needs --init DIR: a trained dense bundle to fine-tune from")
     if cfg.lambda_kd > 0 and init is None:  # checked before the data is loaded
         raise ValueError("--lambda-kd distils from the --init bundle; pass --init DIR")
+    if not 0 <= cfg.cutout <= 32:
+        raise ValueError(f"--cutout is the side of the square in pixels, 0 (off) to 32; got {cfg.cutout}")
     if (ckpt_dir / META).exists() and not resume:
         raise FileExistsError(f"{ckpt_dir} holds an earlier run; pass --resume to continue it or choose another --out")
     if model_cfg is None:
