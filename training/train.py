@@ -63,8 +63,8 @@ def cutout(xb: torch.Tensor, centre: torch.Tensor, size: int) -> torch.Tensor:
     The square spans rows centre - size // 2 ... centre - size // 2 + size - 1 (DeVries & Taylor 2017)."""
     lo = centre.to(xb.device)[:, :, None] - size // 2  # (B, 2, 1): first row / column of the square
     ar = torch.arange(xb.shape[-1], device=xb.device)
-    inside = (ar >= lo) & (ar < lo + size)  # (B, 2, W): rows / columns the square covers
-    keep = ~(inside[:, 0, :, None] & inside[:, 1, None, :])  # (B, H, W)
+    inside = (ar >= lo) & (ar < lo + size)  # (B, 2, S): rows / columns the square covers
+    keep = ~(inside[:, 0, :, None] & inside[:, 1, None, :])  # (B, S, S)
     return xb * keep[:, None].to(xb.dtype)
 
 
