@@ -61,7 +61,9 @@ evaluate: $(VENV_OK) data
 	$(call evaluate_to,models/resnet20-decoupled,reports/evaluation)
 
 # A candidate pair under runs/ (never shipped by this target): the same steps as train-dense ... evaluate, each
-# resumable, and a re-run skips the finished ones, so a long run survives interruptions. NAME names it;
+# resumable, and a re-run skips the finished ones, so a long run survives interruptions (the prerequisites are
+# order-only: a step's output existing is what counts, not file times, which a fresh clone sets in checkout order, so a
+# committed dense bundle newer than its committed fine-tune would otherwise re-run the fine-tune). NAME names it;
 # DENSE_FLAGS / DECOUPLED_FLAGS are extra `dnd train` flags (the same on every re-run, or --resume refuses), e.g.
 #   make candidate NAME=b256-e120 DENSE_FLAGS="--batch-size 256 --lr 0.2 --warmup-epochs 2 --epochs 120"
 CAND := runs/$(NAME)
@@ -71,12 +73,12 @@ candidate: $(VENV_OK) data
 $(CAND)-dense/metrics.json:
 	$(call train_dense,$(CAND)-dense,$(DENSE_FLAGS))
 	$(DND) stats --model $(CAND)-dense --data $(DATA)
-$(CAND)-decoupled/metrics.json: $(CAND)-dense/metrics.json
+$(CAND)-decoupled/metrics.json: | $(CAND)-dense/metrics.json
 	$(call train_decoupled,$(CAND)-decoupled,$(CAND)-dense,$(DECOUPLED_FLAGS))
 	$(DND) stats --model $(CAND)-decoupled --data $(DATA)
-$(CAND)-decoupled/profiles.safetensors: $(CAND)-decoupled/metrics.json
+$(CAND)-decoupled/profiles.safetensors: | $(CAND)-decoupled/metrics.json
 	$(call profile,$(CAND)-decoupled)
-$(CAND)-evaluation/report.json: $(CAND)-decoupled/profiles.safetensors
+$(CAND)-evaluation/report.json: | $(CAND)-decoupled/profiles.safetensors
 	$(call evaluate_to,$(CAND)-decoupled,$(CAND)-evaluation)
 
 bench: $(VENV_OK)
