@@ -66,15 +66,18 @@ evaluate: $(VENV_OK) data
 # committed dense bundle newer than its committed fine-tune would otherwise re-run the fine-tune). NAME names it;
 # DENSE_FLAGS / DECOUPLED_FLAGS are extra `dnd train` flags (the same on every re-run, or --resume refuses), e.g.
 #   make candidate NAME=b256-e120 DENSE_FLAGS="--batch-size 256 --lr 0.2 --warmup-epochs 2 --epochs 120"
-CAND := runs/$(NAME)
+# DENSE= fine-tunes from an existing dense bundle instead (then no dense step runs), so only the fine-tune changes, e.g.
+#   make candidate NAME=co16-ftco16 DENSE=runs/b256-bf16-co16-e200-dense DECOUPLED_FLAGS="--epochs 40 --cutout 16"
+CAND  := runs/$(NAME)
+DENSE ?= $(CAND)-dense
 candidate: $(VENV_OK) data
 	@test -n "$(NAME)" || { echo "make candidate: set NAME= (the run goes to runs/NAME-*)"; exit 2; }
 	$(MAKE) --no-print-directory $(CAND)-evaluation/report.json
 $(CAND)-dense/metrics.json:
 	$(call train_dense,$(CAND)-dense,$(DENSE_FLAGS))
 	$(DND) stats --model $(CAND)-dense --data $(DATA)
-$(CAND)-decoupled/metrics.json: | $(CAND)-dense/metrics.json
-	$(call train_decoupled,$(CAND)-decoupled,$(CAND)-dense,$(DECOUPLED_FLAGS))
+$(CAND)-decoupled/metrics.json: | $(DENSE)/metrics.json
+	$(call train_decoupled,$(CAND)-decoupled,$(DENSE),$(DECOUPLED_FLAGS))
 	$(DND) stats --model $(CAND)-decoupled --data $(DATA)
 $(CAND)-decoupled/profiles.safetensors: | $(CAND)-decoupled/metrics.json
 	$(call profile,$(CAND)-decoupled)

@@ -7,7 +7,10 @@ Rule (session 14, with the dense floor added in session 16), candidate against t
   4. the dense bundle reaches 88.5% (the target the candidate exists for).
 `python scripts/ship_check.py b256-e200` reads runs/X-dense/metrics.json, runs/X-decoupled/metrics.json and
 runs/X-evaluation/report.json next to models/*/metrics.json and reports/evaluation/report.json; prints each figure and
-each rule, and exits 0 only if every rule holds (1 otherwise, 2 if a file is missing).
+each rule, and exits 0 only if every rule holds (1 otherwise, 2 if a file is missing or the pair does not match).
+The dense bundle is the one the fine-tune started from, as its config.json records it (`init.path`, checked against
+`init.weights_sha256`), so a candidate made with `make candidate DENSE=...` is judged against its real teacher; a
+fine-tune without that record falls back to runs/X-dense.
 """
 from __future__ import annotations
 
@@ -26,6 +29,22 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def dense_of(root: Path, decoupled: Path, fallback: Path) -> Path:
+    cfg_path = decoupled / "config.json"
+    if not cfg_path.is_file():
+        return fallback
+    init = json.loads(cfg_path.read_text()).get("init") or {}
+    if "path" not in init:
+        return fallback
+    dense = root / init["path"]
+    found = load(dense / "config.json").get("weights_sha256")
+    if found != init.get("weights_sha256"):
+        print(f"{decoupled} was fine-tuned from weights {init.get('weights_sha256')} but {dense} now holds {found}: "
+              "the pair does not match", file=sys.stderr)
+        sys.exit(2)
+    return dense
+
+
 def figures(dense: Path, decoupled: Path, report: Path) -> dict[str, float]:
     d, f, r = load(dense / "metrics.json"), load(decoupled / "metrics.json"), load(report / "report.json")
     out = {"dense": d["test_accuracy"], "decoupled": f["test_accuracy"], "flops": f["flops_ratio"]}
@@ -40,8 +59,10 @@ def main() -> int:
     ap.add_argument("--root", default=".", help="repository root")
     a = ap.parse_args()
     root = Path(a.root)
-    cand = figures(root / "runs" / f"{a.name}-dense", root / "runs" / f"{a.name}-decoupled",
-                   root / "runs" / f"{a.name}-evaluation")
+    decoupled = root / "runs" / f"{a.name}-decoupled"
+    dense = dense_of(root, decoupled, root / "runs" / f"{a.name}-dense")
+    print(f"candidate: {dense} -> {decoupled}")
+    cand = figures(dense, decoupled, root / "runs" / f"{a.name}-evaluation")
     ship = figures(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
                    root / "reports" / "evaluation")
     print(f"{'':12s} {'shipped':>9s} {'candidate':>10s}")

@@ -41,3 +41,28 @@ def test_rule(tmp_path: Path, dense: float, dec: float, auroc: dict[str, float],
 def test_missing_candidate_is_exit_2(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(SCRIPT), "nope", "--root", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "make candidate" in r.stderr
+
+
+def _init(root: Path, dec_dir: str, dense_dir: str, dense_sha: str, recorded_sha: str) -> None:
+    (root / dense_dir / "config.json").write_text(json.dumps({"weights_sha256": dense_sha}))
+    (root / dec_dir / "config.json").write_text(json.dumps({"init": {"path": dense_dir,
+                                                                     "weights_sha256": recorded_sha}}))
+
+
+def test_dense_comes_from_the_fine_tunes_init(tmp_path: Path) -> None:
+    # runs/x-dense (92%) is a decoy: the fine-tune recorded runs/other-dense (88.0%) as its start, so rule 4 fails.
+    _pair(tmp_path, "models/resnet20-dense", "models/resnet20-decoupled", "reports/evaluation", 0.878, 0.881, SHIPPED)
+    _pair(tmp_path, "runs/x-dense", "runs/x-decoupled", "runs/x-evaluation", 0.92, 0.915, SHIPPED)
+    (tmp_path / "runs/other-dense").mkdir()
+    (tmp_path / "runs/other-dense/metrics.json").write_text(json.dumps({"test_accuracy": 0.880, "flops_ratio": 1.0}))
+    _init(tmp_path, "runs/x-decoupled", "runs/other-dense", "abc", "abc")
+    r = subprocess.run([sys.executable, str(SCRIPT), "x", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1 and "runs/other-dense" in r.stdout and "FAILS  dense accuracy" in r.stdout, r.stdout
+
+
+def test_dense_with_other_weights_is_exit_2(tmp_path: Path) -> None:
+    _pair(tmp_path, "models/resnet20-dense", "models/resnet20-decoupled", "reports/evaluation", 0.878, 0.881, SHIPPED)
+    _pair(tmp_path, "runs/x-dense", "runs/x-decoupled", "runs/x-evaluation", 0.89, 0.885, SHIPPED)
+    _init(tmp_path, "runs/x-decoupled", "runs/x-dense", "retrained", "original")
+    r = subprocess.run([sys.executable, str(SCRIPT), "x", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "original" in r.stderr and "retrained" in r.stderr
