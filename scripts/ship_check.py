@@ -30,10 +30,9 @@ def load(path: Path) -> dict:
 
 
 def dense_of(root: Path, decoupled: Path, fallback: Path) -> Path:
-    cfg_path = decoupled / "config.json"
-    if not cfg_path.is_file():
+    if not (decoupled / "config.json").is_file():
         return fallback
-    init = json.loads(cfg_path.read_text()).get("init") or {}
+    init = load(decoupled / "config.json").get("init") or {}
     if "path" not in init:
         return fallback
     dense = root / init["path"]

@@ -19,6 +19,10 @@ def _pair(root: Path, dense_dir: str, dec_dir: str, report_dir: str, dense: floa
     (root / report_dir / "report.json").write_text(json.dumps({"attacks": attacks}))
 
 
+def _check(root: Path, name: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), name, "--root", str(root)], capture_output=True, text=True)
+
+
 SHIPPED = {"fgsm": 0.91, "pgd": 0.95, "cw": 0.84, "deepfool": 0.89}
 
 
@@ -33,13 +37,13 @@ SHIPPED = {"fgsm": 0.91, "pgd": 0.95, "cw": 0.84, "deepfool": 0.89}
 def test_rule(tmp_path: Path, dense: float, dec: float, auroc: dict[str, float], ok: bool) -> None:
     _pair(tmp_path, "models/resnet20-dense", "models/resnet20-decoupled", "reports/evaluation", 0.878, 0.881, SHIPPED)
     _pair(tmp_path, "runs/x-dense", "runs/x-decoupled", "runs/x-evaluation", dense, dec, auroc)
-    r = subprocess.run([sys.executable, str(SCRIPT), "x", "--root", str(tmp_path)], capture_output=True, text=True)
+    r = _check(tmp_path, "x")
     assert r.returncode == (0 if ok else 1), r.stdout + r.stderr
     assert ("ship it" if ok else "do not ship") in r.stdout
 
 
 def test_missing_candidate_is_exit_2(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, str(SCRIPT), "nope", "--root", str(tmp_path)], capture_output=True, text=True)
+    r = _check(tmp_path, "nope")
     assert r.returncode == 2 and "make candidate" in r.stderr
 
 
@@ -56,7 +60,7 @@ def test_dense_comes_from_the_fine_tunes_init(tmp_path: Path) -> None:
     (tmp_path / "runs/other-dense").mkdir()
     (tmp_path / "runs/other-dense/metrics.json").write_text(json.dumps({"test_accuracy": 0.880, "flops_ratio": 1.0}))
     _init(tmp_path, "runs/x-decoupled", "runs/other-dense", "abc", "abc")
-    r = subprocess.run([sys.executable, str(SCRIPT), "x", "--root", str(tmp_path)], capture_output=True, text=True)
+    r = _check(tmp_path, "x")
     assert r.returncode == 1 and "runs/other-dense" in r.stdout and "FAILS  dense accuracy" in r.stdout, r.stdout
 
 
@@ -64,5 +68,5 @@ def test_dense_with_other_weights_is_exit_2(tmp_path: Path) -> None:
     _pair(tmp_path, "models/resnet20-dense", "models/resnet20-decoupled", "reports/evaluation", 0.878, 0.881, SHIPPED)
     _pair(tmp_path, "runs/x-dense", "runs/x-decoupled", "runs/x-evaluation", 0.89, 0.885, SHIPPED)
     _init(tmp_path, "runs/x-decoupled", "runs/x-dense", "retrained", "original")
-    r = subprocess.run([sys.executable, str(SCRIPT), "x", "--root", str(tmp_path)], capture_output=True, text=True)
+    r = _check(tmp_path, "x")
     assert r.returncode == 2 and "original" in r.stderr and "retrained" in r.stderr
