@@ -316,6 +316,20 @@ def test_resume_with_other_settings_is_refused(data: Path, tmp_path: Path, capsy
     assert "other settings" in err and "lr: checkpoint 0.2, this command 0.5" in err and "epochs" not in err
 
 
+def test_finished_bundle_without_checkpoint_is_not_retrained(dense: Path, data: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    # A committed bundle keeps no checkpoint; training into it (with or without --resume) would start from scratch
+    # and overwrite it. Refused before any data is read, and the bundle is left byte for byte.
+    out = tmp_path / "finished"
+    shutil.copytree(dense, out, ignore=shutil.ignore_patterns("checkpoint"))
+    before = (out / "model.safetensors").read_bytes()
+    for extra in ([], ["--resume"]):
+        assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *extra, *TINY]) == 2
+        err = capsys.readouterr().err
+        assert "holds a finished bundle" in err and "no checkpoint to resume" in err
+    assert (out / "model.safetensors").read_bytes() == before and not (out / "checkpoint").exists()
+
+
 def test_bad_data_path_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

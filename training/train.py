@@ -234,6 +234,11 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         raise ValueError(f"--cutout is the side of the square in pixels, 0 (off) to 32; got {cfg.cutout}")
     if (ckpt_dir / META).exists() and not resume:
         raise FileExistsError(f"{ckpt_dir} holds an earlier run; pass --resume to continue it or choose another --out")
+    if (out / WEIGHTS).exists() and not (ckpt_dir / META).exists():
+        # A finished run whose checkpoint is gone (the committed bundles keep none): training would start from
+        # scratch and, hours later, overwrite the bundle and leave any profiles beside it stale.
+        raise FileExistsError(f"{out} holds a finished bundle ({WEIGHTS}) and no checkpoint to resume "
+                              f"({ckpt_dir / META} is missing); choose another --out, or remove the bundle to retrain it")
     if model_cfg is None:
         model_cfg = replace(ModelConfig.from_dict(read_config(init)["model"]), decoupled=True) if decouple else ModelConfig()
 
