@@ -11,6 +11,10 @@ each rule, and exits 0 only if every rule holds (1 otherwise, 2 if a file is mis
 The dense bundle is the one the fine-tune started from, as its config.json records it (`init.path`, checked against
 `init.weights_sha256`), so a candidate made with `make candidate DENSE=...` is judged against its real teacher; a
 fine-tune without that record falls back to runs/X-dense.
+
+`python scripts/ship_check.py --all` prints one markdown table of every finished candidate under runs/ (a
+runs/X-decoupled/metrics.json with a runs/X-evaluation/report.json) beside the shipped pair, with the rules each fails:
+the candidates table in README.md is its output.
 """
 from __future__ import annotations
 
@@ -52,12 +56,64 @@ def figures(dense: Path, decoupled: Path, report: Path) -> dict[str, float]:
     return out
 
 
+def details(dense: Path, decoupled: Path, report: Path) -> dict[str, float]:
+    """figures() plus what the table shows beside them: filter states, Mahalanobis AUROC, the adaptive attack."""
+    f, r = load(decoupled / "metrics.json"), load(report / "report.json")
+    out = figures(dense, decoupled, report)
+    out |= {f"maha_{a}": r["attacks"][a]["detectors"]["mahalanobis"]["auroc"] for a in ATTACKS}
+    out |= {k: f["filter_states"][k] for k in ("activated", "dynamic", "silent")}
+    out["kept"] = r["adaptive"]["accuracy_kept"]
+    return out
+
+
+def rules(cand: dict[str, float], ship: dict[str, float]) -> list[tuple[str, bool]]:
+    """The shipping rule, written down before the candidates' reports were read; (text, holds) per clause."""
+    return [("path AUROC >= 0.90 on FGSM and PGD", cand["fgsm"] >= 0.90 and cand["pgd"] >= 0.90),
+            ("mean path AUROC not lower by more than 0.01", cand["mean"] >= ship["mean"] - 0.01),
+            ("fine-tune within 1.0 point of its dense", cand["decoupled"] >= cand["dense"] - 0.010),
+            ("dense accuracy >= 88.5%", cand["dense"] >= 0.885)]
+
+
+def table(root: Path) -> str:
+    """Markdown: the shipped pair, then every finished candidate under runs/, sorted by name."""
+    ship = details(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
+                   root / "reports" / "evaluation")
+    names = sorted(p.name.removesuffix("-decoupled") for p in (root / "runs").glob("*-decoupled")
+                   if (p / "metrics.json").is_file()
+                   and (root / "runs" / f"{p.name.removesuffix('-decoupled')}-evaluation" / "report.json").is_file())
+    head = ("| pair | dense | decoupled | gap (points) | FLOPs | activated / dynamic / silent | `path` AUROC FGSM / PGD / "
+            "CW / DeepFool | mean | Mahalanobis FGSM / PGD / CW / DeepFool | adaptive: accuracy kept | rules failed |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def row(label: str, x: dict[str, float], failed: str) -> str:
+        four = lambda pre: " / ".join(f"{x[pre + a]:.3f}" for a in ATTACKS)
+        return (f"| {label} | {100 * x['dense']:.2f}% | {100 * x['decoupled']:.2f}% | "
+                f"{100 * (x['decoupled'] - x['dense']):+.2f} | {x['flops']:.3f} | "
+                f"{x['activated']} / {x['dynamic']} / {x['silent']} | {four('')} | {x['mean']:.4f} | "
+                f"{four('maha_')} | {100 * x['kept']:.1f}% | {failed} |")
+
+    rows.append(row("shipped (`models/`)", ship, "(the reference the rules compare against)"))
+    for name in names:
+        decoupled = root / "runs" / f"{name}-decoupled"
+        cand = details(dense_of(root, decoupled, root / "runs" / f"{name}-dense"), decoupled,
+                       root / "runs" / f"{name}-evaluation")
+        failed = "; ".join(text for text, ok in rules(cand, ship) if not ok) or "none: ship it"
+        rows.append(row(f"`{name}`", cand, failed))
+    return "\n".join(rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name", help="the candidate's NAME (runs/NAME-dense, -decoupled, -evaluation)")
+    ap.add_argument("name", nargs="?", help="the candidate's NAME (runs/NAME-dense, -decoupled, -evaluation)")
+    ap.add_argument("--all", action="store_true", help="print the table of every finished candidate instead")
     ap.add_argument("--root", default=".", help="repository root")
     a = ap.parse_args()
+    if (a.name is None) == (not a.all):
+        ap.error(f"expected a candidate NAME or --all (exactly one), found name={a.name!r}, --all={a.all}")
     root = Path(a.root)
+    if a.all:
+        print(table(root))
+        return 0
     decoupled = root / "runs" / f"{a.name}-decoupled"
     dense = dense_of(root, decoupled, root / "runs" / f"{a.name}-dense")
     print(f"candidate: {dense} -> {decoupled}")
@@ -67,13 +123,10 @@ def main() -> int:
     print(f"{'':12s} {'shipped':>9s} {'candidate':>10s}")
     for k in ("dense", "decoupled", "flops", *ATTACKS, "mean"):
         print(f"{k:12s} {ship[k]:9.4f} {cand[k]:10.4f}")
-    rules = [("path AUROC >= 0.90 on FGSM and PGD", cand["fgsm"] >= 0.90 and cand["pgd"] >= 0.90),
-             ("mean path AUROC not lower by more than 0.01", cand["mean"] >= ship["mean"] - 0.01),
-             ("fine-tune within 1.0 point of its dense", cand["decoupled"] >= cand["dense"] - 0.010),
-             ("dense accuracy >= 88.5%", cand["dense"] >= 0.885)]
-    for text, ok in rules:
+    judged = rules(cand, ship)
+    for text, ok in judged:
         print(f"{'holds ' if ok else 'FAILS '} {text}")
-    verdict = all(ok for _, ok in rules)
+    verdict = all(ok for _, ok in judged)
     print("ship it" if verdict else "do not ship")
     return 0 if verdict else 1
 

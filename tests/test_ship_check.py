@@ -70,3 +70,38 @@ def test_dense_with_other_weights_is_exit_2(tmp_path: Path) -> None:
     _init(tmp_path, "runs/x-decoupled", "runs/x-dense", "retrained", "original")
     r = _check(tmp_path, "x")
     assert r.returncode == 2 and "original" in r.stderr and "retrained" in r.stderr
+
+
+def _details(root: Path, dec_dir: str, report_dir: str, states: tuple[int, int, int], kept: float) -> None:
+    """Add what `--all` shows beyond the rule: filter states, Mahalanobis AUROC, the adaptive attack."""
+    m = json.loads((root / dec_dir / "metrics.json").read_text())
+    m["filter_states"] = dict(zip(("activated", "dynamic", "silent"), states))
+    (root / dec_dir / "metrics.json").write_text(json.dumps(m))
+    r = json.loads((root / report_dir / "report.json").read_text())
+    for a in r["attacks"].values():
+        a["detectors"]["mahalanobis"] = {"auroc": 0.5}
+    r["adaptive"] = {"accuracy_kept": kept}
+    (root / report_dir / "report.json").write_text(json.dumps(r))
+
+
+def test_all_tables_finished_candidates_with_the_rules_they_fail(tmp_path: Path) -> None:
+    _pair(tmp_path, "models/resnet20-dense", "models/resnet20-decoupled", "reports/evaluation", 0.878, 0.881, SHIPPED)
+    _details(tmp_path, "models/resnet20-decoupled", "reports/evaluation", (145, 527, 0), 0.008)
+    _pair(tmp_path, "runs/a-dense", "runs/a-decoupled", "runs/a-evaluation", 0.890, 0.878, SHIPPED)  # gap 1.2
+    _details(tmp_path, "runs/a-decoupled", "runs/a-evaluation", (100, 572, 0), 0.015)
+    _pair(tmp_path, "runs/b-dense", "runs/b-decoupled", "runs/b-evaluation", 0.886, 0.880, SHIPPED)  # every rule
+    _details(tmp_path, "runs/b-decoupled", "runs/b-evaluation", (90, 580, 2), 0.0)
+    (tmp_path / "runs/c-decoupled").mkdir()                                 # not finished: no metrics, no report
+    r = subprocess.run([sys.executable, str(SCRIPT), "--all", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = r.stdout.strip().splitlines()
+    assert len(rows) == 5 and rows[2].startswith("| shipped"), r.stdout     # header, rule, shipped, a, b
+    assert rows[3].startswith("| `a` | 89.00% | 87.80% | -1.20 | 0.680 | 100 / 572 / 0 | 0.910 / 0.950 / 0.840 / 0.890")
+    assert rows[3].endswith("| 1.5% | fine-tune within 1.0 point of its dense |")
+    assert rows[4].startswith("| `b` |") and "| 90 / 580 / 2 |" in rows[4] and rows[4].endswith("| none: ship it |")
+
+
+def test_name_and_all_are_exclusive(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(SCRIPT), "x", "--all", "--root", str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "exactly one" in r.stderr
