@@ -13,8 +13,8 @@ than the cache's; ~0.2 s per image and attack on 2 cores):
 Every AUROC is on the threshold part (clean vs each attack on it). The evaluation half is not touched.
 
 usage: python scripts/scorer_minimal_study.py BUNDLE CACHE.pt [N_FIT=1300] [N_TRAIN_MIN=0] [--without-likelihoods]
-(~25 min + ~7 min per 1,000 training images on 2 cores; the flag: the 708 features the README figures were measured
-on, before session 10)
+(~25 min + ~7 min per 1,000 training images on 2 cores; the flag: the 708 features the figures in
+docs/detector-studies.md were measured on, before session 10)
 """
 import os
 import sys

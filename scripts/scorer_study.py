@@ -3,7 +3,8 @@
 the shipped TREE_PARAMS (lr 0.05, 600 trees, 31 leaves) came from this.
 
 usage: python scripts/scorer_collect.py models/resnet20-decoupled paths.pt fgsm,pgd; python scripts/scorer_study.py paths.pt
-       [--without-likelihoods]  (the 708 features the figures in the README were measured on, before session 10)
+       [--without-likelihoods]  (the 708 features the figures in docs/detector-studies.md were measured on, before
+       session 10)
 """
 import sys, torch, numpy as np, time
 from sklearn.metrics import roc_auc_score

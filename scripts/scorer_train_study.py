@@ -6,7 +6,7 @@ shares of the N_TRAIN collected), (c) the training images only, each as clean vs
 (clean vs FGSM / PGD / both on it), which none of them saw. The evaluation half is not touched.
 
 usage: python scripts/scorer_train_study.py BUNDLE [N_TRAIN=10000] [CACHE.pt] [--without-likelihoods]   (~10 min on 2 cores;
-       the flag: the 708 features the README figures were measured on, before session 10)
+       the flag: the 708 features the study figures (docs/detector-studies.md) were measured on, before session 10)
 """
 import os
 import sys

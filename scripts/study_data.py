@@ -12,7 +12,8 @@ from detector.scoring import PathScorer, path_features, without_likelihoods
 
 FOUR = ["fgsm", "pgd", "cw", "deepfool"]
 # The single tree model `dnd profiles` shipped until session 11 (one model on all attacks): the settings every study
-# figure in the README was measured with (the shipped scorer now fits one smaller model per attack family).
+# figure in docs/detector-studies.md was measured with (the shipped scorer now fits one smaller model per attack
+# family).
 SINGLE_TREE_PARAMS = {"learning_rate": 0.05, "max_iter": 600, "max_leaf_nodes": 31, "early_stopping": False,
                       "random_state": 0}
 
