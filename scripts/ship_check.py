@@ -78,9 +78,10 @@ def table(root: Path) -> str:
     """Markdown: the shipped pair, then every finished candidate under runs/, sorted by name."""
     ship = details(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
                    root / "reports" / "evaluation")
-    names = sorted(p.name.removesuffix("-decoupled") for p in (root / "runs").glob("*-decoupled")
-                   if (p / "metrics.json").is_file()
-                   and (root / "runs" / f"{p.name.removesuffix('-decoupled')}-evaluation" / "report.json").is_file())
+    runs = root / "runs"
+    names = sorted(n for n in (p.name.removesuffix("-decoupled") for p in runs.glob("*-decoupled"))
+                   if (runs / f"{n}-decoupled" / "metrics.json").is_file()
+                   and (runs / f"{n}-evaluation" / "report.json").is_file())
     head = ("| pair | dense | decoupled | gap (points) | FLOPs | activated / dynamic / silent | `path` AUROC FGSM / PGD / "
             "CW / DeepFool | mean | Mahalanobis FGSM / PGD / CW / DeepFool | adaptive: accuracy kept | rules failed |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -94,9 +95,8 @@ def table(root: Path) -> str:
 
     rows.append(row("shipped (`models/`)", ship, "(the reference the rules compare against)"))
     for name in names:
-        decoupled = root / "runs" / f"{name}-decoupled"
-        cand = details(dense_of(root, decoupled, root / "runs" / f"{name}-dense"), decoupled,
-                       root / "runs" / f"{name}-evaluation")
+        decoupled = runs / f"{name}-decoupled"
+        cand = details(dense_of(root, decoupled, runs / f"{name}-dense"), decoupled, runs / f"{name}-evaluation")
         failed = "; ".join(text for text, ok in rules(cand, ship) if not ok) or "none: ship it"
         rows.append(row(f"`{name}`", cand, failed))
     return "\n".join(rows)
