@@ -4,7 +4,9 @@ Rule (session 14, with the dense floor added in session 16), candidate against t
   1. `path` AUROC >= 0.90 on FGSM and on PGD (the issue's floor);
   2. the mean `path` AUROC over the four attacks falls by no more than 0.01;
   3. the fine-tune is within 1.0 point of its own dense bundle;
-  4. the dense bundle reaches 88.5% (the target the candidate exists for).
+  4. the dense bundle reaches 88.5% (the target the candidate exists for);
+  5. the fine-tune keeps the issue's other model targets: mean FLOPs <= 0.70 x dense and dynamic filters >= 15% of
+     the gated ones (written down in session 29, before its candidate finished; every earlier candidate holds it).
 `python scripts/ship_check.py b256-e200` reads runs/X-dense/metrics.json, runs/X-decoupled/metrics.json and
 runs/X-evaluation/report.json next to models/*/metrics.json and reports/evaluation/report.json; prints each figure and
 each rule, and exits 0 only if every rule holds (1 otherwise, 2 if a file is missing or the pair does not match).
@@ -50,7 +52,8 @@ def dense_of(root: Path, decoupled: Path, fallback: Path) -> Path:
 
 def figures(dense: Path, decoupled: Path, report: Path) -> dict[str, float]:
     d, f, r = load(dense / "metrics.json"), load(decoupled / "metrics.json"), load(report / "report.json")
-    out = {"dense": d["test_accuracy"], "decoupled": f["test_accuracy"], "flops": f["flops_ratio"]}
+    out = {"dense": d["test_accuracy"], "decoupled": f["test_accuracy"], "flops": f["flops_ratio"],
+           "dynamic_share": f["filter_states"]["dynamic"] / f["filter_states"]["total"]}
     out |= {a: r["attacks"][a]["detectors"]["path"]["auroc"] for a in ATTACKS}
     out["mean"] = sum(out[a] for a in ATTACKS) / len(ATTACKS)
     return out
@@ -71,7 +74,8 @@ def rules(cand: dict[str, float], ship: dict[str, float]) -> list[tuple[str, boo
     return [("path AUROC >= 0.90 on FGSM and PGD", cand["fgsm"] >= 0.90 and cand["pgd"] >= 0.90),
             ("mean path AUROC not lower by more than 0.01", cand["mean"] >= ship["mean"] - 0.01),
             ("fine-tune within 1.0 point of its dense", cand["decoupled"] >= cand["dense"] - 0.010),
-            ("dense accuracy >= 88.5%", cand["dense"] >= 0.885)]
+            ("dense accuracy >= 88.5%", cand["dense"] >= 0.885),
+            ("FLOPs <= 0.70 x dense and dynamic filters >= 15%", cand["flops"] <= 0.70 and cand["dynamic_share"] >= 0.15)]
 
 
 def table(root: Path) -> str:
@@ -121,7 +125,7 @@ def main() -> int:
     ship = figures(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
                    root / "reports" / "evaluation")
     print(f"{'':12s} {'shipped':>9s} {'candidate':>10s}")
-    for k in ("dense", "decoupled", "flops", *ATTACKS, "mean"):
+    for k in ("dense", "decoupled", "flops", "dynamic_share", *ATTACKS, "mean"):
         print(f"{k:12s} {ship[k]:9.4f} {cand[k]:10.4f}")
     judged = rules(cand, ship)
     for text, ok in judged:

@@ -10,10 +10,12 @@ SCRIPT = Path(__file__).parents[1] / "scripts" / "ship_check.py"
 
 
 def _pair(root: Path, dense_dir: str, dec_dir: str, report_dir: str, dense: float, dec: float,
-          auroc: dict[str, float]) -> None:
-    for d, acc in ((dense_dir, dense), (dec_dir, dec)):
+          auroc: dict[str, float], flops: float = 0.68, dynamic: int = 527) -> None:
+    states = {"activated": 672 - dynamic, "dynamic": dynamic, "silent": 0, "total": 672}
+    for d, acc, fl, fs in ((dense_dir, dense, 1.0, {**states, "activated": 672, "dynamic": 0}),
+                           (dec_dir, dec, flops, states)):
         (root / d).mkdir(parents=True)
-        (root / d / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "flops_ratio": 0.68}))
+        (root / d / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "flops_ratio": fl, "filter_states": fs}))
     (root / report_dir).mkdir(parents=True)
     attacks = {a: {"detectors": {"path": {"auroc": v}}} for a, v in auroc.items()}
     (root / report_dir / "report.json").write_text(json.dumps({"attacks": attacks}))
@@ -26,17 +28,21 @@ def _check(root: Path, name: str) -> subprocess.CompletedProcess:
 SHIPPED = {"fgsm": 0.91, "pgd": 0.95, "cw": 0.84, "deepfool": 0.89}
 
 
-@pytest.mark.parametrize("dense, dec, auroc, ok", [
-    (0.886, 0.880, SHIPPED, True),                                          # every rule holds
-    (0.884, 0.880, SHIPPED, False),                                         # dense below 88.5%
-    (0.890, 0.878, SHIPPED, False),                                         # fine-tune 1.2 points below its dense
-    (0.890, 0.885, {**SHIPPED, "fgsm": 0.899}, False),                      # FGSM floor
-    (0.890, 0.885, {**SHIPPED, "cw": 0.79}, False),                         # mean falls by 0.0125
-    (0.890, 0.885, {**SHIPPED, "cw": 0.81}, True),                          # mean falls by 0.0075
+@pytest.mark.parametrize("dense, dec, auroc, flops, dynamic, ok", [
+    (0.886, 0.880, SHIPPED, 0.68, 527, True),                               # every rule holds
+    (0.884, 0.880, SHIPPED, 0.68, 527, False),                              # dense below 88.5%
+    (0.890, 0.878, SHIPPED, 0.68, 527, False),                              # fine-tune 1.2 points below its dense
+    (0.890, 0.885, {**SHIPPED, "fgsm": 0.899}, 0.68, 527, False),           # FGSM floor
+    (0.890, 0.885, {**SHIPPED, "cw": 0.79}, 0.68, 527, False),              # mean falls by 0.0125
+    (0.890, 0.885, {**SHIPPED, "cw": 0.81}, 0.68, 527, True),               # mean falls by 0.0075
+    (0.890, 0.885, SHIPPED, 0.7005, 527, False),                            # FLOPs above 0.70 x dense
+    (0.890, 0.885, SHIPPED, 0.70, 101, True),                               # at both limits (101 / 672 = 15.03%)
+    (0.890, 0.885, SHIPPED, 0.68, 100, False),                              # 100 / 672 = 14.9% dynamic
 ])
-def test_rule(tmp_path: Path, dense: float, dec: float, auroc: dict[str, float], ok: bool) -> None:
+def test_rule(tmp_path: Path, dense: float, dec: float, auroc: dict[str, float], flops: float, dynamic: int,
+              ok: bool) -> None:
     _pair(tmp_path, "models/resnet20-dense", "models/resnet20-decoupled", "reports/evaluation", 0.878, 0.881, SHIPPED)
-    _pair(tmp_path, "runs/x-dense", "runs/x-decoupled", "runs/x-evaluation", dense, dec, auroc)
+    _pair(tmp_path, "runs/x-dense", "runs/x-decoupled", "runs/x-evaluation", dense, dec, auroc, flops, dynamic)
     r = _check(tmp_path, "x")
     assert r.returncode == (0 if ok else 1), r.stdout + r.stderr
     assert ("ship it" if ok else "do not ship") in r.stdout
@@ -75,7 +81,7 @@ def test_dense_with_other_weights_is_exit_2(tmp_path: Path) -> None:
 def _details(root: Path, dec_dir: str, report_dir: str, states: tuple[int, int, int], kept: float) -> None:
     """Add what `--all` shows beyond the rule: filter states, Mahalanobis AUROC, the adaptive attack."""
     m = json.loads((root / dec_dir / "metrics.json").read_text())
-    m["filter_states"] = dict(zip(("activated", "dynamic", "silent"), states))
+    m["filter_states"] = dict(zip(("activated", "dynamic", "silent"), states)) | {"total": sum(states)}
     (root / dec_dir / "metrics.json").write_text(json.dumps(m))
     r = json.loads((root / report_dir / "report.json").read_text())
     for a in r["attacks"].values():
