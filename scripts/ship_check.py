@@ -124,9 +124,9 @@ def main() -> int:
     cand = figures(dense, decoupled, root / "runs" / f"{a.name}-evaluation")
     ship = figures(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
                    root / "reports" / "evaluation")
-    print(f"{'':12s} {'shipped':>9s} {'candidate':>10s}")
+    print(f"{'':14s} {'shipped':>9s} {'candidate':>10s}")
     for k in ("dense", "decoupled", "flops", "dynamic_share", *ATTACKS, "mean"):
-        print(f"{k:12s} {ship[k]:9.4f} {cand[k]:10.4f}")
+        print(f"{k:14s} {ship[k]:9.4f} {cand[k]:10.4f}")
     judged = rules(cand, ship)
     for text, ok in judged:
         print(f"{'holds ' if ok else 'FAILS '} {text}")
