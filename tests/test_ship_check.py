@@ -11,11 +11,12 @@ SCRIPT = Path(__file__).parents[1] / "scripts" / "ship_check.py"
 
 def _pair(root: Path, dense_dir: str, dec_dir: str, report_dir: str, dense: float, dec: float,
           auroc: dict[str, float], flops: float = 0.68, dynamic: int = 527) -> None:
+    # ship_check reads FLOPs and filter states of the fine-tune only; the dense file carries the same, unread.
     states = {"activated": 672 - dynamic, "dynamic": dynamic, "silent": 0, "total": 672}
-    for d, acc, fl, fs in ((dense_dir, dense, 1.0, {**states, "activated": 672, "dynamic": 0}),
-                           (dec_dir, dec, flops, states)):
+    for d, acc in ((dense_dir, dense), (dec_dir, dec)):
         (root / d).mkdir(parents=True)
-        (root / d / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "flops_ratio": fl, "filter_states": fs}))
+        (root / d / "metrics.json").write_text(json.dumps({"test_accuracy": acc, "flops_ratio": flops,
+                                                           "filter_states": states}))
     (root / report_dir).mkdir(parents=True)
     attacks = {a: {"detectors": {"path": {"auroc": v}}} for a, v in auroc.items()}
     (root / report_dir / "report.json").write_text(json.dumps({"attacks": attacks}))
