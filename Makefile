@@ -44,12 +44,13 @@ train_decoupled = $(DND) train --data $(DATA) --out $(1) --decouple --init $(2) 
 profile         = $(DND) profiles --model $(1) --data $(DATA) --device $(DEVICE)
 evaluate_to     = $(DND) evaluate --model $(1) --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out $(2) --device $(DEVICE)
 
-# The shipped bundles, exactly as they were produced (≈ 2.7 h + 75 min on 2 CPU cores; the decoupled one predates the
-# bf16 distillation teacher, hence --no-kd-teacher-bf16).
+# The shipped bundles, exactly as they were produced (candidate b256-bf16-co16-e200-e50tf069h10, session 30: dense
+# 200 epochs with bf16 autocast and Cutout 16, ≈ 3.0 h on 2 CPU cores; the fine-tune 50 epochs at a FLOPs target of
+# 0.69 with the last 10 on eval-time paths, ≈ 2 h).
 train-dense: $(VENV_OK) data
-	$(call train_dense,models/resnet20-dense)
+	$(call train_dense,models/resnet20-dense,--epochs 200 --bf16 --cutout 16)
 train-decoupled: $(VENV_OK) data
-	$(call train_decoupled,models/resnet20-decoupled,models/resnet20-dense,--no-kd-teacher-bf16)
+	$(call train_decoupled,models/resnet20-decoupled,models/resnet20-dense,--epochs 50 --target-flops 0.69 --hard-epochs 10)
 stats: $(VENV_OK) data
 	$(DND) stats --model models/resnet20-dense --data $(DATA)
 	$(DND) stats --model models/resnet20-decoupled --data $(DATA)

@@ -4,10 +4,11 @@ Times the real optimisation step (training.train.train_step: forward with paths,
 SGD + Adam) on the same batches, alternating dense and decoupled rounds so machine noise hits both alike.
 Five setups: dense; decoupled without distillation; decoupled with distillation from a dense teacher (one extra
 no-grad teacher forward per step, under bf16 autocast), i.e. the recipe `dnd train --decouple` runs by default; the
-same with the teacher in float32 (--no-kd-teacher-bf16, the recipe before session 17, the shipped bundle's); and
-offline distillation (--kd-offline: precomputed teacher logits; its one-off teacher pass over 2 x 50,000 images is
-timed separately and spread over a --kd-epochs fine-tune in the amortised ratio).
---recipes times the two default recipes instead, each at its own batch size (dense 256, fine-tune 128).
+same with the teacher in float32 (--no-kd-teacher-bf16, the recipe before session 17, that of the pair shipped in
+sessions 15-30); and offline distillation (--kd-offline: precomputed teacher logits; its one-off teacher pass over
+2 x 50,000 images is timed separately and spread over a --kd-epochs fine-tune in the amortised ratio).
+--recipes times the two shipped recipes instead, as the bundles' config.json record them (batch size, bf16,
+distillation and its teacher precision; by default models/resnet20-dense and models/resnet20-decoupled).
 --bf16 adds dense and decoupled+kd steps with the trained network's own forward under bf16 autocast (dnd train --bf16).
 Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratios (target <= 1.5x).
 --compile adds the same five setups with the forward + losses through torch.compile (`dnd train --compile`),
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +35,7 @@ from detector.config import ModelConfig
 from detector.losses import DecouplingLoss
 from detector.model import build_model
 from detector.stats import dense_macs
-from training.config import make_config
+from training.config import TrainConfig, make_config, saved_config
 from training.train import compiled_step_loss, frozen_teacher, make_optimizers, step_loss, teacher_forward, train_step
 
 
@@ -73,11 +77,12 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true",
                     help="also time dense and decoupled+kd with the trained network's forward under bf16 autocast "
                          "(dnd train --bf16), beside the float32 steps")
-    ap.add_argument("--recipes", action="store_true",
-                    help="instead: one epoch of `dnd train` (dense, its default batch 256) against one of `dnd train "
-                         "--decouple` (its default batch 128, distillation), each at its own batch size")
+    ap.add_argument("--recipes", nargs="*", metavar="BUNDLE", default=None,
+                    help="instead: one epoch of the recipe a dense bundle was trained with against one of its "
+                         "fine-tune's, each with the settings its config.json records (batch size, bf16, "
+                         "distillation); two bundle directories, dense then decoupled (default: the shipped pair)")
     a = ap.parse_args()
-    if a.recipes:
+    if a.recipes is not None:
         return time_recipes(a)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -152,10 +157,22 @@ def main() -> None:
             print(f"{name:21s} {n:6d} aten ops per step (outermost)")
 
 
+def recipe(bundle: Path) -> tuple[bool, TrainConfig]:
+    """(decoupled?, the training settings) as a bundle's config.json records them, over the current defaults."""
+    found = json.loads((bundle / "config.json").read_text())
+    decouple = found.get("phase") == "decoupled"
+    names = {f.name for f in fields(TrainConfig)}
+    step = {k: v for k, v in saved_config(found["train"]).items() if k in names}  # what shapes one optimisation step
+    return decouple, make_config(decouple, step)
+
+
 def time_recipes(a: argparse.Namespace) -> None:
-    """The two default recipes as `dnd train` runs them: the dense one at its batch (256), the fine-tune at its own
-    (128, distillation from a bf16 teacher). A CIFAR-10 epoch is 50,000 images either way, so the epoch cost is
-    ms/step x 50,000 / batch. Alternating rounds, as above."""
+    """The two recipes as `dnd train` ran them for a dense bundle and its fine-tune, each at its own batch size and
+    precision. A CIFAR-10 epoch is 50,000 images either way, so the epoch cost is ms/step x 50,000 / batch. Data
+    loading (and so Cutout) is not in the step. Alternating rounds, as above."""
+    bundles = [Path(b) for b in (a.recipes or ("models/resnet20-dense", "models/resnet20-decoupled"))]
+    if len(bundles) != 2:
+        raise SystemExit(f"--recipes takes two bundle directories (dense, decoupled), found {len(bundles)}")
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -163,8 +180,12 @@ def time_recipes(a: argparse.Namespace) -> None:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     teacher = frozen_teacher(build_model(ModelConfig()), dev)
     setups = {}
-    for name, decouple in (("dense (dnd train)", False), ("decoupled (dnd train --decouple)", True)):
-        cfg = make_config(decouple, {})
+    for bundle in bundles:
+        decouple, cfg = recipe(bundle)
+        notes = ["decoupled" if decouple else "dense"] + (["bf16"] if cfg.bf16 else [])
+        if cfg.lambda_kd > 0:
+            notes.append("kd teacher " + ("bf16" if cfg.kd_teacher_bf16 else "fp32"))
+        name = f"{bundle.name} ({', '.join(notes)})"
         model = build_model(ModelConfig(decoupled=decouple)).to(dev, memory_format=torch.channels_last).train()
         loss = DecouplingLoss([u.cout for u in model.units()], 10).to(dev) if decouple else None
         x = torch.rand(cfg.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
@@ -174,14 +195,15 @@ def time_recipes(a: argparse.Namespace) -> None:
     times, _ = time_rounds({name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach)
                             for name, (model, loss, opts, cfg, dense, teach, x, y) in setups.items()},
                            a.rounds, a.steps, sync)
-    print(f"device={dev} threads={torch.get_num_threads()} rounds={a.rounds} steps/round={a.steps} (default recipes)")
-    epoch = {}
+    print(f"device={dev} threads={torch.get_num_threads()} rounds={a.rounds} steps/round={a.steps} (recipes of "
+          f"{bundles[0]} and {bundles[1]})")
+    epoch = []
     for name, (_, _, _, cfg, *_rest) in setups.items():
         med = statistics.median(times[name])
-        epoch[name] = med * 50_000 / cfg.batch_size
-        print(f"{name:34s} batch {cfg.batch_size:3d} {med * 1e3:7.1f} ms/step   epoch (50,000 images) ~{epoch[name]:6.1f} s")
-    d, f = epoch["dense (dnd train)"], epoch["decoupled (dnd train --decouple)"]
-    print(f"{'fine-tune epoch / dense epoch':45s} training cost: {f / d:.2f}x (target <= 1.5x)")
+        epoch.append(med * 50_000 / cfg.batch_size)
+        print(f"{name:55s} batch {cfg.batch_size:3d} {med * 1e3:7.1f} ms/step   "
+              f"epoch (50,000 images) ~{epoch[-1]:6.1f} s")
+    print(f"{'fine-tune epoch / dense epoch':55s} training cost: {epoch[1] / epoch[0]:.2f}x (target <= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ fine-tune without that record falls back to runs/X-dense.
 
 `python scripts/ship_check.py --all` prints one markdown table of every finished candidate under runs/ (a
 runs/X-decoupled/metrics.json with a runs/X-evaluation/report.json) beside the shipped pair, with the rules each fails:
-the candidates table in README.md is its output.
+the candidates table in README.md is its output. A candidate whose fine-tune has the shipped fine-tune's weights
+(config.json `weights_sha256`) is the shipped pair itself: its row says so instead of judging it against itself.
 """
 from __future__ import annotations
 
@@ -78,8 +79,14 @@ def rules(cand: dict[str, float], ship: dict[str, float]) -> list[tuple[str, boo
             ("FLOPs <= 0.70 x dense and dynamic filters >= 15%", cand["flops"] <= 0.70 and cand["dynamic_share"] >= 0.15)]
 
 
+def weights_of(bundle: Path) -> str | None:
+    config = bundle / "config.json"
+    return json.loads(config.read_text()).get("weights_sha256") if config.is_file() else None
+
+
 def table(root: Path) -> str:
     """Markdown: the shipped pair, then every finished candidate under runs/, sorted by name."""
+    shipped_weights = weights_of(root / "models" / "resnet20-decoupled")
     ship = details(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
                    root / "reports" / "evaluation")
     runs = root / "runs"
@@ -102,6 +109,8 @@ def table(root: Path) -> str:
         decoupled = runs / f"{name}-decoupled"
         cand = details(dense_of(root, decoupled, runs / f"{name}-dense"), decoupled, runs / f"{name}-evaluation")
         failed = "; ".join(text for text, ok in rules(cand, ship) if not ok) or "none: ship it"
+        if shipped_weights is not None and weights_of(decoupled) == shipped_weights:
+            failed = "none: shipped (the weights in `models/`)"
         rows.append(row(f"`{name}`", cand, failed))
     return "\n".join(rows)
 

@@ -98,14 +98,20 @@ def test_all_tables_finished_candidates_with_the_rules_they_fail(tmp_path: Path)
     _details(tmp_path, "runs/a-decoupled", "runs/a-evaluation", (100, 572, 0), 0.015)
     _pair(tmp_path, "runs/b-dense", "runs/b-decoupled", "runs/b-evaluation", 0.886, 0.880, SHIPPED)  # every rule
     _details(tmp_path, "runs/b-decoupled", "runs/b-evaluation", (90, 580, 2), 0.0)
+    _pair(tmp_path, "runs/s-dense", "runs/s-decoupled", "runs/s-evaluation", 0.878, 0.881, SHIPPED)  # shipped
+    _details(tmp_path, "runs/s-decoupled", "runs/s-evaluation", (145, 527, 0), 0.008)
+    for d in ("models/resnet20-decoupled", "runs/s-decoupled"):            # the same weights as models/
+        (tmp_path / d / "config.json").write_text(json.dumps({"weights_sha256": "f00d"}))
+    (tmp_path / "runs/b-decoupled/config.json").write_text(json.dumps({"weights_sha256": "beef"}))
     (tmp_path / "runs/c-decoupled").mkdir()                                 # not finished: no metrics, no report
     r = subprocess.run([sys.executable, str(SCRIPT), "--all", "--root", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = r.stdout.strip().splitlines()
-    assert len(rows) == 5 and rows[2].startswith("| shipped"), r.stdout     # header, rule, shipped, a, b
+    assert len(rows) == 6 and rows[2].startswith("| shipped"), r.stdout     # header, rule, shipped, a, b, s
     assert rows[3].startswith("| `a` | 89.00% | 87.80% | -1.20 | 0.680 | 100 / 572 / 0 | 0.910 / 0.950 / 0.840 / 0.890")
     assert rows[3].endswith("| 1.5% | fine-tune within 1.0 point of its dense |")
     assert rows[4].startswith("| `b` |") and "| 90 / 580 / 2 |" in rows[4] and rows[4].endswith("| none: ship it |")
+    assert rows[5].startswith("| `s` |") and rows[5].endswith("| none: shipped (the weights in `models/`) |")
 
 
 def test_name_and_all_are_exclusive(tmp_path: Path) -> None:
