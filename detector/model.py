@@ -20,23 +20,40 @@ from .gates import Gate, semhash
 INPUT_HW = 32  # CIFAR resolution; MAC counts assume it.
 
 
+def _mean_hw(x: Tensor) -> Tensor:
+    """x.mean(dim=(2, 3)), (N, C, H, W) -> (N, C). For bf16 / fp16 as a sum (accumulated in float32 by the kernel)
+    divided by H * W: Tensor.mean first copies the whole tensor to float32, which made each pooled activation ~4x
+    slower than the sum and cost ~9% of a bf16 training step (`python bench/train_epoch.py --bf16`, session 31). The
+    values are the same when H * W is a power of two (32², 16², 8² here): the division is then exact."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3])
+    return x.mean(dim=(2, 3))
+
+
 class _SpatialMean(torch.autograd.Function):
     """x.mean(dim=(2, 3)) whose backward returns the gradient as a broadcast view, (N, C, 1, 1) expanded to x's shape.
 
     Autograd's own mean backward writes a new NCHW-contiguous (N, C, H, W) tensor; in this channels_last network it
     then meets channels_last gradients in mixed-layout adds and ReLU backwards, which run several times slower than
     same-layout ones. The decoupled network pools 37 activations per forward (gate inputs, KL energies), so this cost
-    it ~20% of a training step (bench/train_epoch.py; measured 315 -> 253 ms per step of 128 on 2 cores)."""
+    it ~20% of a training step (bench/train_epoch.py; measured 315 -> 253 ms per step of 128 on 2 cores).
+    In bf16 / fp16 the view is written out in x's layout instead: there, element-wise kernels fed a stride-0 operand
+    take a slow path (a ReLU backward of a (128, 16, 32, 32) bf16 map: 6.3 ms from the view, 0.7 ms with the copy
+    included; in float32 0.5 ms from the view and 3.6 ms with the copy), and the ReLU in front of the KL energies of
+    the 9 block-output units took ~45 ms of a bf16 training step of 128 (session 31)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
         ctx.shape = x.shape
-        return x.mean(dim=(2, 3))
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx.layout = torch.channels_last if cl else torch.contiguous_format
+        return _mean_hw(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         n, c, h, w = ctx.shape
-        return (grad / (h * w))[:, :, None, None].expand(n, c, h, w)
+        g = (grad / (h * w))[:, :, None, None].expand(n, c, h, w)
+        return g.contiguous(memory_format=ctx.layout) if grad.dtype in (torch.bfloat16, torch.float16) else g
 
 
 def spatial_mean(x: Tensor) -> Tensor:
@@ -44,7 +61,7 @@ def spatial_mean(x: Tensor) -> Tensor:
     backward); otherwise the plain op (a Python autograd Function costs ~10 us per call, felt at batch 1)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _SpatialMean.apply(x)
-    return x.mean(dim=(2, 3))
+    return _mean_hw(x)
 
 
 class _OptionAShortcut(torch.autograd.Function):

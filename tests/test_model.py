@@ -176,6 +176,24 @@ def test_spatial_mean_matches_mean_and_keeps_the_gradient_layout() -> None:
         assert dm.spatial_mean(x).grad_fn is None
 
 
+def test_spatial_mean_in_bf16_equals_mean_on_the_networks_sizes() -> None:
+    # bf16 pools by sum / (H * W) (Tensor.mean copies to float32 first); on the power-of-two maps the network
+    # pools (32², 16², 8²) the values are exactly mean's, with and without autograd, and so is the gradient.
+    import detector.model as dm
+
+    torch.manual_seed(0)
+    for hw in (32, 16, 8):
+        x = (3 * torch.randn(16, 8, hw, hw)).bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
+        ref = x.mean(dim=(2, 3))
+        for ours in (dm.spatial_mean(x), dm.spatial_mean(x.detach())):
+            assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
+        w = torch.randn(16, 8).bfloat16()
+        g_ours, = torch.autograd.grad((dm.spatial_mean(x) * w).sum(), x)
+        g_ref, = torch.autograd.grad((ref * w).sum(), x)
+        assert torch.equal(g_ours, g_ref)
+        assert g_ours.is_contiguous(memory_format=torch.channels_last)  # written out in x's layout, not a view
+
+
 def test_option_a_shortcut_matches_pad_of_subsample_in_value_gradient_and_layout() -> None:
     import detector.model as dm
 
