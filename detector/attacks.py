@@ -113,6 +113,36 @@ def save_attack_set(s: AttackSet, path: str | os.PathLike) -> Path:
     return path
 
 
+def to_uint8(x: Tensor) -> Tensor:
+    """[0, 1] float images -> uint8 (0-255, rounded): what any image file, and so any HTTP client, delivers."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def write_pngs(s: AttackSet, model: torch.nn.Module, directory: str | os.PathLike, classes: tuple[str, ...],
+               device: str | torch.device = "cpu") -> tuple[int, int]:
+    """The successful attacks of s as lossless 8-bit PNGs, `DIR/NNNNN-<true class>-as-<predicted class>.png` (NNNNN:
+    the image's row in s), predicted on the 8-bit image itself, as a service would see it: rounding to 8 bits moves
+    each pixel by up to 0.5/255 and can undo a minimal attack (CW, DeepFool). Only images still misclassified after
+    rounding are written. Returns (written, successful before rounding)."""
+    from PIL import Image
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    idx = torch.nonzero(s.success).flatten()
+    if not len(idx):
+        return 0, 0
+    x8 = to_uint8(s.x_adv[idx])                                                    # (M, 3, 32, 32) uint8
+    pred = _predict(model.to(device).eval(), x8.float() / 255, device)
+    written = 0
+    for i, img, p in zip(idx.tolist(), x8, pred.tolist()):
+        t = int(s.y[i])
+        if p == t:
+            continue
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(directory / f"{i:05d}-{classes[t]}-as-{classes[p]}.png")
+        written += 1
+    return written, len(idx)
+
+
 def load_attack_set(path: str | os.PathLike) -> AttackSet:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["dnd_attack"])

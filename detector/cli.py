@@ -202,7 +202,7 @@ def _names(csv: str) -> list[str]:
 
 
 def _cmd_attack(a: argparse.Namespace) -> None:
-    from detector.attacks import run_attack, save_attack_set
+    from detector.attacks import run_attack, save_attack_set, write_pngs
     from detector.bundle import load_model
     from detector.calibration import balanced_subset, split_test
     from detector.data import load_split
@@ -217,6 +217,10 @@ def _cmd_attack(a: argparse.Namespace) -> None:
         print(f"{name}: {int(s.success.sum())} of {len(s.y)} correctly classified {a.split} images misclassified after "
               f"the attack (success rate {s.success_rate:.4f}), max Linf {float((s.x_adv - s.x_clean).abs().max()):.4f} "
               f"| wrote {path}")
+        if a.png:
+            written, before = write_pngs(s, model, Path(a.out) / name, model.cfg.classes, a.device)
+            print(f"{name}: {written} of {before} successful attacks still misclassified as 8-bit images | wrote "
+                  f"{Path(a.out) / name}/*.png")
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -299,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
     p.add_argument("--limit", type=int, default=0, help="class-balanced number of images (0 = the whole split)")
     p.add_argument("--out", required=True, help="directory for NAME.safetensors")
+    p.add_argument("--png", action="store_true", help="also write the successful attacks as 8-bit PNGs, "
+                   "OUT/NAME/NNNNN-<class>-as-<predicted>.png (those still misclassified once rounded to 8 bits), "
+                   "to send to the service")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)

@@ -69,3 +69,35 @@ def test_deepfool_batched_jacobian_equals_torchattacks_and_so_do_its_images(mode
         torch.testing.assert_close(jb, ja, rtol=1e-4, atol=1e-5 * float(ja.abs().max()))
     # (The images themselves are not compared here: on this untrained model many gate logits sit at ~0, so rounding
     # differences between batch-1 and batch-10 convolutions flip paths. On the shipped model they agreed to 1.2e-7.)
+
+
+def test_pngs_are_the_8bit_attacks_that_still_fool_the_model(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from detector.attacks import to_uint8, write_pngs
+    from detector.config import CIFAR10_CLASSES
+
+    # a linear classifier whose decisions PGD flips (the untrained ResNet's logits barely move within 8/255)
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    x = torch.rand(32, 3, 32, 32)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    s = run_attack(m, "pgd", x, y, batch_size=8, eps=2 / 255, alpha=0.5 / 255)
+    written, before = write_pngs(s, m, tmp_path / "pgd", CIFAR10_CLASSES)
+    files = sorted((tmp_path / "pgd").glob("*.png"))
+    assert before == int(s.success.sum()) > 0 and written == len(files) > 0
+    for f in files:
+        row, true, _, pred = f.stem.split("-")
+        i = int(row)
+        assert s.success[i] and true == CIFAR10_CLASSES[int(s.y[i])]
+        img = torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1)   # lossless: the exact 8-bit image
+        assert torch.equal(img, to_uint8(s.x_adv[i]))
+        with torch.no_grad():
+            p = int(m(img[None].float() / 255).argmax(1))
+        assert CIFAR10_CLASSES[p] == pred != true
+    # an image the model gets right once rounded is not written: force it by marking a clean image as "successful"
+    s.success[:] = False
+    s.success[0], s.x_adv[0] = True, s.x_clean[0]
+    assert write_pngs(s, m, tmp_path / "none", CIFAR10_CLASSES) == (0, 1)
