@@ -185,8 +185,11 @@ def time_recipes(a: argparse.Namespace) -> None:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     teacher = frozen_teacher(build_model(ModelConfig()), dev)
     setups = {}
-    for bundle in bundles:
-        decouple, cfg, compiled = recipe(bundle)
+    recipes = [recipe(b) for b in bundles]
+    if [r[0] for r in recipes] != [False, True]:
+        kinds = ", ".join(f"{b} ({'decoupled' if r[0] else 'dense'})" for b, r in zip(bundles, recipes))
+        raise SystemExit(f"--recipes takes a dense bundle, then a decoupled one; found {kinds}")
+    for bundle, (decouple, cfg, compiled) in zip(bundles, recipes):
         notes = ["decoupled" if decouple else "dense"] + ["bf16"] * cfg.bf16 + ["compiled"] * compiled
         if cfg.lambda_kd > 0:
             notes.append("kd teacher " + ("bf16" if cfg.kd_teacher_bf16 else "fp32"))
