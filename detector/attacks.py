@@ -132,7 +132,8 @@ def write_pngs(s: AttackSet, model: torch.nn.Module, directory: str | os.PathLik
     if not len(idx):
         return 0, 0
     x8 = to_uint8(s.x_adv[idx])                                                    # (M, 3, 32, 32) uint8
-    pred = _predict(model.to(device).eval(), x8.float() / 255, device)
+    # uncached: the rounded images are used once, and the cache would keep them alive for the process's lifetime
+    pred = _predict.__wrapped__(model.to(device).eval(), x8.float() / 255, device)
     written = 0
     for i, img, p in zip(idx.tolist(), x8, pred.tolist()):
         t = int(s.y[i])
