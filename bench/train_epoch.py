@@ -13,6 +13,7 @@ distillation and its teacher precision, torch.compile; by default models/resnet2
 Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratios (target <= 1.5x).
 --compile adds the same five setups with the forward + losses through torch.compile (`dnd train --compile`),
 timed in the same alternating rounds; their ratios are taken against the faster dense step.
+--profile K prints each setup's K most expensive operators (self CPU time over 3 profiled steps).
 --count-ops also prints the operators dispatched per step: on a GPU each is a kernel launch of ~5-25 us host
 time, so a step made of many tiny ops is bound by the host, not the GPU (measured on an H200: dense 9.3 ms/step,
 decoupled 58 ms/step, 6.2x, while the GPU itself was busy ~7 ms of it).
@@ -34,6 +35,7 @@ import torch
 from detector.config import ModelConfig
 from detector.losses import DecouplingLoss
 from detector.model import build_model
+from detector.runtime import tune_malloc
 from detector.stats import dense_macs
 from training.config import TrainConfig, make_config, saved_config
 from training.train import compiled_step_loss, frozen_teacher, make_optimizers, step_loss, teacher_forward, train_step
@@ -68,6 +70,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--count-ops", action="store_true", help="also count aten operators per step (torch.profiler)")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="also print, per setup, the K operators with the most self CPU time over 3 profiled steps "
+                         "(torch.profiler), to see where the decoupled step's extra time goes")
     ap.add_argument("--lambda-kd", type=float, default=1.0, help="distillation weight of the third setup (> 0)")
     ap.add_argument("--kd-epochs", type=int, default=20, help="fine-tune length over which kd_offline's one-off "
                     "teacher pass is amortised (the decoupled default)")
@@ -77,11 +82,15 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true",
                     help="also time dense and decoupled+kd with the trained network's forward under bf16 autocast "
                          "(dnd train --bf16), beside the float32 steps")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="skip detector.runtime.tune_malloc (which dnd train calls) to time glibc's defaults")
     ap.add_argument("--recipes", nargs="*", metavar="BUNDLE", default=None,
                     help="instead: one epoch of the recipe a dense bundle was trained with against one of its "
                          "fine-tune's, each with the settings its config.json records (batch size, bf16, "
                          "distillation); two bundle directories, dense then decoupled (default: the shipped pair)")
     a = ap.parse_args()
+    # as `dnd train` runs (detector/cli.py calls it before every command); a no-op off glibc
+    print(f"tune_malloc: {'not applied (--default-malloc)' if a.default_malloc else 'applied' if tune_malloc() else 'not applied'}")
     if a.recipes is not None:
         return time_recipes(a)
     if a.threads:
@@ -159,6 +168,17 @@ def main() -> None:
             n = sum(1 for e in prof.events() if e.name.startswith("aten::")
                     and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
             print(f"{name:21s} {n:6d} aten ops per step (outermost)")
+    if a.profile:
+        from torch.profiler import profile
+
+        for name, step in steps.items():
+            with profile() as prof:
+                for _ in range(3):
+                    step()
+            sync()
+            print(f"\n{name}: top {a.profile} operators by self CPU time, 3 steps (profiler overhead included)")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile,
+                                            max_name_column_width=36))
 
 
 def recipe(bundle: Path) -> tuple[bool, TrainConfig, bool]:
