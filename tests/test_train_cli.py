@@ -236,8 +236,27 @@ def test_train_refuses_a_bad_cutout_size_before_loading_data(tmp_path: Path) -> 
     from training.config import TrainConfig
     from training.train import train
 
-    with pytest.raises(ValueError, match="--cutout .* 0 \\(off\\) to 32; got -4"):
+    with pytest.raises(ValueError, match="--cutout: expected .* 0 \\(off\\) to 32, got -4"):
         train(tmp_path / "no-data", tmp_path / "out", TrainConfig(cutout=-4))
+
+
+def test_train_refuses_unusable_settings_before_anything_is_written(tmp_path: Path) -> None:
+    from training.config import TrainConfig, check_config, make_config
+    from training.train import train
+
+    # --epochs 0 used to run no epoch, write a bundle and then fail drawing the plot of an empty history
+    with pytest.raises(ValueError, match="--epochs: expected at least 1, got 0"):
+        train(tmp_path / "no-data", tmp_path / "out", TrainConfig(epochs=0))
+    assert not (tmp_path / "out").exists()
+    # every broken setting is named at once, with the value found
+    with pytest.raises(ValueError) as e:
+        check_config(TrainConfig(lr=-0.1, target_flops=1.5, hard_epochs=-1))
+    assert "--lr: expected 0 or more, got -0.1" in str(e.value)
+    assert "--target-flops: expected a FLOPs ratio, 0 (fixed --lambda-s) to 1, got 1.5" in str(e.value)
+    assert "--hard-epochs: expected 0 or more, got -1" in str(e.value)
+    # the defaults, dense and decoupled, pass
+    check_config(make_config(False, {}))
+    check_config(make_config(True, {}))
 
 
 def test_offline_distillation_targets_and_run(dense: Path, data: Path, tmp_path: Path) -> None:

@@ -11,8 +11,10 @@ from typing import Any
 @dataclass(frozen=True)
 class TrainConfig:
     # ---- optimisation: SGD + nesterov momentum, linear warm-up then cosine decay to 0 (per step) ----
-    # Dense from scratch: the shipped bundle's recipe (87.82%, ~80 s per epoch, 2.7 h on 2 CPU cores; 88.57% on an
-    # H200). Until session 15: 30 epochs, batch 128, lr 0.1, warm-up 1 -> 87.10% in ~1 h.
+    # Dense from scratch: the recipe of the dense bundle shipped in sessions 15-30 (87.82%, ~80 s per epoch, 2.7 h on
+    # 2 CPU cores; 88.57% on an H200). Until session 15: 30 epochs, batch 128, lr 0.1, warm-up 1 -> 87.10% in ~1 h.
+    # The dense bundle shipped since session 31 (90.01%) overrides three settings: --epochs 200 --bf16 --cutout 16
+    # (`make train-dense`; ~55 s per epoch, ~3 h).
     epochs: int = 120
     batch_size: int = 256
     lr: float = 0.2                  # peak learning rate
@@ -52,7 +54,8 @@ class TrainConfig:
     # the distillation signal |p_s - p_t| (L1, shipped bundles, bench/teacher_precision.py), and the teacher's forward
     # is 1.83x faster on these 2 cores (AVX512-BF16; AMX CPUs and recent GPUs also run bf16 natively). On CPUs without
     # native bf16 it can be slower: --no-kd-teacher-bf16.
-    # On for --decouple (below) since session 17; the shipped decoupled bundle was trained before, with an fp32 teacher.
+    # On for --decouple (below) since session 17 (the decoupled bundle shipped in sessions 15-30 had an fp32 teacher;
+    # the one shipped since session 31 a bf16 one).
     kd_teacher_bf16: bool = False
     # Offline distillation: the teacher's logits of every training image and of its mirror image are computed once
     # per run (2 x 50,000 forwards, on 2 cores ~1 min), and each step distils the pair member its view's flip picked
@@ -64,8 +67,10 @@ class TrainConfig:
     # The trained network's forward (convs, FC, gates) under bfloat16 autocast; weights, optimizer state, BN running
     # statistics and every loss term stay float32, and the bundle is float32 (inference is unchanged). On these 2 CPU
     # cores (AVX512-BF16) a dense step at batch 256 took 303 ms instead of 474 (0.64x), at batch 128 153 ms instead of
-    # 210-216 (bench/train_epoch.py --bf16 [--batch-size 256]); the gated step gains ~10% (its extra ops are small).
-    # Off by default: every shipped bundle was trained in float32; accuracy with it: README "Training".
+    # 210-216 (bench/train_epoch.py --bf16 [--batch-size 256]); the gated step with distillation gains less (0.75x at
+    # batch 256, session 32): its extra element-wise passes and small ops shrink little under bf16.
+    # Off by default. The dense bundle shipped since session 31 trained with it (90.01%); every shipped decoupled bundle
+    # trained in float32 (the bf16 fine-tune candidate: docs/training-log.md, session 32).
     bf16: bool = False
     # ---- run ----
     seed: int = 0                    # data order, augmentation, gate noise and init all derive from it
@@ -78,8 +83,10 @@ class TrainConfig:
 
 # Fine-tuning the decoupled network starts from trained dense weights: fewer epochs and a lower peak LR.
 # Distillation from the --init bundle is on: 10 / 20 / 30 epochs reached 84.6 / 85.8 / 86.4% (MI at the end of 20
-# and 30: 1.21 / 1.15) from the 87.10% dense; from the 87.82% one, 30 epochs reached 88.06% (MI 1.21): the shipped
-# bundle (~2.5 min per epoch on 2 cores, 75 min in all).
+# and 30: 1.21 / 1.15) from the 87.10% dense; from the 87.82% one, 30 epochs reached 88.06% (MI 1.21): the bundle
+# shipped in sessions 15-30 (~2.5 min per epoch on 2 cores, 75 min in all). The one shipped since session 31 (89.08%
+# from the 90.01% dense) overrides three settings: --epochs 50 --target-flops 0.69 --hard-epochs 10
+# (`make train-decoupled`; ~145 s per epoch, ~2 h).
 DECOUPLE_DEFAULTS: dict[str, Any] = {"epochs": 30, "batch_size": 128, "lr": 0.03, "warmup_epochs": 0.5, "lambda_kd": 1.0,
                                      "kd_teacher_bf16": True}
 
@@ -91,6 +98,36 @@ def make_config(decouple: bool, overrides: dict[str, Any]) -> TrainConfig:
         raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(names)}")
     base = replace(TrainConfig(), **DECOUPLE_DEFAULTS) if decouple else TrainConfig()
     return replace(base, **overrides)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings no run can use, before any data is loaded or file written; the message names the flag, the
+    allowed range and the value found (e.g. --epochs 0 used to train nothing and then fail writing the plot)."""
+    rules = [  # (field, whether its value is allowed, the allowed range in words)
+        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("lr", cfg.lr >= 0, "0 or more"),  # 0 freezes the weights (a test of --init relies on it)
+        ("gate_lr", cfg.gate_lr >= 0, "0 or more"),
+        ("warmup_epochs", cfg.warmup_epochs >= 0, "0 or more"),  # may exceed a short smoke run's --epochs
+        ("momentum", 0 <= cfg.momentum < 1, "0 to below 1"),
+        ("weight_decay", cfg.weight_decay >= 0, "0 or more"),
+        ("cutout", 0 <= cfg.cutout <= 32, "the side of the square in pixels, 0 (off) to 32"),
+        ("lambda_m", cfg.lambda_m >= 0, "0 or more"),
+        ("lambda_k", cfg.lambda_k >= 0, "0 or more"),
+        ("lambda_s", cfg.lambda_s >= 0, "0 or more"),
+        ("lambda_kd", cfg.lambda_kd >= 0, "0 or more"),
+        ("target_flops", 0 <= cfg.target_flops <= 1, "a FLOPs ratio, 0 (fixed --lambda-s) to 1"),
+        ("target_ramp_epochs", cfg.target_ramp_epochs >= 0, "0 or more"),
+        ("dual_lr", cfg.dual_lr >= 0, "0 or more"),
+        ("hard_epochs", cfg.hard_epochs >= 0, "0 or more"),  # more than --epochs: every epoch on eval-time paths
+        ("kd_temperature", cfg.kd_temperature > 0, "above 0"),
+        ("limit", cfg.limit >= 0, "0 (all) or more"),
+        ("eval_limit", cfg.eval_limit >= 0, "0 (all) or more"),
+    ]
+    bad = [f"--{name.replace('_', '-')}: expected {allowed}, got {getattr(cfg, name)}" for name, ok, allowed in rules
+           if not ok]
+    if bad:
+        raise ValueError("; ".join(bad))
 
 
 def saved_config(saved: dict[str, Any]) -> dict[str, Any]:

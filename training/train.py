@@ -27,7 +27,7 @@ from detector.model import CifarResNet, PathOutput, build_model
 from detector.stats import collect_paths, dense_macs, filter_states, macs_per_sample
 
 from .checkpoint import META, load_checkpoint, save_checkpoint
-from .config import TrainConfig, saved_config
+from .config import TrainConfig, check_config, saved_config
 
 HISTORY = "train_history.json"
 
@@ -230,8 +230,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         raise ValueError("--decouple needs --init DIR: a trained dense bundle to fine-tune from")
     if cfg.lambda_kd > 0 and init is None:  # checked before the data is loaded
         raise ValueError("--lambda-kd distils from the --init bundle; pass --init DIR")
-    if not 0 <= cfg.cutout <= 32:
-        raise ValueError(f"--cutout is the side of the square in pixels, 0 (off) to 32; got {cfg.cutout}")
+    check_config(cfg)  # e.g. --cutout -4, --epochs 0: refused here, before the data is loaded
     if (ckpt_dir / META).exists() and not resume:
         raise FileExistsError(f"{ckpt_dir} holds an earlier run; pass --resume to continue it or choose another --out")
     if (out / WEIGHTS).exists() and not (ckpt_dir / META).exists():
