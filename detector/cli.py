@@ -33,6 +33,39 @@ CALIB_FAMILIES = "fgsm+pgd,cw+deepfool"
 CALIB_FAMILY_LOG_PRIOR = "0,0"
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0 (image counts, thread counts; 0 means all / the default)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return n
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 1-65535 (uvicorn accepts 99999 and exits at once without saying why)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
+    return n
+
+
+def _rate(text: str) -> float:
+    """argparse type: a false-positive rate in [0, 1), checked before any attack runs (not after 20 minutes)."""
+    try:
+        r = float(text)
+    except ValueError:
+        r = -1.0
+    if not 0 <= r < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate from 0 to below 1 (0.05 = 5%), got {text!r}")
+    return r
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from training.config import TrainConfig
 
@@ -44,7 +77,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "from its weights) or decoupled (a further fine-tuning stage)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--threads", type=_count, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the forward + losses of each step (inductor; "
                    "on CPU needs a C++ compiler; compiles for ~1-3 min at the start and at the switch to hard paths)")
     hp = p.add_argument_group("hyper-parameters (defaults in training/config.py)")
@@ -266,22 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profiles", help="class path profiles from train + `path` scorer and threshold from calibration")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate of the threshold (default 0.05)")
+    p.add_argument("--fpr", type=_rate, default=0.05, help="target false-positive rate of the threshold (default 0.05)")
     p.add_argument("--calib-attacks", default=CALIB_ATTACKS,
                    help=f"attacks the scorer is fitted against (default {CALIB_ATTACKS}; fgsm,pgd with --calib-train-subset 0: "
                         f"20 min less, 0.01 more AUROC on FGSM / PGD, 0.16-0.22 less on CW / DeepFool, README)")
-    p.add_argument("--calib-limit", type=int, default=0, help="calibration images (class-balanced; 0 = all 5,000)")
+    p.add_argument("--calib-limit", type=_count, default=0, help="calibration images (class-balanced; 0 = all 5,000)")
     p.add_argument("--without-gate-logits", action="store_true",
                    help="score the binary path z only, not also each gate logit's deviation from its class mean (the "
                         "scorer before session 20; on the calibration half the gate logits added 0.014-0.04 AUROC per "
                         "attack, README)")
-    p.add_argument("--calib-train", type=int, default=CALIB_TRAIN,
+    p.add_argument("--calib-train", type=_count, default=CALIB_TRAIN,
                    help=f"training images (class-balanced) whose clean and attacked paths join the scorer's fit data; "
                         f"the threshold stays on test calibration images (default {CALIB_TRAIN}, 0 = none)")
     p.add_argument("--calib-train-attacks", default="fgsm,pgd",
                    help="attacks run on those training images (default fgsm,pgd: DeepFool costs ~0.25 s per image "
                         "on 2 cores, about 2 h for 30,000)")
-    p.add_argument("--calib-train-subset", type=int, default=None,
+    p.add_argument("--calib-train-subset", type=_count, default=None,
                    help=f"of those training images, this many (class-balanced) are also attacked with "
                         f"--calib-train-subset-attacks (default {CALIB_TRAIN_SUBSET}, none with --calib-train 0; "
                         f"~8 min on 2 cores)")
@@ -295,40 +328,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorer", choices=("trees", "linear"), default="trees",
                    help="`path` score model: gradient-boosted trees (default) or the logistic model alone")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_count, default=0)
     p = sub.add_parser("attack", help="adversarial sets (torchattacks) on correctly classified test images")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--attack", default="fgsm,pgd,cw,deepfool", help="comma-separated: fgsm, pgd, cw, deepfool")
     p.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
-    p.add_argument("--limit", type=int, default=0, help="class-balanced number of images (0 = the whole split)")
+    p.add_argument("--limit", type=_count, default=0, help="class-balanced number of images (0 = the whole split)")
     p.add_argument("--out", required=True, help="directory for NAME.safetensors")
     p.add_argument("--png", action="store_true", help="also write the successful attacks as 8-bit PNGs, "
                    "OUT/NAME/NNNNN-<class>-as-<predicted>.png (those still misclassified once rounded to 8 bits), "
                    "to send to the service")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_count, default=0)
     p = sub.add_parser("evaluate", help="ROC evaluation of `path` vs max-softmax and Mahalanobis, + adaptive attack")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--attacks", default="fgsm,pgd,cw,deepfool")
-    p.add_argument("--limit", type=int, default=0, help="evaluation images (class-balanced; 0 = all 5,000)")
-    p.add_argument("--slow-limit", type=int, default=500, help="evaluation images for the slow cw and deepfool (0 = all)")
-    p.add_argument("--adaptive-limit", type=int, default=1000, help="images for the adaptive attack")
+    p.add_argument("--limit", type=_count, default=0, help="evaluation images (class-balanced; 0 = all 5,000)")
+    p.add_argument("--slow-limit", type=_count, default=500, help="evaluation images for the slow cw and deepfool (0 = all)")
+    p.add_argument("--adaptive-limit", type=_count, default=1000, help="images for the adaptive attack")
     p.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save-attacks", action="store_true", help="do not keep OUT/attacks/*.safetensors")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_count, default=0)
     p = sub.add_parser("serve", help="HTTP service (FastAPI + uvicorn); other settings from DND_* environment variables")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--model", default=None, help="bundle directory (default: DND_MODEL_DIR or models/resnet20-decoupled)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--log-level", default="info")
-    p.add_argument("--threads", type=int, default=0, help="torch threads for large batches (default: DND_THREADS or all cores; small batches use 1)")
+    p.add_argument("--threads", type=_count, default=0, help="torch threads for large batches (default: DND_THREADS or all cores; small batches use 1)")
     return parser
 
 

@@ -438,3 +438,20 @@ def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str) -> N
     line = next(ln for ln in out.splitlines() if ln.startswith(".venv/bin/dnd train "))
     recorded = json.loads((root / "models" / name / "config.json").read_text())["train"]
     assert train_config(build_parser().parse_args(shlex.split(line)[1:])).to_dict() == saved_config(recorded)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--port", "99999"], "argument --port: expected a TCP port from 1 to 65535, got '99999'"),
+    (["profiles", "--model", "m", "--data", "d", "--fpr", "1.5"],
+     "argument --fpr: expected a rate from 0 to below 1 (0.05 = 5%), got '1.5'"),
+    (["evaluate", "--model", "m", "--data", "d", "--out", "o", "--limit", "-5"],
+     "argument --limit: expected a whole number >= 0, got '-5'"),
+    (["attack", "--model", "m", "--data", "d", "--out", "o", "--threads", "two"],
+     "argument --threads: expected a whole number >= 0, got 'two'"),
+])
+def test_out_of_range_numbers_are_refused_while_parsing(argv: list[str], message: str,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    # before any model, data or attack is touched: --fpr 1.5 used to be refused only after ~20 min of attacks
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
