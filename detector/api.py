@@ -57,7 +57,9 @@ def check_images(x: Tensor) -> None:
     if len(x):
         lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; NaN propagates into both and fails the test
         if not (lo >= 0 and hi <= 1):
-            raise ValueError(f"expected values in [0, 1], found range [{lo:.3g}, {hi:.3g}]")
+            nan = int(torch.isnan(x).sum()) if lo != lo or hi != hi else 0  # counted only on the error path
+            found = f"{nan} NaN value(s)" if nan else f"range [{lo:.3g}, {hi:.3g}]"
+            raise ValueError(f"expected values in [0, 1], found {found}")
 
 
 class Detector:

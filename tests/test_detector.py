@@ -167,7 +167,7 @@ def test_threshold_override(bundle: Path) -> None:
                                     (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(1),), torch.tensor(-0.1)),
                                      r"\[0, 1\], found range \[-0.1, 0.5\]"),
                                     (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("nan"))),
-                                     r"\[0, 1\], found range \[nan"),
+                                     r"\[0, 1\], found 3072 NaN value\(s\)"),  # image 0: 3 x 32 x 32
                                     (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("inf"))),
                                      r"\[0, 1\], found range \[0.5, inf\]")])
 def test_predict_rejects_bad_input_clearly(bundle: Path, x, msg: str) -> None:
