@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -33,37 +34,26 @@ CALIB_FAMILIES = "fgsm+pgd,cw+deepfool"
 CALIB_FAMILY_LOG_PRIOR = "0,0"
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 0 (image counts, thread counts; 0 means all / the default)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return n
+def _checked(parse: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+    """An argparse type: `parse` the text, refuse it with "expected ..., got ..." unless `ok` holds, before any
+    model, data or attack is touched."""
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return convert
 
 
-def _port(text: str) -> int:
-    """argparse type: a TCP port, 1-65535 (uvicorn accepts 99999 and exits at once without saying why)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
-    return n
-
-
-def _rate(text: str) -> float:
-    """argparse type: a false-positive rate in [0, 1), checked before any attack runs (not after 20 minutes)."""
-    try:
-        r = float(text)
-    except ValueError:
-        r = -1.0
-    if not 0 <= r < 1:
-        raise argparse.ArgumentTypeError(f"expected a rate from 0 to below 1 (0.05 = 5%), got {text!r}")
-    return r
+# image and thread counts (0 = all / the default)
+_count = _checked(int, lambda n: n >= 0, "a whole number >= 0")
+# uvicorn accepts 99999 and exits at once without saying why
+_port = _checked(int, lambda n: 1 <= n <= 65535, "a TCP port from 1 to 65535")
+# checked here, not after ~20 min of calibration attacks
+_rate = _checked(float, lambda r: 0 <= r < 1, "a rate from 0 to below 1 (0.05 = 5%)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
