@@ -90,7 +90,8 @@ def main() -> None:
                          "distillation); two bundle directories, dense then decoupled (default: the shipped pair)")
     a = ap.parse_args()
     # as `dnd train` runs (detector/cli.py calls it before every command); a no-op off glibc
-    print(f"tune_malloc: {'not applied (--default-malloc)' if a.default_malloc else 'applied' if tune_malloc() else 'not applied'}")
+    malloc = "not applied (--default-malloc)" if a.default_malloc else "applied" if tune_malloc() else "not applied"
+    print(f"tune_malloc: {malloc}")
     if a.recipes is not None:
         return time_recipes(a)
     if a.threads:
