@@ -121,6 +121,10 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     from detector.profiles import PROFILES
     from detector.images import InputError, decode_image
 
+    # every path checked before the model loads and before any line is printed
+    bad = [f"{p} ({'a directory' if Path(p).is_dir() else 'not found'})" for p in a.images if not Path(p).is_file()]
+    if bad:
+        raise ValueError(f"expected image files, found: {', '.join(bad)}")
     # the detector when the bundle has profiles (`dnd profiles`); otherwise the bare classifier and its path
     det = load_detector(a.model, a.device) if (Path(a.model) / PROFILES).is_file() else None
     model = det.model if det else load_model(a.model, a.device)

@@ -374,6 +374,18 @@ def test_predict_prints_label_and_path(tmp_path: Path, capsys: pytest.CaptureFix
     assert "attack_score" not in rec  # no profiles in this bundle: classifier only
 
 
+def test_predict_checks_every_path_before_printing_anything(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    # a directory used to end in an IsADirectoryError traceback, after the earlier images' lines were printed; the
+    # bundle does not exist either: the paths are checked before it would be loaded
+    argv = ["predict", "--model", str(tmp_path / "no-bundle"), str(tmp_path / "ok.png"), str(tmp_path), "nosuch.jpg"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f"expected image files, found: {tmp_path} (a directory), nosuch.jpg (not found)" in err
+
+
 def test_predict_with_profiles_scores_the_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
 
