@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -54,6 +55,7 @@ _count = _checked(int, lambda n: n >= 0, "a whole number >= 0")
 _port = _checked(int, lambda n: 1 <= n <= 65535, "a TCP port from 1 to 65535")
 # checked here, not after ~20 min of calibration attacks
 _rate = _checked(float, lambda r: 0 <= r < 1, "a rate from 0 to below 1 (0.05 = 5%)")
+_finite = _checked(float, math.isfinite, "a finite number")  # a NaN threshold flagged nothing, without a word
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -343,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_count, default=0, help="evaluation images (class-balanced; 0 = all 5,000)")
     p.add_argument("--slow-limit", type=_count, default=500, help="evaluation images for the slow cw and deepfool (0 = all)")
     p.add_argument("--adaptive-limit", type=_count, default=1000, help="images for the adaptive attack")
-    p.add_argument("--threshold", type=float, default=None, help="override the calibrated threshold")
+    p.add_argument("--threshold", type=_finite, default=None, help="override the calibrated threshold")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save-attacks", action="store_true", help="do not keep OUT/attacks/*.safetensors")
@@ -359,6 +361,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_common(a: argparse.Namespace) -> None:
+    """Flags several commands share, checked before any work: --device names a usable device, --out is not a file."""
+    out = getattr(a, "out", None)
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; expected a directory (created if missing)")
+    name = getattr(a, "device", None)
+    if name is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here (torch.cuda.is_available() is False); "
+                         f"use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from .runtime import tune_malloc
@@ -371,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": _cmd_train, "stats": _cmd_stats, "predict": _cmd_predict, "profiles": _cmd_profiles,
                "attack": _cmd_attack, "evaluate": _cmd_evaluate, "serve": _cmd_serve}[a.command]
     try:
+        _check_common(a)
         handler(a)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"dnd {a.command}: error: {e}", file=sys.stderr)

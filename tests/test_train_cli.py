@@ -467,3 +467,24 @@ def test_out_of_range_numbers_are_refused_while_parsing(argv: list[str], message
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_device_and_out_are_checked_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "a-file").write_text("x")
+    image = tmp_path / "i.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    # the bundle does not exist: each check must come before it would be loaded (a bad device used to end in a
+    # torch RuntimeError traceback)
+    cases = [(["predict", "--model", "none", "--device", "foo", str(image)],
+              "--device 'foo': expected cpu, cuda or cuda:N"),
+             (["predict", "--model", "none", "--device", "cuda:7", str(image)], "--device cuda:7: "),
+             (["evaluate", "--model", "none", "--data", "d", "--out", str(tmp_path / "a-file")],
+              f"--out {tmp_path / 'a-file'} is a file; expected a directory")]
+    for argv, message in cases:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", "m", "--data", "d", "--out", "o", "--threshold", "nan"])
+    assert "argument --threshold: expected a finite number, got 'nan'" in capsys.readouterr().err
