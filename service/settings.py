@@ -12,7 +12,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DND_", protected_namespaces=())
 
     model_dir: Path = Path("models/resnet20-decoupled")  # bundle with profiles.safetensors (`dnd profiles`)
-    threshold: float | None = None      # overrides the calibrated threshold (attack_score scale: mixture log-odds, README)
+    # overrides the calibrated threshold (attack_score scale: mixture log-odds, README); NaN would flag nothing
+    threshold: float | None = Field(None, allow_inf_nan=False)
     max_batch: int = Field(64, ge=1)    # images per forward pass of the micro-batcher
     max_wait_ms: float = Field(2.0, ge=0)  # how long the batcher waits for more requests before running
     max_images: int = Field(64, ge=1)   # images per request (JSON batches)
@@ -24,5 +25,5 @@ class Settings(BaseSettings):
     # when many requests wait, runs on `threads` (fixed 1 thread: 320 images/s at concurrency 64 vs 415 with 2).
     threads: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1)  # for batches >= parallel_min_batch
     parallel_min_batch: int = Field(16, ge=1)  # smaller batches run on a single thread
-    device: str = "cpu"
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")  # refused at start-up, not when the model loads
     trace: bool = True                  # TorchScript forward (releases the GIL while a batch runs); see Detector.trace

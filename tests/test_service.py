@@ -258,3 +258,15 @@ def test_compose_file_is_valid() -> None:
         pytest.skip("docker client without the compose plugin")
     r = subprocess.run(["docker", "compose", "config", "--quiet"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("env, field", [({"DND_DEVICE": "foo"}, "device"), ({"DND_THRESHOLD": "nan"}, "threshold"),
+                                        ({"DND_MAX_BATCH": "0"}, "max_batch")])
+def test_bad_settings_are_refused_at_start_up(env: dict[str, str], field: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValidationError) as e:
+        Settings()
+    assert e.value.errors()[0]["loc"] == (field,)
