@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .model import CifarResNet, build_model
+from .runtime import check_device
 
 WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
 
@@ -80,6 +81,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     faster than NCHW, whatever the input's layout (bench/layout.py, session 17: traced `det.predict` 1.17-1.19x at
     batch 256, 1.4-2.5x at batch 1, a 10-step PGD batch 1.20-1.27x). Logits move by ~1e-6 (float summation order)."""
     path = Path(path)
+    device = check_device(device)  # a clear error before any file is read, for the CLI, the service and the API
     cfg = ModelConfig.from_dict(read_config(path)["model"])
     weights = path / WEIGHTS
     if not weights.is_file():

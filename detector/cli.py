@@ -366,22 +366,10 @@ def _check_common(a: argparse.Namespace) -> None:
     out = getattr(a, "out", None)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file; expected a directory (created if missing)")
-    name = getattr(a, "device", None)
-    if name is None:
-        return
-    import torch
+    if getattr(a, "device", None) is not None:
+        from .runtime import check_device
 
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here (torch.cuda.is_available() is False); "
-                         f"use --device cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+        check_device(a.device, "--device")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Process-wide allocator settings for CPU inference: call `tune_malloc()` once at the start of a process.
+"""Process-wide runtime settings: `tune_malloc()` (allocator, once at the start of a process) and `check_device()`.
 
 Why: a CPU forward pass allocates and frees tensors of 0.1-16 MB every batch. glibc serves blocks above its mmap
 threshold (128 KiB at start, then raised dynamically as such blocks are freed) with mmap and gives them back with
@@ -18,6 +18,10 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h> parameter numbers
 MMAP_THRESHOLD = 32 * 2**20   # the ceiling of glibc's own dynamic threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
@@ -37,3 +41,22 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # glibc returns 1 on success, 0 for a value out of range; musl's stub returns 0 for everything
     return mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 and mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
+
+
+def check_device(name: str | torch.device, what: str = "device") -> torch.device:
+    """`name` as a torch.device this machine can run on, else ValueError naming `what`, the accepted forms and what
+    was found (torch's own errors for "foo" or an absent GPU are tracebacks listing every backend it knows)."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{what} {str(name)!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what} {str(name)!r}: expected cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{what} {name}: CUDA is not available here "
+                         "(torch.cuda.is_available() is False); use cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{what} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
