@@ -19,7 +19,7 @@ from torch import Tensor
 
 from detector import load_detector
 from detector.runtime import tune_malloc
-from detector.scoring import TreeEnsemble
+from detector.trees import TreeEnsemble
 
 
 def torch_level_walk(trees: TreeEnsemble, features: Tensor) -> Tensor:

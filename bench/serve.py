@@ -113,7 +113,7 @@ def main() -> None:
     env = {**os.environ, "DND_MODEL_DIR": a.model, "DND_MAX_WAIT_MS": str(a.max_wait_ms)}
     env |= {k: str(v) for k, v in {"DND_THREADS": a.threads, "DND_PARALLEL_MIN_BATCH": a.parallel_min_batch}.items() if v}
     cores = len(os.sched_getaffinity(0))
-    server = subprocess.Popen([sys.executable, "-m", "detector.cli", "serve", "--port", str(port), "--log-level", "warning"],
+    server = subprocess.Popen([sys.executable, "-m", "dnd", "serve", "--port", str(port), "--log-level", "warning"],
                               env=env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -1,7 +1,7 @@
 """Does a fine-tune step cost more late in a run than the bench's fresh model suggests? Side by side in one process.
 
 A real 30-epoch fine-tune's noisy epochs took 122-148 s of training steps, while bench/train_epoch.py projects ~105 s.
-This times the same optimisation step (training.train.train_step, default --decouple recipe, bf16 teacher) on real
+This times the same optimisation step (training.step.train_step, default --decouple recipe, bf16 teacher) on real
 training images for: a decoupled model fresh from the dense bundle vs a trained decoupled bundle; noisy SemHash
 (noise 1, half hard; epochs 1..N-4) vs eval-time paths (the 4 final epochs); denormal flushing off vs on. Setups
 alternate within each round, so machine noise hits all alike; round 0 is a warm-up. Prints median ms/step and the
@@ -25,7 +25,9 @@ from detector.losses import DecouplingLoss
 from detector.model import build_model
 from detector.stats import dense_macs
 from training.config import make_config
-from training.train import frozen_teacher, init_weights, make_optimizers, train_step
+from training.distill import frozen_teacher
+from training.step import make_optimizers, train_step
+from training.train import init_weights
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from detector.bundle import load_model
 from detector.data import load_split, to_unit_float
-from training.train import augment, crop_flip_params, frozen_teacher, teacher_forward
+from training.augment import augment, crop_flip_params
+from training.distill import frozen_teacher, teacher_forward
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Cost of one training epoch, decoupled vs dense, measured side by side in one run.
 
-Times the real optimisation step (training.train.train_step: forward with paths, all loss terms, backward,
+Times the real optimisation step (training.step.train_step: forward with paths, all loss terms, backward,
 SGD + Adam) on the same batches, alternating dense and decoupled rounds so machine noise hits both alike.
 Five setups: dense; decoupled without distillation; decoupled with distillation from a dense teacher (one extra
 no-grad teacher forward per step, under bf16 autocast), i.e. the recipe `dnd train --decouple` runs by default; the
@@ -38,7 +38,8 @@ from detector.model import build_model
 from detector.runtime import tune_malloc
 from detector.stats import dense_macs
 from training.config import TrainConfig, make_config, saved_config
-from training.train import compiled_step_loss, frozen_teacher, make_optimizers, step_loss, teacher_forward, train_step
+from training.distill import frozen_teacher, teacher_forward
+from training.step import compiled_step_loss, make_optimizers, step_loss, train_step
 
 
 def time_rounds(steps: dict[str, Callable[[], Any]], rounds: int, n: int, sync: Callable[[], Any]
@@ -89,7 +90,7 @@ def main() -> None:
                          "fine-tune's, each with the settings its config.json records (batch size, bf16, "
                          "distillation); two bundle directories, dense then decoupled (default: the shipped pair)")
     a = ap.parse_args()
-    # as `dnd train` runs (detector/cli.py calls it before every command); a no-op off glibc
+    # as `dnd train` runs (the `dnd` CLI calls it before every command); a no-op off glibc
     malloc = "not applied (--default-malloc)" if a.default_malloc else "applied" if tune_malloc() else "not applied"
     print(f"tune_malloc: {malloc}")
     if a.recipes is not None:

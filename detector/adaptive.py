@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .api import Detector
-from .scoring import PathLikelihood, path_features
+from .features import PathLikelihood, path_features
 
 DEFAULTS: dict[str, Any] = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "beta": 1.0, "random_start": True}
 

@@ -21,7 +21,7 @@ from .api import Detector, Prediction
 from .attacks import run_attack, save_attack_set
 from .baselines import Mahalanobis, msp_score
 from .bundle import write_json
-from .calibration import SPLIT_SEED, balanced_subset, split_test
+from .splits import SPLIT_SEED, balanced_subset, split_test
 from .data import load_split, to_unit_float
 
 DETECTORS = ("path", "path_hamming", "path_jaccard", "msp", "mahalanobis")

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from .bundle import WEIGHTS, file_sha256, publish
 from .model import CifarResNet
-from .scoring import PathScorer, feature_count
+from .features import feature_count
+from .scorer import PathScorer
 from .stats import collect_gate_paths
 
 PROFILES = "profiles.safetensors"

@@ -86,7 +86,8 @@ def write_detector_bundle(out: Path, seed: int = 0) -> Path:
 
     from detector import save_bundle
     from detector.profiles import PathProfiles, save_profiles
-    from detector.scoring import PathScorer, feature_count
+    from detector.features import feature_count
+    from detector.scorer import PathScorer
 
     m = tiny_decoupled_model(seed)
     save_bundle(m, out, {})

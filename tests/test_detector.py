@@ -8,11 +8,11 @@ import torch
 
 from detector import load_detector
 from detector.adaptive import adaptive_pgd
-from detector.calibration import balanced_subset, split_test
-from detector.cli import main
+from detector.splits import balanced_subset, split_test
+from dnd.cli import main
 from detector.profiles import PROFILES, load_profiles
-from detector.scoring import (PathLikelihood, PathScorer, feature_count, likelihood_features, path_distances,
-                              path_features, without_likelihoods)
+from detector.features import PathLikelihood, feature_count, likelihood_features, path_distances, path_features
+from detector.scorer import PathScorer
 
 from .conftest import write_image_folder
 
@@ -96,9 +96,9 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
     assert "extra_subset_images" not in before  # the fixture turned it off
     # one tree model per family: FGSM + PGD, and DeepFool (its CW partner did not run); the default log priors
     assert cal["families"] == [["fgsm", "pgd"], ["deepfool"]] and before["families"] == [["fgsm", "pgd"]]
-    from detector.cli import CALIB_FAMILY_LOG_PRIOR
+    from detector.calibration import CalibrationConfig
 
-    default_prior = [float(v) for v in CALIB_FAMILY_LOG_PRIOR.split(",")]
+    default_prior = list(CalibrationConfig().family_log_prior)
     assert cal["family_log_prior"] == default_prior and before["family_log_prior"] == [0.0]
     sc = load_profiles(b).scorer
     assert sc.trees is not None and len(sc.trees.baseline) == 2 and sc.log_prior.tolist() == default_prior
@@ -109,35 +109,44 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
     assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train", "0", "--calib-train-subset", "5"]) != 0
 
 
+def _profiles_config(*flags: str):  # noqa: ANN202
+    from dnd.cli import build_parser
+    from dnd.commands.detect import calibration_config
+
+    return calibration_config(build_parser().parse_args(["profiles", "--model", "m", "--data", "d", *flags]))
+
+
 def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
-    from detector.cli import CALIB_FAMILY_LOG_PRIOR, CALIB_TRAIN_SUBSET, _calib_train_subset, build_parser
+    from detector.calibration import CalibrationConfig
+    from dnd.cli import build_parser
 
     a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d"])
     assert a.calib_attacks == "fgsm,pgd,cw,deepfool" and a.calib_train == 30000 and a.calib_train_subset is None
     assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool"
-    assert a.families == "fgsm+pgd,cw+deepfool" and a.family_log_prior is None  # -> CALIB_FAMILY_LOG_PRIOR
-    assert _calib_train_subset(None, 30000) == CALIB_TRAIN_SUBSET == 2000
-    assert _calib_train_subset(None, 300) == 300 and _calib_train_subset(None, 0) == 0  # follows --calib-train
-    assert _calib_train_subset(0, 30000) == 0 and _calib_train_subset(10, 300) == 10
+    assert a.families == "fgsm+pgd,cw+deepfool" and a.family_log_prior is None  # -> the default families' priors
+    d = CalibrationConfig()
+    assert _profiles_config() == d and d.train_subset == 2000
+    sub = lambda *f: _profiles_config(*f).train_subset  # noqa: E731
+    assert sub("--calib-train", "300") == 300 and sub("--calib-train", "0") == 0  # follows --calib-train
+    assert sub("--calib-train-subset", "0") == 0 and sub("--calib-train", "300", "--calib-train-subset", "10") == 10
     with pytest.raises(ValueError, match="--calib-train is 0"):
-        _calib_train_subset(5, 0)
+        sub("--calib-train", "0", "--calib-train-subset", "5")
     shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
     assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
-    assert shipped["extra_subset_images"] == CALIB_TRAIN_SUBSET and shipped["extra_subset_attacks"] == ["cw", "deepfool"]
+    assert shipped["extra_subset_images"] == d.train_subset and shipped["extra_subset_attacks"] == ["cw", "deepfool"]
     assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"]]
-    assert shipped["family_log_prior"] == [float(v) for v in CALIB_FAMILY_LOG_PRIOR.split(",")] == [0.0, 0.0]
+    assert shipped["family_log_prior"] == list(d.family_log_prior) == [0.0, 0.0]
 
 
 def test_families_must_cover_every_attack_once() -> None:
-    from detector.cli import _families
-
-    assert _families("fgsm+pgd,cw+deepfool", ["fgsm", "pgd"]) == [["fgsm", "pgd"], ["cw", "deepfool"]]
+    assert _profiles_config("--families", "fgsm+pgd,cw+deepfool").families == (("fgsm", "pgd"), ("cw", "deepfool"))
+    base = ("--calib-attacks", "fgsm,pgd", "--calib-train", "0")
     with pytest.raises(ValueError, match="missing pgd"):
-        _families("fgsm,cw+deepfool", ["fgsm", "pgd"])
+        _profiles_config(*base, "--families", "fgsm,cw+deepfool")
     with pytest.raises(ValueError, match="twice pgd"):
-        _families("fgsm+pgd,pgd+cw", ["fgsm", "pgd", "cw"])
+        _profiles_config(*base, "--families", "fgsm+pgd,pgd+cw")
     with pytest.raises(ValueError, match="unknown attack"):
-        _families("fgsm+bim", ["fgsm"])
+        _profiles_config(*base, "--families", "fgsm+bim")
     for bad in ("0", "0,x"):  # checked before any model or data is loaded
         assert main(["profiles", "--model", "m", "--data", "d", "--family-log-prior", bad]) != 0
 
@@ -335,7 +344,6 @@ def test_path_likelihoods_exact_on_a_hand_built_case() -> None:
     feats = path_features(z, torch.tensor([0]), freq)
     assert feats.shape == (1, feature_count([2, 1])) == (1, 4 * 2 + 1 + 3)
     assert torch.allclose(feats[:, -5:], f)
-    assert torch.equal(without_likelihoods(feats, [2, 1]), feats[:, :-5])  # the 708-column layout of older scorers
 
 
 def test_likelihood_features_are_differentiable_in_soft_paths() -> None:
@@ -364,7 +372,7 @@ def test_tree_ensemble_walk_equals_sklearn() -> None:
     order (a wrong leaf is off by >= 1e-3), including ties at split thresholds (the integer column)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from detector.scoring import TreeEnsemble
+    from detector.trees import TreeEnsemble
 
     g = torch.Generator().manual_seed(1)
     # float32 values (what path_features gives), held as float64 for scikit-learn
@@ -463,6 +471,21 @@ def test_traced_forward_gives_the_same_predictions(bundle: Path, n: int) -> None
     assert torch.equal(eager.labels, traced.labels) and torch.allclose(eager.probs, traced.probs, atol=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(eager.paths, traced.paths))
     assert torch.allclose(eager.scores, traced.scores, atol=1e-5)
+
+
+def test_a_second_traced_detector_reuses_the_graph_with_its_own_weights(tmp_path: Path) -> None:
+    from .conftest import write_detector_bundle
+
+    a, b = write_detector_bundle(tmp_path / "a", seed=0), write_detector_bundle(tmp_path / "b", seed=1)
+    x = torch.rand(7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    first = load_detector(a).trace()  # traces (or reuses a graph traced earlier in this process)
+    second = load_detector(b).trace()
+    assert second._traced is not first._traced
+    for bundle_dir, traced in ((a, first), (b, second)):
+        eager = load_detector(bundle_dir).predict(x)
+        got = traced.predict(x)
+        assert torch.equal(eager.labels, got.labels) and torch.allclose(eager.probs, got.probs, atol=1e-6)
+        assert all(torch.equal(p, q) for p, q in zip(eager.paths, got.paths))
 
 
 def test_attack_cli_writes_sets_within_budget(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:

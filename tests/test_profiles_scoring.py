@@ -6,7 +6,8 @@ import torch
 
 from detector import ModelConfig, build_model, save_bundle
 from detector.profiles import PROFILES, build_profiles, load_profiles, save_profiles
-from detector.scoring import calibrate_threshold, path_distances
+from detector.features import path_distances
+from detector.scorer import calibrate_threshold
 
 from .conftest import tiny_decoupled_model
 

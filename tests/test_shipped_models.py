@@ -44,7 +44,7 @@ def test_shipped_detector_threshold_transfers_to_unseen_clean_images(test_split)
     """The calibrated threshold flags ~target FPR of clean, correctly classified images of the *evaluation* half
     (never seen by calibration), and the report's clean accuracy matches the model on that half."""
     from detector import load_detector
-    from detector.calibration import split_test
+    from detector.splits import split_test
     from detector.data import to_unit_float
 
     det = load_detector(REPO / "models" / "resnet20-decoupled")

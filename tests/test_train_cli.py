@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from detector.cli import main
+from dnd.cli import main
 
 from .conftest import write_image_folder
 
@@ -69,7 +69,7 @@ def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) 
 
 
 def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Path) -> None:
-    from training.train import distill_loss
+    from training.distill import distill_loss
 
     logits = torch.randn(4, 10)
     assert float(distill_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
@@ -81,7 +81,7 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
     from detector.losses import DecouplingLoss
     from detector.model import build_model
     from training.config import TrainConfig
-    from training.train import make_optimizers, train_step
+    from training.step import make_optimizers, train_step
 
     torch.manual_seed(0)
     base, teacher = build_model(ModelConfig(decoupled=True)), build_model(ModelConfig()).eval()
@@ -108,7 +108,7 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
 def test_bf16_teacher_gives_float32_logits_close_to_fp32() -> None:
     from detector.config import ModelConfig
     from detector.model import build_model
-    from training.train import teacher_forward, teacher_logits
+    from training.distill import teacher_forward, teacher_logits
 
     torch.manual_seed(0)
     teacher, x = build_model(ModelConfig()).eval().requires_grad_(False), torch.rand(16, 3, 32, 32)
@@ -133,7 +133,7 @@ def test_bf16_step_keeps_float32_losses_and_gradients_reach_every_parameter(deco
     from detector.model import build_model
     from detector.stats import dense_macs
     from training.config import make_config
-    from training.train import step_loss
+    from training.step import step_loss
 
     torch.manual_seed(0)
     model = build_model(replace(ModelConfig(), decoupled=decouple)).to(memory_format=torch.channels_last).train()
@@ -174,7 +174,7 @@ def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) ->
 
     from detector.config import ModelConfig
     from detector.model import build_model
-    from training.train import frozen_teacher
+    from training.distill import frozen_teacher
 
     torch.manual_seed(0)
     net = build_model(ModelConfig(decoupled=decoupled))
@@ -199,7 +199,7 @@ def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) ->
 
 
 def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
-    from training.train import augment, crop_flip_params
+    from training.augment import augment, crop_flip_params
 
     x = torch.rand(16, 3, 32, 32)
     ij, flip = crop_flip_params(16, torch.Generator().manual_seed(0))
@@ -214,7 +214,7 @@ def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
 
 
 def test_cutout_zeroes_one_clipped_square_per_image() -> None:
-    from training.train import cutout, cutout_params
+    from training.augment import cutout, cutout_params
 
     x = torch.rand(64, 3, 32, 32) + 0.1  # no zeros of its own
     centre = cutout_params(64, torch.Generator().manual_seed(0))
@@ -262,7 +262,7 @@ def test_train_refuses_unusable_settings_before_anything_is_written(tmp_path: Pa
 def test_offline_distillation_targets_and_run(dense: Path, data: Path, tmp_path: Path) -> None:
     from detector.config import ModelConfig
     from detector.model import build_model
-    from training.train import teacher_logits
+    from training.distill import teacher_logits
 
     torch.manual_seed(0)
     teacher, x = build_model(ModelConfig()).eval(), torch.rand(7, 3, 32, 32)
@@ -410,7 +410,7 @@ def test_compiled_step_matches_eager() -> None:
     from detector.losses import DecouplingLoss
     from detector.model import build_model
     from training.config import TrainConfig
-    from training.train import compiled_step_loss, step_loss
+    from training.step import compiled_step_loss, step_loss
 
     torch.manual_seed(0)
     base = build_model(ModelConfig(decoupled=True, widths=(8, 16, 32), blocks_per_stage=1))
@@ -440,7 +440,8 @@ def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str) -> N
     # `make train-dense` / `make train-decoupled` must ask for exactly the settings the shipped bundles recorded in
     # config.json (fields added since then count at their class defaults: training.config.saved_config), or those
     # targets would not reproduce them. The command is the one make would run, parsed by dnd's own parser.
-    from detector.cli import build_parser, train_config
+    from dnd.cli import build_parser
+    from dnd.commands.train import train_config
     from training.config import saved_config
 
     root = Path(__file__).parents[1]

@@ -1,0 +1,30 @@
+"""GET /healthz, /readyz, /metrics, /v1/model."""
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from service.settings import Settings
+
+from .conftest import client_for, png
+
+
+def test_health_and_readiness(client: TestClient, bundle: Path) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["model"]["name"] == "tiny"
+    bad = client_for(Settings(model_dir=bundle.parent / "missing"))
+    assert bad.get("/healthz").status_code == 200
+    r = bad.get("/readyz")
+    assert r.status_code == 503 and "not found" in r.json()["error"]["message"]
+    assert bad.post("/predict", content=png(), headers={"content-type": "image/png"}).status_code == 503
+    assert bad.get("/v2/health/ready").status_code == 503
+    bad.__exit__(None, None, None)
+
+
+def test_metrics_and_model_info(client: TestClient) -> None:
+    client.post("/predict", content=png(), headers={"content-type": "image/png"})
+    text = client.get("/metrics").text
+    assert 'dnd_requests_total{route="/predict",status="200"}' in text
+    assert "dnd_batch_size_count" in text and "dnd_images_flagged_total" in text and "dnd_request_latency_seconds_bucket" in text
+    info = client.get("/v1/model").json()
+    assert len(info["classes"]) == 10 and info["threshold"] == 0.0 and len(info["weights_sha256"]) == 64
