@@ -5,7 +5,7 @@ DATA    ?= .data
 SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
-.PHONY: serve run test test-all data train-dense train-decoupled stats profiles evaluate candidate bench bench-data bench-serve clean
+.PHONY: serve run test test-all lint data train-dense train-decoupled stats profiles evaluate candidate bench bench-data bench-serve clean
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -36,6 +36,11 @@ test: $(VENV_OK)
 
 test-all: $(VENV_OK) data
 	$(PY) -m pytest -q -m ''
+
+# ruff: lint and format check (configured in pyproject.toml); `.venv/bin/ruff format .` applies the format.
+lint: $(VENV_OK)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 # The pipeline's four steps, shared by the shipped targets and `make candidate` ($(1) = bundle or report dir).
 DND := .venv/bin/dnd

@@ -4,6 +4,7 @@ On N correctly classified real test images: time of each (alternating, two round
 mean L2 perturbations, and the largest pixel difference between their adversarial images.
 `python bench/deepfool.py --data .data` (shipped decoupled bundle by default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ def main() -> None:
     with torch.no_grad():
         ok = model(x).argmax(1) == y
     x, y = x[ok][: a.images], y[ok][: a.images]
-    attacks = {"torchattacks": torchattacks.DeepFool(model, **ATTACKS["deepfool"][1]),
-               "batched Jacobian": make_attack("deepfool", model)}
+    attacks = {
+        "torchattacks": torchattacks.DeepFool(model, **ATTACKS["deepfool"][1]),
+        "batched Jacobian": make_attack("deepfool", model),
+    }
     times: dict[str, list[float]] = {k: [] for k in attacks}
     advs = {}
     for _ in range(a.rounds):
@@ -44,13 +47,17 @@ def main() -> None:
         with torch.no_grad():
             success = float((model(adv).argmax(1) != y).float().mean())
         l2 = float((adv - x).flatten(1).norm(dim=1).mean())
-        print(f"{name:17s} {statistics.median(times[name]):6.1f} s for {len(x)} images (rounds: "
-              f"{', '.join(f'{t:.1f}' for t in times[name])}), success {success:.3f}, mean L2 {l2:.4f}")
+        print(
+            f"{name:17s} {statistics.median(times[name]):6.1f} s for {len(x)} images (rounds: "
+            f"{', '.join(f'{t:.1f}' for t in times[name])}), success {success:.3f}, mean L2 {l2:.4f}"
+        )
     ref, ours = advs["torchattacks"], advs["batched Jacobian"]
     per_image = (ours - ref).flatten(1).abs().max(1).values
-    print(f"largest pixel difference {float(per_image.max()):.2e}; images differing by more than 1e-4: "
-          f"{int((per_image > 1e-4).sum())} of {len(x)}; speed-up "
-          f"{statistics.median(times['torchattacks']) / statistics.median(times['batched Jacobian']):.2f}x")
+    print(
+        f"largest pixel difference {float(per_image.max()):.2e}; images differing by more than 1e-4: "
+        f"{int((per_image > 1e-4).sum())} of {len(x)}; speed-up "
+        f"{statistics.median(times['torchattacks']) / statistics.median(times['batched Jacobian']):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Loads the detector twice: as `load_detector` returns it (channels_last weights) 
 `dnd evaluate` and `dnd profiles` run it), in alternating rounds; then checks that both layouts give the same labels,
 scores and flags. `python bench/layout.py` (shipped bundle by default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,13 +51,17 @@ def main() -> None:
                 times.setdefault(f"{name} pgd", []).append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"threads {torch.get_num_threads()}, {a.rounds} rounds, medians:")
-    for what, unit, label in (("b256", 1e3, "det.predict, batch 256 (ms)"), ("b1", 1e3, "det.predict, batch 1 (ms)"),
-                              ("pgd", 1.0, f"PGD 10 steps, {a.pgd_images} images (s)")):
+    for what, unit, label in (
+        ("b256", 1e3, "det.predict, batch 256 (ms)"),
+        ("b1", 1e3, "det.predict, batch 1 (ms)"),
+        ("pgd", 1.0, f"PGD 10 steps, {a.pgd_images} images (s)"),
+    ):
         cl, nchw = med[f"channels_last {what}"] * unit, med[f"nchw {what}"] * unit
         print(f"  {label:34s} nchw {nchw:8.2f}  channels_last {cl:8.2f}  ({nchw / cl:.2f}x faster)")
     p = {k: det.predict(x) for k, det in dets.items()}
-    same = (torch.equal(p["nchw"].labels, p["channels_last"].labels)
-            and torch.equal(p["nchw"].is_adversarial, p["channels_last"].is_adversarial))
+    same = torch.equal(p["nchw"].labels, p["channels_last"].labels) and torch.equal(
+        p["nchw"].is_adversarial, p["channels_last"].is_adversarial
+    )
     diff = float((p["nchw"].scores - p["channels_last"].scores).abs().max())
     print(f"same labels and flags on the batch: {same}; largest score difference {diff:.2e}")
 

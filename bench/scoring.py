@@ -7,12 +7,13 @@ Rounds alternate so machine noise hits both alike. Prints median ms per batch, i
 score), to show what the scoring steps themselves cost beside the end-to-end ratio, and the tree walk that
 `TreeEnsemble.raw` replaced in session 16 (level by level in torch ops, kept here only as the side-by-side reference).
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -55,8 +56,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="skip detector.runtime.tune_malloc (which dnd and the service call) to time glibc's defaults")
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="skip detector.runtime.tune_malloc (which dnd and the service call) to time glibc's defaults",
+    )
     a = ap.parse_args()
     if not a.default_malloc:
         print(f"tune_malloc: {'applied' if tune_malloc() else 'not applied'}")
@@ -82,8 +86,10 @@ def main() -> None:
         labels, z = out.logits.argmax(1), [zl.bool() for zl in out.z]
         feats = det.path_features(z, labels, out.s)
         trees = det.profiles.scorer.trees
-        fns = {"path features": lambda: det.path_features(z, labels, out.s),
-               "path score": lambda: det.profiles.scorer.score(feats)}
+        fns = {
+            "path features": lambda: det.path_features(z, labels, out.s),
+            "path score": lambda: det.profiles.scorer.score(feats),
+        }
         if trees is not None:
             if not torch.allclose(torch_level_walk(trees, feats), trees.raw(feats), rtol=0, atol=1e-9):
                 raise SystemExit("the reference torch walk and TreeEnsemble.raw disagree")
@@ -93,8 +99,10 @@ def main() -> None:
         print(f"  stage {k}: {v * 1e3:6.2f} ms per batch ({v / med['plain']:+.1%} of plain)")
     if trees is not None:
         d = trees.depth.double()
-        print(f"tree scorer: {len(trees.depth)} trees in {len(trees.baseline)} model(s), mean depth {d.mean():.1f}, "
-              f"at most {int(d.max())} levels")
+        print(
+            f"tree scorer: {len(trees.depth)} trees in {len(trees.baseline)} model(s), mean depth {d.mean():.1f}, "
+            f"at most {int(d.max())} levels"
+        )
 
 
 if __name__ == "__main__":

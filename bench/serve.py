@@ -6,6 +6,7 @@ after each level, and the ratio of service throughput at the highest concurrency
 `det.predict` (the same model + scoring, no HTTP). Targets on 2 cores: ratio >= 0.6 at concurrency 64, p99 <= 50 ms
 at concurrency 8, zero errors, flat memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,15 +47,18 @@ async def load(url: str, images: list[bytes], n: int, concurrency: int) -> tuple
     counter = iter(range(n))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as client:
+
         async def worker() -> None:
             nonlocal errors
             for i in counter:
                 t0 = time.perf_counter()
                 try:
-                    async with client.post(url, data=images[i % len(images)], headers={"content-type": "image/jpeg"}) as r:
+                    async with client.post(
+                        url, data=images[i % len(images)], headers={"content-type": "image/jpeg"}
+                    ) as r:
                         body = await r.read()
                         ok = r.status == 200 and body.startswith(b'{"model"')
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     ok = False
                 lat.append(time.perf_counter() - t0)
                 errors += not ok
@@ -65,8 +69,9 @@ async def load(url: str, images: list[bytes], n: int, concurrency: int) -> tuple
     return lat, errors, wall
 
 
-def raw_throughput(model_dir: str, images: list[bytes], threads: int, batch: int = 64, rounds: int = 20,
-                   malloc: bool = True) -> float:
+def raw_throughput(
+    model_dir: str, images: list[bytes], threads: int, batch: int = 64, rounds: int = 20, malloc: bool = True
+) -> float:
     from detector import load_detector
     from detector.runtime import tune_malloc
 
@@ -74,8 +79,15 @@ def raw_throughput(model_dir: str, images: list[bytes], threads: int, batch: int
         tune_malloc()  # as `dnd serve` does
     torch.set_num_threads(threads)
     det = load_detector(model_dir).trace()  # the same forward the service runs (DND_TRACE defaults to on)
-    x = torch.stack([torch.from_numpy(np.array(Image.open(__import__("io").BytesIO(b)).convert("RGB"))).permute(2, 0, 1)
-                     for b in images[:batch]]).float() / 255
+    x = (
+        torch.stack(
+            [
+                torch.from_numpy(np.array(Image.open(__import__("io").BytesIO(b)).convert("RGB"))).permute(2, 0, 1)
+                for b in images[:batch]
+            ]
+        ).float()
+        / 255
+    )
     det.predict(x)
     t0 = time.perf_counter()
     for _ in range(rounds):
@@ -89,15 +101,28 @@ def main() -> None:
     ap.add_argument("--data", default=".data", help="image-folder root with test/<class>/*.jpg")
     ap.add_argument("--requests", default="1000,3000,6000", help="requests at concurrency 1,8,64 (10,000 in all)")
     ap.add_argument("--concurrency", default="1,8,64")
-    ap.add_argument("--threads", type=int, default=0, help="server torch threads for large batches (DND_THREADS; 0 = its "
-                    "default, all cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="server torch threads for large batches (DND_THREADS; 0 = its default, all cores)",
+    )
     ap.add_argument("--parallel-min-batch", type=int, default=0, help="DND_PARALLEL_MIN_BATCH (0 = server default)")
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="server micro-batch wait (DND_MAX_WAIT_MS)")
-    ap.add_argument("--soak", type=int, default=3, help="extra rounds of 3,000 requests at the top concurrency, to "
-                    "tell a leak from allocator growth (RSS printed after each)")
-    ap.add_argument("--raw-only", choices=["tuned", "default"], help="no server: only the raw batched throughput, "
-                    "with detector.runtime.tune_malloc (as dnd serve) or with glibc's default malloc (one process can "
-                    "not undo the tuning, so compare runs of each)")
+    ap.add_argument(
+        "--soak",
+        type=int,
+        default=3,
+        help="extra rounds of 3,000 requests at the top concurrency, to "
+        "tell a leak from allocator growth (RSS printed after each)",
+    )
+    ap.add_argument(
+        "--raw-only",
+        choices=["tuned", "default"],
+        help="no server: only the raw batched throughput, "
+        "with detector.runtime.tune_malloc (as dnd serve) or with glibc's default malloc (one process can "
+        "not undo the tuning, so compare runs of each)",
+    )
     a = ap.parse_args()
     files = sorted(Path(a.data, "test").glob("*/*.jpg"))[::20][:500]
     if not files:
@@ -106,15 +131,20 @@ def main() -> None:
     if a.raw_only:
         for threads in sorted({1, a.threads or len(os.sched_getaffinity(0))}):
             raw = [raw_throughput(a.model, images, threads, malloc=a.raw_only == "tuned") for _ in range(3)]
-            print(f"raw batched det.predict throughput (batch 64, {threads} threads, malloc {a.raw_only}): "
-                  f"{', '.join(f'{r:.0f}' for r in raw)} img/s")
+            print(
+                f"raw batched det.predict throughput (batch 64, {threads} threads, malloc {a.raw_only}): "
+                f"{', '.join(f'{r:.0f}' for r in raw)} img/s"
+            )
         return
     port = free_port()
     env = {**os.environ, "DND_MODEL_DIR": a.model, "DND_MAX_WAIT_MS": str(a.max_wait_ms)}
-    env |= {k: str(v) for k, v in {"DND_THREADS": a.threads, "DND_PARALLEL_MIN_BATCH": a.parallel_min_batch}.items() if v}
+    env |= {
+        k: str(v) for k, v in {"DND_THREADS": a.threads, "DND_PARALLEL_MIN_BATCH": a.parallel_min_batch}.items() if v
+    }
     cores = len(os.sched_getaffinity(0))
-    server = subprocess.Popen([sys.executable, "-m", "dnd", "serve", "--port", str(port), "--log-level", "warning"],
-                              env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dnd", "serve", "--port", str(port), "--log-level", "warning"], env=env
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -130,29 +160,40 @@ def main() -> None:
         for conc in map(int, a.concurrency.split(",")):
             asyncio.run(load(f"{base}/predict", images, 4 * conc, conc))
         rss = [rss_mib(server.pid)]
-        print(f"server RSS after warm-up: {rss[0]:.0f} MiB; torch threads {a.threads or cores} for batches >= "
-              f"{a.parallel_min_batch or 'default'} images, else 1; max wait {a.max_wait_ms} ms")
-        print(f"{'conc':>5} {'requests':>8} {'errors':>6} {'img/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'RSS MiB':>8}")
+        print(
+            f"server RSS after warm-up: {rss[0]:.0f} MiB; torch threads {a.threads or cores} for batches >= "
+            f"{a.parallel_min_batch or 'default'} images, else 1; max wait {a.max_wait_ms} ms"
+        )
+        print(
+            f"{'conc':>5} {'requests':>8} {'errors':>6} {'img/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+            f"{'RSS MiB':>8}"
+        )
         results = {}
         for conc, n in zip(map(int, a.concurrency.split(",")), map(int, a.requests.split(","))):
             lat, errors, wall = asyncio.run(load(f"{base}/predict", images, n, conc))
             q = np.percentile(np.array(lat) * 1e3, [50, 95, 99])
             rss.append(rss_mib(server.pid))
             results[conc] = n / wall
-            print(f"{conc:>5} {n:>8} {errors:>6} {n / wall:>7.0f} {q[0]:>7.1f} {q[1]:>7.1f} {q[2]:>7.1f} {rss[-1]:>8.0f}")
+            print(
+                f"{conc:>5} {n:>8} {errors:>6} {n / wall:>7.0f} {q[0]:>7.1f} {q[1]:>7.1f} {q[2]:>7.1f} {rss[-1]:>8.0f}"
+            )
         top = max(results)
         for r in range(a.soak):
             _, errors, wall = asyncio.run(load(f"{base}/predict", images, 3000, top))
             rss.append(rss_mib(server.pid))
-            print(f"soak {r + 1}/{a.soak}: 3000 requests at concurrency {top}, {errors} errors, {3000 / wall:.0f} img/s, "
-                  f"RSS {rss[-1]:.0f} MiB")
+            print(
+                f"soak {r + 1}/{a.soak}: 3000 requests at concurrency {top}, {errors} errors, {3000 / wall:.0f} img/s, "
+                f"RSS {rss[-1]:.0f} MiB"
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)
     for threads in sorted({1, a.threads or cores, cores}):
         raw = raw_throughput(a.model, images, threads)
-        print(f"raw batched det.predict throughput (batch 64, {threads} threads, server stopped): {raw:.0f} img/s; "
-              f"service/raw at concurrency {top}: {results[top] / raw:.2f} (target >= 0.60)")
+        print(
+            f"raw batched det.predict throughput (batch 64, {threads} threads, server stopped): {raw:.0f} img/s; "
+            f"service/raw at concurrency {top}: {results[top] / raw:.2f} (target >= 0.60)"
+        )
     print(f"server RSS: {' -> '.join(f'{r:.0f}' for r in rss)} MiB (growth {rss[-1] - rss[0]:+.0f} MiB)")
 
 

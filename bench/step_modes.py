@@ -9,6 +9,7 @@ projected epoch (50,000 images). Stop any background training first.
 
     python bench/step_modes.py --data .data --dense models/resnet20-dense --trained models/resnet20-decoupled
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,11 @@ def main() -> None:
     cfg = make_config(True, {})
     train = load_split(a.data, "train")
     b = cfg.batch_size
-    xs = [to_unit_float(train.x[i * b:(i + 1) * b]).contiguous(memory_format=torch.channels_last) for i in range(a.steps)]
-    ys = [train.y[i * b:(i + 1) * b].long() for i in range(a.steps)]
+    xs = [
+        to_unit_float(train.x[i * b : (i + 1) * b]).contiguous(memory_format=torch.channels_last)
+        for i in range(a.steps)
+    ]
+    ys = [train.y[i * b : (i + 1) * b].long() for i in range(a.steps)]
     teacher = load_model(a.dense).eval().requires_grad_(False)
     fresh = build_model(replace(teacher.cfg, decoupled=True))  # as `dnd train --decouple --init DENSE` starts
     init_weights(fresh, teacher, Path(a.dense))
@@ -61,7 +65,9 @@ def main() -> None:
         for k in keys:
             n, hard, flush = k
             m, loss, opts, dense = setups[n]
-            m.set_gate_training(noise_std=0.0 if hard else m.cfg.gate_noise_std, p_hard=1.0 if hard else 0.5)  # as train.py
+            m.set_gate_training(
+                noise_std=0.0 if hard else m.cfg.gate_noise_std, p_hard=1.0 if hard else 0.5
+            )  # as train.py
             torch.set_flush_denormal(flush)
             t0 = time.perf_counter()
             for x, y in zip(xs, ys):
@@ -72,8 +78,10 @@ def main() -> None:
     print(f"threads={torch.get_num_threads()} batch={b} rounds={a.rounds} steps/round={a.steps}")
     for (n, hard, flush), v in times.items():
         med = statistics.median(v)
-        print(f"{n:8s} {'eval-time paths' if hard else 'noisy SemHash  '} flush_denormal={str(flush):5s} "
-              f"{med * 1e3:6.1f} ms/step   epoch ~{med * 50_000 / b:5.1f} s")
+        print(
+            f"{n:8s} {'eval-time paths' if hard else 'noisy SemHash  '} flush_denormal={flush!s:5s} "
+            f"{med * 1e3:6.1f} ms/step   epoch ~{med * 50_000 / b:5.1f} s"
+        )
 
 
 if __name__ == "__main__":

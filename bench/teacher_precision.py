@@ -8,6 +8,7 @@ logits is T * (p_s - p_t). This script measures, on augmented training images (t
   - and the teacher's forward time per batch in both precisions, side by side (alternating rounds).
 `python bench/teacher_precision.py --data .data` (shipped bundles by default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,22 +48,28 @@ def main() -> None:
     l32, lbf, ls = [], [], []
     with torch.no_grad():
         for i in range(0, len(x), 500):
-            xb = x[i:i + 500]
+            xb = x[i : i + 500]
             l32.append(teacher_forward(teacher, xb, bf16=False))
             lbf.append(teacher_forward(teacher, xb, bf16=True))
             ls.append(student(xb))
     l32, lbf, ls = torch.cat(l32), torch.cat(lbf), torch.cat(ls)
     p32, pbf, ps = (F.softmax(v / t, 1) for v in (l32, lbf, ls))
-    d_prec = (pbf - p32).abs().sum(1)     # (N,) what bf16 changes in the targets
-    d_sig = (ps - p32).abs().sum(1)       # (N,) the distillation signal itself
+    d_prec = (pbf - p32).abs().sum(1)  # (N,) what bf16 changes in the targets
+    d_sig = (ps - p32).abs().sum(1)  # (N,) the distillation signal itself
     kl = F.kl_div(F.log_softmax(lbf / t, 1), F.log_softmax(l32 / t, 1), reduction="none", log_target=True).sum(1)
     print(f"{len(x)} augmented training views, T={t}, teacher {a.teacher}, student {a.student} (training mode)")
-    print(f"teacher top-1 agreement bf16 vs fp32: {(l32.argmax(1) == lbf.argmax(1)).float().mean():.4%}; "
-          f"largest logit change {float((lbf - l32).abs().max()):.4f} (logit range {float(l32.abs().max()):.1f})")
-    print(f"L1(p_t bf16 - p_t fp32): mean {float(d_prec.mean()):.2e}, max {float(d_prec.max()):.2e}; "
-          f"KL(fp32 || bf16) mean {float(kl.mean()):.2e}")
-    print(f"L1(p_s - p_t fp32) (the signal distillation feeds): mean {float(d_sig.mean()):.2e}; "
-          f"ratio of means {float(d_prec.mean() / d_sig.mean()):.2e}")
+    print(
+        f"teacher top-1 agreement bf16 vs fp32: {(l32.argmax(1) == lbf.argmax(1)).float().mean():.4%}; "
+        f"largest logit change {float((lbf - l32).abs().max()):.4f} (logit range {float(l32.abs().max()):.1f})"
+    )
+    print(
+        f"L1(p_t bf16 - p_t fp32): mean {float(d_prec.mean()):.2e}, max {float(d_prec.max()):.2e}; "
+        f"KL(fp32 || bf16) mean {float(kl.mean()):.2e}"
+    )
+    print(
+        f"L1(p_s - p_t fp32) (the signal distillation feeds): mean {float(d_sig.mean()):.2e}; "
+        f"ratio of means {float(d_prec.mean() / d_sig.mean()):.2e}"
+    )
 
     xb = x[: a.batch_size]
     unfolded = load_model(a.teacher).requires_grad_(False)  # the same network with its BatchNorm layers
@@ -78,8 +85,10 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     for n in nets:
         m32, mbf = med[n, False], med[n, True]
-        print(f"teacher forward ({n}), batch {a.batch_size}, {torch.get_num_threads()} threads: fp32 {m32 * 1e3:.1f} ms, "
-              f"bf16 {mbf * 1e3:.1f} ms ({m32 / mbf:.2f}x faster)")
+        print(
+            f"teacher forward ({n}), batch {a.batch_size}, {torch.get_num_threads()} threads: fp32 {m32 * 1e3:.1f} ms, "
+            f"bf16 {mbf * 1e3:.1f} ms ({m32 / mbf:.2f}x faster)"
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ timed in the same alternating rounds; their ratios are taken against the faster 
 time, so a step made of many tiny ops is bound by the host, not the GPU (measured on an H200: dense 9.3 ms/step,
 decoupled 58 ms/step, 6.2x, while the GPU itself was busy ~7 ms of it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ from training.distill import frozen_teacher, teacher_forward
 from training.step import compiled_step_loss, make_optimizers, step_loss, train_step
 
 
-def time_rounds(steps: dict[str, Callable[[], Any]], rounds: int, n: int, sync: Callable[[], Any]
-                ) -> tuple[dict[str, list[float]], dict[str, float]]:
+def time_rounds(
+    steps: dict[str, Callable[[], Any]], rounds: int, n: int, sync: Callable[[], Any]
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Run each setup's step n times per round, setups alternating within a round so machine noise hits all alike.
     Returns the seconds per step of rounds 1..rounds for each setup, and the seconds of round 0 (the warm-up; with
     --compile, the compilation)."""
@@ -71,24 +73,47 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--count-ops", action="store_true", help="also count aten operators per step (torch.profiler)")
-    ap.add_argument("--profile", type=int, default=0, metavar="K",
-                    help="also print, per setup, the K operators with the most self CPU time over 3 profiled steps "
-                         "(torch.profiler), to see where the decoupled step's extra time goes")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also print, per setup, the K operators with the most self CPU time over 3 profiled steps "
+        "(torch.profiler), to see where the decoupled step's extra time goes",
+    )
     ap.add_argument("--lambda-kd", type=float, default=1.0, help="distillation weight of the third setup (> 0)")
-    ap.add_argument("--kd-epochs", type=int, default=20, help="fine-tune length over which kd_offline's one-off "
-                    "teacher pass is amortised (the decoupled default)")
-    ap.add_argument("--compile", action="store_true",
-                    help="run every setup's forward + losses through torch.compile (dnd train --compile); "
-                         "the compile happens in the warm-up round and is timed separately")
-    ap.add_argument("--bf16", action="store_true",
-                    help="also time dense and decoupled+kd with the trained network's forward under bf16 autocast "
-                         "(dnd train --bf16), beside the float32 steps")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="skip detector.runtime.tune_malloc (which dnd train calls) to time glibc's defaults")
-    ap.add_argument("--recipes", nargs="*", metavar="BUNDLE", default=None,
-                    help="instead: one epoch of the recipe a dense bundle was trained with against one of its "
-                         "fine-tune's, each with the settings its config.json records (batch size, bf16, "
-                         "distillation); two bundle directories, dense then decoupled (default: the shipped pair)")
+    ap.add_argument(
+        "--kd-epochs",
+        type=int,
+        default=20,
+        help="fine-tune length over which kd_offline's one-off teacher pass is amortised (the decoupled default)",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="run every setup's forward + losses through torch.compile (dnd train --compile); "
+        "the compile happens in the warm-up round and is timed separately",
+    )
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time dense and decoupled+kd with the trained network's forward under bf16 autocast "
+        "(dnd train --bf16), beside the float32 steps",
+    )
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="skip detector.runtime.tune_malloc (which dnd train calls) to time glibc's defaults",
+    )
+    ap.add_argument(
+        "--recipes",
+        nargs="*",
+        metavar="BUNDLE",
+        default=None,
+        help="instead: one epoch of the recipe a dense bundle was trained with against one of its "
+        "fine-tune's, each with the settings its config.json records (batch size, bf16, "
+        "distillation); two bundle directories, dense then decoupled (default: the shipped pair)",
+    )
     a = ap.parse_args()
     # as `dnd train` runs (the `dnd` CLI calls it before every command); a no-op off glibc
     malloc = "not applied (--default-malloc)" if a.default_malloc else "applied" if tune_malloc() else "not applied"
@@ -105,27 +130,52 @@ def main() -> None:
     modes = [("", step_loss)] + ([(" compiled", compiled_step_loss())] if a.compile else [])
     setups = {}
     for suffix, loss_fn in modes:  # with --compile every setup runs eager and compiled, side by side
-        for name, decouple, kd in (("dense", False, 0.0), ("decoupled", True, 0.0), ("decoupled+kd", True, a.lambda_kd),
-                                   ("decoupled+kd fp32-teacher", True, a.lambda_kd),
-                                   ("decoupled+kd-offline", True, a.lambda_kd),
-                                   *((("dense bf16", False, 0.0), ("decoupled+kd bf16", True, a.lambda_kd)) if a.bf16 else ())):
-            cfg = make_config(decouple, {"batch_size": a.batch_size, "lambda_kd": kd, "kd_offline": "offline" in name,
-                                         **({"kd_teacher_bf16": False} if "fp32" in name else {}),
-                                         **({"bf16": True} if name.endswith("bf16") else {})})
+        for name, decouple, kd in (
+            ("dense", False, 0.0),
+            ("decoupled", True, 0.0),
+            ("decoupled+kd", True, a.lambda_kd),
+            ("decoupled+kd fp32-teacher", True, a.lambda_kd),
+            ("decoupled+kd-offline", True, a.lambda_kd),
+            *((("dense bf16", False, 0.0), ("decoupled+kd bf16", True, a.lambda_kd)) if a.bf16 else ()),
+        ):
+            cfg = make_config(
+                decouple,
+                {
+                    "batch_size": a.batch_size,
+                    "lambda_kd": kd,
+                    "kd_offline": "offline" in name,
+                    **({"kd_teacher_bf16": False} if "fp32" in name else {}),
+                    **({"bf16": True} if name.endswith("bf16") else {}),
+                },
+            )
             model = build_model(ModelConfig(decoupled=decouple)).to(dev, memory_format=torch.channels_last).train()
             loss = DecouplingLoss([u.cout for u in model.units()], 10).to(dev) if decouple else None
             # offline: the step reads precomputed teacher logits (B, K); their one-off cost is timed below
             teach = (offline_logits if cfg.kd_offline else teacher) if kd else None
-            setups[name + suffix] = (model, loss, make_optimizers(model, loss, cfg), cfg, dense_macs(model), teach, loss_fn)
+            setups[name + suffix] = (
+                model,
+                loss,
+                make_optimizers(model, loss, cfg),
+                cfg,
+                dense_macs(model),
+                teach,
+                loss_fn,
+            )
     x = torch.rand(a.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,), device=dev)
-    steps = {name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach, loss_fn)
-             for name, (model, loss, opts, cfg, dense, teach, loss_fn) in setups.items()}
+    steps = {
+        name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach, loss_fn)
+        for name, (model, loss, opts, cfg, dense, teach, loss_fn) in setups.items()
+    }
     times, warmup = time_rounds(steps, a.rounds, a.steps, sync)
-    print(f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}"
-          f" compile={a.compile}")
+    print(
+        f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}"
+        f" compile={a.compile}"
+    )
     if a.compile:
-        print("warm-up round incl. compilation: " + ", ".join(f"{k} {v:.0f} s" for k, v in warmup.items() if "comp" in k))
+        print(
+            "warm-up round incl. compilation: " + ", ".join(f"{k} {v:.0f} s" for k, v in warmup.items() if "comp" in k)
+        )
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         print(f"{k:30s} {v * 1e3:7.1f} ms/step   epoch (50,000 images) ~{v * 50_000 / a.batch_size:6.1f} s")
@@ -142,24 +192,38 @@ def main() -> None:
     fwd = min(fwds[1:])
     once = 2 * 50_000 / a.batch_size * fwd
     med["decoupled+kd-offline (amortised)"] = med["decoupled+kd-offline"] + once / a.kd_epochs / (50_000 / a.batch_size)
-    print(f"kd-offline teacher logits, once per run: ~{once:.1f} s; over a {a.kd_epochs}-epoch fine-tune "
-          f"~{once / a.kd_epochs:.1f} s per epoch (included in the amortised ratio)")
+    print(
+        f"kd-offline teacher logits, once per run: ~{once:.1f} s; over a {a.kd_epochs}-epoch fine-tune "
+        f"~{once / a.kd_epochs:.1f} s per epoch (included in the amortised ratio)"
+    )
     for k in ("decoupled", "decoupled+kd", "decoupled+kd fp32-teacher", "decoupled+kd-offline (amortised)"):
         print(f"{k + ' / dense':45s} training cost: {med[k] / med['dense']:.2f}x (target <= 1.5x)")
     if a.bf16:  # the student's own forward under bf16 autocast (dnd train --bf16) against the float32 steps
         print(f"{'dense bf16 / dense':45s} training cost: {med['dense bf16'] / med['dense']:.2f}x")
-        print(f"{'decoupled+kd bf16 / decoupled+kd':45s} training cost: {med['decoupled+kd bf16'] / med['decoupled+kd']:.2f}x")
-        print(f"{'decoupled+kd bf16 / dense bf16':45s} training cost: {med['decoupled+kd bf16'] / med['dense bf16']:.2f}x "
-              "(target <= 1.5x)")
+        print(
+            f"{'decoupled+kd bf16 / decoupled+kd':45s} training cost: "
+            f"{med['decoupled+kd bf16'] / med['decoupled+kd']:.2f}x"
+        )
+        print(
+            f"{'decoupled+kd bf16 / dense bf16':45s} training cost: "
+            f"{med['decoupled+kd bf16'] / med['dense bf16']:.2f}x "
+            "(target <= 1.5x)"
+        )
     if a.compile:  # against the faster of the two dense steps, so compilation cannot flatter the ratio
         best_dense = min(med["dense"], med["dense compiled"])
-        for k in ("decoupled compiled", "decoupled+kd compiled", "decoupled+kd fp32-teacher compiled",
-                  "decoupled+kd-offline compiled"):
+        for k in (
+            "decoupled compiled",
+            "decoupled+kd compiled",
+            "decoupled+kd fp32-teacher compiled",
+            "decoupled+kd-offline compiled",
+        ):
             print(f"{k + ' / best dense':45s} training cost: {med[k] / best_dense:.2f}x (target <= 1.5x)")
         if a.bf16:
             best_bf16 = min(med["dense bf16"], med["dense bf16 compiled"])
-            print(f"{'decoupled+kd bf16 compiled / best dense bf16':45s} training cost: "
-                  f"{med['decoupled+kd bf16 compiled'] / best_bf16:.2f}x (target <= 1.5x)")
+            print(
+                f"{'decoupled+kd bf16 compiled / best dense bf16':45s} training cost: "
+                f"{med['decoupled+kd bf16 compiled'] / best_bf16:.2f}x (target <= 1.5x)"
+            )
     if a.count_ops:
         from torch.profiler import profile
 
@@ -167,8 +231,11 @@ def main() -> None:
             with profile() as prof:
                 train_step(model, loss, opts, x, y, cfg, 1.0, dense, teach, loss_fn)
             # outermost aten ops (forward, autograd backward and optimizer), not the ops they call internally
-            n = sum(1 for e in prof.events() if e.name.startswith("aten::")
-                    and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+            n = sum(
+                1
+                for e in prof.events()
+                if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+            )
             print(f"{name:21s} {n:6d} aten ops per step (outermost)")
     if a.profile:
         from torch.profiler import profile
@@ -179,8 +246,9 @@ def main() -> None:
                     step()
             sync()
             print(f"\n{name}: top {a.profile} operators by self CPU time, 3 steps (profiler overhead included)")
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile,
-                                            max_name_column_width=36))
+            print(
+                prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.profile, max_name_column_width=36)
+            )
 
 
 def recipe(bundle: Path) -> tuple[bool, TrainConfig, bool]:
@@ -220,19 +288,37 @@ def time_recipes(a: argparse.Namespace) -> None:
         loss = DecouplingLoss([u.cout for u in model.units()], 10).to(dev) if decouple else None
         x = torch.rand(cfg.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (cfg.batch_size,), device=dev)
-        setups[name] = (model, loss, make_optimizers(model, loss, cfg), cfg, dense_macs(model),
-                        teacher if cfg.lambda_kd > 0 else None, x, y, compiled_step_loss() if compiled else step_loss)
-    times, _ = time_rounds({name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach, fn)
-                            for name, (model, loss, opts, cfg, dense, teach, x, y, fn) in setups.items()},
-                           a.rounds, a.steps, sync)
-    print(f"device={dev} threads={torch.get_num_threads()} rounds={a.rounds} steps/round={a.steps} (recipes of "
-          f"{bundles[0]} and {bundles[1]})")
+        setups[name] = (
+            model,
+            loss,
+            make_optimizers(model, loss, cfg),
+            cfg,
+            dense_macs(model),
+            teacher if cfg.lambda_kd > 0 else None,
+            x,
+            y,
+            compiled_step_loss() if compiled else step_loss,
+        )
+    times, _ = time_rounds(
+        {
+            name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach, fn)
+            for name, (model, loss, opts, cfg, dense, teach, x, y, fn) in setups.items()
+        },
+        a.rounds,
+        a.steps,
+        sync,
+    )
+    print(
+        f"device={dev} threads={torch.get_num_threads()} rounds={a.rounds} steps/round={a.steps} (recipes of "
+        f"{bundles[0]} and {bundles[1]})"
+    )
     epoch = []
     for name, (_, _, _, cfg, *_rest) in setups.items():
         med = statistics.median(times[name])
         epoch.append(med * 50_000 / cfg.batch_size)
-        print(f"{name:55s} batch {cfg.batch_size:3d} {med * 1e3:7.1f} ms/step   "
-              f"epoch (50,000 images) ~{epoch[-1]:6.1f} s")
+        print(
+            f"{name:55s} batch {cfg.batch_size:3d} {med * 1e3:7.1f} ms/step   epoch (50,000 images) ~{epoch[-1]:6.1f} s"
+        )
     print(f"{'fine-tune epoch / dense epoch':55s} training cost: {epoch[1] / epoch[0]:.2f}x (target <= 1.5x)")
 
 

@@ -1,9 +1,10 @@
 """The one public entry point: `load_detector(bundle)` -> Detector, used by the CLI, the evaluation and the service.
 
-    det = load_detector("models/resnet20-decoupled")
-    out = det.predict(x)          # x: float (N, 3, 32, 32) in [0, 1]
-    out.labels, out.probs, out.scores, out.is_adversarial, out.per_layer
+det = load_detector("models/resnet20-decoupled")
+out = det.predict(x)          # x: float (N, 3, 32, 32) in [0, 1]
+out.labels, out.probs, out.scores, out.is_adversarial, out.per_layer
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,33 +18,43 @@ import torch
 from torch import Tensor
 
 from .bundle import METRICS, file_sha256, load_model, read_config
+from .features import PathLikelihood, path_features
 from .model import CifarResNet
 from .profiles import PROFILES, PathProfiles, load_profiles
-from .features import PathLikelihood, path_features
 
 
 @dataclass
 class Prediction:
-    labels: Tensor          # (N,) int64 predicted class
-    probs: Tensor           # (N, K) softmax probabilities
-    scores: Tensor          # (N,) `path` attack score (higher = more likely attacked)
+    labels: Tensor  # (N,) int64 predicted class
+    probs: Tensor  # (N, K) softmax probabilities
+    scores: Tensor  # (N,) `path` attack score (higher = more likely attacked)
     is_adversarial: Tensor  # (N,) bool: scores > threshold
-    per_layer: Tensor       # (N, L) Hamming distance of each layer's path to the predicted class's signature
+    per_layer: Tensor  # (N, L) Hamming distance of each layer's path to the predicted class's signature
     per_layer_jaccard: Tensor  # (N, L) Jaccard distance, same layout
-    paths: list[Tensor]     # L x (N, C_l) bool: the calculation path (open filters)
-    features: Tensor        # (N, D) penultimate features (for the Mahalanobis baseline)
-    logits: Tensor          # (N, K)
+    paths: list[Tensor]  # L x (N, C_l) bool: the calculation path (open filters)
+    features: Tensor  # (N, D) penultimate features (for the Mahalanobis baseline)
+    logits: Tensor  # (N, K)
 
     @staticmethod
-    def concat(parts: list["Prediction"]) -> "Prediction":
+    def concat(parts: list[Prediction]) -> Prediction:
         """Rows of several Predictions, in order."""
-        return Prediction(**{f.name: [torch.cat(layer) for layer in zip(*(p.paths for p in parts))] if f.name == "paths"
-                             else torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Prediction)})
+        return Prediction(
+            **{
+                f.name: [torch.cat(layer) for layer in zip(*(p.paths for p in parts))]
+                if f.name == "paths"
+                else torch.cat([getattr(p, f.name) for p in parts])
+                for f in fields(Prediction)
+            }
+        )
 
-    def select(self, idx: Tensor | slice) -> "Prediction":
+    def select(self, idx: Tensor | slice) -> Prediction:
         """The rows `idx` (bool mask, index tensor or slice) of every field."""
-        return Prediction(**{f.name: [z[idx] for z in self.paths] if f.name == "paths" else getattr(self, f.name)[idx]
-                             for f in fields(self)})
+        return Prediction(
+            **{
+                f.name: [z[idx] for z in self.paths] if f.name == "paths" else getattr(self, f.name)[idx]
+                for f in fields(self)
+            }
+        )
 
 
 def check_images(x: Tensor) -> None:
@@ -66,10 +77,14 @@ def check_images(x: Tensor) -> None:
 class Detector:
     """A decoupled model plus its class path profiles, fitted `path` scorer and threshold."""
 
-    def __init__(self, model: CifarResNet, profiles: PathProfiles, bundle: Path, threshold: float | None = None) -> None:
+    def __init__(
+        self, model: CifarResNet, profiles: PathProfiles, bundle: Path, threshold: float | None = None
+    ) -> None:
         if profiles.scorer is None or "threshold" not in profiles.meta:
-            raise ValueError(f"{bundle / PROFILES} has profiles but no calibrated scorer; "
-                             f"run `dnd profiles --model {bundle} --data ROOT` to build and calibrate it")
+            raise ValueError(
+                f"{bundle / PROFILES} has profiles but no calibrated scorer; "
+                f"run `dnd profiles --model {bundle} --data ROOT` to build and calibrate it"
+            )
         self.model, self.profiles, self.bundle = model, profiles, bundle
         self.signatures = profiles.signatures()
         self.likelihood = PathLikelihood.from_freq(profiles.freq)  # built once: one matmul per batch
@@ -90,13 +105,20 @@ class Detector:
     def info(self) -> dict[str, Any]:
         """What a client needs to know about the loaded bundle (served as /v1/model)."""
         metrics_path = self.bundle / METRICS
-        return {"name": self.name, "classes": self.classes, "threshold": self.threshold,
-                "calibrated_threshold": self.calibrated_threshold, "target_fpr": self.profiles.meta.get("target_fpr"),
-                "weights_sha256": self.weights_sha256, "profiles_sha256": self.profiles.meta.get("file_sha256"),
-                "profiles_created": self.profiles.meta.get("created"), "calibration": self.profiles.meta.get("calibration"),
-                "metrics": read_json_or_none(metrics_path)}
+        return {
+            "name": self.name,
+            "classes": self.classes,
+            "threshold": self.threshold,
+            "calibrated_threshold": self.calibrated_threshold,
+            "target_fpr": self.profiles.meta.get("target_fpr"),
+            "weights_sha256": self.weights_sha256,
+            "profiles_sha256": self.profiles.meta.get("file_sha256"),
+            "profiles_created": self.profiles.meta.get("created"),
+            "calibration": self.profiles.meta.get("calibration"),
+            "metrics": read_json_or_none(metrics_path),
+        }
 
-    def trace(self) -> "Detector":
+    def trace(self) -> Detector:
         """Run the forward pass through TorchScript (torch.jit.trace) from now on. Same numbers (a test checks it);
         the point is serving: TorchScript runs without holding Python's GIL, so the HTTP event loop keeps parsing
         requests while a batch runs. Not frozen: torch.jit.freeze changed results at other batch sizes (measured).
@@ -125,8 +147,9 @@ class Detector:
         gm = self.profiles.gate_mean
         if gm is not None and s is None:
             raise ValueError(f"{self.bundle / PROFILES} scores gate logits too: pass s (model.forward_paths(x).s)")
-        return path_features(z, labels, self.profiles.freq, self.signatures, self.likelihood,
-                             s if gm is not None else None, gm)
+        return path_features(
+            z, labels, self.profiles.freq, self.signatures, self.likelihood, s if gm is not None else None, gm
+        )
 
     @torch.inference_mode()
     def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
@@ -134,7 +157,9 @@ class Detector:
         check_images(x)
         if any(m.training for m in self._modules):  # e.g. a caller trained det.model, or put one gate in train mode
             self.model.eval()
-        parts = [self._predict_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)] or [self._predict_batch(x)]
+        parts = [self._predict_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)] or [
+            self._predict_batch(x)
+        ]
         return parts[0] if len(parts) == 1 else Prediction.concat(parts)
 
     def _predict_batch(self, xb: Tensor) -> Prediction:
@@ -148,11 +173,19 @@ class Detector:
         z = [zl.bool() for zl in z_float]
         feats = self.path_features(z, labels, s)
         n_layers = len(z)
-        ham, jac = feats[:, :n_layers], feats[:, n_layers:2 * n_layers]  # the per-layer distances lead the features
+        ham, jac = feats[:, :n_layers], feats[:, n_layers : 2 * n_layers]  # the per-layer distances lead the features
         scores = self.profiles.scorer.score(feats)
-        return Prediction(labels=labels.cpu(), probs=logits.softmax(1).cpu(), scores=scores.cpu(),
-                          is_adversarial=(scores > self.threshold).cpu(), per_layer=ham.cpu(), per_layer_jaccard=jac.cpu(),
-                          paths=[zl.cpu() for zl in z], features=features.cpu(), logits=logits.cpu())
+        return Prediction(
+            labels=labels.cpu(),
+            probs=logits.softmax(1).cpu(),
+            scores=scores.cpu(),
+            is_adversarial=(scores > self.threshold).cpu(),
+            per_layer=ham.cpu(),
+            per_layer_jaccard=jac.cpu(),
+            paths=[zl.cpu() for zl in z],
+            features=features.cpu(),
+            logits=logits.cpu(),
+        )
 
 
 # (model config, device) -> the first traced graph of that architecture in this process (see Detector.trace)
@@ -175,8 +208,11 @@ def read_json_or_none(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_detector(path: str | os.PathLike, device: str | torch.device = "cpu", threshold: float | None = None) -> Detector:
-    """Load BUNDLE (model.safetensors + config.json + profiles.safetensors). `threshold` overrides the calibrated one."""
+def load_detector(
+    path: str | os.PathLike, device: str | torch.device = "cpu", threshold: float | None = None
+) -> Detector:
+    """Load BUNDLE (model.safetensors + config.json + profiles.safetensors); `threshold` overrides the calibrated
+    one."""
     bundle = Path(path)
     cfg = read_config(bundle)
     if not cfg["model"].get("decoupled"):

@@ -3,6 +3,7 @@
 Positives for detection are the *successful* attacks; negatives the clean, correctly classified images.
 The model is attacked as is (logits from [0, 1] input; eval mode, so paths are the deterministic z = 1(s > 0)).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,10 +35,10 @@ ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
 class AttackSet:
     name: str
     params: dict[str, Any]
-    x_clean: Tensor   # (N, 3, 32, 32) float in [0, 1]: correctly classified clean images
-    y: Tensor         # (N,) their true labels
-    x_adv: Tensor     # (N, 3, 32, 32) float in [0, 1]: attacked versions
-    success: Tensor   # (N,) bool: the attacked image is misclassified
+    x_clean: Tensor  # (N, 3, 32, 32) float in [0, 1]: correctly classified clean images
+    y: Tensor  # (N,) their true labels
+    x_adv: Tensor  # (N, 3, 32, 32) float in [0, 1]: attacked versions
+    success: Tensor  # (N,) bool: the attacked image is misclassified
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,7 +52,8 @@ def _batched_jacobian_deepfool() -> type:
     repeated K times, one forward and one backward with the identity as grad_outputs (row k = d logit_k / d x), instead
     of K backward passes through the batch-1 graph. The algorithm, its steps and its stopping are torchattacks' own.
     The model is in eval mode, so the K copies do not interact; the Jacobian agrees to float rounding (a test). On the
-    shipped bundle (bench/deepfool.py, 100 real test images) it ran 1.69x faster, with the same success rate and mean L2;
+    shipped bundle (bench/deepfool.py, 100 real test images) it ran 1.69x faster, with the same success rate and
+    mean L2;
     98 adversarial images agreed with torchattacks' to 1e-4, the other 2 to 4.8e-4 (rounding moved a gate logit)."""
     import torchattacks
 
@@ -61,13 +63,13 @@ def _batched_jacobian_deepfool() -> type:
             xr = x.detach().repeat(k, 1, 1, 1).requires_grad_()
             logits = self.get_logits(xr)  # (K, K)
             eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
-            grad, = torch.autograd.grad(logits, xr, grad_outputs=eye)
+            (grad,) = torch.autograd.grad(logits, xr, grad_outputs=eye)
             return grad.reshape(*y.shape, *x.shape)  # (K, 1, 3, H, W), as torchattacks builds it
 
     return DeepFool
 
 
-def make_attack(name: str, model: torch.nn.Module, **overrides: Any):  # noqa: ANN201 (torchattacks.Attack)
+def make_attack(name: str, model: torch.nn.Module, **overrides: Any):
     import torchattacks
 
     if name not in ATTACKS:
@@ -79,11 +81,19 @@ def make_attack(name: str, model: torch.nn.Module, **overrides: Any):  # noqa: A
 
 @torch.inference_mode()
 def _predict(model: torch.nn.Module, x: Tensor, device: str | torch.device, batch_size: int = 500) -> Tensor:
-    return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
-def run_attack(model: torch.nn.Module, name: str, x: Tensor, y: Tensor, batch_size: int = 250, seed: int = 0,
-               device: str | torch.device = "cpu", **overrides: Any) -> AttackSet:
+def run_attack(
+    model: torch.nn.Module,
+    name: str,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 250,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    **overrides: Any,
+) -> AttackSet:
     """Attack the correctly classified images among x (N, 3, 32, 32; uint8 or [0,1] float) with labels y (N,)."""
     model = model.to(device).eval()
     x = to_unit_float(x)
@@ -93,12 +103,13 @@ def run_attack(model: torch.nn.Module, name: str, x: Tensor, y: Tensor, batch_si
     torch.manual_seed(seed)  # PGD's random start
     advs = []
     for i in tqdm(range(0, len(x), batch_size), desc=f"attack {name}", unit="batch", leave=False):
-        advs.append(attack(x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)).detach().cpu())
+        advs.append(attack(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)).detach().cpu())
     x_adv = torch.cat(advs) if advs else x.clone()
     adv_pred = _predict(model, x_adv, device) if len(x_adv) else y.clone()
     params = {**ATTACKS[name][1], **overrides}
-    return AttackSet(name, params, x, y, x_adv, adv_pred != y, {"seed": seed, "attacked": int(keep.sum()),
-                                                               "offered": len(keep)})
+    return AttackSet(
+        name, params, x, y, x_adv, adv_pred != y, {"seed": seed, "attacked": int(keep.sum()), "offered": len(keep)}
+    )
 
 
 def save_attack_set(s: AttackSet, path: str | os.PathLike) -> Path:
@@ -107,8 +118,11 @@ def save_attack_set(s: AttackSet, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"name": s.name, "params": s.params, "meta": s.meta, "success_rate": s.success_rate}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({"x_clean": s.x_clean.contiguous(), "y": s.y, "x_adv": s.x_adv.contiguous(), "success": s.success},
-              str(tmp), metadata={"dnd_attack": json.dumps(meta)})
+    save_file(
+        {"x_clean": s.x_clean.contiguous(), "y": s.y, "x_adv": s.x_adv.contiguous(), "success": s.success},
+        str(tmp),
+        metadata={"dnd_attack": json.dumps(meta)},
+    )
     publish(tmp, path)
     return path
 
@@ -118,8 +132,13 @@ def to_uint8(x: Tensor) -> Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def write_pngs(s: AttackSet, model: torch.nn.Module, directory: str | os.PathLike, classes: tuple[str, ...],
-               device: str | torch.device = "cpu") -> tuple[int, int]:
+def write_pngs(
+    s: AttackSet,
+    model: torch.nn.Module,
+    directory: str | os.PathLike,
+    classes: tuple[str, ...],
+    device: str | torch.device = "cpu",
+) -> tuple[int, int]:
     """The successful attacks of s as lossless 8-bit PNGs, `DIR/NNNNN-<true class>-as-<predicted class>.png` (NNNNN:
     the image's row in s), predicted on the 8-bit image itself, as a service would see it: rounding to 8 bits moves
     each pixel by up to 0.5/255 and can undo a minimal attack (CW, DeepFool). Only images still misclassified after
@@ -131,7 +150,7 @@ def write_pngs(s: AttackSet, model: torch.nn.Module, directory: str | os.PathLik
     idx = torch.nonzero(s.success).flatten()
     if not len(idx):
         return 0, 0
-    x8 = to_uint8(s.x_adv[idx])                                                    # (M, 3, 32, 32) uint8
+    x8 = to_uint8(s.x_adv[idx])  # (M, 3, 32, 32) uint8
     # uncached: the rounded images are used once, and the cache would keep them alive for the process's lifetime
     pred = _predict.__wrapped__(model.to(device).eval(), x8.float() / 255, device)
     written = 0
@@ -147,5 +166,5 @@ def write_pngs(s: AttackSet, model: torch.nn.Module, directory: str | os.PathLik
 def load_attack_set(path: str | os.PathLike) -> AttackSet:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["dnd_attack"])
-        t = {k: f.get_tensor(k) for k in f.keys()}
+        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     return AttackSet(meta["name"], meta["params"], t["x_clean"], t["y"], t["x_adv"], t["success"], meta["meta"])

@@ -2,6 +2,7 @@
 
 Weights load with strict keys through safetensors; nothing is ever unpickled.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,12 @@ def library_versions() -> dict[str, str]:
     import numpy
     import safetensors
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "safetensors": safetensors.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "safetensors": safetensors.__version__,
+    }
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -56,8 +61,12 @@ def save_bundle(model: CifarResNet, out_dir: str | os.PathLike, extra: dict[str,
     tmp = out / f".{WEIGHTS}.tmp{os.getpid()}"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     publish(tmp, out / WEIGHTS)
-    config = {"model": model.cfg.to_dict(), "weights_sha256": file_sha256(out / WEIGHTS),
-              "libraries": library_versions(), **extra}
+    config = {
+        "model": model.cfg.to_dict(),
+        "weights_sha256": file_sha256(out / WEIGHTS),
+        "libraries": library_versions(),
+        **extra,
+    }
     write_json(out / CONFIG, config)
     return out
 
@@ -90,7 +99,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     state = load_file(str(weights))
     expected, found = set(model.state_dict()), set(state)
     if expected != found:
-        raise ValueError(f"{weights} does not match config.json's architecture: missing keys "
-                         f"{sorted(expected - found)[:5]}, unexpected keys {sorted(found - expected)[:5]}")
+        raise ValueError(
+            f"{weights} does not match config.json's architecture: missing keys "
+            f"{sorted(expected - found)[:5]}, unexpected keys {sorted(found - expected)[:5]}"
+        )
     model.load_state_dict(state, strict=True)
     return model.to(device, memory_format=torch.channels_last).eval()

@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from .attacks import run_attack
 from .data import to_unit_float
+from .features import path_features
 from .model import CifarResNet
 from .profiles import PathProfiles
 from .scorer import PathScorer, calibrate_threshold
-from .features import path_features
 from .splits import SPLIT_SEED, balanced_subset, fit_threshold_split
 from .stats import collect_gate_paths
 
@@ -71,16 +71,20 @@ class CalibrationConfig:
             raise ValueError(
                 f"families {'+'.join(self.families[0]) if self.families else ''}...: expected every attack the scorer "
                 f"is fitted against ({', '.join(ran)}) in exactly one family, found "
-                f"{'missing ' + ', '.join(missing) if missing else ''}{'twice ' + ', '.join(twice) if twice else ''}")
+                f"{'missing ' + ', '.join(missing) if missing else ''}{'twice ' + ', '.join(twice) if twice else ''}"
+            )
         if len(self.family_log_prior) != len(self.families):
-            raise ValueError(f"expected one log prior per family ({len(self.families)}), found {len(self.family_log_prior)}")
+            raise ValueError(
+                f"expected one log prior per family ({len(self.families)}), found {len(self.family_log_prior)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def path_feature_set(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor | None = None,
-                     device: str | torch.device = "cpu") -> tuple[Tensor, Tensor]:
+def path_feature_set(
+    model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor | None = None, device: str | torch.device = "cpu"
+) -> tuple[Tensor, Tensor]:
     """Path features of images x, one forward pass. With labels y, only the correctly classified images count.
     Returns (kept: (N,) bool, features of the kept images)."""
     logits, z, s = collect_gate_paths(model, x, device=device)
@@ -90,8 +94,14 @@ def path_feature_set(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: T
     return kept, path_features([zl[kept] for zl in z], pred[kept], profiles.freq, s=gates, gate_mean=profiles.gate_mean)
 
 
-def attacked_path_features(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, attacks: list[str],
-                           device: str | torch.device = "cpu") -> dict[str, Tensor]:
+def attacked_path_features(
+    model: CifarResNet,
+    profiles: PathProfiles,
+    x: Tensor,
+    y: Tensor,
+    attacks: list[str],
+    device: str | torch.device = "cpu",
+) -> dict[str, Tensor]:
     """Path features of the correctly classified images among x ("clean") and of each attack's successful
     adversarial images on them (one entry per attack name)."""
     kept, clean = path_feature_set(model, profiles, x, y, device)
@@ -105,8 +115,16 @@ def attacked_path_features(model: CifarResNet, profiles: PathProfiles, x: Tensor
 FitSet = tuple[Tensor, Tensor, list[str]]  # correctly classified images, labels, the attacks to run on them
 
 
-def fit_sets(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, fit_idx: Tensor, cfg: CalibrationConfig,
-             train: tuple[Tensor, Tensor] | None, device: str | torch.device) -> tuple[Tensor, list[FitSet], dict[str, Any]]:
+def fit_sets(
+    model: CifarResNet,
+    profiles: PathProfiles,
+    x: Tensor,
+    y: Tensor,
+    fit_idx: Tensor,
+    cfg: CalibrationConfig,
+    train: tuple[Tensor, Tensor] | None,
+    device: str | torch.device,
+) -> tuple[Tensor, list[FitSet], dict[str, Any]]:
     """Clean fit features, the image sets to attack, and their record: the calibration fit part with cfg.attacks, the
     training images with cfg.train_attacks, a class-balanced subset of them with cfg.train_subset_attacks."""
     kept, clean = path_feature_set(model, profiles, x[fit_idx], y[fit_idx], device)
@@ -118,7 +136,11 @@ def fit_sets(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, f
         t_kept, t_clean = path_feature_set(model, profiles, tx, ty, device)
         clean = torch.cat([clean, t_clean])
         sets.append((tx[t_kept], ty[t_kept], list(cfg.train_attacks)))
-        record = {"extra_fit_images": len(ty), "n_extra_clean": int(t_kept.sum()), "extra_attacks": list(cfg.train_attacks)}
+        record = {
+            "extra_fit_images": len(ty),
+            "n_extra_clean": int(t_kept.sum()),
+            "extra_attacks": list(cfg.train_attacks),
+        }
         if cfg.train_subset > 0:
             sub = balanced_subset(torch.nonzero(t_kept).squeeze(1), ty, cfg.train_subset, model.cfg.num_classes)
             names = [n for n in cfg.train_subset_attacks if n not in cfg.train_attacks]  # the rest already ran
@@ -127,8 +149,9 @@ def fit_sets(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, f
     return clean, sets, record
 
 
-def attack_rows(model: CifarResNet, profiles: PathProfiles, sets: list[FitSet], seed: int,
-                device: str | torch.device) -> tuple[dict[str, Tensor], dict[str, float]]:
+def attack_rows(
+    model: CifarResNet, profiles: PathProfiles, sets: list[FitSet], seed: int, device: str | torch.device
+) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Per attack name, the path features of its successful adversarial images over every set, and its success rate."""
     rows: dict[str, list[Tensor]] = {}
     rates = {}
@@ -145,8 +168,15 @@ def attack_rows(model: CifarResNet, profiles: PathProfiles, sets: list[FitSet], 
     return {name: torch.cat(v) for name, v in rows.items()}, rates
 
 
-def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, cfg: CalibrationConfig = CalibrationConfig(),
-              train: tuple[Tensor, Tensor] | None = None, device: str | torch.device = "cpu") -> PathProfiles:
+def calibrate(
+    model: CifarResNet,
+    profiles: PathProfiles,
+    x: Tensor,
+    y: Tensor,
+    cfg: CalibrationConfig = CalibrationConfig(),
+    train: tuple[Tensor, Tensor] | None = None,
+    device: str | torch.device = "cpu",
+) -> PathProfiles:
     """Fit the `path` scorer and its threshold on calibration images x (N, 3, 32, 32), y (N,); `train` = (x, y)
     training images to add to the fit data (cfg.train_images of them are expected; the caller samples them).
     Returns the profiles with scorer, threshold and a record of what was used."""
@@ -165,10 +195,20 @@ def calibrate(model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor, 
     # the differentiable stand-in an adaptive attacker descends on, thresholded at the same FPR
     scorer = replace(scorer, surrogate_threshold=calibrate_threshold(scorer.surrogate(thr_clean), cfg.target_fpr))
     record: dict[str, Any] = {
-        "split_seed": SPLIT_SEED, "images": len(y), "fit_images": len(fit_idx), "threshold_images": len(thr_idx),
-        "n_clean": len(clean), "n_attacked": sum(map(len, rows.values())), "n_threshold_clean": int(thr_kept.sum()),
-        "attacks": list(cfg.attacks), "attack_success_rates": rates, "scorer": cfg.scorer, **extra,
+        "split_seed": SPLIT_SEED,
+        "images": len(y),
+        "fit_images": len(fit_idx),
+        "threshold_images": len(thr_idx),
+        "n_clean": len(clean),
+        "n_attacked": sum(map(len, rows.values())),
+        "n_threshold_clean": int(thr_kept.sum()),
+        "attacks": list(cfg.attacks),
+        "attack_success_rates": rates,
+        "scorer": cfg.scorer,
+        **extra,
         **({"families": [f for f in fams if f], "family_log_prior": scorer.log_prior.tolist()} if trees else {}),
-        "fpr_achieved": round(float((thr_scores > threshold).float().mean()), 4), "config": cfg.to_dict()}
+        "fpr_achieved": round(float((thr_scores > threshold).float().mean()), 4),
+        "config": cfg.to_dict(),
+    }
     meta = {**profiles.meta, "threshold": threshold, "target_fpr": cfg.target_fpr, "calibration": record}
     return PathProfiles(profiles.freq, profiles.counts, meta, scorer, profiles.gate_mean)

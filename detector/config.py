@@ -1,12 +1,21 @@
 """Model settings: one frozen dataclass, stored verbatim in a bundle's config.json."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 # Per-channel statistics of the CIFAR-10 training set; the model normalises internally.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -43,7 +52,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:

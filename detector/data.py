@@ -4,6 +4,7 @@ Layouts accepted for `--data ROOT`:
   (a) torchvision: ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch}  (or ROOT is that folder)
   (b) image folder: ROOT/train/<class>/*.{jpg,png}, ROOT/test/<class>/*   (what ../shared/data unpacks to)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +40,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
-
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
@@ -128,5 +128,7 @@ def load_split(root: str | os.PathLike, split: str) -> Split:
         x, y, classes = _load_folder(root / split)
     else:
         found = sorted(p.name for p in root.iterdir())[:10]
-        raise DataLayoutError(f"data root {root} has no '{split}/' folder and no cifar-10-batches-py/ (found {found}); {LAYOUT_HELP}")
+        raise DataLayoutError(
+            f"data root {root} has no '{split}/' folder and no cifar-10-batches-py/ (found {found}); {LAYOUT_HELP}"
+        )
     return Split(torch.from_numpy(x), torch.from_numpy(y), classes, _fingerprint(x, y))

@@ -4,6 +4,7 @@ Splits: profiles from train (built by `dnd profiles`), scorer and threshold from
 set (also `dnd profiles`), every figure here from the disjoint evaluation half. Negatives: clean, correctly
 classified evaluation images; positives: successful attacks on them.
 """
+
 from __future__ import annotations
 
 import time
@@ -21,8 +22,8 @@ from .api import Detector, Prediction
 from .attacks import run_attack, save_attack_set
 from .baselines import Mahalanobis, msp_score
 from .bundle import write_json
-from .splits import SPLIT_SEED, balanced_subset, split_test
 from .data import load_split, to_unit_float
+from .splits import SPLIT_SEED, balanced_subset, split_test
 
 DETECTORS = ("path", "path_hamming", "path_jaccard", "msp", "mahalanobis")
 # torchattacks' CW (50 optimiser steps) and DeepFool (a Jacobian per image and step) cost ~0.2-1 s per image on
@@ -32,8 +33,13 @@ SLOW_ATTACKS = {"cw", "deepfool"}
 
 def detector_scores(p: Prediction, maha: Mahalanobis) -> dict[str, Tensor]:
     """Every detector's score (higher = more suspicious) for one Prediction."""
-    return {"path": p.scores, "path_hamming": p.per_layer.mean(1), "path_jaccard": p.per_layer_jaccard.mean(1),
-            "msp": msp_score(p.logits), "mahalanobis": maha.score(p.features)}
+    return {
+        "path": p.scores,
+        "path_hamming": p.per_layer.mean(1),
+        "path_jaccard": p.per_layer_jaccard.mean(1),
+        "msp": msp_score(p.logits),
+        "mahalanobis": maha.score(p.features),
+    }
 
 
 def roc_figures(neg: Tensor, pos: Tensor, max_fpr: float = 0.05) -> dict[str, Any]:
@@ -41,12 +47,24 @@ def roc_figures(neg: Tensor, pos: Tensor, max_fpr: float = 0.05) -> dict[str, An
     y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
     s = np.r_[neg.double().numpy(), pos.double().numpy()]
     fpr, tpr, _ = roc_curve(y, s)
-    return {"auroc": round(float(roc_auc_score(y, s)), 4), "tpr_at_5fpr": round(float(tpr[fpr <= max_fpr].max()), 4),
-            "curve": (fpr, tpr)}
+    return {
+        "auroc": round(float(roc_auc_score(y, s)), 4),
+        "tpr_at_5fpr": round(float(tpr[fpr <= max_fpr].max()), 4),
+        "curve": (fpr, tpr),
+    }
 
 
-def evaluate(det: Detector, data: str | Path, attacks: list[str], out: str | Path, limit: int = 0,
-             slow_limit: int = 500, adaptive_limit: int = 1000, seed: int = 0, save_attacks: bool = True) -> dict[str, Any]:
+def evaluate(
+    det: Detector,
+    data: str | Path,
+    attacks: list[str],
+    out: str | Path,
+    limit: int = 0,
+    slow_limit: int = 500,
+    adaptive_limit: int = 1000,
+    seed: int = 0,
+    save_attacks: bool = True,
+) -> dict[str, Any]:
     """Run the whole evaluation and write OUT/report.json, OUT/report.md and OUT/roc.png. Returns the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,11 +86,17 @@ def evaluate(det: Detector, data: str | Path, attacks: list[str], out: str | Pat
     clean_ok = clean.select(ok)
     neg = detector_scores(clean_ok, maha)
     report: dict[str, Any] = {
-        "model": det.name, "weights_sha256": det.weights_sha256, "data_test_fingerprint": test.fingerprint,
-        "evaluation_images": len(y), "clean_accuracy": round(float(ok.float().mean()), 4),
-        "threshold": det.threshold, "target_fpr": det.profiles.meta.get("target_fpr"),
+        "model": det.name,
+        "weights_sha256": det.weights_sha256,
+        "data_test_fingerprint": test.fingerprint,
+        "evaluation_images": len(y),
+        "clean_accuracy": round(float(ok.float().mean()), 4),
+        "threshold": det.threshold,
+        "target_fpr": det.profiles.meta.get("target_fpr"),
         "clean_fpr_at_threshold": round(float(clean_ok.is_adversarial.float().mean()), 4),
-        "calibration": cal_record, "attacks": {}}
+        "calibration": cal_record,
+        "attacks": {},
+    }
     curves: dict[str, dict[str, Any]] = {}
     for name in attacks:
         sub = balanced_subset(torch.arange(len(y)), y, slow_limit if name in SLOW_ATTACKS else 0, k)
@@ -87,10 +111,15 @@ def evaluate(det: Detector, data: str | Path, attacks: list[str], out: str | Pat
         else:  # no successful attack (or no clean image): there is no ROC to draw
             figs = {d: {"auroc": None, "tpr_at_5fpr": None} for d in DETECTORS}
         report["attacks"][name] = {
-            "params": s.params, "images_attacked": len(s.y), "success_rate": round(s.success_rate, 4), "n_clean": int(ok.sum()),
-            "n_adv": int(s.success.sum()), "linf_max": round(float((s.x_adv - s.x_clean).abs().max()), 5),
+            "params": s.params,
+            "images_attacked": len(s.y),
+            "success_rate": round(s.success_rate, 4),
+            "n_clean": int(ok.sum()),
+            "n_adv": int(s.success.sum()),
+            "linf_max": round(float((s.x_adv - s.x_clean).abs().max()), 5),
             "path_tpr_at_threshold": round(float(adv.is_adversarial.float().mean()), 4) if len(adv.labels) else None,
-            "detectors": figs}
+            "detectors": figs,
+        }
     report["adaptive"] = adaptive_entry(det, x[ok], y[ok], adaptive_limit, seed)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(out / "report.json", report)
@@ -107,32 +136,50 @@ def adaptive_entry(det: Detector, x: Tensor, y: Tensor, limit: int, seed: int) -
     p = det.predict(x_adv)
     wrong = p.labels != y
     undetected = wrong & ~p.is_adversarial
-    return {"params": ADAPTIVE_DEFAULTS, "n": len(y), "linf_max": round(float((x_adv - x).abs().max()), 5),
-            "success_rate": round(float(wrong.float().mean()), 4),
-            "tpr_at_threshold": round(float(p.is_adversarial[wrong].float().mean()), 4) if wrong.any() else None,
-            "undetected_success_rate": round(float(undetected.float().mean()), 4),
-            "accuracy_kept": round(float(1 - undetected.float().mean()), 4),
-            "note": "accuracy_kept: share of attacked images that stay correctly classified or are flagged"}
+    return {
+        "params": ADAPTIVE_DEFAULTS,
+        "n": len(y),
+        "linf_max": round(float((x_adv - x).abs().max()), 5),
+        "success_rate": round(float(wrong.float().mean()), 4),
+        "tpr_at_threshold": round(float(p.is_adversarial[wrong].float().mean()), 4) if wrong.any() else None,
+        "undetected_success_rate": round(float(undetected.float().mean()), 4),
+        "accuracy_kept": round(float(1 - undetected.float().mean()), 4),
+        "note": "accuracy_kept: share of attacked images that stay correctly classified or are flagged",
+    }
 
 
 def render_markdown(r: dict[str, Any]) -> str:
-    lines = [f"# Detection report: {r['model']}", "",
-             f"Evaluation images: {r['evaluation_images']} (test half disjoint from calibration); clean accuracy "
-             f"{r['clean_accuracy']:.4f}; `path` threshold {r['threshold']:.4f} (target FPR {r['target_fpr']}, "
-             f"measured on evaluation clean images {r['clean_fpr_at_threshold']:.4f}).", "",
-             "AUROC / TPR at 5% FPR (positives: successful attacks on correctly classified images).", "",
-             "| attack | success | n_clean | n_adv | " + " | ".join(DETECTORS) + " | path TPR at threshold |",
-             "|---|---|---|---|" + "---|" * len(DETECTORS) + "---|"]
+    lines = [
+        f"# Detection report: {r['model']}",
+        "",
+        f"Evaluation images: {r['evaluation_images']} (test half disjoint from calibration); clean accuracy "
+        f"{r['clean_accuracy']:.4f}; `path` threshold {r['threshold']:.4f} (target FPR {r['target_fpr']}, "
+        f"measured on evaluation clean images {r['clean_fpr_at_threshold']:.4f}).",
+        "",
+        "AUROC / TPR at 5% FPR (positives: successful attacks on correctly classified images).",
+        "",
+        "| attack | success | n_clean | n_adv | " + " | ".join(DETECTORS) + " | path TPR at threshold |",
+        "|---|---|---|---|" + "---|" * len(DETECTORS) + "---|",
+    ]
     for name, a in r["attacks"].items():
         cells = [_pair(a["detectors"][d]) for d in DETECTORS]
-        lines.append(f"| {name} | {a['success_rate']:.3f} | {a['n_clean']} | {a['n_adv']} | " + " | ".join(cells)
-                     + f" | {a['path_tpr_at_threshold']} |")
+        lines.append(
+            f"| {name} | {a['success_rate']:.3f} | {a['n_clean']} | {a['n_adv']} | "
+            + " | ".join(cells)
+            + f" | {a['path_tpr_at_threshold']} |"
+        )
     ad = r["adaptive"]
-    lines += ["", "## Adaptive attack (detector-aware PGD, straight-through paths)", "",
-              f"Parameters {ad['params']}, {ad['n']} images. Misclassified: {ad['success_rate']:.3f}; of those flagged "
-              f"by `path`: {ad['tpr_at_threshold']}; misclassified and not flagged: {ad['undetected_success_rate']:.3f}; "
-              f"accuracy a user keeps (correct or flagged): {ad['accuracy_kept']:.3f}.", "",
-              f"Regenerated in {r['seconds']:.0f} s by `dnd evaluate`.", ""]
+    lines += [
+        "",
+        "## Adaptive attack (detector-aware PGD, straight-through paths)",
+        "",
+        f"Parameters {ad['params']}, {ad['n']} images. Misclassified: {ad['success_rate']:.3f}; of those flagged "
+        f"by `path`: {ad['tpr_at_threshold']}; misclassified and not flagged: {ad['undetected_success_rate']:.3f}; "
+        f"accuracy a user keeps (correct or flagged): {ad['accuracy_kept']:.3f}.",
+        "",
+        f"Regenerated in {r['seconds']:.0f} s by `dnd evaluate`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ frequency; naive-Bayes path likelihoods (how much more the path looks like c's t
 when the profiles hold them, each gate logit's deviation from its class mean (the path before thresholding).
 Everything is differentiable in soft paths (the adaptive attack uses that) and exact on binary ones.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 
 @functools.cache
 def _layer_sums(widths: tuple[int, ...]) -> Tensor:
@@ -32,8 +34,8 @@ def _distances(zc: Tensor, ref: Tensor, widths: tuple[int, ...]) -> tuple[Tensor
     """Concatenated paths zc (N, sum C_l) and reference signatures ref (N, sum C_l), float -> (hamming, jaccard), each
     (N, L). Binary inputs: the sums are exact integer counts (<= 64, exact in float32), so every figure is exact."""
     s = _layer_sums(widths).to(zc)
-    inter = (zc * ref) @ s                    # |z AND ref| (soft: sum v ref)
-    union = (zc + ref) @ s - inter            # |z OR ref|
+    inter = (zc * ref) @ s  # |z AND ref| (soft: sum v ref)
+    union = (zc + ref) @ s - inter  # |z OR ref|
     ham = (union - inter) / zc.new_tensor(widths)  # |z XOR ref| / C_l  (soft: sum |v - ref| for binary ref)
     jac = torch.where(union > 0, 1 - inter / union.clamp_min(1e-6), torch.zeros_like(union))
     return ham, jac
@@ -53,29 +55,31 @@ def path_distances(z: list[Tensor], labels: Tensor, signatures: list[Tensor]) ->
 @dataclass(frozen=True)
 class PathLikelihood:
     """Naive-Bayes log-likelihood of a path under each class: layer l's filters fire independently, filter j of class
-    k with the profile's frequency p (clamped to [eps, 1 - eps]): ll[l, k] = sum_j z_j log p_kj + (1 - z_j) log(1 - p_kj).
+    k with the profile's frequency p (clamped to [eps, 1 - eps]):
+    ll[l, k] = sum_j z_j log p_kj + (1 - z_j) log(1 - p_kj).
     Held as one block-diagonal matrix, so all L x K likelihoods are one matmul: ll = cat(z) @ weight + bias.
     Linear in z, so soft paths give a differentiable value."""
 
     weight: Tensor  # (sum C_l, L*K): rows of layer l hold log p - log(1 - p) in column block l
-    bias: Tensor    # (L*K,): sum over layer l's filters of log(1 - p)
+    bias: Tensor  # (L*K,): sum over layer l's filters of log(1 - p)
     layers: int
     classes: int
 
     @classmethod
-    def from_freq(cls, freq: list[Tensor], eps: float = 1e-3) -> "PathLikelihood":
+    def from_freq(cls, freq: list[Tensor], eps: float = 1e-3) -> PathLikelihood:
         k, widths = freq[0].shape[0], [f.shape[1] for f in freq]
         weight = freq[0].new_zeros(sum(widths), len(freq) * k)
         bias, row = [], 0
         for l, f in enumerate(freq):
             lp, lq = f.clamp(eps, 1 - eps).log(), (1 - f).clamp(eps, 1 - eps).log()  # (K, C_l)
-            weight[row:row + f.shape[1], l * k:(l + 1) * k] = (lp - lq).T
+            weight[row : row + f.shape[1], l * k : (l + 1) * k] = (lp - lq).T
             bias.append(lq.sum(1))
             row += f.shape[1]
         return cls(weight, torch.cat(bias), len(freq), k)
 
     def __call__(self, z: list[Tensor] | Tensor) -> Tensor:
-        """Paths L x (N, C_l) (bool or [0, 1]), or already concatenated (N, sum C_l) float -> (N, L, K) log-likelihoods."""
+        """Paths L x (N, C_l) (bool or [0, 1]), or already concatenated (N, sum C_l) float -> (N, L, K)
+        log-likelihoods."""
         zc = z if isinstance(z, Tensor) else torch.cat([zl.float() for zl in z], 1)
         return (zc @ self.weight.to(zc) + self.bias.to(zc)).view(len(zc), self.layers, self.classes)
 
@@ -85,11 +89,11 @@ def likelihood_features(ll: Tensor, labels: Tensor) -> Tensor:
     its margin over the best other class, and the margin of the summed (whole-path) log-likelihoods. Measured on the
     calibration half: the whole-path margin alone separates CW / DeepFool from clean images with AUROC 0.87 / 0.92 (the
     image crossed the decision boundary, the path still looks like where it came from)."""
-    n, l, k = ll.shape
+    n, l, _ = ll.shape
     idx = labels.view(n, 1, 1).expand(n, l, 1)
-    own = ll.gather(2, idx).squeeze(2)                                               # (N, L)
-    margin = own - ll.scatter(2, idx, float("-inf")).amax(2)                        # (N, L)
-    tot = ll.sum(1)                                                                   # (N, K)
+    own = ll.gather(2, idx).squeeze(2)  # (N, L)
+    margin = own - ll.scatter(2, idx, float("-inf")).amax(2)  # (N, L)
+    tot = ll.sum(1)  # (N, K)
     total = tot.gather(1, labels.view(n, 1)) - tot.scatter(1, labels.view(n, 1), float("-inf")).amax(1, keepdim=True)
     return torch.cat([own, margin, total], 1)
 
@@ -100,10 +104,15 @@ def feature_count(widths: list[int], gate_logits: bool = False) -> int:
     return 4 * len(widths) + 1 + sum(widths) * (2 if gate_logits else 1)
 
 
-
-def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signatures: list[Tensor] | None = None,
-                  likelihood: PathLikelihood | None = None, s: list[Tensor] | None = None,
-                  gate_mean: list[Tensor] | None = None) -> Tensor:
+def path_features(
+    z: list[Tensor],
+    labels: Tensor,
+    freq: list[Tensor],
+    signatures: list[Tensor] | None = None,
+    likelihood: PathLikelihood | None = None,
+    s: list[Tensor] | None = None,
+    gate_mean: list[Tensor] | None = None,
+) -> Tensor:
     """The `path` score's inputs, (N, feature_count): per-layer Hamming and Jaccard distances to the signature of
     `labels` (columns :L and L:2L, the same numbers as `path_distances`), then every filter's deviation
     z - freq[label] from the class's firing frequency (sum C_l columns), then `likelihood_features` (2L + 1). Only
@@ -122,8 +131,10 @@ def path_features(z: list[Tensor], labels: Tensor, freq: list[Tensor], signature
     dev = zc - torch.cat(freq, 1).to(zc)[labels]
     cols = [ham, jac, dev, likelihood_features(nb(zc), labels)]
     if (s is None) != (gate_mean is None):
-        raise ValueError("gate-logit features need both the gate logits s and the profiles' gate_mean; "
-                         f"found s {'missing' if s is None else 'given'} and gate_mean {'missing' if gate_mean is None else 'given'}")
+        raise ValueError(
+            "gate-logit features need both the gate logits s and the profiles' gate_mean; "
+            f"found s {'missing' if s is None else 'given'} and gate_mean {'missing' if gate_mean is None else 'given'}"
+        )
     if s is not None and gate_mean is not None:  # (both, after the check above; narrows the types)
         sc = torch.cat(s, 1).to(zc)  # (N, sum C_l)
         cols.append(sc - torch.cat(gate_mean, 1).to(zc)[labels])

@@ -10,6 +10,7 @@ Improved SemHash (Kaiser & Bengio 2018), as used by DND:
   eval:      z = 1(s > 0), binary and deterministic.
 v1 has zero gradient where it clips (|s'| > ~2.4), so gates must not start saturated.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,7 +42,8 @@ def semhash(s: Tensor, noise_std: float, training: bool, p_hard: float = 0.5, st
 
 
 class Gate(nn.Module):
-    """GAP(x) (done by the caller) -> LayerNorm -> FC(C_in -> C_in/r) -> ReLU -> FC(-> C_out) = gate logits s (N, C_out).
+    """GAP(x) (done by the caller) -> LayerNorm -> FC(C_in -> C_in/r) -> ReLU -> FC(-> C_out) = gate logits s
+    (N, C_out).
 
     The LayerNorm (per sample, no batch statistics) puts the pooled input on a unit scale: without it the gate
     logits of a trained ResNet-20 varied across inputs by only 0.04-0.17 (std), far below the SemHash noise (1.0),

@@ -33,7 +33,8 @@ BACKGROUND = (255, 255, 255)
 
 
 class ImageError(ValueError):
-    """Bad input image. `code`: empty_body, not_an_image, corrupt_image, image_too_large, invalid_base64, invalid_json."""
+    """Bad input image. `code`: empty_body, not_an_image, corrupt_image, image_too_large, invalid_base64 or
+    invalid_json."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -63,7 +64,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if not transparent:
         return im.convert("RGB")
     rgba = im.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND + (255,)), rgba).convert("RGB")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
 
 
 def decode_image(data: bytes, max_pixels: int) -> tuple[Tensor, list[int] | None]:
@@ -82,10 +83,13 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Tensor, list[int] | None
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image_too_large", f"expected at most {max_pixels} pixels (decompression bomb guard)") from None
+        raise ImageError(
+            "image_too_large", f"expected at most {max_pixels} pixels (decompression bomb guard)"
+        ) from None
     except UnidentifiedImageError:
-        raise ImageError("not_an_image", f"expected an image in one of {', '.join(FORMATS)}; the bytes are none of "
-                         "these") from None
+        raise ImageError(
+            "not_an_image", f"expected an image in one of {', '.join(FORMATS)}; the bytes are none of these"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # truncated or corrupt data
         raise ImageError("corrupt_image", f"the image could not be decoded: {e}") from None
     resized = None

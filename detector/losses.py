@@ -7,6 +7,7 @@
         lambda_s works for any width.
 All three are averaged over layers (not summed), so the lambdas do not grow with depth.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,14 +50,14 @@ class DecouplingLoss(nn.Module):
             raise ValueError("expected the layers' activation energy: call forward_paths(x, energy=True)")
         mi, kl, l1 = [], [], []
         for idx in self.groups:
-            z = torch.stack([out.z[i] for i in idx])                                   # (G, N, C)
-            e = torch.stack([out.energy[i] for i in idx])                              # (G, N, C)
-            w = torch.stack([self.heads[i].weight for i in idx]).transpose(1, 2)      # (G, C, K)
-            b = torch.stack([self.heads[i].bias for i in idx]).unsqueeze(1)           # (G, 1, K)
-            logits = torch.baddbmm(b, z, w)                                            # (G, N, K)
+            z = torch.stack([out.z[i] for i in idx])  # (G, N, C)
+            e = torch.stack([out.energy[i] for i in idx])  # (G, N, C)
+            w = torch.stack([self.heads[i].weight for i in idx]).transpose(1, 2)  # (G, C, K)
+            b = torch.stack([self.heads[i].bias for i in idx]).unsqueeze(1)  # (G, 1, K)
+            logits = torch.baddbmm(b, z, w)  # (G, N, K)
             ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(idx)), reduction="none")
-            mi.append(ce.view(len(idx), -1).mean(1))                                   # (G,) per-layer MI loss
-            kl.append(path_kl(z, e) * len(idx))                                        # sum of per-layer means
-            l1.append(z.mean(dim=(1, 2)))                                              # (G,) per-layer density
+            mi.append(ce.view(len(idx), -1).mean(1))  # (G,) per-layer MI loss
+            kl.append(path_kl(z, e) * len(idx))  # sum of per-layer means
+            l1.append(z.mean(dim=(1, 2)))  # (G,) per-layer density
         n = len(self.heads)
         return {"mi": torch.cat(mi).mean(), "kl": torch.stack(kl).sum() / n, "l1": torch.cat(l1).mean()}

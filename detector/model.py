@@ -3,6 +3,7 @@
 `model(x)` takes images in [0, 1], (N, 3, 32, 32), and returns logits (N, K) only, so attack libraries
 use it unwrapped. `model.forward_paths(x)` also returns the calculation path z of every gated conv.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -57,7 +58,8 @@ class _SpatialMean(torch.autograd.Function):
 
 
 def spatial_mean(x: Tensor) -> Tensor:
-    """(N, C, H, W) -> (N, C). With autograd recording, through _SpatialMean (same values, same gradient, layout-friendly
+    """(N, C, H, W) -> (N, C). With autograd recording, through _SpatialMean (same values, same gradient,
+    layout-friendly
     backward); otherwise the plain op (a Python autograd Function costs ~10 us per call, felt at batch 1)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _SpatialMean.apply(x)
@@ -65,7 +67,8 @@ def spatial_mean(x: Tensor) -> Tensor:
 
 
 class _OptionAShortcut(torch.autograd.Function):
-    """The option-A shortcut: x (N, C, H, W) subsampled by `stride` and zero-padded to lo + C + hi channels. Its backward
+    """The option-A shortcut: x (N, C, H, W) subsampled by `stride` and zero-padded to lo + C + hi channels. Its
+    backward
     writes the gradient in x's own layout; autograd's (pad, then strided slice backward) returned NCHW, which met the
     channels_last gradients in mixed-layout ops (~3% of a training step, dense and decoupled alike, measured)."""
 
@@ -80,12 +83,13 @@ class _OptionAShortcut(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
         s, lo, c = ctx.stride, ctx.lo, ctx.shape[1]
         gx = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.layout).zero_()
-        gx[:, :, ::s, ::s] = grad[:, lo:lo + c]
+        gx[:, :, ::s, ::s] = grad[:, lo : lo + c]
         return gx, None, None, None
 
 
 def option_a_shortcut(x: Tensor, stride: int, lo: int, hi: int) -> Tensor:
-    """(N, C, H, W) -> (N, lo + C + hi, H / stride, W / stride); see _OptionAShortcut (used only when autograd records)."""
+    """(N, C, H, W) -> (N, lo + C + hi, H / stride, W / stride); see _OptionAShortcut (used only when autograd
+    records)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _OptionAShortcut.apply(x, stride, lo, hi)
     return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, lo, hi))
@@ -95,10 +99,10 @@ def option_a_shortcut(x: Tensor, stride: int, lo: int, hi: int) -> Tensor:
 class PathOutput:
     """Everything one forward pass knows about the calculation path (L = number of gated convs)."""
 
-    logits: Tensor                                      # (N, K)
-    features: Tensor                                    # (N, C_last) penultimate, after global pooling
-    z: list[Tensor] = field(default_factory=list)       # L x (N, C_l): binary at eval; straight-through in training
-    s: list[Tensor] = field(default_factory=list)       # L x (N, C_l): gate logits before binarisation
+    logits: Tensor  # (N, K)
+    features: Tensor  # (N, C_last) penultimate, after global pooling
+    z: list[Tensor] = field(default_factory=list)  # L x (N, C_l): binary at eval; straight-through in training
+    s: list[Tensor] = field(default_factory=list)  # L x (N, C_l): gate logits before binarisation
     # L x (N, C_l): spatial mean of relu(BN output), unmasked; only for forward_paths(x, energy=True) (the KL loss),
     # None otherwise: a ReLU unit has it for free, the others (one per block) would pay a ReLU + mean over their output
     energy: list[Tensor] | None = None
@@ -116,8 +120,9 @@ class ConvUnit(nn.Module):
         self.straight_through = False  # eval-time gradient through z (adaptive attacks); see gates.semhash
         self.gate = Gate(cin, cout, cfg.gate_reduction, cfg.gate_bias_init) if cfg.decoupled else None
 
-    def forward(self, x: Tensor, rec: PathOutput | None = None, x_pooled: Tensor | None = None
-                ) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, x: Tensor, rec: PathOutput | None = None, x_pooled: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """x (N, C_in, H, W) -> (output (N, C_out, H', W'), its spatial mean (N, C_out) when known for free).
 
         x_pooled, if given, is x's spatial mean, so the gate need not pool x again."""

@@ -7,12 +7,13 @@ the profiles atomically: a crash mid-way leaves the previous profiles intact. Be
 class's mean gate logit per filter (z = 1(s > 0) keeps only the sign of s; the scorer also reads how far s sits from
 where it sits for the class).
 """
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .bundle import WEIGHTS, file_sha256, publish
-from .model import CifarResNet
 from .features import feature_count
+from .model import CifarResNet
 from .scorer import PathScorer
 from .stats import collect_gate_paths
 
@@ -34,7 +35,7 @@ _META_KEY = "dnd_profiles"
 @dataclass(frozen=True)
 class PathProfiles:
     freq: list[Tensor]  # L x (K, C_l) float32: share of the class's images for which each filter is open
-    counts: Tensor      # (K,) int64: images per class the profile was built from
+    counts: Tensor  # (K,) int64: images per class the profile was built from
     meta: dict[str, Any] = field(default_factory=dict)  # + "threshold", "calibration" once calibrated
     scorer: PathScorer | None = None  # the `path` score, fitted on a calibration split (see calibration.py)
     # L x (K, C_l) float32: the class's mean gate logit s per filter; None in profiles from before session 20 (their
@@ -46,8 +47,14 @@ class PathProfiles:
         return [f >= level for f in self.freq]
 
 
-def build_profiles(model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 500,
-                   device: str | torch.device = "cpu", gate_logits: bool = True) -> PathProfiles:
+def build_profiles(
+    model: CifarResNet,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 500,
+    device: str | torch.device = "cpu",
+    gate_logits: bool = True,
+) -> PathProfiles:
     """Profiles from images x (N, 3, 32, 32) (uint8 or [0,1] float) with labels y (N,); only the correctly
     classified ones count, so a profile describes how the model *succeeds* on a class. gate_logits=False leaves out
     the class means of the gate logits (the scorer then reads z only, as before session 20)."""
@@ -62,17 +69,23 @@ def build_profiles(model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 5
         raise ValueError(f"no correctly classified images of class(es) {missing}; expected at least one per class")
     freq = [torch.stack([zl[ok & (y == c)].float().mean(0) for c in range(k)]) for zl in z]
     gate_mean = [torch.stack([sl[ok & (y == c)].mean(0) for c in range(k)]) for sl in s] if gate_logits else None
-    return PathProfiles(freq, counts.long(), {"images_correct": int(ok.sum()), "images_seen": len(y)},
-                        gate_mean=gate_mean)
+    return PathProfiles(
+        freq, counts.long(), {"images_correct": int(ok.sum()), "images_seen": len(y)}, gate_mean=gate_mean
+    )
 
 
 def save_profiles(profiles: PathProfiles, bundle: str | os.PathLike, data_fingerprint: str) -> Path:
     """Write BUNDLE/profiles.safetensors for the weights currently in BUNDLE (write to a temp file, then rename).
     Profiles, the fitted scorer and the threshold live in this one file, so one rename swaps them together."""
     bundle = Path(bundle)
-    meta = {**profiles.meta, "model_weights_sha256": file_sha256(bundle / WEIGHTS), "data_fingerprint": data_fingerprint,
-            "images_per_class": profiles.counts.tolist(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "layers": len(profiles.freq)}
+    meta = {
+        **profiles.meta,
+        "model_weights_sha256": file_sha256(bundle / WEIGHTS),
+        "data_fingerprint": data_fingerprint,
+        "images_per_class": profiles.counts.tolist(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "layers": len(profiles.freq),
+    }
     tensors = {f"freq.{l}": f.contiguous() for l, f in enumerate(profiles.freq)} | {"counts": profiles.counts}
     if profiles.gate_mean is not None:
         tensors |= {f"gate_mean.{l}": g.contiguous() for l, g in enumerate(profiles.gate_mean)}
@@ -92,26 +105,34 @@ def load_profiles(bundle: str | os.PathLike) -> PathProfiles:
         raise FileNotFoundError(f"{path} not found: build it with `dnd profiles --model {bundle} --data ROOT`")
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     weights = file_sha256(bundle / WEIGHTS)
     if meta.get("model_weights_sha256") != weights:
-        raise ValueError(f"{path} was built for model weights {str(meta.get('model_weights_sha256'))[:12]}..., but "
-                         f"{bundle / WEIGHTS} is {weights[:12]}...; rebuild with `dnd profiles --model {bundle}`")
+        raise ValueError(
+            f"{path} was built for model weights {str(meta.get('model_weights_sha256'))[:12]}..., but "
+            f"{bundle / WEIGHTS} is {weights[:12]}...; rebuild with `dnd profiles --model {bundle}`"
+        )
     n = meta["layers"]
     expected = {f"freq.{l}" for l in range(n)} | {"counts"}
     with_gates = expected | {f"gate_mean.{l}" for l in range(n)}
     scorer_keys = {k for k in tensors if k.startswith("scorer.")}
     if set(tensors) - scorer_keys not in (expected, with_gates):
-        raise ValueError(f"{path}: expected tensors freq.0..freq.{n - 1}, counts and optionally gate_mean.0.."
-                         f"gate_mean.{n - 1}, found {sorted(tensors)}")
+        raise ValueError(
+            f"{path}: expected tensors freq.0..freq.{n - 1}, counts and optionally gate_mean.0.."
+            f"gate_mean.{n - 1}, found {sorted(tensors)}"
+        )
     scorer = PathScorer.from_tensors(tensors) if scorer_keys else None
     freq = [tensors[f"freq.{l}"] for l in range(n)]
     gate_mean = [tensors[f"gate_mean.{l}"] for l in range(n)] if "gate_mean.0" in tensors else None
     if gate_mean is not None and [g.shape for g in gate_mean] != [f.shape for f in freq]:
-        raise ValueError(f"{path}: gate_mean shapes {[tuple(g.shape) for g in gate_mean]} differ from freq shapes "
-                         f"{[tuple(f.shape) for f in freq]}")
+        raise ValueError(
+            f"{path}: gate_mean shapes {[tuple(g.shape) for g in gate_mean]} differ from freq shapes "
+            f"{[tuple(f.shape) for f in freq]}"
+        )
     want = feature_count([f.shape[1] for f in freq], gate_logits=gate_mean is not None)
     if scorer is not None and scorer.mean.numel() != want:
-        raise ValueError(f"{path}: its scorer was fitted on {scorer.mean.numel()} path features, this version computes "
-                         f"{want} (an older feature set); rebuild with `dnd profiles --model {bundle} --data ROOT`")
+        raise ValueError(
+            f"{path}: its scorer was fitted on {scorer.mean.numel()} path features, this version computes "
+            f"{want} (an older feature set); rebuild with `dnd profiles --model {bundle} --data ROOT`"
+        )
     return PathProfiles(freq, tensors["counts"], meta, scorer, gate_mean)

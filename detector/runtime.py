@@ -6,13 +6,15 @@ munmap, and trims the heap top back to the kernel, so each batch can fault its p
 threshold ends up depends on its allocation history. Measured side by side (README "Benchmarks"): plain
 classification of a batch of 256 took 181-210 ms per batch with glibc's defaults and 151-166 ms with fixed thresholds
 (`bench/scoring.py --default-malloc` vs without), and raw batched `det.predict` at batch 64 ran at 994-1,157 vs
-1,431-1,497 img/s on 2 threads (`bench/serve.py --raw-only`). Fixing both thresholds keeps freed blocks in the heap. The cost is resident memory: up to `trim_threshold` of freed heap stays mapped.
+1,431-1,497 img/s on 2 threads (`bench/serve.py --raw-only`). Fixing both thresholds keeps freed blocks in the heap.
+The cost is resident memory: up to `trim_threshold` of freed heap stays mapped.
 Training steps were not affected (same step time either way), so the trainer does not need it.
 
 Not done at import (importing the package does no work): entry points call it (`dnd`, the service, the benches).
 Only glibc has these knobs; elsewhere, or when the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ in the
 environment (glibc's own way, which then wins), it does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -24,14 +26,17 @@ if TYPE_CHECKING:
     import torch
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h> parameter numbers
-MMAP_THRESHOLD = 32 * 2**20   # the ceiling of glibc's own dynamic threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+MMAP_THRESHOLD = 32 * 2**20  # the ceiling of glibc's own dynamic threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
 TRIM_THRESHOLD = 256 * 2**20
 
 
 def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Fix glibc's mmap and trim thresholds (bytes) for this process. True if both were applied."""
-    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ \
-            or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    if (
+        not sys.platform.startswith("linux")
+        or "MALLOC_MMAP_THRESHOLD_" in os.environ
+        or "MALLOC_TRIM_THRESHOLD_" in os.environ
+    ):
         return False
     try:
         libc = ctypes.CDLL(None)
@@ -55,8 +60,7 @@ def check_device(name: str | torch.device, what: str = "device") -> torch.device
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"{what} {str(name)!r}: expected cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{what} {name}: CUDA is not available here "
-                         "(torch.cuda.is_available() is False); use cpu")
+        raise ValueError(f"{what} {name}: CUDA is not available here (torch.cuda.is_available() is False); use cpu")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"{what} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev

@@ -1,4 +1,5 @@
 """The `path` score on path features (detector/features.py) and its threshold."""
+
 from __future__ import annotations
 
 import math
@@ -27,9 +28,9 @@ class PathScorer:
     The trees have no gradient, so `surrogate` (the linear model) is what a gradient-based adaptive attacker descends
     on, against `surrogate_threshold` (same target FPR)."""
 
-    mean: Tensor   # (F,)
+    mean: Tensor  # (F,)
     scale: Tensor  # (F,)
-    coef: Tensor   # (F,)
+    coef: Tensor  # (F,)
     intercept: float
     trees: TreeEnsemble | None = None
     surrogate_threshold: float | None = None
@@ -56,9 +57,16 @@ class PathScorer:
         return torch.logsumexp(raw, 1).float()
 
     @classmethod
-    def fit(cls, clean: Tensor, attacked: dict[str, Tensor], families: list[list[str]] | None = None,
-            log_prior: list[float] | None = None, c: float = 0.01, trees: bool = True,
-            tree_params: dict[str, Any] | None = None) -> "PathScorer":
+    def fit(
+        cls,
+        clean: Tensor,
+        attacked: dict[str, Tensor],
+        families: list[list[str]] | None = None,
+        log_prior: list[float] | None = None,
+        c: float = 0.01,
+        trees: bool = True,
+        tree_params: dict[str, Any] | None = None,
+    ) -> PathScorer:
         """clean (N0, F) and per attack name attacked (N_a, F) path features. Always an L2-regularised logistic
         regression (scikit-learn) on all attacks with balanced class weights on standardised features (small C: F ~700
         is large next to N); with trees=True also gradient-boosted trees (TREE_PARAMS, balanced sample weights), one
@@ -69,8 +77,10 @@ class PathScorer:
 
         rows = [v for v in attacked.values() if len(v)]
         if len(clean) == 0 or not rows:
-            raise ValueError(f"need clean and attacked calibration paths, found {len(clean)} clean and "
-                             f"{sum(map(len, rows))} attacked")
+            raise ValueError(
+                f"need clean and attacked calibration paths, found {len(clean)} clean and "
+                f"{sum(map(len, rows))} attacked"
+            )
         x = torch.cat([clean, *rows]).double()
         n_att = len(x) - len(clean)
         mean, scale = x.mean(0), x.std(0).clamp_min(1e-3)
@@ -87,7 +97,9 @@ class PathScorer:
                 raise ValueError(f"expected one log prior per family ({len(fams)}), found {len(prior)}")
             unknown = sorted({a for f in fams for a in f} - set(attacked))
             if unknown:
-                raise ValueError(f"families name attacks {unknown} that have no rows; attacked sets: {sorted(attacked)}")
+                raise ValueError(
+                    f"families name attacks {unknown} that have no rows; attacked sets: {sorted(attacked)}"
+                )
             models, kept_prior = [], []
             for fam, lp in zip(fams, prior):
                 att = [attacked[a] for a in fam if len(attacked[a])]
@@ -103,12 +115,22 @@ class PathScorer:
             ensemble, log_prior_t = TreeEnsemble.from_sklearn(models), torch.tensor(kept_prior, dtype=torch.float64)
         else:
             log_prior_t = None
-        return cls(mean.float(), scale.float(), torch.from_numpy(lr.coef_[0]).float(), float(lr.intercept_[0]), ensemble,
-                   log_prior=log_prior_t)
+        return cls(
+            mean.float(),
+            scale.float(),
+            torch.from_numpy(lr.coef_[0]).float(),
+            float(lr.intercept_[0]),
+            ensemble,
+            log_prior=log_prior_t,
+        )
 
     def tensors(self) -> dict[str, Tensor]:
-        t = {"scorer.mean": self.mean, "scorer.scale": self.scale, "scorer.coef": self.coef,
-             "scorer.intercept": torch.tensor([self.intercept])}
+        t = {
+            "scorer.mean": self.mean,
+            "scorer.scale": self.scale,
+            "scorer.coef": self.coef,
+            "scorer.intercept": torch.tensor([self.intercept]),
+        }
         if self.surrogate_threshold is not None:
             t["scorer.surrogate_threshold"] = torch.tensor([self.surrogate_threshold], dtype=torch.float64)
         if self.log_prior is not None:
@@ -116,19 +138,25 @@ class PathScorer:
         return t | (self.trees.tensors() if self.trees is not None else {})
 
     @classmethod
-    def from_tensors(cls, t: dict[str, Tensor]) -> "PathScorer":
+    def from_tensors(cls, t: dict[str, Tensor]) -> PathScorer:
         known = {f"scorer.{k}" for k in ("mean", "scale", "coef", "intercept", "surrogate_threshold", "log_prior")}
         known |= {f"scorer.trees.{k}" for k in ("feature", "threshold", "left", "value", "depth", "group", "baseline")}
         unknown = sorted(k for k in t if k.startswith("scorer.") and k not in known)
         if unknown:
-            raise ValueError(f"unexpected scorer tensors {unknown} (written by another version?); expected some of {sorted(known)}")
+            raise ValueError(
+                f"unexpected scorer tensors {unknown} (written by another version?); expected some of {sorted(known)}"
+            )
         trees = TreeEnsemble.from_tensors(t) if "scorer.trees.baseline" in t else None
         sur = float(t["scorer.surrogate_threshold"][0]) if "scorer.surrogate_threshold" in t else None
         lp = t.get("scorer.log_prior")
         if lp is not None and (trees is None or lp.shape != trees.baseline.shape):
-            raise ValueError(f"expected one log prior per tree model, shape {tuple(trees.baseline.shape) if trees else (0,)}, "
-                             f"found {tuple(lp.shape)}")
-        return cls(t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]), trees, sur, lp)
+            raise ValueError(
+                f"expected one log prior per tree model, shape {tuple(trees.baseline.shape) if trees else (0,)}, "
+                f"found {tuple(lp.shape)}"
+            )
+        return cls(
+            t["scorer.mean"], t["scorer.scale"], t["scorer.coef"], float(t["scorer.intercept"][0]), trees, sur, lp
+        )
 
 
 def calibrate_threshold(clean_scores: Tensor, target_fpr: float) -> float:

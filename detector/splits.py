@@ -36,7 +36,9 @@ def balanced_subset(idx: Tensor, y: Tensor, n: int, num_classes: int) -> Tensor:
     return picked.sort().values[:n] if len(picked) > n else picked.sort().values
 
 
-def fit_threshold_split(y: Tensor, num_classes: int, seed: int = 0, threshold_share: float = 0.4) -> tuple[Tensor, Tensor]:
+def fit_threshold_split(
+    y: Tensor, num_classes: int, seed: int = 0, threshold_share: float = 0.4
+) -> tuple[Tensor, Tensor]:
     """(fit indices, threshold indices) into calibration labels y: each class's images shuffled (seeded), the first
     `threshold_share` of them for the threshold, the rest for fitting the scorer."""
     per_class = shuffled_per_class(y, num_classes, seed)

@@ -5,6 +5,7 @@ filters; the second conv of a block also sees only the first conv's open filters
 conv reads the residual stream, which is always dense. The stem conv and the FC are always counted in full.
 Gate MACs (GAP + two small FCs) are reported separately, so the DND FLOPs ratio stays comparable to the paper.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .data import to_unit_float
-from .model import CifarResNet, INPUT_HW
+from .model import INPUT_HW, CifarResNet
 
 
 def _fixed_macs(model: CifarResNet) -> int:
@@ -32,12 +33,17 @@ def gate_macs(model: CifarResNet) -> int:
     for u in model.units():
         if u.gate is not None:
             hw_in = (u.out_hw * u.conv.stride[0]) ** 2
-            total += u.cin * hw_in + u.gate.fc1.in_features * u.gate.fc1.out_features + u.gate.fc2.in_features * u.gate.fc2.out_features
+            total += (
+                u.cin * hw_in
+                + u.gate.fc1.in_features * u.gate.fc1.out_features
+                + u.gate.fc2.in_features * u.gate.fc2.out_features
+            )
     return total
 
 
 def macs_per_sample(model: CifarResNet, z: list[Tensor]) -> Tensor:
-    """Conv + FC MACs for each sample, (N,) float64 on z's device, from the per-layer open-filter masks z (L x (N, C_l)).
+    """Conv + FC MACs for each sample, (N,) float64 on z's device, from the per-layer open-filter masks z
+    (L x (N, C_l)).
     Stays on that device: in a GPU training step a host copy per layer would stall the launch queue 18 times."""
     units = model.units()
     if len(z) != len(units):
@@ -51,26 +57,31 @@ def macs_per_sample(model: CifarResNet, z: list[Tensor]) -> Tensor:
 
 
 @torch.inference_mode()
-def collect_gate_paths(model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
-                       ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+def collect_gate_paths(
+    model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Eval-mode logits (N, K), binary paths L x (N, C_l) (bool) and gate logits L x (N, C_l) (float32; z = 1(s > 0))
     for uint8 or [0,1] float images x."""
     model.eval()
     logits, paths, gates = [], [], []
     for i in range(0, max(len(x), 1), batch_size):  # one empty batch for empty x: (0, K) logits, (0, C_l) paths
-        xb = x[i:i + batch_size].to(device)
+        xb = x[i : i + batch_size].to(device)
         xb = to_unit_float(xb)
         out = model.forward_paths(xb.contiguous(memory_format=torch.channels_last))
         logits.append(out.logits.float().cpu())
         paths.append([z.bool().cpu() for z in out.z])
         gates.append([s.float().cpu() for s in out.s])
     layers = range(len(paths[0]))
-    return (torch.cat(logits), [torch.cat([p[l] for p in paths]) for l in layers],
-            [torch.cat([g[l] for g in gates]) for l in layers])
+    return (
+        torch.cat(logits),
+        [torch.cat([p[l] for p in paths]) for l in layers],
+        [torch.cat([g[l] for g in gates]) for l in layers],
+    )
 
 
-def collect_paths(model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
-                  ) -> tuple[Tensor, list[Tensor]]:
+def collect_paths(
+    model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+) -> tuple[Tensor, list[Tensor]]:
     """Eval-mode logits (N, K) and binary paths L x (N, C_l) (bool) for uint8 or [0,1] float images x."""
     logits, z, _ = collect_gate_paths(model, x, batch_size, device)
     return logits, z
@@ -99,28 +110,50 @@ def pruned_parameters(model: CifarResNet, z: list[Tensor]) -> int:
     return total
 
 
-def compute_stats(model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 500,
-                  device: str | torch.device = "cpu") -> dict[str, Any]:
+def compute_stats(
+    model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Everything `dnd stats` reports, on images x (N,3,32,32) uint8 or float and labels y (N,)."""
     logits, z = collect_paths(model, x, batch_size, device)
     acc = float((logits.argmax(1) == y).float().mean())
     dense = dense_macs(model)
-    out: dict[str, Any] = {"n_images": len(y), "test_accuracy": acc, "dense_macs": dense,
-                           "parameters": sum(p.numel() for p in model.parameters()),
-                           "decoupled": model.cfg.decoupled}
+    out: dict[str, Any] = {
+        "n_images": len(y),
+        "test_accuracy": acc,
+        "dense_macs": dense,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "decoupled": model.cfg.decoupled,
+    }
     if not z:  # dense model: every filter of every (would-be gated) conv is open for every image
         n_filters = sum(u.cout for u in model.units())
-        out.update(mean_macs=float(dense), flops_ratio=1.0, gate_macs=0,
-                   filter_states={"activated": n_filters, "silent": 0, "dynamic": 0, "total": n_filters},
-                   parameters_without_silent=out["parameters"], per_layer=[
-                       {"layer": i, "filters": u.cout, "density": 1.0, "activated": u.cout, "silent": 0, "dynamic": 0}
-                       for i, u in enumerate(model.units())])
+        out.update(
+            mean_macs=float(dense),
+            flops_ratio=1.0,
+            gate_macs=0,
+            filter_states={"activated": n_filters, "silent": 0, "dynamic": 0, "total": n_filters},
+            parameters_without_silent=out["parameters"],
+            per_layer=[
+                {"layer": i, "filters": u.cout, "density": 1.0, "activated": u.cout, "silent": 0, "dynamic": 0}
+                for i, u in enumerate(model.units())
+            ],
+        )
         return out
     macs = macs_per_sample(model, z)
-    out.update(mean_macs=float(macs.mean()), flops_ratio=float(macs.mean()) / dense, gate_macs=gate_macs(model),
-               flops_ratio_with_gates=(float(macs.mean()) + gate_macs(model)) / dense,
-               filter_states=filter_states(z), parameters_without_silent=pruned_parameters(model, z))
-    out["per_layer"] = [{"layer": i, "filters": zl.shape[1], "density": float(zl.float().mean()),
-                         **{k: v for k, v in filter_states([zl]).items() if k != "total"}}
-                        for i, zl in enumerate(z)]
+    out.update(
+        mean_macs=float(macs.mean()),
+        flops_ratio=float(macs.mean()) / dense,
+        gate_macs=gate_macs(model),
+        flops_ratio_with_gates=(float(macs.mean()) + gate_macs(model)) / dense,
+        filter_states=filter_states(z),
+        parameters_without_silent=pruned_parameters(model, z),
+    )
+    out["per_layer"] = [
+        {
+            "layer": i,
+            "filters": zl.shape[1],
+            "density": float(zl.float().mean()),
+            **{k: v for k, v in filter_states([zl]).items() if k != "total"},
+        }
+        for i, zl in enumerate(z)
+    ]
     return out

@@ -1,5 +1,6 @@
 """The `path` scorer's gradient-boosted trees, exported from scikit-learn to plain tensors and walked by one small
 compiled loop: no pickle and no scikit-learn at serving time."""
+
 from __future__ import annotations
 
 import functools
@@ -9,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
 
 @functools.cache
 def _walk_kernel() -> Any:
@@ -20,8 +22,12 @@ def _walk_kernel() -> Any:
     every run, 0.08 ms for one image (torch: 0.7-0.85 ms). nogil: the service's event loop runs on meanwhile."""
     import numba
 
-    @numba.njit("void(float32[:, ::1], int32[:, ::1], float32[:, ::1], int32[:, ::1], float64[:, ::1], int64[::1], "
-                "float64[:, ::1])", nogil=True, cache=False)
+    @numba.njit(
+        "void(float32[:, ::1], int32[:, ::1], float32[:, ::1], int32[:, ::1], float64[:, ::1], int64[::1], "
+        "float64[:, ::1])",
+        nogil=True,
+        cache=False,
+    )
     def walk(x, feature, threshold, left, value, group, out):  # pragma: no cover - compiled
         # x (N, F); tree arrays (T, M); out (N, K) holds the baselines and receives each reached leaf's value
         for i in range(x.shape[0]):
@@ -44,16 +50,16 @@ class TreeEnsemble:
     Layout (T trees padded to M nodes, sorted by depth, deepest first): node j's children are left[j] and left[j] + 1
     (renumbered so), and it goes right iff x[feature[j]] > threshold[j]. A leaf points to itself (threshold +inf)."""
 
-    feature: Tensor    # (T, M) int64
+    feature: Tensor  # (T, M) int64
     threshold: Tensor  # (T, M) float32: sklearn's float64 split value rounded down, exact for float32 inputs
-    left: Tensor       # (T, M) int64
-    value: Tensor      # (T, M) float64 (leaves; 0 elsewhere)
-    depth: Tensor      # (T,) int64, non-increasing
-    group: Tensor      # (T,) int64: which of the K models the tree belongs to
-    baseline: Tensor   # (K,) float64
+    left: Tensor  # (T, M) int64
+    value: Tensor  # (T, M) float64 (leaves; 0 elsewhere)
+    depth: Tensor  # (T,) int64, non-increasing
+    group: Tensor  # (T,) int64: which of the K models the tree belongs to
+    baseline: Tensor  # (K,) float64
 
     @classmethod
-    def from_sklearn(cls, clfs: list[Any]) -> "TreeEnsemble":
+    def from_sklearn(cls, clfs: list[Any]) -> TreeEnsemble:
         trees = [(k, p[0].nodes) for k, clf in enumerate(clfs) for p in clf._predictors]  # binary: one per iteration
         trees.sort(key=lambda kn: -int(kn[1]["depth"].max()))
         t, m = len(trees), max(len(n) for _, n in trees)
@@ -75,7 +81,11 @@ class TreeEnsemble:
                     t32 = np.float32(t64)
                     if t32 > t64:  # round down: for float32 x, x <= t64 iff x <= t32
                         t32 = np.nextafter(t32, np.float32(-np.inf))
-                    feature[i, j], threshold[i, j], left[i, j] = int(n["feature_idx"][old]), float(t32), new[int(n["left"][old])]
+                    feature[i, j], threshold[i, j], left[i, j] = (
+                        int(n["feature_idx"][old]),
+                        float(t32),
+                        new[int(n["left"][old])],
+                    )
         depth = torch.tensor([int(n["depth"].max()) for _, n in trees])
         group = torch.tensor([k for k, _ in trees], dtype=torch.int64)
         baseline = torch.tensor([float(c._baseline_prediction.ravel()[0]) for c in clfs], dtype=torch.float64)
@@ -85,8 +95,13 @@ class TreeEnsemble:
     def _arrays(self) -> tuple[np.ndarray, ...]:
         """The walk's inputs as contiguous numpy arrays of the kernel's dtypes (int32 indices: M, F < 2^31)."""
         c = lambda t, dt: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=dt)  # noqa: E731
-        return (c(self.feature, np.int32), c(self.threshold, np.float32), c(self.left, np.int32),
-                c(self.value, np.float64), c(self.group, np.int64))
+        return (
+            c(self.feature, np.int32),
+            c(self.threshold, np.float32),
+            c(self.left, np.int32),
+            c(self.value, np.float64),
+            c(self.group, np.int64),
+        )
 
     @functools.cached_property
     def _max_feature(self) -> int:
@@ -96,7 +111,7 @@ class TreeEnsemble:
     def _baseline(self) -> np.ndarray:
         return self.baseline.detach().cpu().numpy().astype(np.float64)
 
-    def compile(self) -> "TreeEnsemble":
+    def compile(self) -> TreeEnsemble:
         """Compile the walk now (numba import + compilation, ~1 s once per process) instead of at the first score."""
         _walk_kernel()
         return self
@@ -107,23 +122,30 @@ class TreeEnsemble:
         x = np.ascontiguousarray(features.detach().float().cpu().numpy())
         top = self._max_feature  # the kernel does not bounds-check: too few columns are refused
         if x.ndim != 2 or x.shape[1] <= top:
-            raise ValueError(f"expected (N, F) path features with F > {top} (the trees' largest feature index), "
-                             f"found shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected (N, F) path features with F > {top} (the trees' largest feature index), "
+                f"found shape {tuple(x.shape)}"
+            )
         out = np.tile(self._baseline, (len(x), 1))  # (N, K)
         _walk_kernel()(x, *self._arrays, out)
         return torch.from_numpy(out).to(features.device)
 
     def tensors(self) -> dict[str, Tensor]:
-        return {f"scorer.trees.{k}": getattr(self, k) for k in ("feature", "threshold", "left", "value", "depth", "group",
-                                                                "baseline")}
+        return {
+            f"scorer.trees.{k}": getattr(self, k)
+            for k in ("feature", "threshold", "left", "value", "depth", "group", "baseline")
+        }
 
     @classmethod
-    def from_tensors(cls, t: dict[str, Tensor]) -> "TreeEnsemble":
+    def from_tensors(cls, t: dict[str, Tensor]) -> TreeEnsemble:
         feature = t["scorer.trees.feature"]
         # a scorer of one tree model may be stored without its group
         group = t.get("scorer.trees.group", torch.zeros(len(feature), dtype=torch.int64))
-        return cls(*(t[f"scorer.trees.{k}"] for k in ("feature", "threshold", "left", "value", "depth")), group=group,
-                   baseline=t["scorer.trees.baseline"].double())
+        return cls(
+            *(t[f"scorer.trees.{k}"] for k in ("feature", "threshold", "left", "value", "depth")),
+            group=group,
+            baseline=t["scorer.trees.baseline"].double(),
+        )
 
 
 # Boosting settings, one model per attack family. 600 trees at rate 0.05 were chosen for the single model on a
@@ -132,5 +154,10 @@ class TreeEnsemble:
 # score as well as two at 600 / 0.05 (threshold part, logsumexp(A, B - 1): 0.904 / 0.954 / 0.837 / 0.899 vs 0.904 /
 # 0.953 / 0.835 / 0.899 FGSM / PGD / CW / DeepFool) and keep scoring as cheap as the
 # one 600-tree model was.
-TREE_PARAMS: dict[str, Any] = {"learning_rate": 0.1, "max_iter": 300, "max_leaf_nodes": 31, "early_stopping": False,
-                               "random_state": 0}
+TREE_PARAMS: dict[str, Any] = {
+    "learning_rate": 0.1,
+    "max_iter": 300,
+    "max_leaf_nodes": 31,
+    "early_stopping": False,
+    "random_state": 0,
+}

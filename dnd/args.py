@@ -31,7 +31,7 @@ finite = checked(float, math.isfinite, "a finite number")  # a NaN threshold wou
 
 
 def attack_names(csv: str) -> list[str]:
-    """"fgsm,PGD" -> ["fgsm", "pgd"]; every name must be a known attack."""
+    """ "fgsm,PGD" -> ["fgsm", "pgd"]; every name must be a known attack."""
     from detector.attacks import ATTACKS
 
     names = [n.strip().lower() for n in csv.split(",") if n.strip()]

@@ -10,7 +10,9 @@ from .commands import detect, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dnd", description="Dynamic Neural Network Decoupling: adversarial-example detector")
+    parser = argparse.ArgumentParser(
+        prog="dnd", description="Dynamic Neural Network Decoupling: adversarial-example detector"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (train, detect, serve):
         group.register(sub)

@@ -19,6 +19,7 @@ runs/X-decoupled/metrics.json with a runs/X-evaluation/report.json) beside the s
 the candidates table in README.md is its output. A candidate whose fine-tune has the shipped fine-tune's weights
 (config.json `weights_sha256`) is the shipped pair itself: its row says so instead of judging it against itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,23 @@ def dense_of(root: Path, decoupled: Path, fallback: Path) -> Path:
     dense = root / init["path"]
     found = load(dense / "config.json").get("weights_sha256")
     if found != init.get("weights_sha256"):
-        print(f"{decoupled} was fine-tuned from weights {init.get('weights_sha256')} but {dense} now holds {found}: "
-              "the pair does not match", file=sys.stderr)
+        print(
+            f"{decoupled} was fine-tuned from weights {init.get('weights_sha256')} but {dense} now holds {found}: "
+            "the pair does not match",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return dense
 
 
 def figures(dense: Path, decoupled: Path, report: Path) -> dict[str, float]:
     d, f, r = load(dense / "metrics.json"), load(decoupled / "metrics.json"), load(report / "report.json")
-    out = {"dense": d["test_accuracy"], "decoupled": f["test_accuracy"], "flops": f["flops_ratio"],
-           "dynamic_share": f["filter_states"]["dynamic"] / f["filter_states"]["total"]}
+    out = {
+        "dense": d["test_accuracy"],
+        "decoupled": f["test_accuracy"],
+        "flops": f["flops_ratio"],
+        "dynamic_share": f["filter_states"]["dynamic"] / f["filter_states"]["total"],
+    }
     out |= {a: r["attacks"][a]["detectors"]["path"]["auroc"] for a in ATTACKS}
     out["mean"] = sum(out[a] for a in ATTACKS) / len(ATTACKS)
     return out
@@ -72,11 +80,13 @@ def details(dense: Path, decoupled: Path, report: Path) -> dict[str, float]:
 
 def rules(cand: dict[str, float], ship: dict[str, float]) -> list[tuple[str, bool]]:
     """The shipping rule, written down before the candidates' reports were read; (text, holds) per clause."""
-    return [("path AUROC >= 0.90 on FGSM and PGD", cand["fgsm"] >= 0.90 and cand["pgd"] >= 0.90),
-            ("mean path AUROC not lower by more than 0.01", cand["mean"] >= ship["mean"] - 0.01),
-            ("fine-tune within 1.0 point of its dense", cand["decoupled"] >= cand["dense"] - 0.010),
-            ("dense accuracy >= 88.5%", cand["dense"] >= 0.885),
-            ("FLOPs <= 0.70 x dense and dynamic filters >= 15%", cand["flops"] <= 0.70 and cand["dynamic_share"] >= 0.15)]
+    return [
+        ("path AUROC >= 0.90 on FGSM and PGD", cand["fgsm"] >= 0.90 and cand["pgd"] >= 0.90),
+        ("mean path AUROC not lower by more than 0.01", cand["mean"] >= ship["mean"] - 0.01),
+        ("fine-tune within 1.0 point of its dense", cand["decoupled"] >= cand["dense"] - 0.010),
+        ("dense accuracy >= 88.5%", cand["dense"] >= 0.885),
+        ("FLOPs <= 0.70 x dense and dynamic filters >= 15%", cand["flops"] <= 0.70 and cand["dynamic_share"] >= 0.15),
+    ]
 
 
 def weights_of(bundle: Path) -> str | None:
@@ -87,22 +97,31 @@ def weights_of(bundle: Path) -> str | None:
 def table(root: Path) -> str:
     """Markdown: the shipped pair, then every finished candidate under runs/, sorted by name."""
     shipped_weights = weights_of(root / "models" / "resnet20-decoupled")
-    ship = details(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
-                   root / "reports" / "evaluation")
+    ship = details(
+        root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled", root / "reports" / "evaluation"
+    )
     runs = root / "runs"
-    names = sorted(n for n in (p.name.removesuffix("-decoupled") for p in runs.glob("*-decoupled"))
-                   if (runs / f"{n}-decoupled" / "metrics.json").is_file()
-                   and (runs / f"{n}-evaluation" / "report.json").is_file())
-    head = ("| pair | dense | decoupled | gap (points) | FLOPs | activated / dynamic / silent | `path` AUROC FGSM / PGD / "
-            "CW / DeepFool | mean | Mahalanobis FGSM / PGD / CW / DeepFool | adaptive: accuracy kept | rules failed |")
+    names = sorted(
+        n
+        for n in (p.name.removesuffix("-decoupled") for p in runs.glob("*-decoupled"))
+        if (runs / f"{n}-decoupled" / "metrics.json").is_file() and (runs / f"{n}-evaluation" / "report.json").is_file()
+    )
+    head = (
+        "| pair | dense | decoupled | gap (points) | FLOPs | activated / dynamic / silent | `path` AUROC FGSM / PGD / "
+        "CW / DeepFool | mean | Mahalanobis FGSM / PGD / CW / DeepFool | adaptive: accuracy kept | rules failed |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
 
     def row(label: str, x: dict[str, float], failed: str) -> str:
-        four = lambda pre: " / ".join(f"{x[pre + a]:.3f}" for a in ATTACKS)
-        return (f"| {label} | {100 * x['dense']:.2f}% | {100 * x['decoupled']:.2f}% | "
-                f"{100 * (x['decoupled'] - x['dense']):+.2f} | {x['flops']:.3f} | "
-                f"{x['activated']} / {x['dynamic']} / {x['silent']} | {four('')} | {x['mean']:.4f} | "
-                f"{four('maha_')} | {100 * x['kept']:.1f}% | {failed} |")
+        def four(pre: str) -> str:
+            return " / ".join(f"{x[pre + a]:.3f}" for a in ATTACKS)
+
+        return (
+            f"| {label} | {100 * x['dense']:.2f}% | {100 * x['decoupled']:.2f}% | "
+            f"{100 * (x['decoupled'] - x['dense']):+.2f} | {x['flops']:.3f} | "
+            f"{x['activated']} / {x['dynamic']} / {x['silent']} | {four('')} | {x['mean']:.4f} | "
+            f"{four('maha_')} | {100 * x['kept']:.1f}% | {failed} |"
+        )
 
     rows.append(row("shipped (`models/`)", ship, "(the reference the rules compare against)"))
     for name in names:
@@ -131,8 +150,9 @@ def main() -> int:
     dense = dense_of(root, decoupled, root / "runs" / f"{a.name}-dense")
     print(f"candidate: {dense} -> {decoupled}")
     cand = figures(dense, decoupled, root / "runs" / f"{a.name}-evaluation")
-    ship = figures(root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled",
-                   root / "reports" / "evaluation")
+    ship = figures(
+        root / "models" / "resnet20-dense", root / "models" / "resnet20-decoupled", root / "reports" / "evaluation"
+    )
     print(f"{'':14s} {'shipped':>9s} {'candidate':>10s}")
     for k in ("dense", "decoupled", "flops", "dynamic_share", *ATTACKS, "mean"):
         print(f"{k:14s} {ship[k]:9.4f} {cand[k]:10.4f}")

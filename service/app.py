@@ -37,12 +37,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async def load_in_background() -> None:
         try:
             det = await asyncio.to_thread(load, s)
-        except Exception as e:  # noqa: BLE001 - stay alive, report not-ready with the reason
+        except Exception as e:
             st.load_error = f"{type(e).__name__}: {e}"
             log.error("could not load %s: %s", s.model_dir, st.load_error)
             return
-        st.batcher = MicroBatcher(det, s.max_batch, s.max_wait_ms / 1000, st.metrics.batch.observe,
-                                  threads_for=lambda n: s.threads if n >= s.parallel_min_batch else 1)
+        st.batcher = MicroBatcher(
+            det,
+            s.max_batch,
+            s.max_wait_ms / 1000,
+            st.metrics.batch.observe,
+            threads_for=lambda n: s.threads if n >= s.parallel_min_batch else 1,
+        )
         st.batcher.start()
         log.info("loaded %s (threshold %.4f)", s.model_dir, det.threshold)
 
@@ -56,8 +61,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(title="DND adversarial-example detector", version="0.2.0", lifespan=lifespan,
-                  description="Classifies CIFAR-10 images and flags adversarial ones from their calculation paths.")
+    app = FastAPI(
+        title="DND adversarial-example detector",
+        version="0.2.0",
+        lifespan=lifespan,
+        description="Classifies CIFAR-10 images and flags adversarial ones from their calculation paths.",
+    )
     app.state.dnd = State(settings)
     app.add_middleware(RequestContext, metrics=app.state.dnd.metrics)
     install_handlers(app)

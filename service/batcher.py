@@ -6,9 +6,11 @@ set per batch by `threads_for(batch size)`: one thread for the small batches of 
 HTTP (latency), all of them for the large batches of heavy load (throughput). The detector is read
 once per batch, so `swap()` (admin reload) takes effect between batches and no request is dropped.
 """
+
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,8 +21,14 @@ from detector.api import Detector, Prediction
 
 
 class MicroBatcher:
-    def __init__(self, detector: Detector, max_batch: int, max_wait_s: float,
-                 on_batch: Callable[[int], None] | None = None, threads_for: Callable[[int], int] | None = None) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        max_batch: int,
+        max_wait_s: float,
+        on_batch: Callable[[int], None] | None = None,
+        threads_for: Callable[[int], int] | None = None,
+    ) -> None:
         self.detector, self.max_batch, self.max_wait_s = detector, max_batch, max_wait_s
         self.on_batch, self.threads_for = on_batch, threads_for
         self._queue: asyncio.Queue[tuple[Tensor, asyncio.Future]] = asyncio.Queue()
@@ -33,10 +41,8 @@ class MicroBatcher:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self._pool.shutdown(wait=True)
 
     def swap(self, detector: Detector) -> None:
@@ -66,15 +72,17 @@ class MicroBatcher:
             while n < self.max_batch:
                 try:
                     timeout = deadline - loop.time()
-                    item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    item = (
+                        self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
+                    )
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
                 items.append(item)
                 n += len(item[0])
             det = self.detector
             try:
                 pred = await loop.run_in_executor(self._pool, self._predict, det, torch.cat([x for x, _ in items]))
-            except Exception as e:  # noqa: BLE001 - hand the failure to every waiting request
+            except Exception as e:
                 for _, fut in items:
                     if not fut.done():
                         fut.set_exception(e)
@@ -87,4 +95,3 @@ class MicroBatcher:
                 start += len(x)
                 if not fut.done():  # the client may have gone away
                     fut.set_result((pred.select(sl), det))
-

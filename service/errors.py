@@ -27,8 +27,14 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-IMAGE_STATUS = {"empty_body": 400, "not_an_image": 415, "corrupt_image": 400, "image_too_large": 413,
-                "invalid_base64": 400, "invalid_json": 422}
+IMAGE_STATUS = {
+    "empty_body": 400,
+    "not_an_image": 415,
+    "corrupt_image": 400,
+    "image_too_large": 413,
+    "invalid_base64": 400,
+    "invalid_json": 422,
+}
 
 
 def from_image_error(e: ImageError) -> ApiError:
@@ -54,8 +60,9 @@ def request_id(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 
-def error_response(status: int, code: str, message: str, path: str, rid: str | None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, path: str, rid: str | None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     if path.startswith("/v2/"):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     body = {"error": {"status": status, "code": code, "message": message, "request_id": rid}}
@@ -85,10 +92,17 @@ def install_handlers(app: FastAPI) -> None:
 
 def responses(*statuses: int, oip: bool = False) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for the error statuses a route can answer."""
-    words = {400: "bad request (corrupt image, bad base64, malformed OIP request)", 401: "missing or wrong X-API-Key",
-             404: "not found (unknown model, or route disabled)", 408: "the body did not arrive in time",
-             409: "reload failed; the current model is kept", 413: "body, image or batch too large",
-             415: "not an accepted image type", 422: "malformed JSON or request", 500: "unexpected error (request id)",
-             503: "model not loaded yet"}
+    words = {
+        400: "bad request (corrupt image, bad base64, malformed OIP request)",
+        401: "missing or wrong X-API-Key",
+        404: "not found (unknown model, or route disabled)",
+        408: "the body did not arrive in time",
+        409: "reload failed; the current model is kept",
+        413: "body, image or batch too large",
+        415: "not an accepted image type",
+        422: "malformed JSON or request",
+        500: "unexpected error (request id)",
+        503: "model not loaded yet",
+    }
     model = OipErrorBody if oip else ErrorBody
     return {s: {"model": model, "description": words[s]} for s in statuses}

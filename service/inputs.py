@@ -32,17 +32,23 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     with 408 if it has not arrived within `timeout` seconds."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"expected a body of at most {limit} bytes, found Content-Length {declared}")
+        raise ApiError(
+            413, "body_too_large", f"expected a body of at most {limit} bytes, found Content-Length {declared}"
+        )
     chunks, n = [], 0
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 n += len(chunk)
                 if n > limit:
-                    raise ApiError(413, "body_too_large", f"expected a body of at most {limit} bytes; stopped reading at {n}")
+                    raise ApiError(
+                        413, "body_too_large", f"expected a body of at most {limit} bytes; stopped reading at {n}"
+                    )
                 chunks.append(chunk)
     except TimeoutError:
-        raise ApiError(408, "body_timeout", f"expected the whole body within {timeout:g} s; received {n} bytes") from None
+        raise ApiError(
+            408, "body_timeout", f"expected the whole body within {timeout:g} s; received {n} bytes"
+        ) from None
     return b"".join(chunks)
 
 
@@ -83,9 +89,14 @@ def multipart_file(body: bytes, content_type: str) -> tuple[bytes, str]:
             raise ApiError(400, "invalid_multipart", f"expected at most {MAX_PARTS} parts")
         parts.append(({}, []))
 
-    callbacks = {"on_part_begin": begin, "on_header_field": field_part, "on_header_value": header_value,
-                 "on_header_end": lambda: field.__setitem__(0, b""), "on_part_data": lambda d, s, e: parts[-1][1].append(d[s:e]),
-                 "on_end": lambda: ended.append(True)}
+    callbacks = {
+        "on_part_begin": begin,
+        "on_header_field": field_part,
+        "on_header_value": header_value,
+        "on_header_end": lambda: field.__setitem__(0, b""),
+        "on_part_data": lambda d, s, e: parts[-1][1].append(d[s:e]),
+        "on_end": lambda: ended.append(True),
+    }
     try:
         parser = MultipartParser(boundary, callbacks)
         parser.write(body)
@@ -124,11 +135,16 @@ def parse_payload(content_type: str, body: bytes, s: Settings) -> tuple[torch.Te
         if not isinstance(imgs, list) or not imgs:
             raise ApiError(422, "invalid_json", 'expected {"images": [<base64 image>, ...]} with at least one image')
         if len(imgs) > s.max_images:
-            raise ApiError(413, "too_many_images", f"expected at most {s.max_images} images per request, found {len(imgs)}")
+            raise ApiError(
+                413, "too_many_images", f"expected at most {s.max_images} images per request, found {len(imgs)}"
+            )
         raws = [decode_base64(v, i) for i, v in enumerate(imgs)]
     else:
-        raise ApiError(415, "unsupported_media_type", "expected an image/* body, multipart/form-data or "
-                       f"application/json, found {ctype or 'no content type'}")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"expected an image/* body, multipart/form-data or application/json, found {ctype or 'no content type'}",
+        )
     decoded = [decode_image(r, s.max_image_pixels) for r in raws]  # one at a time: one decoded image in memory
     return torch.stack([x for x, _ in decoded]), [r for _, r in decoded]
 
@@ -137,7 +153,10 @@ async def parse_images(request: Request, s: Settings, pool: Executor) -> tuple[t
     """Read the body here, parse and decode it in `pool`."""
     body = await read_body(request, s.body_limit, s.body_timeout_s)
     if not body:
-        raise ApiError(400, "empty_body", "expected an image (raw, multipart field `file`, or JSON base64 list), "
-                       "found an empty body")
+        raise ApiError(
+            400,
+            "empty_body",
+            "expected an image (raw, multipart field `file`, or JSON base64 list), found an empty body",
+        )
     ctype = request.headers.get("content-type", "")
     return await asyncio.get_running_loop().run_in_executor(pool, parse_payload, ctype, body, s)

@@ -47,9 +47,13 @@ class RequestContext:
             await self.app(scope, receive, send_wrapper)
         except ClientDisconnect:
             status[0] = 499
-            log.info("client went away before sending the whole body (%s %s, request id %s)", scope["method"],
-                     scope["path"], rid)
-        except Exception:  # noqa: BLE001 - the one place unexpected errors are logged and answered
+            log.info(
+                "client went away before sending the whole body (%s %s, request id %s)",
+                scope["method"],
+                scope["path"],
+                rid,
+            )
+        except Exception:
             log.exception("unhandled error on %s %s (request id %s)", scope["method"], scope["path"], rid)
             status[0] = 500
             if not started[0]:
@@ -62,9 +66,17 @@ class RequestContext:
 
 async def _internal_error(send: Any, path: str, rid: str) -> None:
     message = f"internal error; quote request id {rid} when reporting it"
-    err: Any = message if path.startswith("/v2/") else {"status": 500, "code": "internal_error", "message": message,
-                                                        "request_id": rid}
+    err: Any = (
+        message
+        if path.startswith("/v2/")
+        else {"status": 500, "code": "internal_error", "message": message, "request_id": rid}
+    )
     body = json.dumps({"error": err}).encode()
-    await send({"type": "http.response.start", "status": 500,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

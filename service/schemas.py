@@ -8,14 +8,37 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-IMAGE_BODY: dict[str, Any] = {"requestBody": {"required": True, "description": (
-    "One image (PNG, JPEG, BMP, GIF, TIFF or WebP) as the raw body or as multipart field `file`, or a JSON batch of "
-    "base64 images. Images that are not 32 x 32 are resized."), "content": {
-    "image/png": _BINARY, "image/jpeg": _BINARY, "application/octet-stream": _BINARY,
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
-    "application/json": {"schema": {"type": "object", "required": ["images"], "properties": {"images": {
-        "type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"}}}}}}}}
+IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "One image (PNG, JPEG, BMP, GIF, TIFF or WebP) as the raw body or as multipart field `file`, or a JSON "
+            "batch of "
+            "base64 images. Images that are not 32 x 32 are resized."
+        ),
+        "content": {
+            "image/png": _BINARY,
+            "image/jpeg": _BINARY,
+            "application/octet-stream": _BINARY,
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "byte"}}
+                    },
+                }
+            },
+        },
+    }
+}
 
 
 class ModelRef(BaseModel):
@@ -24,8 +47,9 @@ class ModelRef(BaseModel):
 
 
 class Divergence(BaseModel):
-    hamming: list[float] = Field(description="per gated layer: share of filters whose state differs from the "
-                                 "predicted class's signature")
+    hamming: list[float] = Field(
+        description="per gated layer: share of filters whose state differs from the predicted class's signature"
+    )
     jaccard: list[float]
 
 

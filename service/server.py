@@ -61,5 +61,14 @@ def run(host: str, port: int, log_level: str, overrides: dict[str, Any]) -> None
         os.environ[f"DND_{k.upper()}"] = str(v)
     s = Settings()  # validated here: a bad value stops the service before uvicorn starts
     GuardedHttpTools.head_timeout = s.header_timeout_s
-    uvicorn.run("service.app:create_app", factory=True, host=host, port=port, log_level=log_level,
-                workers=s.workers, http=GuardedHttpTools, timeout_keep_alive=5, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        workers=s.workers,
+        http=GuardedHttpTools,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+    )

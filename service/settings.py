@@ -25,13 +25,17 @@ class Settings(BaseSettings):
     # torch intra-op threads, chosen per batch. A small batch runs on one thread and leaves the other cores to HTTP
     # (2 cores, fixed 2 threads: p99 at concurrency 8 was 76 ms vs 45 ms with 1); a large batch, which only comes
     # when many requests wait, runs on `threads` (fixed 1 thread: 320 images/s at concurrency 64 vs 415 with 2).
-    threads: int = Field(default_factory=lambda: len(os.sched_getaffinity(0)), ge=1)  # for batches >= parallel_min_batch
+    threads: int = Field(
+        default_factory=lambda: len(os.sched_getaffinity(0)), ge=1
+    )  # for batches >= parallel_min_batch
     parallel_min_batch: int = Field(16, ge=1)  # smaller batches run on a single thread
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")  # refused at start-up, not when the model loads
     trace: bool = True  # TorchScript forward (releases the GIL while a batch runs); see Detector.trace
     # Request bodies are parsed and decoded in this many threads, off the event loop: a request of 64 large images
     # then delays other requests by its queue position, not /healthz by its decoding time.
     decode_threads: int = Field(2, ge=1)
-    header_timeout_s: float = Field(10.0, gt=0)  # a request's head must arrive within this (slowloris connections close)
+    header_timeout_s: float = Field(
+        10.0, gt=0
+    )  # a request's head must arrive within this (slowloris connections close)
     body_timeout_s: float = Field(30.0, gt=0)  # and its body within this (408 otherwise)
     workers: int = Field(1, ge=1)  # uvicorn worker processes (`dnd serve`); each loads the bundle

@@ -25,7 +25,7 @@ def _images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     for c in range(10):
         base = np.zeros((32, 32, 3), np.float32)
         base[..., c % 3] = 60 + 18 * c
-        base[(c * 3) % 32:(c * 3) % 32 + 8, :, (c + 1) % 3] = 200
+        base[(c * 3) % 32 : (c * 3) % 32 + 8, :, (c + 1) % 3] = 200
         for _ in range(n_per_class):
             xs.append(np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8))
             ys.append(c)
@@ -51,7 +51,9 @@ def write_torchvision_root(root: Path, n_train: int = 30, n_test: int = 10) -> P
         batch = {"data": x[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1), "labels": y[idx].tolist()}
         (d / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
     x, y = _images(n_test, 1)
-    (d / "test_batch").write_bytes(pickle.dumps({"data": x.transpose(0, 3, 1, 2).reshape(len(y), -1), "labels": y.tolist()}))
+    (d / "test_batch").write_bytes(
+        pickle.dumps({"data": x.transpose(0, 3, 1, 2).reshape(len(y), -1), "labels": y.tolist()})
+    )
     (d / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
     return root
 
@@ -66,7 +68,7 @@ def torchvision_root(tmp_path: Path) -> Path:
     return write_torchvision_root(tmp_path / "tv")
 
 
-def tiny_decoupled_model(seed: int = 0):  # noqa: ANN201
+def tiny_decoupled_model(seed: int = 0):
     """An untrained decoupled ResNet-20 in eval mode whose gates open some filters and not others."""
     import torch
 
@@ -85,8 +87,8 @@ def write_detector_bundle(out: Path, seed: int = 0) -> Path:
     import torch
 
     from detector import save_bundle
-    from detector.profiles import PathProfiles, save_profiles
     from detector.features import feature_count
+    from detector.profiles import PathProfiles, save_profiles
     from detector.scorer import PathScorer
 
     m = tiny_decoupled_model(seed)

@@ -16,7 +16,9 @@ from .conftest import write_image_folder
 
 @pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("steps", [1, 3])
-def test_perturbation_stays_in_the_ball_raises_the_loss_and_leaves_bn_and_weights_alone(decoupled: bool, steps: int) -> None:
+def test_perturbation_stays_in_the_ball_raises_the_loss_and_leaves_bn_and_weights_alone(
+    decoupled: bool, steps: int
+) -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(decoupled=decoupled)).train()
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
@@ -62,12 +64,30 @@ def test_adversarial_run_records_robust_accuracy(tmp_path: Path) -> None:
 
     data = write_image_folder(tmp_path / "data", n_train=30, n_test=10)
     out = tmp_path / "robust"
-    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "64", "--eval-limit", "50",
-            "--adv-eps", "8", "--adv-eval-limit", "20"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--eval-limit",
+        "50",
+        "--adv-eps",
+        "8",
+        "--adv-eval-limit",
+        "20",
+    ]
     assert main(args) == 0
     hist = json.loads((out / "train_history.json").read_text())
     assert 0 <= hist[0]["test_robust_accuracy"] <= 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["adv_eps"] == 8 and cfg["adversarial"]["catastrophic_overfitting"] is False
     # offline distillation targets clean images: refused together with adversarial training, before any work
-    assert main([*args[:4], str(tmp_path / "other"), *args[5:], "--init", str(out), "--lambda-kd", "1", "--kd-offline"]) == 2
+    assert (
+        main([*args[:4], str(tmp_path / "other"), *args[5:], "--init", str(out), "--lambda-kd", "1", "--kd-offline"])
+        == 2
+    )

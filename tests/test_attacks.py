@@ -58,11 +58,11 @@ def test_deepfool_batched_jacobian_equals_torchattacks_and_so_do_its_images(mode
 
     from detector.attacks import make_attack
 
-    m, x, y = model_and_data
+    m, x, _ = model_and_data
     ours, theirs = make_attack("deepfool", m), torchattacks.DeepFool(m, steps=50, overshoot=0.02)
     assert isinstance(ours, torchattacks.DeepFool) and type(ours) is not torchattacks.DeepFool
     for k in range(3):
-        xa, xb = x[k:k + 1].clone().requires_grad_(), x[k:k + 1].clone().requires_grad_()
+        xa, xb = x[k : k + 1].clone().requires_grad_(), x[k : k + 1].clone().requires_grad_()
         ja = theirs._construct_jacobian(m(xa)[0], xa)
         jb = ours._construct_jacobian(m(xb)[0], xb)
         assert ja.shape == jb.shape == (10, 1, 3, 32, 32)
@@ -92,7 +92,7 @@ def test_pngs_are_the_8bit_attacks_that_still_fool_the_model(tmp_path: Path) -> 
         row, true, _, pred = f.stem.split("-")
         i = int(row)
         assert s.success[i] and true == CIFAR10_CLASSES[int(s.y[i])]
-        img = torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1)   # lossless: the exact 8-bit image
+        img = torch.from_numpy(np.array(Image.open(f))).permute(2, 0, 1)  # lossless: the exact 8-bit image
         assert torch.equal(img, to_uint8(s.x_adv[i]))
         with torch.no_grad():
             p = int(m(img[None].float() / 255).argmax(1))

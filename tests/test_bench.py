@@ -1,6 +1,7 @@
 """Smoke runs of bench/train_epoch.py (the issue-2 epoch-ratio benchmark), so the script cannot rot unnoticed:
 `make bench` is not part of the test suite. Tiny settings: the figures themselves are not checked, only what the
 script reads and prints."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ SCRIPT = ROOT / "bench" / "train_epoch.py"
 
 
 def _run(*args: str) -> str:
-    r = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "1", "--steps", "1", *args], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rounds", "1", "--steps", "1", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, f"bench/train_epoch.py {' '.join(args)} failed:\n{r.stderr[-3000:]}"
     return r.stdout
 
@@ -23,8 +29,15 @@ def _run(*args: str) -> str:
 def test_train_epoch_setups_ratios_and_profile() -> None:
     out = _run("--batch-size", "8", "--bf16", "--profile", "2")
     assert re.search(r"^tune_malloc: (applied|not applied)", out, re.M), out[:500]
-    setups = ["dense", "decoupled", "decoupled+kd", "decoupled+kd fp32-teacher", "decoupled+kd-offline",
-              "dense bf16", "decoupled+kd bf16"]
+    setups = [
+        "dense",
+        "decoupled",
+        "decoupled+kd",
+        "decoupled+kd fp32-teacher",
+        "decoupled+kd-offline",
+        "dense bf16",
+        "decoupled+kd bf16",
+    ]
     for name in setups:
         assert re.search(rf"^{re.escape(name)} +\d+\.\d ms/step", out, re.M), f"no timing line for {name!r}"
         assert f"\n{name}: top 2 operators by self CPU time" in out, f"no profile table for {name!r}"

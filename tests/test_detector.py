@@ -1,4 +1,5 @@
 """The detector pipeline end to end on tiny generated data: `dnd profiles`, `load_detector`, `dnd evaluate`."""
+
 import json
 import math
 from pathlib import Path
@@ -8,11 +9,11 @@ import torch
 
 from detector import load_detector
 from detector.adaptive import adaptive_pgd
+from detector.features import PathLikelihood, feature_count, likelihood_features, path_distances, path_features
+from detector.profiles import PROFILES, load_profiles
+from detector.scorer import PathScorer
 from detector.splits import balanced_subset, split_test
 from dnd.cli import main
-from detector.profiles import PROFILES, load_profiles
-from detector.features import PathLikelihood, feature_count, likelihood_features, path_distances, path_features
-from detector.scorer import PathScorer
 
 from .conftest import write_image_folder
 
@@ -29,9 +30,33 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bundle(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--data", str(data), "--out", str(runs / "dense"), "--epochs", "6", "--lr", "0.05", *TINY]) == 0
-    assert main(["train", "--data", str(data), "--out", str(runs / "dec"), "--decouple", "--init", str(runs / "dense"),
-                 "--epochs", "2", "--target-flops", "0.7", "--target-ramp-epochs", "0.5", "--lambda-kd", "0", *TINY]) == 0
+    assert (
+        main(["train", "--data", str(data), "--out", str(runs / "dense"), "--epochs", "6", "--lr", "0.05", *TINY]) == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(runs / "dec"),
+                "--decouple",
+                "--init",
+                str(runs / "dense"),
+                "--epochs",
+                "2",
+                "--target-flops",
+                "0.7",
+                "--target-ramp-epochs",
+                "0.5",
+                "--lambda-kd",
+                "0",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     # (no distillation: from this 6-epoch teacher on 300 images it left whole classes misclassified, and profiles
     # need at least one correct image per class)
     assert main(["profiles", "--model", str(runs / "dec"), "--data", str(data), "--calib-limit", "0", *CHEAP]) == 0
@@ -41,8 +66,15 @@ def bundle(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_profiles_carry_scorer_threshold_and_provenance(bundle: Path) -> None:
     p = load_profiles(bundle)
     assert p.scorer is not None and len(p.freq) == 18
-    assert {"threshold", "target_fpr", "calibration", "model_weights_sha256", "data_fingerprint", "images_per_class",
-            "created"} <= set(p.meta)
+    assert {
+        "threshold",
+        "target_fpr",
+        "calibration",
+        "model_weights_sha256",
+        "data_fingerprint",
+        "images_per_class",
+        "created",
+    } <= set(p.meta)
     cal = p.meta["calibration"]
     assert cal["attacks"] == ["fgsm", "pgd"] and cal["n_clean"] > 0 and cal["n_attacked"] > 0
     # all 300 tiny training images join the scorer's fit data (--calib-train default); the threshold part stays test
@@ -87,8 +119,24 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
 
     b = shutil.copytree(bundle, tmp_path / "dec")
     before = load_profiles(bundle).meta["calibration"]
-    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-attacks", "fgsm,pgd",
-                 "--calib-train-subset", "10", "--calib-train-subset-attacks", "fgsm,deepfool"]) == 0
+    assert (
+        main(
+            [
+                "profiles",
+                "--model",
+                str(b),
+                "--data",
+                str(data),
+                "--calib-attacks",
+                "fgsm,pgd",
+                "--calib-train-subset",
+                "10",
+                "--calib-train-subset-attacks",
+                "fgsm,deepfool",
+            ]
+        )
+        == 0
+    )
     cal = load_profiles(b).meta["calibration"]
     # FGSM already ran on every training image: only DeepFool is added, on 10 of them, and no clean row
     assert cal["extra_subset_images"] == 10 and cal["extra_subset_attacks"] == ["deepfool"]
@@ -106,10 +154,13 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(bundle: Path, data
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     out = load_detector(b).predict(x)
     assert torch.equal(out.is_adversarial, out.scores > load_detector(b).threshold)
-    assert main(["profiles", "--model", str(b), "--data", str(data), "--calib-train", "0", "--calib-train-subset", "5"]) != 0
+    assert (
+        main(["profiles", "--model", str(b), "--data", str(data), "--calib-train", "0", "--calib-train-subset", "5"])
+        != 0
+    )
 
 
-def _profiles_config(*flags: str):  # noqa: ANN202
+def _profiles_config(*flags: str):
     from dnd.cli import build_parser
     from dnd.commands.detect import calibration_config
 
@@ -171,14 +222,27 @@ def test_threshold_override(bundle: Path) -> None:
     assert hi.threshold == 1e9 and not hi.predict(x).is_adversarial.any() and lo.predict(x).is_adversarial.all()
 
 
-@pytest.mark.parametrize("x, msg", [(torch.rand(2, 3, 28, 28), "shape"), (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "float"),
-                                    (torch.full((2, 3, 32, 32), 2.0), r"\[0, 1\]"), ("img", "Tensor"),
-                                    (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(1),), torch.tensor(-0.1)),
-                                     r"\[0, 1\], found range \[-0.1, 0.5\]"),
-                                    (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("nan"))),
-                                     r"\[0, 1\], found 3072 NaN value\(s\)"),  # image 0: 3 x 32 x 32
-                                    (torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("inf"))),
-                                     r"\[0, 1\], found range \[0.5, inf\]")])
+@pytest.mark.parametrize(
+    "x, msg",
+    [
+        (torch.rand(2, 3, 28, 28), "shape"),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "float"),
+        (torch.full((2, 3, 32, 32), 2.0), r"\[0, 1\]"),
+        ("img", "Tensor"),
+        (
+            torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(1),), torch.tensor(-0.1)),
+            r"\[0, 1\], found range \[-0.1, 0.5\]",
+        ),
+        (
+            torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("nan"))),
+            r"\[0, 1\], found 3072 NaN value\(s\)",
+        ),  # image 0: 3 x 32 x 32
+        (
+            torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("inf"))),
+            r"\[0, 1\], found range \[0.5, inf\]",
+        ),
+    ],
+)
 def test_predict_rejects_bad_input_clearly(bundle: Path, x, msg: str) -> None:
     with pytest.raises((ValueError, TypeError), match=msg):
         load_detector(bundle).predict(x)
@@ -217,7 +281,7 @@ def test_profiles_with_an_older_feature_set_are_refused(bundle: Path, tmp_path: 
 
 
 def test_profiles_without_gate_logits_still_score(bundle: Path, data: Path, tmp_path: Path) -> None:
-    """--without-gate-logits (and profiles from before session 20): the scorer reads z only, and the detector serves it."""
+    """--without-gate-logits: the scorer reads z only, and the detector serves it."""
     import shutil
 
     other = tmp_path / "z-only"
@@ -230,7 +294,9 @@ def test_profiles_without_gate_logits_still_score(bundle: Path, data: Path, tmp_
     det = load_detector(other)
     x = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     a, b = det.predict(x), det.predict(x, batch_size=4)
-    assert torch.allclose(a.scores, b.scores, atol=1e-5) and torch.equal(a.labels, load_detector(bundle).predict(x).labels)
+    assert torch.allclose(a.scores, b.scores, atol=1e-5) and torch.equal(
+        a.labels, load_detector(bundle).predict(x).labels
+    )
     with pytest.raises(ValueError, match="scores gate logits too: pass s"):
         load_detector(bundle).path_features(a.paths, a.labels)
 
@@ -291,7 +357,7 @@ def test_soft_distances_equal_hard_ones_on_binary_paths() -> None:
     jac = torch.stack([1 - (zl & r).sum(1) / (zl | r).sum(1).clamp_min(1) for zl, r in zip(z, ref)], 1)
     jac[torch.stack([(zl | r).sum(1) == 0 for zl, r in zip(z, ref)], 1)] = 0
     dev = torch.cat([zl.float() - f[labels] for zl, f in zip(z, freq)], 1)
-    assert torch.equal(path_features(z, labels, freq)[:, :4 + 12], torch.cat([ham, jac, dev], 1))
+    assert torch.equal(path_features(z, labels, freq)[:, : 4 + 12], torch.cat([ham, jac, dev], 1))
     v = [torch.rand(6, c, generator=g).requires_grad_(True) for c in (4, 8)]  # soft paths: gradients reach every filter
     path_features(v, labels, freq)[:, :4].sum().backward()
     assert all(vl.grad is not None and bool((vl.grad != 0).all()) for vl in v)
@@ -307,7 +373,9 @@ def test_gate_logit_features_are_deviations_from_the_class_mean() -> None:
     labels = torch.tensor([0, 2, 1, 1, 0])
     feats = path_features(z, labels, freq, s=s, gate_mean=gm)
     assert feats.shape == (5, feature_count(list(widths), gate_logits=True)) == (5, feature_count(list(widths)) + 12)
-    assert torch.equal(feats[:, :feature_count(list(widths))], path_features(z, labels, freq))  # the z columns unchanged
+    assert torch.equal(
+        feats[:, : feature_count(list(widths))], path_features(z, labels, freq)
+    )  # the z columns unchanged
     want = torch.cat([sl - gl[labels] for sl, gl in zip(s, gm)], 1)
     assert torch.equal(feats[:, -12:], want)
     v = [sl.clone().requires_grad_(True) for sl in s]  # what the adaptive attack differentiates through
@@ -380,7 +448,9 @@ def test_tree_ensemble_walk_equals_sklearn() -> None:
     y = ((x[:, 0] + x[:, 1] * x[:, 2] + x[:, 7]) > 0.5).double()
     clf = HistGradientBoostingClassifier(max_iter=40, max_leaf_nodes=15, random_state=0).fit(x.numpy(), y.numpy())
     # a second model with other trees (deeper, other target): both walked together, each summed into its own column
-    clf2 = HistGradientBoostingClassifier(max_iter=25, max_leaf_nodes=40, random_state=0).fit(x.numpy(), (x[:, 3] > 0).numpy())
+    clf2 = HistGradientBoostingClassifier(max_iter=25, max_leaf_nodes=40, random_state=0).fit(
+        x.numpy(), (x[:, 3] > 0).numpy()
+    )
     ens = TreeEnsemble.from_sklearn([clf, clf2])
     probe = torch.cat([x, torch.randn(50, 8, generator=g).double()])  # randn is float32: exact in float64
     want = torch.stack([torch.from_numpy(c.decision_function(probe.numpy())) for c in (clf, clf2)], 1)
@@ -441,8 +511,26 @@ def test_adaptive_attack_stays_in_eps_ball_and_straight_through_is_exact(bundle:
 
 def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    assert main(["evaluate", "--model", str(bundle), "--data", str(data), "--attacks", "fgsm,pgd,cw",
-                 "--slow-limit", "10", "--adaptive-limit", "10", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(data),
+                "--attacks",
+                "fgsm,pgd,cw",
+                "--slow-limit",
+                "10",
+                "--adaptive-limit",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     r = json.loads((out / "report.json").read_text())
     assert 0 <= r["clean_accuracy"] <= 1 and set(r["attacks"]) == {"fgsm", "pgd", "cw"}
     for name, a in r["attacks"].items():
@@ -460,7 +548,10 @@ def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) 
 
 
 def test_unknown_attack_name_is_a_clear_cli_error(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:
-    assert main(["evaluate", "--model", str(bundle), "--data", str(data), "--attacks", "pgd,foo", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["evaluate", "--model", str(bundle), "--data", str(data), "--attacks", "pgd,foo", "--out", str(tmp_path)])
+        == 2
+    )
     assert "unknown attack" in capsys.readouterr().err
 
 
@@ -491,10 +582,26 @@ def test_a_second_traced_detector_reuses_the_graph_with_its_own_weights(tmp_path
 def test_attack_cli_writes_sets_within_budget(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:
     from detector.attacks import load_attack_set
 
-    assert main(["attack", "--model", str(bundle), "--data", str(data), "--attack", "fgsm,pgd", "--limit", "20",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "attack",
+                "--model",
+                str(bundle),
+                "--data",
+                str(data),
+                "--attack",
+                "fgsm,pgd",
+                "--limit",
+                "20",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert "success rate" in capsys.readouterr().out
     for name in ("fgsm", "pgd"):
         s = load_attack_set(tmp_path / f"{name}.safetensors")
         assert s.name == name and s.params["eps"] == pytest.approx(8 / 255) and len(s.y) <= 20
-        assert (s.x_adv - s.x_clean).abs().max() <= 8 / 255 + 1e-6 and 0 <= s.x_adv.min() and s.x_adv.max() <= 1
+        assert (s.x_adv - s.x_clean).abs().max() <= 8 / 255 + 1e-6 and s.x_adv.min() >= 0 and s.x_adv.max() <= 1

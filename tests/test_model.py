@@ -60,9 +60,9 @@ def test_batched_equals_unbatched() -> None:
     x = torch.rand(6, 3, 32, 32)
     full = m.forward_paths(x)
     for i in range(6):
-        one = m.forward_paths(x[i:i + 1])
-        torch.testing.assert_close(one.logits, full.logits[i:i + 1], rtol=1e-4, atol=1e-5)
-        assert all(torch.equal(a[i:i + 1], b) for a, b in zip(full.z, one.z))
+        one = m.forward_paths(x[i : i + 1])
+        torch.testing.assert_close(one.logits, full.logits[i : i + 1], rtol=1e-4, atol=1e-5)
+        assert all(torch.equal(a[i : i + 1], b) for a, b in zip(full.z, one.z))
 
 
 def test_semhash_train_values_and_straight_through_gradient() -> None:
@@ -70,7 +70,7 @@ def test_semhash_train_values_and_straight_through_gradient() -> None:
     s = torch.randn(1000, 16, requires_grad=True)
     z = semhash(s, noise_std=0.0, training=True)
     assert z.min() >= 0 and z.max() <= 1
-    hard = (z == (s > 0).float())
+    hard = z == (s > 0).float()
     assert 0.3 < hard.float().mean() < 0.8  # roughly half hard (plus soft values that happen to be 0/1)
     z.sum().backward()
     s2 = s.detach().clone().requires_grad_(True)
@@ -101,9 +101,11 @@ def test_grouped_losses_equal_the_per_layer_definition() -> None:
     out = m.forward_paths(x, energy=True)
     got = loss_mod(out, y)
     n = len(out.z)
-    ref = {"mi": sum(F.cross_entropy(h(z), y) for h, z in zip(loss_mod.heads, out.z)) / n,
-           "kl": sum(path_kl(z, e) for z, e in zip(out.z, out.energy)) / n,
-           "l1": sum(z.mean() for z in out.z) / n}
+    ref = {
+        "mi": sum(F.cross_entropy(h(z), y) for h, z in zip(loss_mod.heads, out.z)) / n,
+        "kl": sum(path_kl(z, e) for z, e in zip(out.z, out.energy)) / n,
+        "l1": sum(z.mean() for z in out.z) / n,
+    }
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-6)
     g_got = torch.autograd.grad(sum(got.values()), list(loss_mod.parameters()) + out.z, retain_graph=True)
@@ -168,8 +170,8 @@ def test_spatial_mean_matches_mean_and_keeps_the_gradient_layout() -> None:
         w = torch.randn(4, 6)
         ours, ref = dm.spatial_mean(x), x.mean(dim=(2, 3))
         assert torch.equal(ours, ref) and ours.grad_fn is not ref.grad_fn
-        g_ours, = torch.autograd.grad((ours * w).sum(), x)
-        g_ref, = torch.autograd.grad((ref * w).sum(), x)
+        (g_ours,) = torch.autograd.grad((ours * w).sum(), x)
+        (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
         assert torch.equal(g_ours, g_ref)
         assert g_ours.stride()[2:] == (0, 0)  # a broadcast view, not a new (N, C, H, W) tensor in another layout
     with torch.no_grad():  # no autograd: the plain op
@@ -188,8 +190,8 @@ def test_spatial_mean_in_bf16_equals_mean_on_the_networks_sizes() -> None:
         for ours in (dm.spatial_mean(x), dm.spatial_mean(x.detach())):
             assert ours.dtype == torch.bfloat16 and torch.equal(ours, ref)
         w = torch.randn(16, 8).bfloat16()
-        g_ours, = torch.autograd.grad((dm.spatial_mean(x) * w).sum(), x)
-        g_ref, = torch.autograd.grad((ref * w).sum(), x)
+        (g_ours,) = torch.autograd.grad((dm.spatial_mean(x) * w).sum(), x)
+        (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
         assert torch.equal(g_ours, g_ref)
         assert g_ours.is_contiguous(memory_format=torch.channels_last)  # written out in x's layout, not a view
 
@@ -204,12 +206,12 @@ def test_option_a_shortcut_matches_pad_of_subsample_in_value_gradient_and_layout
         ref = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 1, 3))  # uneven channel padding, to catch a swapped lo / hi
         ours = dm.option_a_shortcut(x, 2, 1, 3)
         assert torch.equal(ours, ref)
-        g_ours, = torch.autograd.grad((ours * g).sum(), x)
-        g_ref, = torch.autograd.grad((ref * g).sum(), x)
+        (g_ours,) = torch.autograd.grad((ours * g).sum(), x)
+        (g_ref,) = torch.autograd.grad((ref * g).sum(), x)
         assert torch.equal(g_ours, g_ref) and g_ours.is_contiguous(memory_format=fmt)
 
 
-def test_training_gradients_equal_those_through_plain_mean(monkeypatch) -> None:  # noqa: ANN001
+def test_training_gradients_equal_those_through_plain_mean(monkeypatch) -> None:
     # The layout-friendly mean changes how gradients are stored, not their values: a decoupled training step's
     # gradients equal those with autograd's own mean backward.
     import detector.model as dm

@@ -5,17 +5,22 @@ import pytest
 import torch
 
 from detector import ModelConfig, build_model, save_bundle
-from detector.profiles import PROFILES, build_profiles, load_profiles, save_profiles
 from detector.features import path_distances
+from detector.profiles import PROFILES, build_profiles, load_profiles, save_profiles
 from detector.scorer import calibrate_threshold
 
 from .conftest import tiny_decoupled_model
 
 
 def test_hamming_and_jaccard_exact_on_hand_built_paths() -> None:
-    sig = [torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool), torch.tensor([[1, 0], [0, 0]], dtype=torch.bool)]
-    z = [torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool),
-         torch.tensor([[1, 0], [1, 1], [0, 0]], dtype=torch.bool)]
+    sig = [
+        torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool),
+        torch.tensor([[1, 0], [0, 0]], dtype=torch.bool),
+    ]
+    z = [
+        torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool),
+        torch.tensor([[1, 0], [1, 1], [0, 0]], dtype=torch.bool),
+    ]
     labels = torch.tensor([0, 0, 1])
     ham, jac = path_distances(z, labels, sig)
     # layer 0: [1000] vs [1100]: 1 of 4 differ, J = 1 - 1/2; [1111] vs [1100]: 2/4, J = 1 - 2/4; exact match: 0, 0
@@ -44,10 +49,10 @@ def test_profiles_count_only_correct_images_exactly(tmp_path: Path, monkeypatch:
     logits = torch.nn.functional.one_hot(y, 10).float()
     logits[[0, 10]] = torch.nn.functional.one_hot(torch.tensor([5, 5]), 10).float()  # two class-0 images misclassified
     z = [torch.zeros(40, u.cout, dtype=torch.bool) for u in m.units()]
-    z[0][:, 0] = True            # filter 0 of layer 0 always open
-    z[0][y == 0, 1] = True       # filter 1 only for class 0 ...
-    z[0][0, 1] = False           # ... except the (misclassified) image 0, which must not count anyway
-    z[0][20, 2] = True           # filter 2 for one of the 3 counted class-0 images (20, 30 and this one)
+    z[0][:, 0] = True  # filter 0 of layer 0 always open
+    z[0][y == 0, 1] = True  # filter 1 only for class 0 ...
+    z[0][0, 1] = False  # ... except the (misclassified) image 0, which must not count anyway
+    z[0][20, 2] = True  # filter 2 for one of the 3 counted class-0 images (20, 30 and this one)
     s = [torch.zeros(40, u.cout) for u in m.units()]
     s[1][:, 0] = torch.arange(40.0)  # class 0's counted images are 20 and 30 (0 and 10 are misclassified): mean 25
     import detector.profiles as prof
@@ -86,7 +91,10 @@ def test_dense_model_has_no_profiles() -> None:
 def _profiles_by_hand() -> "PathProfiles":  # noqa: F821
     from detector.profiles import PathProfiles
 
-    freq = [torch.rand(10, u, generator=torch.Generator().manual_seed(i)) for i, u in enumerate([16] * 6 + [32] * 6 + [64] * 6)]
+    freq = [
+        torch.rand(10, u, generator=torch.Generator().manual_seed(i))
+        for i, u in enumerate([16] * 6 + [32] * 6 + [64] * 6)
+    ]
     return PathProfiles(freq, torch.full((10,), 7), {})
 
 
@@ -106,10 +114,12 @@ def test_interrupted_regeneration_leaves_old_profiles(tmp_path: Path, monkeypatc
     before = (bundle / PROFILES).read_bytes()
     import detector.profiles as prof
 
-    def crash(*a, **k):  # noqa: ANN002, ANN003
+    def crash(*a, **k):
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(prof, "save_file", lambda tensors, path, metadata: (Path(path).write_bytes(b"partial"), crash()))
+    monkeypatch.setattr(
+        prof, "save_file", lambda tensors, path, metadata: (Path(path).write_bytes(b"partial"), crash())
+    )
     with pytest.raises(KeyboardInterrupt):
         save_profiles(_profiles_by_hand(), bundle, "new")
     assert (bundle / PROFILES).read_bytes() == before

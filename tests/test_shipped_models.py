@@ -1,6 +1,7 @@
 """The committed bundles reproduce their metrics.json on the real JPEG CIFAR-10 test set.
 
 Needs the data unpacked (`make data`, or DND_TEST_DATA=ROOT); skips cleanly without it."""
+
 import json
 import os
 from pathlib import Path
@@ -44,8 +45,8 @@ def test_shipped_detector_threshold_transfers_to_unseen_clean_images(test_split)
     """The calibrated threshold flags ~target FPR of clean, correctly classified images of the *evaluation* half
     (never seen by calibration), and the report's clean accuracy matches the model on that half."""
     from detector import load_detector
-    from detector.splits import split_test
     from detector.data import to_unit_float
+    from detector.splits import split_test
 
     det = load_detector(REPO / "models" / "resnet20-decoupled")
     assert det.profiles.meta["data_fingerprint"].endswith(test_split.fingerprint)

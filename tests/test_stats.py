@@ -19,8 +19,8 @@ def test_all_open_equals_dense_and_hand_built_case() -> None:
     m = build_model(ModelConfig(decoupled=True))
     assert torch.all(macs_per_sample(m, _z(m, 3)) == dense_macs(m))
     z = _z(m, 1)
-    z[0][0, :8] = 0   # block 1, conv 1: 8 of 16 filters open
-    z[1][0, :4] = 0   # block 1, conv 2: 12 of 16 open, reading 8 inputs
+    z[0][0, :8] = 0  # block 1, conv 1: 8 of 16 filters open
+    z[1][0, :4] = 0  # block 1, conv 2: 12 of 16 open, reading 8 inputs
     saved = (16 * 16 - 16 * 8) * 9 * 1024 + (16 * 16 - 8 * 12) * 9 * 1024
     assert macs_per_sample(m, z).item() == dense_macs(m) - saved
 

@@ -1,4 +1,5 @@
 """`dnd train` / `dnd stats` end to end on a tiny generated image folder (a few hundred images)."""
+
 import json
 import shlex
 import shutil
@@ -29,7 +30,9 @@ def dense(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_dense_smoke_run_writes_a_bundle(dense: Path) -> None:
-    assert {"model.safetensors", "config.json", "train_history.json", "training.png"} <= {p.name for p in dense.iterdir()}
+    assert {"model.safetensors", "config.json", "train_history.json", "training.png"} <= {
+        p.name for p in dense.iterdir()
+    }
     cfg = json.loads((dense / "config.json").read_text())
     assert cfg["phase"] == "dense" and cfg["train"]["epochs"] == 1 and len(cfg["data"]["train_fingerprint"]) == 16
     hist = json.loads((dense / "train_history.json").read_text())
@@ -40,8 +43,12 @@ def test_dense_init_is_a_warm_restart_from_those_weights(dense: Path, data: Path
     # --init without --decouple once loaded the bundle and then trained from a fresh initialisation; with LR 0
     # every parameter must stay the init's (BN running statistics, buffers, still move)
     out = tmp_path / "warm"
-    assert main(["train", "--data", str(data), "--out", str(out), "--init", str(dense), "--epochs", "1", "--lr", "0",
-                 *TINY]) == 0
+    assert (
+        main(
+            ["train", "--data", str(data), "--out", str(out), "--init", str(dense), "--epochs", "1", "--lr", "0", *TINY]
+        )
+        == 0
+    )
     d, w = load_file(str(dense / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert set(d) == set(w)
     params = [k for k in d if k.endswith(".weight") or k.endswith(".bias")]
@@ -52,8 +59,24 @@ def test_dense_init_is_a_warm_restart_from_those_weights(dense: Path, data: Path
 
 def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) -> None:
     out = tmp_path / "dec"
-    assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
-                 "--epochs", "1", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--decouple",
+                "--init",
+                str(dense),
+                "--epochs",
+                "1",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     hist = json.loads((out / "train_history.json").read_text())
     assert hist[0]["filter_states"]["total"] == 672 and 0 < hist[0]["flops_ratio"] <= 1
     assert all(torch.isfinite(torch.tensor(hist[0][k])) for k in ("train_ce", "train_mi", "train_kl", "train_l1"))
@@ -62,7 +85,14 @@ def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) 
     m = json.loads(metrics.read_text())
     assert (tmp_path / "filter_states.png").stat().st_size > 1000
     assert m["n_images"] == 100 and m["dense_macs"] == 40_551_040
-    assert {"test_accuracy", "mean_macs", "flops_ratio", "filter_states", "per_layer", "parameters_without_silent"} <= set(m)
+    assert {
+        "test_accuracy",
+        "mean_macs",
+        "flops_ratio",
+        "filter_states",
+        "per_layer",
+        "parameters_without_silent",
+    } <= set(m)
     # the dense weights were really the starting point: non-gate tensors moved only by the fine-tune
     d, c = load_file(str(dense / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert set(d) < set(c) and all(".gate." in k for k in set(c) - set(d))
@@ -95,8 +125,24 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
         after.append(m.fc.weight.detach().clone())
     assert not torch.allclose(after[0], after[1])
     out = tmp_path / "kd"
-    assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
-                 "--epochs", "1", *TINY]) == 0  # distillation is on by default for --decouple
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--decouple",
+                "--init",
+                str(dense),
+                "--epochs",
+                "1",
+                *TINY,
+            ]
+        )
+        == 0
+    )  # distillation is on by default for --decouple
     hist = json.loads((out / "train_history.json").read_text())
     recorded = json.loads((out / "config.json").read_text())["train"]
     assert hist[0]["train_kd"] > 0 and recorded["lambda_kd"] == 1.0 and recorded["kd_teacher_bf16"] is True
@@ -120,7 +166,7 @@ def test_bf16_teacher_gives_float32_logits_close_to_fp32() -> None:
     t = teacher_logits(teacher, x, bf16=True, batch_size=5)
     cl = x.contiguous(memory_format=torch.channels_last)  # as teacher_logits feeds it
     with torch.no_grad():
-        expect = torch.cat([teacher_forward(teacher, cl[i:i + 5], True) for i in range(0, 16, 5)])
+        expect = torch.cat([teacher_forward(teacher, cl[i : i + 5], True) for i in range(0, 16, 5)])
     assert t.dtype == torch.float32 and torch.equal(t[0], expect)
 
 
@@ -208,7 +254,7 @@ def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
     assert flip.any() and (~flip).any() and out.shape == x.shape
     for k in range(16):  # the per-image definition: crop, then mirror
         i, j = ij[k].tolist()
-        crop = padded[k, :, i:i + 32, j:j + 32]
+        crop = padded[k, :, i : i + 32, j : j + 32]
         assert torch.equal(out[k], crop.flip(2) if flip[k] else crop)
     assert torch.equal(augment(x[3:4], ij[3:4], flip[3:4])[0], out[3])  # batched == unbatched
 
@@ -271,8 +317,25 @@ def test_offline_distillation_targets_and_run(dense: Path, data: Path, tmp_path:
     with torch.no_grad():
         assert torch.allclose(t[0], teacher(x), atol=1e-5) and torch.allclose(t[1], teacher(x.flip(3)), atol=1e-5)
     out = tmp_path / "kd-offline"
-    assert main(["train", "--data", str(data), "--out", str(out), "--decouple", "--init", str(dense),
-                 "--epochs", "1", "--kd-offline", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--decouple",
+                "--init",
+                str(dense),
+                "--epochs",
+                "1",
+                "--kd-offline",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     hist = json.loads((out / "train_history.json").read_text())
     assert hist[0]["train_kd"] > 0 and json.loads((out / "config.json").read_text())["train"]["kd_offline"] is True
     from training.config import make_config
@@ -286,7 +349,7 @@ def _interrupted_after_first_epoch(data: Path, out: Path, monkeypatch: pytest.Mo
 
     real_save = tr.save_checkpoint
 
-    def crash_after_first(ckpt_dir, modules, opt, meta):  # noqa: ANN001
+    def crash_after_first(ckpt_dir, modules, opt, meta):
         real_save(ckpt_dir, modules, opt, meta)
         raise KeyboardInterrupt
 
@@ -310,7 +373,8 @@ def test_resume_after_interruption(data: Path, tmp_path: Path, monkeypatch: pyte
 
 
 def test_checkpoint_from_before_a_setting_existed_resumes_at_its_old_behaviour(
-        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     # A run checkpointed before `kd_teacher_bf16` existed has no such key; it resumes as what it was (the class
     # default, fp32), and is refused if the resuming command asks for the other value.
     out = tmp_path / "old"
@@ -330,13 +394,16 @@ def test_checkpoint_from_before_a_setting_existed_resumes_at_its_old_behaviour(
 def test_resume_with_other_settings_is_refused(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "x"
     assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", *TINY]) == 0
-    assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--lr", "0.5", "--resume", *TINY]) == 2
+    assert (
+        main(["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--lr", "0.5", "--resume", *TINY]) == 2
+    )
     err = capsys.readouterr().err
     assert "other settings" in err and "lr: checkpoint 0.2, this command 0.5" in err and "epochs" not in err
 
 
-def test_finished_bundle_without_checkpoint_is_not_retrained(dense: Path, data: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_finished_bundle_without_checkpoint_is_not_retrained(
+    dense: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # A committed bundle keeps no checkpoint; training into it (with or without --resume) would start from scratch
     # and overwrite it. Refused before any data is read, and the bundle is left byte for byte.
     out = tmp_path / "finished"
@@ -453,17 +520,27 @@ def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str) -> N
     assert train_config(build_parser().parse_args(shlex.split(line)[1:])).to_dict() == saved_config(recorded)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["serve", "--port", "99999"], "argument --port: expected a TCP port from 1 to 65535, got '99999'"),
-    (["profiles", "--model", "m", "--data", "d", "--fpr", "1.5"],
-     "argument --fpr: expected a rate from 0 to below 1 (0.05 = 5%), got '1.5'"),
-    (["evaluate", "--model", "m", "--data", "d", "--out", "o", "--limit", "-5"],
-     "argument --limit: expected a whole number >= 0, got '-5'"),
-    (["attack", "--model", "m", "--data", "d", "--out", "o", "--threads", "two"],
-     "argument --threads: expected a whole number >= 0, got 'two'"),
-])
-def test_out_of_range_numbers_are_refused_while_parsing(argv: list[str], message: str,
-                                                        capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["serve", "--port", "99999"], "argument --port: expected a TCP port from 1 to 65535, got '99999'"),
+        (
+            ["profiles", "--model", "m", "--data", "d", "--fpr", "1.5"],
+            "argument --fpr: expected a rate from 0 to below 1 (0.05 = 5%), got '1.5'",
+        ),
+        (
+            ["evaluate", "--model", "m", "--data", "d", "--out", "o", "--limit", "-5"],
+            "argument --limit: expected a whole number >= 0, got '-5'",
+        ),
+        (
+            ["attack", "--model", "m", "--data", "d", "--out", "o", "--threads", "two"],
+            "argument --threads: expected a whole number >= 0, got 'two'",
+        ),
+    ],
+)
+def test_out_of_range_numbers_are_refused_while_parsing(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
     # before any model, data or attack is touched: --fpr 1.5 used to be refused only after ~20 min of attacks
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -478,11 +555,14 @@ def test_device_and_out_are_checked_before_any_work(tmp_path: Path, capsys: pyte
     Image.new("RGB", (32, 32)).save(image)
     # the bundle does not exist: each check must come before it would be loaded (a bad device used to end in a
     # torch RuntimeError traceback)
-    cases = [(["predict", "--model", "none", "--device", "foo", str(image)],
-              "--device 'foo': expected cpu, cuda or cuda:N"),
-             (["predict", "--model", "none", "--device", "cuda:7", str(image)], "--device cuda:7: "),
-             (["evaluate", "--model", "none", "--data", "d", "--out", str(tmp_path / "a-file")],
-              f"--out {tmp_path / 'a-file'} is a file; expected a directory")]
+    cases = [
+        (["predict", "--model", "none", "--device", "foo", str(image)], "--device 'foo': expected cpu, cuda or cuda:N"),
+        (["predict", "--model", "none", "--device", "cuda:7", str(image)], "--device cuda:7: "),
+        (
+            ["evaluate", "--model", "none", "--data", "d", "--out", str(tmp_path / "a-file")],
+            f"--out {tmp_path / 'a-file'} is a file; expected a directory",
+        ),
+    ]
     for argv, message in cases:
         assert main(argv) == 2
         assert message in capsys.readouterr().err

@@ -42,8 +42,9 @@ def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
             m.momentum = mom
 
 
-def perturb(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 1, alpha: float = 0.0,
-            bf16: bool = False) -> Tensor:
+def perturb(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 1, alpha: float = 0.0, bf16: bool = False
+) -> Tensor:
     """x (B, 3, H, W) in [0, 1], labels y (B,) -> x + delta with |delta|_inf <= eps * PIXEL, clipped to [0, 1].
     The model runs in its current mode (training: batch statistics, gate noise), its BN running statistics untouched;
     only the input gradient is computed (no weight gradients accumulate). eps, alpha in pixel steps."""
@@ -54,7 +55,7 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 1, 
         for _ in range(steps):
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(model(x + delta).float(), y)
-            grad, = torch.autograd.grad(loss, delta)
+            (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 delta = (delta + a * grad.sign()).clamp(-e, e)
                 delta = (x + delta).clamp(0, 1) - x
@@ -62,8 +63,15 @@ def perturb(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 1, 
     return (x + delta.detach()).contiguous(memory_format=torch.channels_last)
 
 
-def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int = 10, batch_size: int = 500,
-                    device: torch.device | str = "cpu") -> float:
+def robust_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    steps: int = 10,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+) -> float:
     """Share of images x (N, 3, H, W) in [0, 1] still classified as y after torchattacks' PGD (Linf eps pixel steps,
     step eps / 4, random start) in eval mode. The model's mode is restored afterwards."""
     import torchattacks

@@ -1,4 +1,5 @@
 """Per-epoch training checkpoints: tensors in safetensors, everything else in JSON (nothing pickled)."""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,15 @@ def _optim_tensors(optimizers: list[torch.optim.Optimizer]) -> dict[str, torch.T
     return out
 
 
-def save_checkpoint(ckpt_dir: Path, modules: dict[str, torch.nn.Module], optimizers: list[torch.optim.Optimizer],
-                    meta: dict[str, Any]) -> None:
+def save_checkpoint(
+    ckpt_dir: Path, modules: dict[str, torch.nn.Module], optimizers: list[torch.optim.Optimizer], meta: dict[str, Any]
+) -> None:
     """Write modules' state, optimizer state and meta. The JSON is written last and names the tensors file,
     so a crash between the two writes leaves the previous, consistent checkpoint in place."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()}
+    tensors = {
+        f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items() for k, v in m.state_dict().items()
+    }
     tensors.update(_optim_tensors(optimizers))
     epoch = meta["epoch"]
     name = f"state-{epoch:04d}.safetensors"
@@ -43,13 +47,14 @@ def save_checkpoint(ckpt_dir: Path, modules: dict[str, torch.nn.Module], optimiz
             old.unlink()
 
 
-def load_checkpoint(ckpt_dir: Path, modules: dict[str, torch.nn.Module], optimizers: list[torch.optim.Optimizer],
-                    device: torch.device) -> dict[str, Any]:
+def load_checkpoint(
+    ckpt_dir: Path, modules: dict[str, torch.nn.Module], optimizers: list[torch.optim.Optimizer], device: torch.device
+) -> dict[str, Any]:
     meta = json.loads((ckpt_dir / META).read_text())
     tensors = load_file(str(ckpt_dir / meta["tensors"]))
     for name, m in modules.items():
         prefix = f"{name}."
-        m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        m.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
     for j, opt in enumerate(optimizers):
         params = [p for g in opt.param_groups for p in g["params"]]
         for key, v in tensors.items():

@@ -32,8 +32,8 @@ class TrainConfig:
     lambda_m: float = 5.0
     lambda_k: float = 1.0  # KL between z and the pooled activation energy, averaged over layers
     lambda_s: float = 0.0  # L1 (density) weight at the start; adapted by dual ascent if target_flops > 0
-    # Eval-mode conv MACs / dense MACs that lambda_s steers to (0 = fixed lambda_s). A fixed lambda_s was either too weak
-    # (gates only moved once it passed ~12) or too strong; the dual variable finds the balance.
+    # Eval-mode conv MACs / dense MACs that lambda_s steers to (0 = fixed lambda_s). A fixed lambda_s was either too
+    # weak (gates only moved once it passed ~12) or too strong; the dual variable finds the balance.
     target_flops: float = 0.65
     target_ramp_epochs: float = 3.0  # the target falls linearly from 1.0 to target_flops over these epochs
     dual_lr: float = 20.0  # lambda_s += dual_lr * (batch FLOPs ratio - target) / steps_per_epoch, each step
@@ -131,7 +131,11 @@ def check_config(cfg: TrainConfig) -> None:
         ("limit", cfg.limit >= 0, "0 (all) or more"),
         ("eval_limit", cfg.eval_limit >= 0, "0 (all) or more"),
     ]
-    bad = [f"--{name.replace('_', '-')}: expected {allowed}, got {getattr(cfg, name)}" for name, ok, allowed in rules if not ok]
+    bad = [
+        f"--{name.replace('_', '-')}: expected {allowed}, got {getattr(cfg, name)}"
+        for name, ok, allowed in rules
+        if not ok
+    ]
     if bad:
         raise ValueError("; ".join(bad))
 

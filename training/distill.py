@@ -42,7 +42,9 @@ def teacher_logits(teacher: CifarResNet, x: torch.Tensor, bf16: bool = False, ba
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size]
         plain.append(teacher_forward(teacher, xb.contiguous(memory_format=torch.channels_last), bf16).float())
-        mirrored.append(teacher_forward(teacher, xb.flip(3).contiguous(memory_format=torch.channels_last), bf16).float())
+        mirrored.append(
+            teacher_forward(teacher, xb.flip(3).contiguous(memory_format=torch.channels_last), bf16).float()
+        )
     return torch.stack([torch.cat(plain), torch.cat(mirrored)])
 
 

@@ -1,4 +1,5 @@
 """Training curves for a bundle (training.png): accuracy, loss terms, and for decoupled runs the path stats."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,7 +26,9 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     axes[1].legend()
     if decoupled:
         for k in ("activated", "silent", "dynamic"):
-            axes[2].plot(ep, [h["filter_states"][k] / h["filter_states"]["total"] for h in history], label=f"{k} filters")
+            axes[2].plot(
+                ep, [h["filter_states"][k] / h["filter_states"]["total"] for h in history], label=f"{k} filters"
+            )
         axes[2].plot(ep, [h["flops_ratio"] for h in history], "k--", label="FLOPs ratio")
         axes[2].set(title="calculation paths (test set)", xlabel="epoch", ylim=(0, 1))
         axes[2].legend()
@@ -51,9 +54,14 @@ def plot_filter_states(stats: dict[str, Any], path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, share)]
     ax.plot(idx, [l["density"] for l in layers], "k.-", label="mean share open")
     fs = stats["filter_states"]
-    ax.set(xlabel="gated conv layer", ylabel="share of the layer's filters", ylim=(0, 1.05), xticks=idx,
-           title=f"filter states on {stats['n_images']} test images: FLOPs ratio {stats['flops_ratio']:.3f}, "
-                 f"accuracy {stats['test_accuracy']:.4f}, {fs['dynamic']}/{fs['total']} dynamic")
+    ax.set(
+        xlabel="gated conv layer",
+        ylabel="share of the layer's filters",
+        ylim=(0, 1.05),
+        xticks=idx,
+        title=f"filter states on {stats['n_images']} test images: FLOPs ratio {stats['flops_ratio']:.3f}, "
+        f"accuracy {stats['test_accuracy']:.4f}, {fs['dynamic']}/{fs['total']} dynamic",
+    )
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -60,9 +60,16 @@ def float_paths(res: PathOutput) -> PathOutput:
     return PathOutput(res.logits.float(), res.features.float(), f(res.z), f(res.s), f(res.energy))
 
 
-def step_loss(model: CifarResNet, loss_mod: DecouplingLoss | None, xb: torch.Tensor, yb: torch.Tensor,
-              cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int, teacher: Teacher = None,
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def step_loss(
+    model: CifarResNet,
+    loss_mod: DecouplingLoss | None,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    lambda_s: float | torch.Tensor,
+    dense: int,
+    teacher: Teacher = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward pass and every loss term of one step: (total loss, detached terms for the log). This is the part
     `--compile` hands to torch.compile; backward and the optimizer steps stay in train_step."""
     with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -99,9 +106,18 @@ def compiled_step_loss() -> Callable[..., tuple[torch.Tensor, dict[str, torch.Te
     return torch.compile(step_loss)
 
 
-def train_step(model: CifarResNet, loss_mod: DecouplingLoss | None, optimizers: list[torch.optim.Optimizer],
-               xb: torch.Tensor, yb: torch.Tensor, cfg: TrainConfig, lambda_s: float | torch.Tensor, dense: int,
-               teacher: Teacher = None, loss_fn: Callable[..., Any] = step_loss) -> dict[str, torch.Tensor]:
+def train_step(
+    model: CifarResNet,
+    loss_mod: DecouplingLoss | None,
+    optimizers: list[torch.optim.Optimizer],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    cfg: TrainConfig,
+    lambda_s: float | torch.Tensor,
+    dense: int,
+    teacher: Teacher = None,
+    loss_fn: Callable[..., Any] = step_loss,
+) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the detached loss terms (and, decoupled, the eval-time FLOPs ratio). With
     adversarial training (cfg.adv_eps > 0) the batch is first replaced by its perturbation (training.adversarial), and
     every term, distillation included, is computed on it."""

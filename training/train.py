@@ -106,11 +106,20 @@ def init_weights(model: CifarResNet, src: CifarResNet, init_dir: Path) -> None:
     missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
     bad = [k for k in missing if ".gate." not in k]
     if bad or unexpected:
-        raise ValueError(f"--init {init_dir} does not fit this architecture: missing {bad[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"--init {init_dir} does not fit this architecture: missing {bad[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
-def build_run(data: str | Path, cfg: TrainConfig, model_cfg: ModelConfig, decouple: bool, init: str | Path | None,
-              dev: torch.device, compile_step: bool) -> tuple[Run, Split]:
+def build_run(
+    data: str | Path,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    decouple: bool,
+    init: str | Path | None,
+    dev: torch.device,
+    compile_step: bool,
+) -> tuple[Run, Split]:
     """Data, model (from --init where given), decoupling losses, distillation teacher and optimizers."""
     torch.manual_seed(cfg.seed)
     train_set, test_set, x_train, y_train = load_data(data, cfg, dev)
@@ -120,16 +129,29 @@ def build_run(data: str | Path, cfg: TrainConfig, model_cfg: ModelConfig, decoup
         init_weights(model, src, Path(init))
     model = model.to(dev, memory_format=torch.channels_last)
     loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
-    run = Run(cfg, model_cfg, dev, x_train, y_train, test_set, model, loss_mod, make_optimizers(model, loss_mod, cfg),
-              loss_fn=compiled_step_loss() if compile_step else step_loss,
-              lambda_s=torch.tensor(cfg.lambda_s, dtype=torch.float64, device=dev))
+    run = Run(
+        cfg,
+        model_cfg,
+        dev,
+        x_train,
+        y_train,
+        test_set,
+        model,
+        loss_mod,
+        make_optimizers(model, loss_mod, cfg),
+        loss_fn=compiled_step_loss() if compile_step else step_loss,
+        lambda_s=torch.tensor(cfg.lambda_s, dtype=torch.float64, device=dev),
+    )
     if cfg.lambda_kd > 0:  # the --init network itself, frozen (init_weights copied its tensors, not shared them)
         run.teacher = frozen_teacher(src, dev)
         if cfg.kd_offline:
             t0 = time.perf_counter()
             run.t_logits = teacher_logits(run.teacher, x_train, cfg.kd_teacher_bf16)
-            print(f"offline distillation: teacher logits of {len(y_train)} images and their mirrors in "
-                  f"{time.perf_counter() - t0:.1f} s", flush=True)
+            print(
+                f"offline distillation: teacher logits of {len(y_train)} images and their mirrors in "
+                f"{time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
     return run, train_set
 
 
@@ -139,9 +161,12 @@ def resume_from(run: Run, ckpt_dir: Path) -> None:
     now = json.loads(json.dumps({"train": run.cfg.to_dict(), "model": run.model_cfg.to_dict()}))  # tuples -> lists
     then = {"train": saved_config(meta["train"]), "model": meta["model"]}
     if then != now:
-        diff = [f"{part} {k}: checkpoint {then[part].get(k, '(absent)')!r}, this command {now[part].get(k, '(absent)')!r}"
-                for part in ("train", "model") for k in sorted(set(then[part]) | set(now[part]))
-                if then[part].get(k, "(absent)") != now[part].get(k, "(absent)")]
+        diff = [
+            f"{part} {k}: checkpoint {then[part].get(k, '(absent)')!r}, this command {now[part].get(k, '(absent)')!r}"
+            for part in ("train", "model")
+            for k in sorted(set(then[part]) | set(now[part]))
+            if then[part].get(k, "(absent)") != now[part].get(k, "(absent)")
+        ]
         raise ValueError(f"{ckpt_dir} was written with other settings; resume with the same flags ({'; '.join(diff)})")
     run.start_epoch, run.history = meta["epoch"] + 1, meta["history"]
     run.lambda_s = torch.tensor(meta["lambda_s"], dtype=torch.float64, device=run.dev)
@@ -173,8 +198,9 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
         xb = xb.contiguous(memory_format=torch.channels_last)
         # offline: the teacher's logits of this image, mirrored as the view is (the crop shift is not modelled)
         t_in = run.teacher if run.t_logits is None else run.t_logits[flip.to(dev).long(), idx]
-        terms = train_step(model, run.loss_mod, run.optimizers, xb, run.y_train[idx], cfg, run.lambda_s, dense, t_in,
-                           run.loss_fn)
+        terms = train_step(
+            model, run.loss_mod, run.optimizers, xb, run.y_train[idx], cfg, run.lambda_s, dense, t_in, run.loss_fn
+        )
         if run.loss_mod is not None and cfg.target_flops > 0:  # dual ascent on lambda_s towards the FLOPs target
             ramp = min(1.0, step / max(cfg.target_ramp_epochs * spe, 1))
             target = 1.0 - ramp * (1.0 - cfg.target_flops)
@@ -185,10 +211,14 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
             post = {k: f"{float(v) / (it + 1):.3f}" for k, v in sums.items()}
             bar.set_postfix(post | ({"lam_s": f"{float(run.lambda_s):.3f}"} if run.loss_mod else {}))
     bar.close()
-    return {"epoch": epoch + 1, "lr_end": frac * cfg.lr, "seconds": round(time.perf_counter() - t0, 1),
-            **{f"train_{k}": round(float(v) / spe, 5) for k, v in sums.items()},
-            **({"lambda_s": round(float(run.lambda_s), 5)} if run.loss_mod else {}),
-            **evaluate(model, run.test, dev, cfg)}
+    return {
+        "epoch": epoch + 1,
+        "lr_end": frac * cfg.lr,
+        "seconds": round(time.perf_counter() - t0, 1),
+        **{f"train_{k}": round(float(v) / spe, 5) for k, v in sums.items()},
+        **({"lambda_s": round(float(run.lambda_s), 5)} if run.loss_mod else {}),
+        **evaluate(model, run.test, dev, cfg),
+    }
 
 
 def evaluate(model: CifarResNet, test: Split, device: torch.device, cfg: TrainConfig | None = None) -> dict[str, Any]:
@@ -211,39 +241,58 @@ def log_epoch(record: dict[str, Any], history: list[dict[str, Any]]) -> None:
     msg = f"epoch {record['epoch']}: test acc {record['test_accuracy']:.4f}, train acc {record['train_acc']:.4f}"
     if "filter_states" in record:
         fs = record["filter_states"]
-        msg += (f", flops {record['flops_ratio']:.3f}, filters act/sil/dyn {fs['activated']}/{fs['silent']}/"
-                f"{fs['dynamic']} of {fs['total']}, MI {record['train_mi']:.3f}")
+        msg += (
+            f", flops {record['flops_ratio']:.3f}, filters act/sil/dyn {fs['activated']}/{fs['silent']}/"
+            f"{fs['dynamic']} of {fs['total']}, MI {record['train_mi']:.3f}"
+        )
     if "test_robust_accuracy" in record:
         msg += f", PGD-10 robust acc {record['test_robust_accuracy']:.4f}"
     print(msg, flush=True)
     if catastrophic_overfitting(history):
-        print("WARNING: catastrophic overfitting: robust accuracy collapsed from its best "
-              f"{max(h['test_robust_accuracy'] for h in history):.4f}; use more --adv-steps or a smaller --adv-alpha",
-              flush=True)
+        print(
+            "WARNING: catastrophic overfitting: robust accuracy collapsed from its best "
+            f"{max(h['test_robust_accuracy'] for h in history):.4f}; use more --adv-steps or a smaller --adv-alpha",
+            flush=True,
+        )
 
 
-def finish(run: Run, out: Path, data: str | Path, train_set: Split, decouple: bool, init: str | Path | None,
-           compile_step: bool) -> Path:
+def finish(
+    run: Run, out: Path, data: str | Path, train_set: Split, decouple: bool, init: str | Path | None, compile_step: bool
+) -> Path:
     """Write the bundle (weights, config.json with provenance), the history and its plot."""
     last = run.history[-1]
     gates_moved = None
     if decouple:  # the failure to watch for: every gate open (or shut) at eval time
         gates_moved = last["filter_states"]["dynamic"] > 0 and last["flops_ratio"] < 0.99
         if not gates_moved:
-            print(f"WARNING: the gates did not move (filter states {last['filter_states']}, FLOPs ratio "
-                  f"{last['flops_ratio']:.3f}): this bundle does not decouple anything; do not use it for path-based "
-                  "detection", flush=True)
+            print(
+                f"WARNING: the gates did not move (filter states {last['filter_states']}, FLOPs ratio "
+                f"{last['flops_ratio']:.3f}): this bundle does not decouple anything; do not use it for path-based "
+                "detection",
+                flush=True,
+            )
     dev = run.dev
-    extra = {"phase": "decoupled" if decouple else "dense", "gates_moved": gates_moved, "train": run.cfg.to_dict(),
-             "seed": run.cfg.seed, "compiled": compile_step,
-             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
-             "data": {"root": str(data), "train_fingerprint": train_set.fingerprint,
-                      "test_fingerprint": run.test.fingerprint, "train_images": len(run.y_train)},
-             "init": {"path": str(init), "weights_sha256": file_sha256(Path(init) / WEIGHTS)} if init else None,
-             "final_lambda_s": float(run.lambda_s) if decouple else None}
+    extra = {
+        "phase": "decoupled" if decouple else "dense",
+        "gates_moved": gates_moved,
+        "train": run.cfg.to_dict(),
+        "seed": run.cfg.seed,
+        "compiled": compile_step,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
+        "data": {
+            "root": str(data),
+            "train_fingerprint": train_set.fingerprint,
+            "test_fingerprint": run.test.fingerprint,
+            "train_images": len(run.y_train),
+        },
+        "init": {"path": str(init), "weights_sha256": file_sha256(Path(init) / WEIGHTS)} if init else None,
+        "final_lambda_s": float(run.lambda_s) if decouple else None,
+    }
     if run.cfg.adv_eps > 0:
-        extra["adversarial"] = {"catastrophic_overfitting": catastrophic_overfitting(run.history),
-                                "test_robust_accuracy": last.get("test_robust_accuracy")}
+        extra["adversarial"] = {
+            "catastrophic_overfitting": catastrophic_overfitting(run.history),
+            "test_robust_accuracy": last.get("test_robust_accuracy"),
+        }
     save_bundle(run.model.cpu().to(memory_format=torch.contiguous_format), out, extra)
     write_json(out / HISTORY, run.history)
     from .plots import plot_history  # matplotlib only when a run finishes
@@ -253,9 +302,17 @@ def finish(run: Run, out: Path, data: str | Path, train_set: Split, decouple: bo
     return out
 
 
-def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = False, init: str | Path | None = None,
-          resume: bool = False, device: str = "cpu", model_cfg: ModelConfig | None = None,
-          compile_step: bool = False) -> Path:
+def train(
+    data: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    decouple: bool = False,
+    init: str | Path | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    model_cfg: ModelConfig | None = None,
+    compile_step: bool = False,
+) -> Path:
     """Train and write a bundle to `out` (weights, config.json, train_history.json, training.png). Returns `out`.
 
     compile_step: run the forward + losses through torch.compile (an execution setting like `device`, so a run may be
@@ -263,7 +320,9 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
     out, dev = Path(out), torch.device(device)
     check_request(out, cfg, decouple, init, resume)
     if model_cfg is None:
-        model_cfg = replace(ModelConfig.from_dict(read_config(init)["model"]), decoupled=True) if decouple else ModelConfig()
+        model_cfg = (
+            replace(ModelConfig.from_dict(read_config(init)["model"]), decoupled=True) if decouple else ModelConfig()
+        )
     run, train_set = build_run(data, cfg, model_cfg, decouple, init, dev, compile_step)
     ckpt_dir = out / "checkpoint"
     if resume and (ckpt_dir / META).exists():
@@ -272,7 +331,16 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, decouple: bool = 
         record = run_epoch(run, epoch)
         run.history.append(record)
         log_epoch(record, run.history)
-        save_checkpoint(ckpt_dir, run.modules, run.optimizers,
-                        {"epoch": epoch, "lambda_s": float(run.lambda_s), "history": run.history,
-                         "train": cfg.to_dict(), "model": model_cfg.to_dict()})
+        save_checkpoint(
+            ckpt_dir,
+            run.modules,
+            run.optimizers,
+            {
+                "epoch": epoch,
+                "lambda_s": float(run.lambda_s),
+                "history": run.history,
+                "train": cfg.to_dict(),
+                "model": model_cfg.to_dict(),
+            },
+        )
     return finish(run, out, data, train_set, decouple, init, compile_step)

@@ -20,33 +20,67 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profiles", help="class path profiles from train + `path` scorer and threshold from calibration")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--fpr", type=rate, default=d.target_fpr, help="target false-positive rate of the threshold "
-                   f"(default {d.target_fpr})")
-    p.add_argument("--calib-attacks", default=",".join(d.attacks),
-                   help=f"attacks the scorer is fitted against (default {','.join(d.attacks)}; fgsm,pgd with "
-                   "--calib-train-subset 0: 20 min less, 0.01 more AUROC on FGSM / PGD, 0.16-0.22 less on CW / DeepFool)")
-    p.add_argument("--calib-limit", type=count, default=d.limit, help="calibration images (class-balanced; 0 = all 5,000)")
-    p.add_argument("--without-gate-logits", action="store_true",
-                   help="score the binary path z only, not also each gate logit's deviation from its class mean (on the "
-                   "calibration half the gate logits added 0.014-0.04 AUROC per attack)")
-    p.add_argument("--calib-train", type=count, default=d.train_images,
-                   help="training images (class-balanced) whose clean and attacked paths join the scorer's fit data; the "
-                   f"threshold stays on test calibration images (default {d.train_images}, 0 = none)")
-    p.add_argument("--calib-train-attacks", default=",".join(d.train_attacks),
-                   help=f"attacks run on those training images (default {','.join(d.train_attacks)}: DeepFool costs "
-                   "~0.25 s per image on 2 cores, about 2 h for 30,000)")
-    p.add_argument("--calib-train-subset", type=count, default=None,
-                   help=f"of those training images, this many (class-balanced) are also attacked with "
-                   f"--calib-train-subset-attacks (default {d.train_subset}, none with --calib-train 0; ~8 min on 2 cores)")
+    p.add_argument(
+        "--fpr",
+        type=rate,
+        default=d.target_fpr,
+        help=f"target false-positive rate of the threshold (default {d.target_fpr})",
+    )
+    p.add_argument(
+        "--calib-attacks",
+        default=",".join(d.attacks),
+        help=f"attacks the scorer is fitted against (default {','.join(d.attacks)}; fgsm,pgd with "
+        "--calib-train-subset 0: 20 min less, 0.01 more AUROC on FGSM / PGD, 0.16-0.22 less on CW / DeepFool)",
+    )
+    p.add_argument(
+        "--calib-limit", type=count, default=d.limit, help="calibration images (class-balanced; 0 = all 5,000)"
+    )
+    p.add_argument(
+        "--without-gate-logits",
+        action="store_true",
+        help="score the binary path z only, not also each gate logit's deviation from its class mean (on the "
+        "calibration half the gate logits added 0.014-0.04 AUROC per attack)",
+    )
+    p.add_argument(
+        "--calib-train",
+        type=count,
+        default=d.train_images,
+        help="training images (class-balanced) whose clean and attacked paths join the scorer's fit data; the "
+        f"threshold stays on test calibration images (default {d.train_images}, 0 = none)",
+    )
+    p.add_argument(
+        "--calib-train-attacks",
+        default=",".join(d.train_attacks),
+        help=f"attacks run on those training images (default {','.join(d.train_attacks)}: DeepFool costs "
+        "~0.25 s per image on 2 cores, about 2 h for 30,000)",
+    )
+    p.add_argument(
+        "--calib-train-subset",
+        type=count,
+        default=None,
+        help=f"of those training images, this many (class-balanced) are also attacked with "
+        f"--calib-train-subset-attacks (default {d.train_subset}, none with --calib-train 0; ~8 min on 2 cores)",
+    )
     p.add_argument("--calib-train-subset-attacks", default=",".join(d.train_subset_attacks))
-    p.add_argument("--families", default=fams, help=f"attack families, one tree model each, '+'-joined within and "
-                   f"comma-separated (default {fams}; one family of all attacks = a single tree model)")
-    p.add_argument("--family-log-prior", default=None,
-                   help="log prior weight of each family in the mixture score, comma-separated in --families order "
-                   f"(default {','.join(map(str, d.family_log_prior))} for the default families, else zeros; only "
-                   "differences count)")
-    p.add_argument("--scorer", choices=("trees", "linear"), default=d.scorer,
-                   help="`path` score model: gradient-boosted trees (default) or the logistic model alone")
+    p.add_argument(
+        "--families",
+        default=fams,
+        help=f"attack families, one tree model each, '+'-joined within and "
+        f"comma-separated (default {fams}; one family of all attacks = a single tree model)",
+    )
+    p.add_argument(
+        "--family-log-prior",
+        default=None,
+        help="log prior weight of each family in the mixture score, comma-separated in --families order "
+        f"(default {','.join(map(str, d.family_log_prior))} for the default families, else zeros; only "
+        "differences count)",
+    )
+    p.add_argument(
+        "--scorer",
+        choices=("trees", "linear"),
+        default=d.scorer,
+        help="`path` score model: gradient-boosted trees (default) or the logistic model alone",
+    )
     add_device(p)
     p.set_defaults(handler=cmd_profiles, out_is_dir=True)
 
@@ -57,9 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
     p.add_argument("--limit", type=count, default=0, help="class-balanced number of images (0 = the whole split)")
     p.add_argument("--out", required=True, help="directory for NAME.safetensors")
-    p.add_argument("--png", action="store_true", help="also write the successful attacks as 8-bit PNGs, "
-                   "OUT/NAME/NNNNN-<class>-as-<predicted>.png (those still misclassified once rounded to 8 bits), "
-                   "to send to the service")
+    p.add_argument(
+        "--png",
+        action="store_true",
+        help="also write the successful attacks as 8-bit PNGs, "
+        "OUT/NAME/NNNNN-<class>-as-<predicted>.png (those still misclassified once rounded to 8 bits), "
+        "to send to the service",
+    )
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     p.set_defaults(handler=cmd_attack, out_is_dir=True)
@@ -69,7 +107,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--attacks", default="fgsm,pgd,cw,deepfool")
     p.add_argument("--limit", type=count, default=0, help="evaluation images (class-balanced; 0 = all 5,000)")
-    p.add_argument("--slow-limit", type=count, default=500, help="evaluation images for the slow cw and deepfool (0 = all)")
+    p.add_argument(
+        "--slow-limit", type=count, default=500, help="evaluation images for the slow cw and deepfool (0 = all)"
+    )
     p.add_argument("--adaptive-limit", type=count, default=1000, help="images for the adaptive attack")
     p.add_argument("--threshold", type=finite, default=None, help="override the calibrated threshold")
     p.add_argument("--out", required=True)
@@ -80,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _families(spec: str) -> tuple[tuple[str, ...], ...]:
-    """"fgsm+pgd,cw+deepfool" -> (("fgsm", "pgd"), ("cw", "deepfool"))."""
+    """ "fgsm+pgd,cw+deepfool" -> (("fgsm", "pgd"), ("cw", "deepfool"))."""
     return tuple(tuple(attack_names(f.replace("+", ","))) for f in spec.split(",") if f.strip())
 
 
@@ -93,8 +133,10 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
     if subset is None:  # its default follows --calib-train (none when that is 0)
         subset = min(d.train_subset, a.calib_train) if a.calib_train > 0 else 0
     elif subset > 0 and a.calib_train <= 0:
-        raise ValueError(f"--calib-train-subset {subset} takes its images from the --calib-train ones, but "
-                         f"--calib-train is {a.calib_train}; pass both (e.g. --calib-train 30000)")
+        raise ValueError(
+            f"--calib-train-subset {subset} takes its images from the --calib-train ones, but "
+            f"--calib-train is {a.calib_train}; pass both (e.g. --calib-train 30000)"
+        )
     families = _families(a.families)
     if a.family_log_prior is None:  # the measured priors belong to the default families; other families: equal
         prior = d.family_log_prior if families == d.families else (0.0,) * len(families)
@@ -104,13 +146,23 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         except ValueError:
             prior = ()
         if len(prior) != len(families):
-            raise ValueError(f"--family-log-prior {a.family_log_prior!r}: expected one number per family of --families "
-                             f"{a.families!r} ({len(families)}), comma-separated")
+            raise ValueError(
+                f"--family-log-prior {a.family_log_prior!r}: expected one number per family of --families "
+                f"{a.families!r} ({len(families)}), comma-separated"
+            )
     cfg = CalibrationConfig(
-        target_fpr=a.fpr, attacks=tuple(attack_names(a.calib_attacks)), limit=a.calib_limit,
-        train_images=a.calib_train, train_attacks=tuple(attack_names(a.calib_train_attacks)), train_subset=subset,
-        train_subset_attacks=tuple(attack_names(a.calib_train_subset_attacks)), families=families,
-        family_log_prior=prior, scorer=a.scorer, gate_logits=not a.without_gate_logits)
+        target_fpr=a.fpr,
+        attacks=tuple(attack_names(a.calib_attacks)),
+        limit=a.calib_limit,
+        train_images=a.calib_train,
+        train_attacks=tuple(attack_names(a.calib_train_attacks)),
+        train_subset=subset,
+        train_subset_attacks=tuple(attack_names(a.calib_train_subset_attacks)),
+        families=families,
+        family_log_prior=prior,
+        scorer=a.scorer,
+        gate_logits=not a.without_gate_logits,
+    )
     try:
         cfg.check()
     except ValueError as e:
@@ -139,11 +191,13 @@ def cmd_profiles(a: argparse.Namespace) -> None:
     path = save_profiles(profiles, a.model, f"train:{train.fingerprint} test:{test.fingerprint}")
     c = profiles.meta["calibration"]
     fams = f", families {' | '.join('+'.join(f) for f in c['families'])}" if "families" in c else ""
-    print(f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
-          f"{c['n_clean']} clean + {c['n_attacked']} attacked images ({', '.join(c['attacks'])}, "
-          f"{c.get('n_extra_clean', 0)} of the clean from training, the rest from calibration; {c['scorer']}{fams}); "
-          f"threshold {profiles.meta['threshold']:.4f} at target FPR {cfg.target_fpr} on {c['n_threshold_clean']} other "
-          f"clean calibration images (achieved {c['fpr_achieved']}) | wrote {path}")
+    print(
+        f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
+        f"{c['n_clean']} clean + {c['n_attacked']} attacked images ({', '.join(c['attacks'])}, "
+        f"{c.get('n_extra_clean', 0)} of the clean from training, the rest from calibration; {c['scorer']}{fams}); "
+        f"threshold {profiles.meta['threshold']:.4f} at target FPR {cfg.target_fpr} on {c['n_threshold_clean']} other "
+        f"clean calibration images (achieved {c['fpr_achieved']}) | wrote {path}"
+    )
 
 
 def cmd_attack(a: argparse.Namespace) -> None:
@@ -155,17 +209,23 @@ def cmd_attack(a: argparse.Namespace) -> None:
     model = load_model(a.model, a.device)
     test = load_split(a.data, "test")
     cal_idx, ev_idx = split_test(test.y, model.cfg.num_classes)
-    idx = balanced_subset({"calibration": cal_idx, "evaluation": ev_idx}[a.split], test.y, a.limit, model.cfg.num_classes)
+    idx = balanced_subset(
+        {"calibration": cal_idx, "evaluation": ev_idx}[a.split], test.y, a.limit, model.cfg.num_classes
+    )
     for name in attack_names(a.attack):
         s = run_attack(model, name, test.x[idx], test.y[idx], seed=a.seed, device=a.device)
         path = save_attack_set(s, Path(a.out) / f"{name}.safetensors")
-        print(f"{name}: {int(s.success.sum())} of {len(s.y)} correctly classified {a.split} images misclassified after "
-              f"the attack (success rate {s.success_rate:.4f}), max Linf {float((s.x_adv - s.x_clean).abs().max()):.4f} "
-              f"| wrote {path}")
+        print(
+            f"{name}: {int(s.success.sum())} of {len(s.y)} correctly classified {a.split} images misclassified after "
+            f"the attack (success rate {s.success_rate:.4f}), max Linf {float((s.x_adv - s.x_clean).abs().max()):.4f} "
+            f"| wrote {path}"
+        )
         if a.png:
             written, before = write_pngs(s, model, Path(a.out) / name, model.cfg.classes, a.device)
-            print(f"{name}: {written} of {before} successful attacks still misclassified as 8-bit images | wrote "
-                  f"{Path(a.out) / name}/*.png")
+            print(
+                f"{name}: {written} of {before} successful attacks still misclassified as 8-bit images | wrote "
+                f"{Path(a.out) / name}/*.png"
+            )
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -173,12 +233,23 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from detector.evaluation import DETECTORS, evaluate
 
     det = load_detector(a.model, a.device, a.threshold)
-    r = evaluate(det, a.data, attack_names(a.attacks), a.out, a.limit, a.slow_limit, a.adaptive_limit, a.seed,
-                 not a.no_save_attacks)
+    r = evaluate(
+        det,
+        a.data,
+        attack_names(a.attacks),
+        a.out,
+        a.limit,
+        a.slow_limit,
+        a.adaptive_limit,
+        a.seed,
+        not a.no_save_attacks,
+    )
     print(f"clean accuracy {r['clean_accuracy']:.4f} on {r['evaluation_images']} evaluation images")
     for name, at in r["attacks"].items():
         aucs = ", ".join(f"{d} {at['detectors'][d]['auroc']:.3f}" for d in DETECTORS)
         print(f"{name}: success {at['success_rate']:.3f} | AUROC {aucs}")
     ad = r["adaptive"]
-    print(f"adaptive PGD: success {ad['success_rate']:.3f}, flagged {ad['tpr_at_threshold']}, accuracy kept "
-          f"{ad['accuracy_kept']:.3f} | wrote {Path(a.out) / 'report.json'}, report.md, roc.png")
+    print(
+        f"adaptive PGD: success {ad['success_rate']:.3f}, flagged {ad['tpr_at_threshold']}, accuracy kept "
+        f"{ad['accuracy_kept']:.3f} | wrote {Path(a.out) / 'report.json'}, report.md, roc.png"
+    )

@@ -16,14 +16,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+")
     p.set_defaults(handler=cmd_predict)
 
-    p = sub.add_parser("serve", help="HTTP service (FastAPI + uvicorn); other settings from DND_* environment variables")
+    p = sub.add_parser(
+        "serve", help="HTTP service (FastAPI + uvicorn); other settings from DND_* environment variables"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=8000)
-    p.add_argument("--model", default=None, help="bundle directory (default: DND_MODEL_DIR or models/resnet20-decoupled)")
+    p.add_argument(
+        "--model", default=None, help="bundle directory (default: DND_MODEL_DIR or models/resnet20-decoupled)"
+    )
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--log-level", default="info")
-    p.add_argument("--threads", type=count, default=0,
-                   help="torch threads for large batches (default: DND_THREADS or all cores; small batches use 1)")
+    p.add_argument(
+        "--threads",
+        type=count,
+        default=0,
+        help="torch threads for large batches (default: DND_THREADS or all cores; small batches use 1)",
+    )
     p.set_defaults(handler=cmd_serve)
 
 
@@ -55,11 +63,19 @@ def cmd_predict(a: argparse.Namespace) -> None:
                 out = model.forward_paths(x[None].to(a.device))
             p, z = out.logits.softmax(1)[0], out.z
         k = int(p.argmax())
-        rec = {"image": str(path), "label": model.cfg.classes[k], "class_index": k,
-               "probability": round(float(p[k]), 4), "resized_from": resized}
+        rec = {
+            "image": str(path),
+            "label": model.cfg.classes[k],
+            "class_index": k,
+            "probability": round(float(p[k]), 4),
+            "resized_from": resized,
+        }
         if det:
-            rec |= {"attack_score": round(float(d.scores[0]), 4), "is_adversarial": bool(d.is_adversarial[0]),
-                    "threshold": round(det.threshold, 4)}
+            rec |= {
+                "attack_score": round(float(d.scores[0]), 4),
+                "is_adversarial": bool(d.is_adversarial[0]),
+                "threshold": round(det.threshold, 4),
+            }
         if z:
             rec["open_filters_per_layer"] = [int(zl.sum()) for zl in z]
             rec["path_density"] = round(float(sum(int(zl.sum()) for zl in z) / sum(zl.shape[1] for zl in z)), 4)

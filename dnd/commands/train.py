@@ -20,12 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="CIFAR-10 root: torchvision layout or train/ + test/ image folders")
     p.add_argument("--out", required=True, help="bundle directory to write (checkpoints go to OUT/checkpoint)")
     p.add_argument("--decouple", action="store_true", help="add gates and fine-tune from --init")
-    p.add_argument("--init", help="bundle to start from: dense (with --decouple the gates are new; without, a warm "
-                   "restart: a new LR cycle from its weights) or decoupled (a further fine-tuning stage)")
+    p.add_argument(
+        "--init",
+        help="bundle to start from: dense (with --decouple the gates are new; without, a warm "
+        "restart: a new LR cycle from its weights) or decoupled (a further fine-tuning stage)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint")
     add_device(p)
-    p.add_argument("--compile", action="store_true", help="torch.compile the forward + losses of each step (inductor; "
-                   "on CPU needs a C++ compiler; compiles for ~1-3 min at the start and at the switch to hard paths)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the forward + losses of each step (inductor; "
+        "on CPU needs a C++ compiler; compiles for ~1-3 min at the start and at the switch to hard paths)",
+    )
     hp = p.add_argument_group("hyper-parameters (defaults in training/config.py)")
     for f in fields(TrainConfig):
         flag = f"--{f.name.replace('_', '-')}"
@@ -38,8 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stats", help="test accuracy, MACs, FLOPs ratio and filter states of a bundle -> metrics.json")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--out", help="output JSON file (default MODEL/metrics.json; an existing file is replaced), "
-                   "with filter_states.png beside it")
+    p.add_argument(
+        "--out",
+        help="output JSON file (default MODEL/metrics.json; an existing file is replaced), "
+        "with filter_states.png beside it",
+    )
     add_device(p, threads=False)
     p.set_defaults(handler=cmd_stats, out_is_dir=False)
 
@@ -54,8 +64,16 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
 def cmd_train(a: argparse.Namespace) -> None:
     from training.train import train
 
-    train(a.data, a.out, train_config(a), decouple=a.decouple, init=a.init, resume=a.resume, device=a.device,
-          compile_step=a.compile)
+    train(
+        a.data,
+        a.out,
+        train_config(a),
+        decouple=a.decouple,
+        init=a.init,
+        resume=a.resume,
+        device=a.device,
+        compile_step=a.compile,
+    )
 
 
 def cmd_stats(a: argparse.Namespace) -> None:
@@ -66,15 +84,18 @@ def cmd_stats(a: argparse.Namespace) -> None:
 
     model = load_model(a.model, a.device)
     test = load_split(a.data, "test")
-    stats = {"model": str(a.model), "data_test_fingerprint": test.fingerprint,
-             **compute_stats(model, test.x, test.y, device=a.device)}
+    stats = {
+        "model": str(a.model),
+        "data_test_fingerprint": test.fingerprint,
+        **compute_stats(model, test.x, test.y, device=a.device),
+    }
     out = Path(a.out) if a.out else Path(a.model) / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, stats)
     plot_filter_states(stats, out.with_name("filter_states.png"))
     fs = stats["filter_states"]
-    print(f"test accuracy {stats['test_accuracy']:.4f} | MACs {stats['mean_macs'] / 1e6:.2f}M of "
-          f"{stats['dense_macs'] / 1e6:.2f}M (ratio {stats['flops_ratio']:.3f}) | filters activated {fs['activated']}, "
-          f"silent {fs['silent']}, dynamic {fs['dynamic']} of {fs['total']} | wrote {out}")
-
-
+    print(
+        f"test accuracy {stats['test_accuracy']:.4f} | MACs {stats['mean_macs'] / 1e6:.2f}M of "
+        f"{stats['dense_macs'] / 1e6:.2f}M (ratio {stats['flops_ratio']:.3f}) | filters activated {fs['activated']}, "
+        f"silent {fs['silent']}, dynamic {fs['dynamic']} of {fs['total']} | wrote {out}"
+    )

@@ -18,13 +18,17 @@ from .predict import model_ref
 router = APIRouter(tags=["admin"])
 
 
-@router.post("/admin/reload", summary="reload bundle and profiles (header X-API-Key)",
-             responses=responses(401, 404, 409, 503), dependencies=[Depends(require_api_key)])
+@router.post(
+    "/admin/reload",
+    summary="reload bundle and profiles (header X-API-Key)",
+    responses=responses(401, 404, 409, 503),
+    dependencies=[Depends(require_api_key)],
+)
 async def reload(st: State = Depends(get_state), batcher: MicroBatcher = Depends(ready_batcher)) -> dict[str, Any]:
     async with st.reload_lock:
         try:
             det = await asyncio.to_thread(load, st.settings)  # not the inference thread: serving goes on
-        except Exception as e:  # noqa: BLE001 - keep serving the old model
+        except Exception as e:
             raise ApiError(409, "reload_failed", f"kept the current model; could not load the new one: {e}") from None
         old = model_ref(batcher.detector)
         batcher.swap(det)

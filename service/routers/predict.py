@@ -34,12 +34,18 @@ def records(p: Prediction, det: Detector, resized: list, fields: str, explain: b
     for i, k in enumerate(labels):
         r: dict[str, Any] = {}
         if fields in ("predict", "classify"):
-            r |= {"label": det.classes[k], "class_index": k,
-                  "probabilities": {c: round(v, 6) for c, v in zip(det.classes, probs[i])}}
+            r |= {
+                "label": det.classes[k],
+                "class_index": k,
+                "probabilities": {c: round(v, 6) for c, v in zip(det.classes, probs[i])},
+            }
         if fields in ("predict", "detect"):
             r |= {"attack_score": round(scores[i], 6), "is_adversarial": flags[i], "threshold": det.threshold}
         if fields == "detect" or explain:
-            r["per_layer_divergence"] = {"hamming": [round(v, 4) for v in ham[i]], "jaccard": [round(v, 4) for v in jac[i]]}
+            r["per_layer_divergence"] = {
+                "hamming": [round(v, 4) for v in ham[i]],
+                "jaccard": [round(v, 4) for v in jac[i]],
+            }
         if explain:
             r["active_filters"] = [torch.nonzero(z[i]).flatten().tolist() for z in p.paths]
         r["resized_from"] = resized[i]
@@ -55,22 +61,49 @@ async def answer(request: Request, st: State, batcher: MicroBatcher, fields: str
     return JSONResponse({"model": model_ref(det), "predictions": records(pred, det, resized, fields, explain)})
 
 
-@router.post("/predict", summary="label, probabilities and attack score per image", response_model=Predictions,
-             openapi_extra=IMAGE_BODY, responses=ERRORS)
-async def predict(request: Request, explain: bool = EXPLAIN, st: State = Depends(get_state),
-                  batcher: MicroBatcher = Depends(ready_batcher)) -> JSONResponse:
+@router.post(
+    "/predict",
+    summary="label, probabilities and attack score per image",
+    response_model=Predictions,
+    openapi_extra=IMAGE_BODY,
+    responses=ERRORS,
+)
+async def predict(
+    request: Request,
+    explain: bool = EXPLAIN,
+    st: State = Depends(get_state),
+    batcher: MicroBatcher = Depends(ready_batcher),
+) -> JSONResponse:
     return await answer(request, st, batcher, "predict", explain)
 
 
-@router.post("/classify", summary="label and probabilities per image", response_model=Predictions,
-             openapi_extra=IMAGE_BODY, responses=ERRORS)
-async def classify(request: Request, explain: bool = EXPLAIN, st: State = Depends(get_state),
-                   batcher: MicroBatcher = Depends(ready_batcher)) -> JSONResponse:
+@router.post(
+    "/classify",
+    summary="label and probabilities per image",
+    response_model=Predictions,
+    openapi_extra=IMAGE_BODY,
+    responses=ERRORS,
+)
+async def classify(
+    request: Request,
+    explain: bool = EXPLAIN,
+    st: State = Depends(get_state),
+    batcher: MicroBatcher = Depends(ready_batcher),
+) -> JSONResponse:
     return await answer(request, st, batcher, "classify", explain)
 
 
-@router.post("/detect", summary="attack score, flag and per-layer divergence per image", response_model=Predictions,
-             openapi_extra=IMAGE_BODY, responses=ERRORS)
-async def detect(request: Request, explain: bool = EXPLAIN, st: State = Depends(get_state),
-                 batcher: MicroBatcher = Depends(ready_batcher)) -> JSONResponse:
+@router.post(
+    "/detect",
+    summary="attack score, flag and per-layer divergence per image",
+    response_model=Predictions,
+    openapi_extra=IMAGE_BODY,
+    responses=ERRORS,
+)
+async def detect(
+    request: Request,
+    explain: bool = EXPLAIN,
+    st: State = Depends(get_state),
+    batcher: MicroBatcher = Depends(ready_batcher),
+) -> JSONResponse:
     return await answer(request, st, batcher, "detect", explain)

@@ -21,8 +21,14 @@ from ..inputs import load_json, read_body
 from ..schemas import OipRequest, OipResponse
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-OIP_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": OipRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+OIP_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": OipRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
+        },
+    }
+}
 
 
 @router.get("/health/live")
@@ -44,12 +50,18 @@ def served(name: str, batcher: MicroBatcher = Depends(ready_batcher)) -> MicroBa
 
 @router.get("/models/{name}", responses=responses(404, 503, oip=True))
 async def metadata(name: str, b: MicroBatcher = Depends(served)) -> dict[str, Any]:
-    return {"name": name, "versions": [b.detector.weights_sha256[:12]], "platform": "pytorch_torchscript",
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(b.detector.classes)]},
-                        {"name": "class_index", "datatype": "INT64", "shape": [-1]},
-                        {"name": "attack_score", "datatype": "FP32", "shape": [-1]},
-                        {"name": "is_adversarial", "datatype": "BOOL", "shape": [-1]}]}
+    return {
+        "name": name,
+        "versions": [b.detector.weights_sha256[:12]],
+        "platform": "pytorch_torchscript",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(b.detector.classes)]},
+            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+            {"name": "attack_score", "datatype": "FP32", "shape": [-1]},
+            {"name": "is_adversarial", "datatype": "BOOL", "shape": [-1]},
+        ],
+    }
 
 
 @router.get("/models/{name}/ready", responses=responses(404, 503, oip=True))
@@ -66,11 +78,22 @@ def parse_infer(body: bytes, max_images: int) -> tuple[torch.Tensor, str]:
         raise ApiError(400, "invalid_request", e.message) from None
     except ValidationError as e:
         where = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
-        raise ApiError(400, "invalid_request", f"expected an OIP v2 request with inputs[0].shape/datatype/data: {where}") from None
+        raise ApiError(
+            400, "invalid_request", f"expected an OIP v2 request with inputs[0].shape/datatype/data: {where}"
+        ) from None
     inp = req.inputs[0]
-    if inp.datatype != "FP32" or len(inp.shape) != 4 or inp.shape[1:] != [3, 32, 32] or not 1 <= inp.shape[0] <= max_images:
-        raise ApiError(400, "invalid_request", f"expected FP32 input of shape [N, 3, 32, 32] with 1 <= N <= {max_images}, "
-                       f"found {inp.datatype} {inp.shape}")
+    if (
+        inp.datatype != "FP32"
+        or len(inp.shape) != 4
+        or inp.shape[1:] != [3, 32, 32]
+        or not 1 <= inp.shape[0] <= max_images
+    ):
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"expected FP32 input of shape [N, 3, 32, 32] with 1 <= N <= {max_images}, "
+            f"found {inp.datatype} {inp.shape}",
+        )
     try:
         arr = np.asarray(inp.data, dtype=np.float32)
         if arr.dtype == object or arr.size != int(np.prod(inp.shape)):
@@ -85,9 +108,15 @@ def parse_infer(body: bytes, max_images: int) -> tuple[torch.Tensor, str]:
     return x, req.id or ""
 
 
-@router.post("/models/{name}/infer", response_model=OipResponse, openapi_extra=OIP_BODY,
-             responses=responses(400, 404, 408, 413, 500, 503, oip=True))
-async def infer(request: Request, name: str, st: State = Depends(get_state), b: MicroBatcher = Depends(served)) -> JSONResponse:
+@router.post(
+    "/models/{name}/infer",
+    response_model=OipResponse,
+    openapi_extra=OIP_BODY,
+    responses=responses(400, 404, 408, 413, 500, 503, oip=True),
+)
+async def infer(
+    request: Request, name: str, st: State = Depends(get_state), b: MicroBatcher = Depends(served)
+) -> JSONResponse:
     body = await read_body(request, st.settings.body_limit, st.settings.body_timeout_s)
     loop = asyncio.get_running_loop()
     x, rid = await loop.run_in_executor(st.decode_pool, parse_infer, body, st.settings.max_images)
@@ -95,8 +124,21 @@ async def infer(request: Request, name: str, st: State = Depends(get_state), b: 
     st.metrics.images.inc(len(x))
     st.metrics.flagged.inc(int(pred.is_adversarial.sum()))
     n = len(x)
-    return JSONResponse({"model_name": name, "model_version": det.weights_sha256[:12], "id": rid, "outputs": [
-        {"name": "probabilities", "datatype": "FP32", "shape": [n, len(det.classes)], "data": pred.probs.flatten().tolist()},
-        {"name": "class_index", "datatype": "INT64", "shape": [n], "data": pred.labels.tolist()},
-        {"name": "attack_score", "datatype": "FP32", "shape": [n], "data": pred.scores.tolist()},
-        {"name": "is_adversarial", "datatype": "BOOL", "shape": [n], "data": pred.is_adversarial.tolist()}]})
+    return JSONResponse(
+        {
+            "model_name": name,
+            "model_version": det.weights_sha256[:12],
+            "id": rid,
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [n, len(det.classes)],
+                    "data": pred.probs.flatten().tolist(),
+                },
+                {"name": "class_index", "datatype": "INT64", "shape": [n], "data": pred.labels.tolist()},
+                {"name": "attack_score", "datatype": "FP32", "shape": [n], "data": pred.scores.tolist()},
+                {"name": "is_adversarial", "datatype": "BOOL", "shape": [n], "data": pred.is_adversarial.tolist()},
+            ],
+        }
+    )

@@ -44,7 +44,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def client(bundle: Path):
-    c = client_for(Settings(model_dir=bundle, threads=1, max_wait_ms=5, body_limit=200_000, max_images=8,
-                            max_image_pixels=512 * 512))
+    c = client_for(
+        Settings(
+            model_dir=bundle, threads=1, max_wait_ms=5, body_limit=200_000, max_images=8, max_image_pixels=512 * 512
+        )
+    )
     yield c
     c.__exit__(None, None, None)

@@ -1,4 +1,5 @@
 """POST /admin/reload: the key, and no request dropped while the bundle is swapped."""
+
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

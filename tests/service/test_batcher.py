@@ -1,4 +1,5 @@
 """The micro-batcher: thread count per batch size."""
+
 from pathlib import Path
 
 import torch

@@ -1,4 +1,5 @@
 """GET /healthz, /readyz, /metrics, /v1/model."""
+
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -25,6 +26,10 @@ def test_metrics_and_model_info(client: TestClient) -> None:
     client.post("/predict", content=png(), headers={"content-type": "image/png"})
     text = client.get("/metrics").text
     assert 'dnd_requests_total{route="/predict",status="200"}' in text
-    assert "dnd_batch_size_count" in text and "dnd_images_flagged_total" in text and "dnd_request_latency_seconds_bucket" in text
+    assert (
+        "dnd_batch_size_count" in text
+        and "dnd_images_flagged_total" in text
+        and "dnd_request_latency_seconds_bucket" in text
+    )
     info = client.get("/v1/model").json()
     assert len(info["classes"]) == 10 and info["threshold"] == 0.0 and len(info["weights_sha256"]) == 64

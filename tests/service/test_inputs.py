@@ -33,8 +33,10 @@ def _saved(im: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _multipart(body: bytes, boundary: str = "XyZ") -> tuple[bytes, str]:
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
-            "Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
     return head + body + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -42,27 +44,30 @@ DEEP_LIST = b"[" * 10_000 + b"]" * 10_000
 DEEP_OBJECT = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
 
 
-@pytest.mark.parametrize("content, ctype, status, code", [
-    (b"hello", "text/plain", 415, "unsupported_media_type"),
-    (b"this is not an image at all", "image/png", 415, "not_an_image"),
-    (_truncated(), "image/png", 400, "corrupt_image"),
-    (b"", "image/png", 400, "empty_body"),
-    (b"\0" * 300_000, "image/png", 413, "body_too_large"),
-    (_solid(6000, 6000), "image/png", 413, "image_too_large"),  # decompression bomb
-    (_solid(600, 600), "image/png", 413, "image_too_large"),    # over DND_MAX_IMAGE_PIXELS
-    (b"{not json", "application/json", 422, "invalid_json"),
-    (json.dumps({"images": ["@@@not base64@@@"]}).encode(), "application/json", 400, "invalid_base64"),
-    (json.dumps({"images": []}).encode(), "application/json", 422, "invalid_json"),
-    (json.dumps({"images": ["aGk="] * 9}).encode(), "application/json", 413, "too_many_images"),
-    (DEEP_LIST, "application/json", 422, "invalid_json"),
-    (DEEP_OBJECT, "application/json", 422, "invalid_json"),
-    (b'{"images": [' + b"1" * 5000 + b"]}", "application/json", 422, "invalid_json"),  # over int's digit limit
-    (b'{"images": [NaN, Infinity]}', "application/json", 422, "invalid_json"),
-    (b'\xff\xfe{"images"', "application/json", 422, "invalid_json"),
-    (_multipart(png())[0][:-12], "multipart/form-data; boundary=XyZ", 400, "invalid_multipart"),  # unterminated
-    (b"--XyZ garbage", "multipart/form-data; boundary=XyZ", 400, "invalid_multipart"),
-    (b"anything", "multipart/form-data", 400, "invalid_multipart"),  # no boundary
-])
+@pytest.mark.parametrize(
+    "content, ctype, status, code",
+    [
+        (b"hello", "text/plain", 415, "unsupported_media_type"),
+        (b"this is not an image at all", "image/png", 415, "not_an_image"),
+        (_truncated(), "image/png", 400, "corrupt_image"),
+        (b"", "image/png", 400, "empty_body"),
+        (b"\0" * 300_000, "image/png", 413, "body_too_large"),
+        (_solid(6000, 6000), "image/png", 413, "image_too_large"),  # decompression bomb
+        (_solid(600, 600), "image/png", 413, "image_too_large"),  # over DND_MAX_IMAGE_PIXELS
+        (b"{not json", "application/json", 422, "invalid_json"),
+        (json.dumps({"images": ["@@@not base64@@@"]}).encode(), "application/json", 400, "invalid_base64"),
+        (json.dumps({"images": []}).encode(), "application/json", 422, "invalid_json"),
+        (json.dumps({"images": ["aGk="] * 9}).encode(), "application/json", 413, "too_many_images"),
+        (DEEP_LIST, "application/json", 422, "invalid_json"),
+        (DEEP_OBJECT, "application/json", 422, "invalid_json"),
+        (b'{"images": [' + b"1" * 5000 + b"]}", "application/json", 422, "invalid_json"),  # over int's digit limit
+        (b'{"images": [NaN, Infinity]}', "application/json", 422, "invalid_json"),
+        (b'\xff\xfe{"images"', "application/json", 422, "invalid_json"),
+        (_multipart(png())[0][:-12], "multipart/form-data; boundary=XyZ", 400, "invalid_multipart"),  # unterminated
+        (b"--XyZ garbage", "multipart/form-data; boundary=XyZ", 400, "invalid_multipart"),
+        (b"anything", "multipart/form-data", 400, "invalid_multipart"),  # no boundary
+    ],
+)
 def test_bad_input_is_a_clear_4xx(client: TestClient, content: bytes, ctype: str, status: int, code: str) -> None:
     r = client.post("/predict", content=content, headers={"content-type": ctype})
     assert r.status_code == status, r.text
@@ -143,7 +148,7 @@ def test_transparency_is_composited_on_the_documented_background() -> None:
 def test_unexpected_errors_are_a_500_with_a_request_id_and_no_internals(client: TestClient, monkeypatch) -> None:
     batcher = client.app.state.dnd.batcher
 
-    async def boom(x):  # noqa: ANN001
+    async def boom(x):
         raise RuntimeError("secret internals /etc/passwd")
 
     monkeypatch.setattr(batcher, "submit", boom)

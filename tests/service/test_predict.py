@@ -1,11 +1,11 @@
 """POST /predict, /classify, /detect: answers, input kinds, explain, batching."""
+
 import base64
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -21,7 +21,15 @@ def test_predict_raw_image_matches_the_detector(client: TestClient, bundle: Path
     assert r.status_code == 200
     body = r.json()
     p = body["predictions"][0]
-    assert set(p) == {"label", "class_index", "probabilities", "attack_score", "is_adversarial", "threshold", "resized_from"}
+    assert set(p) == {
+        "label",
+        "class_index",
+        "probabilities",
+        "attack_score",
+        "is_adversarial",
+        "threshold",
+        "resized_from",
+    }
     x = torch.from_numpy(np.array(Image.open(io.BytesIO(png(seed=3))))).permute(2, 0, 1)[None].float() / 255
     ref = load_detector(bundle).predict(x)
     assert p["class_index"] == int(ref.labels[0]) and p["label"] == load_detector(bundle).classes[p["class_index"]]
@@ -53,7 +61,9 @@ def test_explain_classify_detect(client: TestClient) -> None:
 def test_batched_equals_one_by_one(client: TestClient) -> None:
     imgs = [png(seed=i) for i in range(6)]
     batch = client.post("/predict", json={"images": [base64.b64encode(b).decode() for b in imgs]}).json()["predictions"]
-    single = [client.post("/predict", content=b, headers={"content-type": "image/png"}).json()["predictions"][0] for b in imgs]
+    single = [
+        client.post("/predict", content=b, headers={"content-type": "image/png"}).json()["predictions"][0] for b in imgs
+    ]
     for a, b in zip(batch, single):
         assert a["class_index"] == b["class_index"] and abs(a["attack_score"] - b["attack_score"]) < 1e-4
 
@@ -61,8 +71,12 @@ def test_batched_equals_one_by_one(client: TestClient) -> None:
 def test_200_concurrent_requests_are_micro_batched_and_correct(bundle: Path) -> None:
     c = client_for(Settings(model_dir=bundle, threads=1, max_wait_ms=50, max_batch=32))
     imgs = [png(seed=i % 20) for i in range(200)]
-    expected = {i: c.post("/predict", content=imgs[i], headers={"content-type": "image/png"}).json()["predictions"][0]["class_index"]
-                for i in range(20)}
+    expected = {
+        i: c.post("/predict", content=imgs[i], headers={"content-type": "image/png"}).json()["predictions"][0][
+            "class_index"
+        ]
+        for i in range(20)
+    }
     batches_before = batch_count(c)
     with ThreadPoolExecutor(64) as pool:
         rs = list(pool.map(lambda b: c.post("/predict", content=b, headers={"content-type": "image/png"}), imgs))

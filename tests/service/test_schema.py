@@ -8,8 +8,12 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from service.settings import Settings
 
@@ -25,7 +29,7 @@ def api_schema(bundle: Path):
         yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
 
 
-def _strategies(op, name: str):  # noqa: ANN001, ANN202
+def _strategies(op, name: str):
     """Per operation: schema-valid and schema-violating requests, for every request body media type, with the served
     model's name in {name} half of the time (a random name only ever reaches the 404 branch)."""
     body = op.definition.raw.get("requestBody", {}).get("content", {})
@@ -37,29 +41,34 @@ def _strategies(op, name: str):  # noqa: ANN001, ANN202
                 yield f"{mode.value} {mt or ''} {pp or ''}", op.as_strategy(mode, media_type=mt, path_parameters=pp)
 
 
-def test_every_operation_answers_as_documented(api_schema) -> None:  # noqa: ANN001
+def test_every_operation_answers_as_documented(api_schema) -> None:
     failures, ran = [], []
     for result in api_schema.get_all_operations():
         op = result.ok()
         for label, strategy in _strategies(op, "tiny"):
 
             @given(case=strategy)
-            @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                      database=None)
-            def run(case) -> None:  # noqa: ANN001
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                derandomize=True,
+                database=None,
+            )
+            def run(case) -> None:
                 case.call_and_validate(checks=CHECKS)
 
             try:
                 run()
             except Unsatisfiable:  # nothing to violate (no parameters, no body): the positive mode covers it
                 continue
-            except Exception as e:  # noqa: BLE001 - collect every operation's failure, then report them all
+            except Exception as e:
                 failures.append(f"{op.label} [{label}]: {e}")
             ran.append(op.label)
     assert len(set(ran)) >= 13 and not failures, "\n\n".join(failures)
 
 
-def test_request_bodies_and_error_responses_are_documented(client) -> None:  # noqa: ANN001
+def test_request_bodies_and_error_responses_are_documented(client) -> None:
     spec = client.get("/openapi.json").json()
     predict = spec["paths"]["/predict"]["post"]
     assert {"image/png", "multipart/form-data", "application/json"} <= set(predict["requestBody"]["content"])

@@ -30,8 +30,9 @@ def serving(settings: Settings, hook: Callable[[FastAPI], None] | None = None) -
     """Serve create_app(settings) on a free loopback port until the block ends; yields the port once ready."""
     app = create_app(settings)
     GuardedHttpTools.head_timeout = settings.header_timeout_s
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, http=GuardedHttpTools, log_level="warning",
-                                           timeout_keep_alive=5))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, http=GuardedHttpTools, log_level="warning", timeout_keep_alive=5)
+    )
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     while not server.started:
@@ -89,15 +90,19 @@ def test_slowloris_connections_are_closed(settings: Settings) -> None:
 def test_a_body_that_stops_arriving_is_a_408(settings: Settings) -> None:
     with serving(settings) as port:
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + b"\x89PNG")
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + b"\x89PNG"
+        )
         reply = s.recv(4096).decode("latin-1")
         assert reply.startswith("HTTP/1.1 408") and "body_timeout" in reply
         s.close()
 
 
-def test_a_500_keeps_the_connection_usable_and_is_logged_once(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_500_keeps_the_connection_usable_and_is_logged_once(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     def break_batcher(app: FastAPI) -> None:
-        async def boom(x):  # noqa: ANN001
+        async def boom(x):
             raise RuntimeError("internals")
 
         app.state.dnd.batcher.submit = boom
@@ -114,10 +119,15 @@ def test_a_500_keeps_the_connection_usable_and_is_logged_once(settings: Settings
     assert len(tracebacks) == 1 and body["error"]["request_id"] in tracebacks[0].getMessage()
 
 
-def test_a_client_that_leaves_mid_body_is_a_499_not_an_error(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_client_that_leaves_mid_body_is_a_499_not_an_error(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO), serving(settings) as port:
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n" + b"\0" * 100)
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\n"
+            + b"\0" * 100
+        )
         time.sleep(0.1)
         s.close()
         time.sleep(0.3)

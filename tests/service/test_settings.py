@@ -1,4 +1,5 @@
 """DND_* settings and the deploy files that carry them."""
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,8 +27,10 @@ def test_compose_file_is_valid() -> None:
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("env, field", [({"DND_DEVICE": "foo"}, "device"), ({"DND_THRESHOLD": "nan"}, "threshold"),
-                                        ({"DND_MAX_BATCH": "0"}, "max_batch")])
+@pytest.mark.parametrize(
+    "env, field",
+    [({"DND_DEVICE": "foo"}, "device"), ({"DND_THRESHOLD": "nan"}, "threshold"), ({"DND_MAX_BATCH": "0"}, "max_batch")],
+)
 def test_bad_settings_are_refused_at_start_up(env: dict[str, str], field: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError
 
