@@ -49,8 +49,8 @@ train_decoupled = $(DND) train --data $(DATA) --out $(1) --decouple --init $(2) 
 profile         = $(DND) profiles --model $(1) --data $(DATA) --device $(DEVICE)
 evaluate_to     = $(DND) evaluate --model $(1) --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out $(2) --device $(DEVICE)
 
-# The shipped bundles, exactly as they were produced (candidate b256-bf16-co16-e200-e50tf069h10, session 30: dense
-# 200 epochs with bf16 autocast and Cutout 16, ≈ 3.0 h on 2 CPU cores; the fine-tune 50 epochs at a FLOPs target of
+# The shipped bundles, exactly as they were produced (candidate b256-bf16-co16-e200-e50tf069h10 in docs/candidates.md:
+# dense 200 epochs with bf16 autocast and Cutout 16, ≈ 3.0 h on 2 CPU cores; the fine-tune 50 epochs at a FLOPs target of
 # 0.69 with the last 10 on eval-time paths, ≈ 2 h).
 train-dense: $(VENV_OK) data
 	$(call train_dense,models/resnet20-dense,--epochs 200 --bf16 --cutout 16)
@@ -95,8 +95,8 @@ bench: $(VENV_OK)
 	$(PY) bench/train_epoch.py --recipes
 	$(PY) bench/scoring.py
 	$(PY) bench/layout.py
-# On real images: the measurements behind two session-17 defaults (the bf16 distillation teacher, DeepFool's
-# Jacobian) and a fine-tune step's cost by gate mode (session 18).
+# On real images: the measurements behind two defaults (the bf16 distillation teacher, DeepFool's batched Jacobian)
+# and a fine-tune step's cost by gate mode.
 bench-data: $(VENV_OK) data
 	$(PY) bench/teacher_precision.py --data $(DATA)
 	$(PY) bench/deepfool.py --data $(DATA) --images 100

@@ -4,8 +4,8 @@ plain:   det.model(x)      (logits only)
 scored:  det.predict(x)    (logits + paths + per-layer distances + `path` score + threshold)
 Rounds alternate so machine noise hits both alike. Prints median ms per batch, img/s and the overhead
 (target: scoring adds <= 10%), then the scoring stages alone on the same batch's paths (path features, `path`
-score), to show what the scoring steps themselves cost beside the end-to-end ratio, and the tree walk that
-`TreeEnsemble.raw` replaced in session 16 (level by level in torch ops, kept here only as the side-by-side reference).
+score), to show what the scoring steps themselves cost beside the end-to-end ratio, and the tree walk in torch ops
+(level by level) that the compiled walk of `TreeEnsemble.raw` replaced, kept here only as the side-by-side reference.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from detector.trees import TreeEnsemble
 
 
 def torch_level_walk(trees: TreeEnsemble, features: Tensor) -> Tensor:
-    """(N, F) -> (N, K) log-odds, as `TreeEnsemble.raw` computed them until session 15: all images and trees advance one
-    level per step (one row fetch of [feature, threshold, left child] per node, trees sorted deepest first so level k
+    """(N, F) -> (N, K) log-odds in torch ops, level by level: all images and trees advance one level per step (one row fetch of [feature, threshold, left child] per node, trees sorted deepest first so level k
     touches only the trees deeper than k), ~8 torch ops per level."""
     x = features.float()
     n, (t, m) = len(x), trees.feature.shape

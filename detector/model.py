@@ -25,7 +25,7 @@ def _mean_hw(x: Tensor) -> Tensor:
     """x.mean(dim=(2, 3)), (N, C, H, W) -> (N, C). For bf16 / fp16 as a sum (accumulated in float32 by the kernel)
     divided by H * W: Tensor.mean first copies the whole tensor to float32, several times slower than the sum. With
     _SpatialMean's bf16 backward below, the decoupled bf16 training step went from 2.31x to 2.12x of the dense one
-    (`python bench/train_epoch.py --bf16`, session 31). The values are the same when H * W is a power of two
+    (`python bench/train_epoch.py --bf16`). The values are the same when H * W is a power of two
     (32², 16², 8² here): the division is then exact."""
     if x.dtype in (torch.bfloat16, torch.float16):
         return x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3])

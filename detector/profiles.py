@@ -38,7 +38,7 @@ class PathProfiles:
     counts: Tensor  # (K,) int64: images per class the profile was built from
     meta: dict[str, Any] = field(default_factory=dict)  # + "threshold", "calibration" once calibrated
     scorer: PathScorer | None = None  # the `path` score, fitted on a calibration split (see calibration.py)
-    # L x (K, C_l) float32: the class's mean gate logit s per filter; None in profiles from before session 20 (their
+    # L x (K, C_l) float32: the class's mean gate logit s per filter; None in profiles built without them (their
     # scorer reads z only) or built with gate_logits=False
     gate_mean: list[Tensor] | None = None
 
@@ -57,7 +57,7 @@ def build_profiles(
 ) -> PathProfiles:
     """Profiles from images x (N, 3, 32, 32) (uint8 or [0,1] float) with labels y (N,); only the correctly
     classified ones count, so a profile describes how the model *succeeds* on a class. gate_logits=False leaves out
-    the class means of the gate logits (the scorer then reads z only, as before session 20)."""
+    the class means of the gate logits (the scorer then reads z only)."""
     if not model.cfg.decoupled:
         raise ValueError("path profiles need a decoupled model (one with gates); this bundle is dense")
     logits, z, s = collect_gate_paths(model, x, batch_size, device)

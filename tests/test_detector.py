@@ -272,7 +272,7 @@ def test_profiles_with_an_older_feature_set_are_refused(bundle: Path, tmp_path: 
     other = tmp_path / "old"
     shutil.copytree(bundle, other)
     p = load_profiles(other)
-    # the 708-feature layout before the likelihood columns (18 layers: 2L + 1 = 37) and the gate logits (session 20)
+    # a 708-feature layout: without the likelihood columns (18 layers: 2L + 1 = 37) and the gate logits
     old = feature_count([f.shape[1] for f in p.freq]) - 37
     sc = replace(p.scorer, mean=p.scorer.mean[:old], scale=p.scorer.scale[:old], coef=p.scorer.coef[:old])
     save_profiles(PathProfiles(p.freq, p.counts, p.meta, sc), other, p.meta["data_fingerprint"])  # no gate_mean
@@ -460,7 +460,7 @@ def test_tree_ensemble_walk_equals_sklearn() -> None:
     assert ens.raw(probe[:0]).shape == (0, 2)
     with pytest.raises(ValueError, match=r"expected \(N, F\) path features with F > 7 .* found shape \(350, 5\)"):
         ens.raw(probe[:, :5])  # too few columns would read past each row: refused, not walked
-    # files from before session 12: one model, no group tensor
+    # a scorer of one tree model stored without its group tensor
     one = TreeEnsemble.from_sklearn([clf]).tensors()
     del one["scorer.trees.group"]
     torch.testing.assert_close(TreeEnsemble.from_tensors(one).raw(probe)[:, 0], want[:, 0], rtol=0, atol=1e-12)
@@ -489,7 +489,7 @@ def test_family_scorer_is_the_mixture_log_odds_and_round_trips() -> None:
         PathScorer.fit(clean, {"up": up}, [["up"], ["down"]])
     with pytest.raises(ValueError, match="one log prior per family"):
         PathScorer.fit(clean, {"up": up, "down": down}, [["up"], ["down"]], [0.0])
-    # a family without rows drops out with its prior; files from before session 12 (one model, no prior) score log-odds
+    # a family without rows drops out with its prior; a scorer of one model and no prior scores its log-odds
     one = PathScorer.fit(clean, {"up": up, "down": down[:0]}, [["up"], ["down"]], [0.0, -1.0])
     assert one.log_prior.tolist() == [0.0] and len(one.trees.baseline) == 1
     old = {k: v for k, v in one.tensors().items() if k not in ("scorer.log_prior", "scorer.trees.group")}
