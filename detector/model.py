@@ -95,6 +95,23 @@ def option_a_shortcut(x: Tensor, stride: int, lo: int, hi: int) -> Tensor:
     return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, lo, hi))
 
 
+class _KeepInputLayout(torch.autograd.Function):
+    """Identity whose backward hands the gradient back in the input's own memory layout. Without it, the gradient
+    w.r.t. an NCHW-contiguous image comes back channels_last (it flows from the channels_last stem conv), and attack
+    code that calls .view on it fails (torchattacks.PGDL2: "view size is not compatible with input tensor's size and
+    stride"). One (N, 3, 32, 32) copy per backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx.layout = torch.channels_last if cl else torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=ctx.layout)
+
+
 @dataclass
 class PathOutput:
     """Everything one forward pass knows about the calculation path (L = number of gated convs)."""
@@ -202,6 +219,8 @@ class CifarResNet(nn.Module):
                 u.straight_through = False
 
     def _run(self, x: Tensor, rec: PathOutput | None) -> tuple[Tensor, Tensor]:
+        if torch.is_grad_enabled() and x.requires_grad:  # attacks: the input gradient in the input's layout
+            x = _KeepInputLayout.apply(x)
         h = self.stem((x - self.mean) / self.std)
         for b in self.blocks:
             h = b(h, rec)

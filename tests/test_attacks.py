@@ -101,3 +101,46 @@ def test_pngs_are_the_8bit_attacks_that_still_fool_the_model(tmp_path: Path) -> 
     s.success[:] = False
     s.success[0], s.x_adv[0] = True, s.x_clean[0]
     assert write_pngs(s, m, tmp_path / "none", CIFAR10_CLASSES) == (0, 1)
+
+
+def _all_torchattacks() -> list[str]:
+    import inspect
+
+    import torchattacks
+
+    return sorted(
+        n
+        for n, c in vars(torchattacks).items()
+        if inspect.isclass(c) and issubclass(c, torchattacks.attack.Attack) and n != "Attack"
+    )
+
+
+@pytest.mark.parametrize("name", _all_torchattacks())
+def test_every_torchattacks_attack_runs_on_the_model_unwrapped(name: str) -> None:
+    """A user's own attack: each torchattacks class on `det.model` itself, as is (L2 attacks once failed on the
+    channels_last input gradient). Only the slowest get fewer iterations; the rest run with their defaults."""
+    import warnings
+
+    import torchattacks
+
+    from .conftest import tiny_decoupled_model
+
+    m = tiny_decoupled_model()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1, 7])
+    cls = getattr(torchattacks, name)
+    fewer = {
+        "EADEN": {"max_iterations": 10, "binary_search_steps": 2},
+        "EADL1": {"max_iterations": 10, "binary_search_steps": 2},
+        "JSMA": {"gamma": 0.02},
+    }
+    if name == "LGV":
+        attack = cls(tiny_decoupled_model(), [(x, y)], epochs=1, nb_models_epoch=1, verbose=False)
+    elif name == "MultiAttack":
+        attack = cls([torchattacks.FGSM(m), torchattacks.PGD(m)])
+    else:
+        attack = cls(m, **fewer.get(name, {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adv = attack(x, y)
+    assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1 and torch.isfinite(adv).all()
