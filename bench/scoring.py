@@ -24,8 +24,9 @@ from detector.trees import TreeEnsemble
 
 
 def torch_level_walk(trees: TreeEnsemble, features: Tensor) -> Tensor:
-    """(N, F) -> (N, K) log-odds in torch ops, level by level: all images and trees advance one level per step (one row fetch of [feature, threshold, left child] per node, trees sorted deepest first so level k
-    touches only the trees deeper than k), ~8 torch ops per level."""
+    """(N, F) -> (N, K) log-odds in torch ops, level by level: all images and trees advance one level per step
+    (one row fetch of [feature, threshold, left child] per node, trees sorted deepest first so level k touches only
+    the trees deeper than k), ~8 torch ops per level."""
     x = features.float()
     n, (t, m) = len(x), trees.feature.shape
     left = trees.left + (torch.arange(t) * m)[:, None]

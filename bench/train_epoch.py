@@ -4,8 +4,9 @@ Times the real optimisation step (training.step.train_step: forward with paths, 
 SGD + Adam) on the same batches, alternating dense and decoupled rounds so machine noise hits both alike.
 Five setups: dense; decoupled without distillation; decoupled with distillation from a dense teacher (one extra
 no-grad teacher forward per step, under bf16 autocast), i.e. the recipe `dnd train --decouple` runs by default; the
-same with the teacher in float32 (--no-kd-teacher-bf16); and offline distillation (--kd-offline: precomputed teacher logits; its one-off teacher pass over
-2 x 50,000 images is timed separately and spread over a --kd-epochs fine-tune in the amortised ratio).
+same with the teacher in float32 (--no-kd-teacher-bf16); and offline distillation (--kd-offline: precomputed
+teacher logits; its one-off teacher pass over 2 x 50,000 images is timed separately and spread over a --kd-epochs
+fine-tune in the amortised ratio).
 --recipes times the two shipped recipes instead, as the bundles' config.json record them (batch size, bf16,
 distillation and its teacher precision, torch.compile; by default models/resnet20-dense and models/resnet20-decoupled).
 --bf16 adds dense and decoupled+kd steps with the trained network's own forward under bf16 autocast (dnd train --bf16).

@@ -93,7 +93,7 @@ def test_adversarial_run_records_robust_accuracy(tmp_path: Path) -> None:
     )
 
 
-def test_robust_accuracy_is_watched_on_every_class(monkeypatch) -> None:  # noqa: ANN001
+def test_robust_accuracy_is_watched_on_every_class(monkeypatch) -> None:
     """The test split may be sorted by class (image folders are): the watched sample must not be one class."""
     import training.train as tr
     from detector.data import Split
