@@ -33,7 +33,7 @@ def main() -> None:
         ok = model(x).argmax(1) == y
     x, y = x[ok][: a.images], y[ok][: a.images]
     attacks = {
-        "torchattacks": torchattacks.DeepFool(model, **ATTACKS["deepfool"][1]),
+        "torchattacks": torchattacks.DeepFool(model, **ATTACKS["deepfool"].params),
         "batched Jacobian": make_attack("deepfool", model),
     }
     times: dict[str, list[float]] = {k: [] for k in attacks}

@@ -34,27 +34,25 @@ class Prediction:
     paths: list[Tensor]  # L x (N, C_l) bool: the calculation path (open filters)
     features: Tensor  # (N, D) penultimate features (for the Mahalanobis baseline)
     logits: Tensor  # (N, K)
+    gate_logits: list[Tensor]  # L x (N, C_l) float: the gates' logits s, z = 1(s > 0)
 
     @staticmethod
     def concat(parts: list[Prediction]) -> Prediction:
         """Rows of several Predictions, in order."""
-        return Prediction(
-            **{
-                f.name: [torch.cat(layer) for layer in zip(*(p.paths for p in parts))]
-                if f.name == "paths"
-                else torch.cat([getattr(p, f.name) for p in parts])
-                for f in fields(Prediction)
-            }
-        )
+
+        def cat(name: str) -> Tensor | list[Tensor]:
+            values = [getattr(p, name) for p in parts]
+            return [torch.cat(layer) for layer in zip(*values)] if isinstance(values[0], list) else torch.cat(values)
+
+        return Prediction(**{f.name: cat(f.name) for f in fields(Prediction)})
 
     def select(self, idx: Tensor | slice) -> Prediction:
         """The rows `idx` (bool mask, index tensor or slice) of every field."""
-        return Prediction(
-            **{
-                f.name: [z[idx] for z in self.paths] if f.name == "paths" else getattr(self, f.name)[idx]
-                for f in fields(self)
-            }
-        )
+
+        def take(v: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+            return [t[idx] for t in v] if isinstance(v, list) else v[idx]
+
+        return Prediction(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
 
 
 def check_images(x: Tensor) -> None:
@@ -153,7 +151,8 @@ class Detector:
 
     @torch.inference_mode()
     def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
-        """Classify and score float images x (N, 3, 32, 32) in [0, 1]. Results do not depend on batch_size."""
+        """Classify and score float images x (N, 3, 32, 32) in [0, 1]. Results do not depend on batch_size, up to float
+        rounding: a gate logit within ~1e-5 of 0 may open or close its filter in a batch of another size."""
         check_images(x)
         if any(m.training for m in self._modules):  # e.g. a caller trained det.model, or put one gate in train mode
             self.model.eval()
@@ -185,6 +184,7 @@ class Detector:
             paths=[zl.cpu() for zl in z],
             features=features.cpu(),
             logits=logits.cpu(),
+            gate_logits=[sl.cpu() for sl in s],
         )
 
 

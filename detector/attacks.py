@@ -1,7 +1,9 @@
-"""Adversarial sets with torchattacks (FGSM, PGD, CW-L2, DeepFool), attacking only correctly classified images.
+"""Adversarial sets with torchattacks, attacking only correctly classified images.
 
 Positives for detection are the *successful* attacks; negatives the clean, correctly classified images.
 The model is attacked as is (logits from [0, 1] input; eval mode, so paths are the deterministic z = 1(s > 0)).
+`ATTACKS` names every attack the project runs: those the `path` scorer is fitted on (FGSM, PGD, CW, DeepFool) and
+those only the evaluation runs, chosen to differ from them in norm, threat model and strength.
 """
 
 from __future__ import annotations
@@ -22,12 +24,41 @@ from tqdm import tqdm
 from .bundle import publish
 from .data import to_unit_float
 
-# name -> (torchattacks class name, default parameters); Linf budgets are in [0, 1] pixel units.
-ATTACKS: dict[str, tuple[str, dict[str, Any]]] = {
-    "fgsm": ("FGSM", {"eps": 8 / 255}),
-    "pgd": ("PGD", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "random_start": True}),
-    "cw": ("CW", {"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}),
-    "deepfool": ("DeepFool", {"steps": 50, "overshoot": 0.02}),
+
+@dataclass(frozen=True)
+class AttackSpec:
+    cls: str  # torchattacks class
+    params: dict[str, Any]  # Linf budgets in [0, 1] pixel units
+    what: str  # norm, threat model and budget, for reports
+    transfer: bool = False  # crafted on another network (run_attack's `source`), judged on the attacked one
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    "fgsm": AttackSpec("FGSM", {"eps": 8 / 255}, "Linf 8/255, one gradient step"),
+    "pgd": AttackSpec(
+        "PGD", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "random_start": True}, "Linf 8/255, 10 steps"
+    ),
+    "cw": AttackSpec("CW", {"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}, "L2 minimal (Carlini-Wagner), 50 steps"),
+    "deepfool": AttackSpec("DeepFool", {"steps": 50, "overshoot": 0.02}, "L2 minimal (DeepFool), 50 steps"),
+    "pgdl2": AttackSpec(
+        "PGDL2", {"eps": 0.5, "alpha": 0.1, "steps": 20, "random_start": True}, "L2 0.5, 20 steps (another norm)"
+    ),
+    "apgd-dlr": AttackSpec(
+        "APGD",
+        {"eps": 4 / 255, "steps": 100, "loss": "dlr", "n_restarts": 1},
+        "Linf 4/255, APGD on the DLR loss, 100 steps (another budget, loss and step rule)",
+    ),
+    "square": AttackSpec(
+        "Square",
+        {"eps": 8 / 255, "n_queries": 1000, "n_restarts": 1, "loss": "margin"},
+        "Linf 8/255, Square: score-based black box, 1,000 queries (no gradient)",
+    ),
+    "transfer": AttackSpec(
+        "PGD",
+        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "random_start": True},
+        "Linf 8/255, 20-step PGD crafted on the dense network, transferred",
+        transfer=True,
+    ),
 }
 
 
@@ -74,9 +105,9 @@ def make_attack(name: str, model: torch.nn.Module, **overrides: Any):
 
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
-    cls, params = ATTACKS[name]
-    attack_cls = _batched_jacobian_deepfool() if cls == "DeepFool" else getattr(torchattacks, cls)
-    return attack_cls(model, **{**params, **overrides})
+    spec = ATTACKS[name]
+    attack_cls = _batched_jacobian_deepfool() if spec.cls == "DeepFool" else getattr(torchattacks, spec.cls)
+    return attack_cls(model, **{**spec.params, **overrides})
 
 
 @torch.inference_mode()
@@ -92,24 +123,28 @@ def run_attack(
     batch_size: int = 250,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    source: torch.nn.Module | None = None,
     **overrides: Any,
 ) -> AttackSet:
-    """Attack the correctly classified images among x (N, 3, 32, 32; uint8 or [0,1] float) with labels y (N,)."""
+    """Attack the correctly classified images among x (N, 3, 32, 32; uint8 or [0,1] float) with labels y (N,).
+    A transfer attack (ATTACKS[name].transfer) is crafted on `source` and judged on `model`."""
+    spec = ATTACKS.get(name)
+    if spec is not None and spec.transfer and source is None:
+        raise ValueError(f"attack {name!r} is crafted on another network: pass source=")
     model = model.to(device).eval()
     x = to_unit_float(x)
     keep = _predict(model, x, device) == y
     x, y = x[keep], y[keep]
-    attack = make_attack(name, model, **overrides)
-    torch.manual_seed(seed)  # PGD's random start
+    attack = make_attack(name, (source.to(device).eval() if spec is not None and spec.transfer else model), **overrides)
+    torch.manual_seed(seed)  # random starts
     advs = []
     for i in tqdm(range(0, len(x), batch_size), desc=f"attack {name}", unit="batch", leave=False):
         advs.append(attack(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)).detach().cpu())
     x_adv = torch.cat(advs) if advs else x.clone()
     adv_pred = _predict(model, x_adv, device) if len(x_adv) else y.clone()
-    params = {**ATTACKS[name][1], **overrides}
-    return AttackSet(
-        name, params, x, y, x_adv, adv_pred != y, {"seed": seed, "attacked": int(keep.sum()), "offered": len(keep)}
-    )
+    params = {**ATTACKS[name].params, **overrides}
+    meta = {"seed": seed, "attacked": int(keep.sum()), "offered": len(keep)}
+    return AttackSet(name, params, x, y, x_adv, adv_pred != y, meta)
 
 
 def save_attack_set(s: AttackSet, path: str | os.PathLike) -> Path:

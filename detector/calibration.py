@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .attacks import run_attack
+from .corruptions import random_corruptions
 from .data import to_unit_float
 from .features import path_features
 from .model import CifarResNet
@@ -51,6 +52,16 @@ class CalibrationConfig:
     scorer: str = "trees"  # "trees" (gradient-boosted, per family) or "linear" (the logistic model alone)
     gate_logits: bool = True  # also score each gate logit's deviation from its class mean (+0.014-0.04 AUROC)
     threshold_share: float = 0.4  # share of the calibration images kept for the threshold
+    # Generic perturbations rather than the exact evaluated attacks: the fit's Linf attacks (fgsm, pgd) run at these
+    # radii in pixel steps, each image at one of them (seeded; PGD's step is eps / 4); () = at their 8/255. Measured
+    # on the calibration half (trees fitted on half of it, scored on the other half): adding 4/255 and 16/255 Linf
+    # examples raised AUROC on attacks outside the fit, PGD-L2 0.725 -> 0.804 and PGD transferred from the dense
+    # network 0.794 -> 0.818, and moved the known ones by -0.017 to +0.039.
+    linf_eps: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+    # Clean negatives also under generic corruptions (detector/corruptions.py: noise, blur, JPEG, brightness or contrast
+    # at a random strength, one per image): fitted on pristine images only, the trees flagged 70% of noisy ones
+    # (Gaussian noise sigma 0.08, still correctly classified).
+    clean_augment: bool = True
     seed: int = 0
 
     def attacks_run(self) -> list[str]:
@@ -131,10 +142,17 @@ def fit_sets(
     ok = fit_idx[kept]
     sets: list[FitSet] = [(x[ok], y[ok], list(cfg.attacks))]
     record: dict[str, Any] = {}
+    n_aug = 0
+    if cfg.clean_augment:
+        aug = path_feature_set(model, profiles, random_corruptions(x[ok], cfg.seed), y[ok], device)[1]
+        clean, n_aug = torch.cat([clean, aug]), len(aug)
     if train is not None:
         tx, ty = to_unit_float(train[0]), train[1]
         t_kept, t_clean = path_feature_set(model, profiles, tx, ty, device)
         clean = torch.cat([clean, t_clean])
+        if cfg.clean_augment:
+            aug = path_feature_set(model, profiles, random_corruptions(tx[t_kept], cfg.seed + 1), ty[t_kept], device)[1]
+            clean, n_aug = torch.cat([clean, aug]), n_aug + len(aug)
         sets.append((tx[t_kept], ty[t_kept], list(cfg.train_attacks)))
         record = {
             "extra_fit_images": len(ty),
@@ -146,11 +164,31 @@ def fit_sets(
             names = [n for n in cfg.train_subset_attacks if n not in cfg.train_attacks]  # the rest already ran
             sets.append((tx[sub], ty[sub], names))
             record |= {"extra_subset_images": len(sub), "extra_subset_attacks": names}
+    record["n_augmented_clean"] = n_aug
     return clean, sets, record
 
 
+def fit_attack(
+    model: CifarResNet, name: str, x: Tensor, y: Tensor, cfg: CalibrationConfig, device: str | torch.device
+) -> tuple[Tensor, Tensor]:
+    """(successful adversarial images, success mask) of `name` on x; Linf attacks at cfg.linf_eps, each image at one
+    radius (a seeded random split of x into len(linf_eps) parts)."""
+    if name not in ("fgsm", "pgd") or not cfg.linf_eps:
+        s = run_attack(model, name, x, y, seed=cfg.seed, device=device)
+        return s.x_adv[s.success], s.success
+    part = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed)) % len(cfg.linf_eps)
+    advs, success = [], torch.zeros(len(x), dtype=torch.bool)
+    for k, eps in enumerate(cfg.linf_eps):
+        idx = torch.nonzero(part == k).flatten()
+        over = {"eps": eps / 255} | ({"alpha": eps / 255 / 4} if name == "pgd" else {})
+        s = run_attack(model, name, x[idx], y[idx], seed=cfg.seed, device=device, **over)
+        advs.append(s.x_adv[s.success])
+        success[idx] = s.success  # the images are correctly classified already, so none is dropped
+    return torch.cat(advs), success
+
+
 def attack_rows(
-    model: CifarResNet, profiles: PathProfiles, sets: list[FitSet], seed: int, device: str | torch.device
+    model: CifarResNet, profiles: PathProfiles, sets: list[FitSet], cfg: CalibrationConfig, device: str | torch.device
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Per attack name, the path features of its successful adversarial images over every set, and its success rate."""
     rows: dict[str, list[Tensor]] = {}
@@ -161,9 +199,9 @@ def attack_rows(
         for xs, ys, ns in sets:
             if name not in ns:
                 continue
-            s = run_attack(model, name, xs, ys, seed=seed, device=device)
-            ok, succ = ok + len(s.success), succ + int(s.success.sum())
-            rows.setdefault(name, []).append(path_feature_set(model, profiles, s.x_adv[s.success], device=device)[1])
+            adv, success = fit_attack(model, name, xs, ys, cfg, device)
+            ok, succ = ok + len(success), succ + int(success.sum())
+            rows.setdefault(name, []).append(path_feature_set(model, profiles, adv, device=device)[1])
         rates[name] = round(succ / max(ok, 1), 4)
     return {name: torch.cat(v) for name, v in rows.items()}, rates
 
@@ -184,7 +222,7 @@ def calibrate(
     x = to_unit_float(x)
     fit_idx, thr_idx = fit_threshold_split(y, model.cfg.num_classes, cfg.seed, cfg.threshold_share)
     clean, sets, extra = fit_sets(model, profiles, x, y, fit_idx, cfg, train if cfg.train_images > 0 else None, device)
-    rows, rates = attack_rows(model, profiles, sets, cfg.seed, device)
+    rows, rates = attack_rows(model, profiles, sets, cfg, device)
     # a family none of whose attacks ran (e.g. attacks=fgsm,pgd without the training subset) gets no model
     fams = [[n for n in f if n in rows] for f in cfg.families]
     trees = cfg.scorer == "trees"

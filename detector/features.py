@@ -79,9 +79,11 @@ class PathLikelihood:
 
     def __call__(self, z: list[Tensor] | Tensor) -> Tensor:
         """Paths L x (N, C_l) (bool or [0, 1]), or already concatenated (N, sum C_l) float -> (N, L, K)
-        log-likelihoods."""
+        log-likelihoods. Summed in float64, then rounded to z's dtype: in float32 the sums (~-300) depended on the
+        batch size by up to 3e-4 (other matmul kernels), enough to move an image across a tree's split."""
         zc = z if isinstance(z, Tensor) else torch.cat([zl.float() for zl in z], 1)
-        return (zc @ self.weight.to(zc) + self.bias.to(zc)).view(len(zc), self.layers, self.classes)
+        ll = zc.double() @ self.weight.to(zc.device, torch.float64) + self.bias.to(zc.device, torch.float64)
+        return ll.to(zc.dtype).view(len(zc), self.layers, self.classes)
 
 
 def likelihood_features(ll: Tensor, labels: Tensor) -> Tensor:

@@ -294,9 +294,12 @@ def test_profiles_without_gate_logits_still_score(bundle: Path, data: Path, tmp_
     det = load_detector(other)
     x = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     a, b = det.predict(x), det.predict(x, batch_size=4)
-    assert torch.allclose(a.scores, b.scores, atol=1e-5) and torch.equal(
-        a.labels, load_detector(bundle).predict(x).labels
-    )
+    assert torch.equal(a.labels, load_detector(bundle).predict(x).labels)
+    # batches of other sizes round differently (~1e-6): a gate logit that close to 0 may flip its filter, and the
+    # score with it; every other image scores the same
+    same = torch.stack([(p == q).all(1) for p, q in zip(a.paths, b.paths)]).all(0)
+    near_zero = torch.stack([s.abs().amin(1) < 1e-4 for s in a.gate_logits]).any(0)
+    assert bool((same | near_zero).all()) and torch.allclose(a.scores[same], b.scores[same], atol=1e-5)
     with pytest.raises(ValueError, match="scores gate logits too: pass s"):
         load_detector(bundle).path_features(a.paths, a.labels)
 
@@ -510,41 +513,63 @@ def test_adaptive_attack_stays_in_eps_ball_and_straight_through_is_exact(bundle:
 
 
 def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) -> None:
+    """The whole protocol on the tiny bundle: known, leave-one-out, unseen (incl. a transfer from the dense bundle),
+    corruptions, every detector with intervals, adaptive; a re-run reuses the saved attack sets."""
     out = tmp_path / "report"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(bundle),
-                "--data",
-                str(data),
-                "--attacks",
-                "fgsm,pgd,cw",
-                "--slow-limit",
-                "10",
-                "--adaptive-limit",
-                "10",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    args = [
+        "evaluate",
+        "--model",
+        str(bundle),
+        "--data",
+        str(data),
+        "--attacks",
+        "fgsm,pgd,cw",
+        "--unseen",
+        "pgdl2,transfer",
+        "--source",
+        str(bundle.parent / "dense"),
+        "--corruptions",
+        "gaussian_noise,pixelate",
+        "--slow-limit",
+        "10",
+        "--adaptive-limit",
+        "10",
+        "--bootstrap",
+        "20",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    from detector.evaluation import DETECTORS
+
     r = json.loads((out / "report.json").read_text())
-    assert 0 <= r["clean_accuracy"] <= 1 and set(r["attacks"]) == {"fgsm", "pgd", "cw"}
+    assert 0 <= r["clean_accuracy"] <= 1 and list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer"]
+    assert [a["role"] for a in r["attacks"].values()] == ["known"] * 3 + ["unseen"] * 2
     for name, a in r["attacks"].items():
-        assert {"success_rate", "n_clean", "n_adv", "detectors"} <= set(a)
-        assert set(a["detectors"]) == {"path", "path_hamming", "path_jaccard", "msp", "mahalanobis"}
+        assert {"success_rate", "n_adv", "detectors", "what", "params"} <= set(a)
+        assert set(a["detectors"]) == set(DETECTORS)
         for d in a["detectors"].values():
-            assert set(d) == {"auroc", "tpr_at_5fpr"}
-            assert (0 <= d["auroc"] <= 1) if a["n_adv"] else d["auroc"] is None
-        if name != "cw":
+            if a["n_adv"]:
+                assert 0 <= d["auroc"] <= 1 and d["auroc_ci"][0] <= d["auroc"] <= d["auroc_ci"][1]
+            else:
+                assert d["auroc"] is None
+        if name in ("fgsm", "pgd", "transfer"):
             assert a["linf_max"] <= 8 / 255 + 1e-6
     assert r["attacks"]["cw"]["images_attacked"] <= 10
+    assert set(r["leave_one_out"]) == {"fgsm", "pgd", "cw"}
+    assert set(r["leave_one_out"]["pgd"]) == {"path_refit", "maha_ensemble", "lid"}
+    assert (
+        set(r["corruptions"]) == {"gaussian_noise", "pixelate"}
+        and not r["corruptions"]["pixelate"]["in_fit_augmentation"]
+    )
+    assert set(r["summary"]) == set(DETECTORS) and r["fitted_on"].startswith("clean images against")
     assert {"success_rate", "tpr_at_threshold", "accuracy_kept"} <= set(r["adaptive"])
-    assert (out / "report.md").read_text().startswith("# Detection report") and (out / "roc.png").stat().st_size > 0
-    assert (out / "attacks" / "pgd.safetensors").is_file()
+    assert (out / "report.md").read_text().startswith("# Detection report")
+    assert all((out / f).stat().st_size > 0 for f in ("roc.png", "generalisation.png", "corruptions.png"))
+    saved = out / "attacks" / "pgd.safetensors"
+    assert saved.is_file()
+    stamp = saved.stat().st_mtime_ns
+    assert main(args) == 0 and saved.stat().st_mtime_ns == stamp  # reused, not recomputed
 
 
 def test_unknown_attack_name_is_a_clear_cli_error(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""`dnd profiles` (class paths + calibrated scorer), `dnd attack` (adversarial sets), `dnd evaluate` (ROC report)."""
+"""`dnd profiles` (class paths + calibrated scorer) and `dnd attack` (adversarial sets)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..args import add_device, attack_names, count, finite, rate
+from ..args import add_device, attack_names, count, rate
 
 if TYPE_CHECKING:
     from detector.calibration import CalibrationConfig
@@ -76,6 +76,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "differences count)",
     )
     p.add_argument(
+        "--linf-eps",
+        default=",".join(f"{e:g}" for e in d.linf_eps),
+        help="radii (in 1/255) the fit's FGSM and PGD run at, each image at one of them: generic perturbations rather "
+        f"than only the evaluated 8/255 (default {','.join(f'{e:g}' for e in d.linf_eps)}; '' = 8/255 only)",
+    )
+    p.add_argument(
+        "--no-clean-augment",
+        action="store_true",
+        help="fit on pristine clean images only, not also under generic corruptions (noise, blur, JPEG, brightness, "
+        "contrast)",
+    )
+    p.add_argument(
         "--scorer",
         choices=("trees", "linear"),
         default=d.scorer,
@@ -87,7 +99,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attack", help="adversarial sets (torchattacks) on correctly classified test images")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--attack", default="fgsm,pgd,cw,deepfool", help="comma-separated: fgsm, pgd, cw, deepfool")
+    p.add_argument(
+        "--attack",
+        default="fgsm,pgd,cw,deepfool",
+        help="comma-separated names from detector/attacks.py: "
+        "fgsm, pgd, cw, deepfool, pgdl2, apgd-dlr, square, transfer",
+    )
     p.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
     p.add_argument("--limit", type=count, default=0, help="class-balanced number of images (0 = the whole split)")
     p.add_argument("--out", required=True, help="directory for NAME.safetensors")
@@ -98,25 +115,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/NAME/NNNNN-<class>-as-<predicted>.png (those still misclassified once rounded to 8 bits), "
         "to send to the service",
     )
+    p.add_argument("--source", default="models/resnet20-dense", help="the network transfer attacks are crafted on")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     p.set_defaults(handler=cmd_attack, out_is_dir=True)
 
-    p = sub.add_parser("evaluate", help="ROC evaluation of `path` vs max-softmax and Mahalanobis, + adaptive attack")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--attacks", default="fgsm,pgd,cw,deepfool")
-    p.add_argument("--limit", type=count, default=0, help="evaluation images (class-balanced; 0 = all 5,000)")
-    p.add_argument(
-        "--slow-limit", type=count, default=500, help="evaluation images for the slow cw and deepfool (0 = all)"
-    )
-    p.add_argument("--adaptive-limit", type=count, default=1000, help="images for the adaptive attack")
-    p.add_argument("--threshold", type=finite, default=None, help="override the calibrated threshold")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-save-attacks", action="store_true", help="do not keep OUT/attacks/*.safetensors")
-    add_device(p)
-    p.set_defaults(handler=cmd_evaluate, out_is_dir=True)
+
+def _radii(spec: str) -> tuple[float, ...]:
+    try:
+        radii = tuple(float(v) for v in spec.split(",") if v.strip())
+    except ValueError:
+        radii = (-1.0,)
+    if any(not 0 < r <= 255 for r in radii):
+        raise ValueError(f"--linf-eps {spec!r}: expected comma-separated radii in 1/255 from above 0 to 255")
+    return radii
 
 
 def _families(spec: str) -> tuple[tuple[str, ...], ...]:
@@ -162,6 +174,8 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         family_log_prior=prior,
         scorer=a.scorer,
         gate_logits=not a.without_gate_logits,
+        linf_eps=_radii(a.linf_eps),
+        clean_augment=not a.no_clean_augment,
     )
     try:
         cfg.check()
@@ -201,7 +215,7 @@ def cmd_profiles(a: argparse.Namespace) -> None:
 
 
 def cmd_attack(a: argparse.Namespace) -> None:
-    from detector.attacks import run_attack, save_attack_set, write_pngs
+    from detector.attacks import ATTACKS, run_attack, save_attack_set, write_pngs
     from detector.bundle import load_model
     from detector.data import load_split
     from detector.splits import balanced_subset, split_test
@@ -212,8 +226,10 @@ def cmd_attack(a: argparse.Namespace) -> None:
     idx = balanced_subset(
         {"calibration": cal_idx, "evaluation": ev_idx}[a.split], test.y, a.limit, model.cfg.num_classes
     )
-    for name in attack_names(a.attack):
-        s = run_attack(model, name, test.x[idx], test.y[idx], seed=a.seed, device=a.device)
+    names = attack_names(a.attack)
+    source = load_model(a.source, a.device) if any(ATTACKS[n].transfer for n in names) else None
+    for name in names:
+        s = run_attack(model, name, test.x[idx], test.y[idx], seed=a.seed, device=a.device, source=source)
         path = save_attack_set(s, Path(a.out) / f"{name}.safetensors")
         print(
             f"{name}: {int(s.success.sum())} of {len(s.y)} correctly classified {a.split} images misclassified after "
@@ -226,30 +242,3 @@ def cmd_attack(a: argparse.Namespace) -> None:
                 f"{name}: {written} of {before} successful attacks still misclassified as 8-bit images | wrote "
                 f"{Path(a.out) / name}/*.png"
             )
-
-
-def cmd_evaluate(a: argparse.Namespace) -> None:
-    from detector.api import load_detector
-    from detector.evaluation import DETECTORS, evaluate
-
-    det = load_detector(a.model, a.device, a.threshold)
-    r = evaluate(
-        det,
-        a.data,
-        attack_names(a.attacks),
-        a.out,
-        a.limit,
-        a.slow_limit,
-        a.adaptive_limit,
-        a.seed,
-        not a.no_save_attacks,
-    )
-    print(f"clean accuracy {r['clean_accuracy']:.4f} on {r['evaluation_images']} evaluation images")
-    for name, at in r["attacks"].items():
-        aucs = ", ".join(f"{d} {at['detectors'][d]['auroc']:.3f}" for d in DETECTORS)
-        print(f"{name}: success {at['success_rate']:.3f} | AUROC {aucs}")
-    ad = r["adaptive"]
-    print(
-        f"adaptive PGD: success {ad['success_rate']:.3f}, flagged {ad['tpr_at_threshold']}, accuracy kept "
-        f"{ad['accuracy_kept']:.3f} | wrote {Path(a.out) / 'report.json'}, report.md, roc.png"
-    )

@@ -1,0 +1,38 @@
+"""The evaluation protocol's settings: one frozen recipe, each field a `dnd evaluate` flag."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # attacks whose family the `path` scorer is fitted on, at their evaluation parameters (detector/attacks.py)
+    known: tuple[str, ...] = ("fgsm", "pgd", "cw", "deepfool")
+    # attacks no fit ever sees: another norm, a black box, a transfer from another network, another budget and loss
+    unseen: tuple[str, ...] = ("pgdl2", "apgd-dlr", "square", "transfer")
+    # common corruptions of clean images (detector/corruptions.py): false positives on shifted images; the last two
+    # are kinds the calibration's clean augmentation never applies
+    corruptions: tuple[str, ...] = (
+        "gaussian_noise",
+        "gaussian_blur",
+        "jpeg",
+        "brightness",
+        "contrast",
+        "pixelate",
+        "saturate",
+    )
+    limit: int = 0  # evaluation images (class-balanced; 0 = the whole half, 5,000)
+    # images for the costly attacks: 1,200 leave more than 1,000 successful ones (their success rates are 0.7-1.0)
+    slow_limit: int = 1200
+    slow: tuple[str, ...] = ("cw", "deepfool", "square", "apgd-dlr")
+    fit_limit: int = 0  # calibration fit-part images the supervised detectors are refitted on (0 = all, ~3,000)
+    lid_reference: int = 200  # clean training images LID measures distances to
+    adaptive_limit: int = 1000  # images for the adaptive attack
+    bootstrap: int = 500  # resamples for the 95% intervals
+    source: str = "models/resnet20-dense"  # the network transfer attacks are crafted on
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,134 @@
+"""The detectors an evaluation compares, fitted and scored on the same images.
+
+`View` holds what every detector reads of one set of images (one forward pass of the detector, pooled activations,
+LID estimates). `Suite` fits them:
+- unsupervised, never shown an attack: per-layer Hamming / Jaccard path divergence (raw mean, and standardised per
+  layer on clean images), max-softmax, energy, penultimate Mahalanobis;
+- supervised, on exactly the same attacked images (the calibration half's fit part): the `path` recipe refitted
+  (`path_refit`), the Mahalanobis feature ensemble and LID; each also refitted without one attack at a time
+  (leave-one-out, variant "without:NAME");
+- `path` is the served scorer as the bundle's profiles hold it (fitted on the larger calibration recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..api import Detector, Prediction
+from ..baselines import (
+    LID,
+    LogisticCombiner,
+    Mahalanobis,
+    MahalanobisEnsemble,
+    energy_score,
+    msp_score,
+    pooled_activations,
+)
+from ..scorer import PathScorer
+
+UNSUPERVISED = ("path_hamming", "path_hamming_std", "path_jaccard_std", "msp", "energy", "mahalanobis")
+SUPERVISED = ("path", "path_refit", "maha_ensemble", "lid")
+DETECTORS = SUPERVISED + UNSUPERVISED
+REFITTED = ("path_refit", "maha_ensemble", "lid")  # the ones a leave-one-out variant refits
+ALL = "all"
+
+
+@dataclass
+class View:
+    pred: Prediction
+    pooled: list[Tensor]  # L x (N, C_l): pooled activations of the stem and each block
+    lid: Tensor  # (N, L') LID estimates
+
+    def __len__(self) -> int:
+        return len(self.pred.labels)
+
+
+def cat_views(views: list[View]) -> View:
+    return View(
+        Prediction.concat([v.pred for v in views]),
+        [torch.cat(p) for p in zip(*(v.pooled for v in views))],
+        torch.cat([v.lid for v in views]),
+    )
+
+
+@dataclass
+class Suite:
+    det: Detector
+    maha: Mahalanobis
+    ensemble: MahalanobisEnsemble
+    lid: LID
+    layer_stats: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # clean per-layer mean, std
+    path_refit: dict[str, PathScorer] = field(default_factory=dict)  # variant -> scorer
+    ensemble_comb: dict[str, LogisticCombiner] = field(default_factory=dict)
+    lid_comb: dict[str, LogisticCombiner] = field(default_factory=dict)
+
+    @classmethod
+    def unsupervised(cls, det: Detector, train_x: Tensor, train_y: Tensor, lid_reference: Tensor) -> Suite:
+        """Gaussians on the correctly classified training images; LID's clean reference batch."""
+        logits, pooled = pooled_activations(det.model, train_x)
+        ok = logits.argmax(1) == train_y
+        feats = det.predict(train_x[ok]).features
+        return cls(
+            det,
+            Mahalanobis.fit(feats, train_y[ok]),
+            MahalanobisEnsemble.fit([p[ok] for p in pooled], train_y[ok]),
+            LID.fit_reference(det.model, lid_reference),
+        )
+
+    def view(self, x: Tensor) -> View:
+        return View(
+            self.det.predict(x),
+            pooled_activations(self.det.model, x)[1],
+            torch.from_numpy(self.lid.estimates(self.det.model, x)).float(),
+        )
+
+    def path_features(self, v: View) -> Tensor:
+        return self.det.path_features(v.pred.paths, v.pred.labels, v.pred.gate_logits)
+
+    def fit_supervised(self, clean: View, attacked: dict[str, View]) -> None:
+        """The supervised detectors on clean vs all attacks, and once more without each attack in turn."""
+        self.layer_stats = {
+            k: (t.mean(0), t.std(0).clamp_min(1e-6))
+            for k, t in (("hamming", clean.pred.per_layer), ("jaccard", clean.pred.per_layer_jaccard))
+        }
+        cal = self.det.profiles.meta.get("calibration", {})
+        families = cal.get("families") or [list(attacked)]
+        prior = cal.get("family_log_prior") or [0.0] * len(families)
+        clean_f = self.path_features(clean)
+        rows = {a: self.path_features(v) for a, v in attacked.items()}
+        for variant in [ALL, *(f"without:{a}" for a in attacked)]:
+            kept = [a for a in attacked if variant != f"without:{a}"]
+            fams = [[a for a in f if a in kept] for f in families]
+            fams += [[a] for a in kept if not any(a in f for f in fams)]  # an attack outside the recipe's families
+            pri = list(prior) + [0.0] * (len(fams) - len(prior))
+            self.path_refit[variant] = PathScorer.fit(clean_f, {a: rows[a] for a in kept}, fams, pri)
+            att = cat_views([attacked[a] for a in kept])
+            self.ensemble_comb[variant] = LogisticCombiner(
+                self.ensemble.distances(clean.pooled), self.ensemble.distances(att.pooled)
+            )
+            self.lid_comb[variant] = LogisticCombiner(clean.lid.numpy(), att.lid.numpy())
+
+    def scores(self, v: View, variant: str = ALL) -> dict[str, Tensor]:
+        """Every detector's score (higher = more suspicious) for the images of `v`."""
+        p = v.pred
+        std = {
+            k: ((getattr(p, a) - m) / s).mean(1)
+            for (k, (m, s)), a in zip(self.layer_stats.items(), ("per_layer", "per_layer_jaccard"))
+        }
+        out = {
+            "path": p.scores,
+            "path_hamming": p.per_layer.mean(1),
+            "path_hamming_std": std["hamming"],
+            "path_jaccard_std": std["jaccard"],
+            "msp": msp_score(p.logits),
+            "energy": energy_score(p.logits),
+            "mahalanobis": self.maha.score(p.features),
+        }
+        if self.path_refit:
+            out["path_refit"] = self.path_refit[variant].score(self.path_features(v))
+            out["maha_ensemble"] = self.ensemble_comb[variant](self.ensemble.distances(v.pooled))
+            out["lid"] = self.lid_comb[variant](v.lid.numpy())
+        return {k: t.float() for k, t in out.items()}

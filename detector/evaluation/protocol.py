@@ -1,0 +1,271 @@
+"""`dnd evaluate`: the detection protocol, every figure on the evaluation half of the test set.
+
+Splits: profiles from train, the served scorer and threshold from the calibration half (`dnd profiles`), every figure
+here from the disjoint evaluation half. The supervised detectors compared with it are refitted on the calibration
+half's fit part (clean images against the known attacks, with the calibration recipe's Linf radii); thresholds of
+every detector are set at the target FPR on the calibration half's threshold part. Negatives: clean, correctly
+classified evaluation images; positives: successful attacks on them. Steps:
+1. known attacks (the scorer's fit families at their evaluation parameters), every detector;
+2. leave-one-out: each known attack against the supervised detectors refitted without it;
+3. unseen attacks, which no fit ever sees;
+4. corruptions: false-positive rate and accuracy on shifted clean images;
+5. the adaptive attack.
+Attack sets are kept under OUT/attacks/ and reused by a re-run with the same settings (resume).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..adaptive import DEFAULTS as ADAPTIVE_DEFAULTS
+from ..adaptive import adaptive_pgd
+from ..api import Detector
+from ..attacks import ATTACKS, AttackSet, load_attack_set, run_attack, save_attack_set
+from ..bundle import load_model
+from ..calibration import CalibrationConfig, fit_attack
+from ..corruptions import CORRUPTIONS, corrupt, random_corruptions
+from ..data import load_split, to_unit_float
+from ..scorer import calibrate_threshold
+from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test, train_sample
+from .config import EvalConfig
+from .detectors import ALL, DETECTORS, REFITTED, Suite
+from .report import write_report
+from .rocs import detection_figures, flag_rate
+
+
+def evaluate(
+    det: Detector, data: str | Path, out: str | Path, cfg: EvalConfig = EvalConfig(), save_attacks: bool = True
+) -> dict[str, Any]:
+    """Run the whole protocol and write OUT/report.json, OUT/report.md and the figures. Returns the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    k = len(det.classes)
+    train, test = load_split(data, "train"), load_split(data, "test")
+    cal_record = det.profiles.meta.get("calibration", {})
+    ccfg = CalibrationConfig(
+        **{
+            f: tuple(map(tuple, v)) if f == "families" else tuple(v) if isinstance(v, list) else v
+            for f, v in cal_record.get("config", {}).items()
+        }
+    )
+    cal_idx, ev_idx = split_test(test.y, k, cal_record.get("split_seed", SPLIT_SEED))
+    cal_idx = balanced_subset(cal_idx, test.y, ccfg.limit, k)
+    fit_rel, thr_rel = fit_threshold_split(test.y[cal_idx], k, ccfg.seed, ccfg.threshold_share)
+    fit_idx = balanced_subset(cal_idx[fit_rel], test.y, cfg.fit_limit, k)
+    ev_idx = balanced_subset(ev_idx, test.y, cfg.limit, k)
+    x_of = lambda idx: to_unit_float(test.x[idx])  # noqa: E731
+
+    gauss_idx, lid_idx = train_sample(train.y, 20000, k), train_sample(train.y, cfg.lid_reference, k, seed=7)
+    suite = Suite.unsupervised(
+        det, to_unit_float(train.x[gauss_idx]), train.y[gauss_idx], to_unit_float(train.x[lid_idx])
+    )
+    cache = Cache(out / "attacks", cfg.seed, save_attacks)
+    # supervised detectors on the calibration fit part: clean against the known attacks (the calibration recipe)
+    fit_x, fit_y = correct(det, x_of(fit_idx), test.y[fit_idx])
+    fit_views = {}
+    for name in tqdm(cfg.known, desc="fit attacks", unit="attack"):
+        adv = cache.images(
+            f"fit-{name}", len(fit_x), lambda n=name: fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device)[0]
+        )
+        fit_views[name] = suite.view(adv)
+    clean_fit = fit_x
+    if ccfg.clean_augment:  # the same negatives as the recipe: clean images, also under generic corruptions
+        aug_x, _ = correct(det, random_corruptions(fit_x, ccfg.seed), fit_y)
+        clean_fit = torch.cat([fit_x, aug_x])
+    suite.fit_supervised(suite.view(clean_fit), fit_views)
+
+    thr_x, _ = correct(det, x_of(thr_idx := cal_idx[thr_rel]), test.y[thr_idx])
+    thr_scores = suite.scores(suite.view(thr_x))
+    target = det.profiles.meta.get("target_fpr", 0.05)
+    thresholds = {d: det.threshold if d == "path" else calibrate_threshold(s, target) for d, s in thr_scores.items()}
+
+    ev_x, ev_y = x_of(ev_idx), test.y[ev_idx]
+    clean = det.predict(ev_x)
+    ok = clean.labels == ev_y
+    neg_view = suite.view(ev_x[ok])
+    neg = {ALL: suite.scores(neg_view)}
+    report: dict[str, Any] = {
+        "model": det.name,
+        "weights_sha256": det.weights_sha256,
+        "data_test_fingerprint": test.fingerprint,
+        "evaluation_images": len(ev_y),
+        "clean_accuracy": round(float(ok.float().mean()), 4),
+        "config": cfg.to_dict(),
+        "threshold": det.threshold,
+        "target_fpr": target,
+        "thresholds": thresholds,
+        "calibration": cal_record,
+        "fitted_on": fitted_on(cal_record),
+        "refit_images": len(fit_x),
+        "refit_attacked": {a: len(v) for a, v in fit_views.items()},
+        "clean_fpr": {d: flag_rate(s, thresholds[d], cfg.bootstrap) for d, s in neg[ALL].items()},
+        "attacks": {},
+        "leave_one_out": {},
+    }
+    report["clean_fpr_at_threshold"] = report["clean_fpr"]["path"]["rate"]
+    curves: dict[str, dict[str, Any]] = {}
+    source = load_model(cfg.source, det.device) if any(ATTACKS[a].transfer for a in cfg.unseen) else None
+    xo, yo = ev_x[ok], ev_y[ok]
+    for name in tqdm([*cfg.known, *cfg.unseen], desc="evaluation attacks", unit="attack"):
+        sub = balanced_subset(torch.arange(len(yo)), yo, cfg.slow_limit if name in cfg.slow else 0, k)
+        s = cache.attack_set(
+            name,
+            len(sub),
+            lambda n=name, i=sub: run_attack(
+                det.model, n, xo[i], yo[i], seed=cfg.seed, device=det.device, source=source
+            ),
+        )
+        pos_view = suite.view(s.x_adv[s.success])
+        pos = suite.scores(pos_view)
+        figs = {d: detection_figures(neg[ALL][d], pos[d], thresholds[d], cfg.bootstrap, cfg.seed) for d in DETECTORS}
+        curves[name] = {d: f.pop("curve", None) for d, f in figs.items()}
+        report["attacks"][name] = {
+            "role": "known" if name in cfg.known else "unseen",
+            "what": ATTACKS[name].what,
+            "params": s.params,
+            "images_attacked": len(s.y),
+            "n_adv": int(s.success.sum()),
+            "success_rate": round(s.success_rate, 4),
+            "detectors": figs,
+            "linf_max": round(float((s.x_adv - s.x_clean).abs().max()), 5),
+        }
+        if name in cfg.known:
+            variant = f"without:{name}"
+            neg[variant] = neg.get(variant) or suite.scores(neg_view, variant)
+            held = suite.scores(pos_view, variant)
+            report["leave_one_out"][name] = {
+                d: _strip(detection_figures(neg[variant][d], held[d], None, cfg.bootstrap, cfg.seed)) for d in REFITTED
+            }
+    report["corruptions"] = corruption_figures(det, suite, xo, yo, thresholds, cfg)
+    report["summary"] = summary(report, cfg)
+    report["adaptive"] = adaptive_entry(det, xo, yo, cfg.adaptive_limit, cfg.seed)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    write_report(report, curves, out)
+    return report
+
+
+def correct(det: Detector, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The correctly classified images among x and their labels."""
+    ok = det.predict(x).labels == y
+    return x[ok], y[ok]
+
+
+def fitted_on(cal: dict[str, Any]) -> str:
+    """One sentence: what the served scorer saw when it was fitted."""
+    eps = cal.get("config", {}).get("linf_eps")
+    text = f"clean images against the successful attacks {', '.join(cal.get('attacks', []))}"
+    if eps:
+        text += f" (FGSM and PGD at Linf {', '.join(f'{e:g}' for e in eps)} / 255)"
+    text += f" on {cal.get('fit_images', '?')} calibration test images"
+    if cal.get("extra_fit_images"):
+        text += f" and {cal['extra_fit_images']} training images with {', '.join(cal.get('extra_attacks', []))}"
+    if cal.get("extra_subset_images"):
+        text += f", {cal['extra_subset_images']} of them also with {', '.join(cal['extra_subset_attacks'])}"
+    return text
+
+
+def corruption_figures(
+    det: Detector, suite: Suite, x: Tensor, y: Tensor, thresholds: dict[str, float], cfg: EvalConfig
+) -> dict[str, Any]:
+    """Per corruption: accuracy on corrupted, once correctly classified images, and each detector's flag rate on the
+    ones still correctly classified (false positives on clean but shifted images)."""
+    res = {}
+    for name in tqdm(cfg.corruptions, desc="corruptions", unit="corruption"):
+        xc = corrupt(name, x)
+        v = suite.view(xc)
+        still = v.pred.labels == y
+        sc = suite.scores(v)
+        res[name] = {
+            "what": CORRUPTIONS[name][1],
+            "in_fit_augmentation": CORRUPTIONS[name][2],
+            "n": len(y),
+            "accuracy": round(float(still.float().mean()), 4),
+            "fpr": {d: flag_rate(s[still], thresholds[d], cfg.bootstrap) for d, s in sc.items()},
+            "flag_rate_all": {d: round(float((s > thresholds[d]).float().mean()), 4) for d, s in sc.items()},
+        }
+    return res
+
+
+def summary(r: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    """Per detector: worst AUROC over the known attacks, and over the held-out (leave-one-out, where the detector is
+    refitted) and unseen attacks; with the attack it is reached on."""
+    out = {}
+    for d in DETECTORS:
+        known = {a: r["attacks"][a]["detectors"][d]["auroc"] for a in cfg.known}
+        held = {f"without {a}": r["leave_one_out"][a][d]["auroc"] for a in cfg.known if d in r["leave_one_out"][a]}
+        held |= {a: r["attacks"][a]["detectors"][d]["auroc"] for a in cfg.unseen}
+        kw, hw = min(known, key=known.get), min(held, key=held.get)
+        out[d] = {
+            "worst_known": known[kw],
+            "worst_known_on": kw,
+            "worst_held_out_or_unseen": held[hw],
+            "worst_held_out_or_unseen_on": hw,
+        }
+    return out
+
+
+def adaptive_entry(det: Detector, x: Tensor, y: Tensor, limit: int, seed: int) -> dict[str, Any]:
+    """Adaptive PGD on (up to `limit`, class-balanced) clean, correctly classified images: what a user keeps."""
+    idx = balanced_subset(torch.arange(len(y)), y, limit, len(det.classes))
+    x, y = x[idx], y[idx]
+    x_adv = adaptive_pgd(det, x, y, seed=seed, **ADAPTIVE_DEFAULTS)
+    p = det.predict(x_adv)
+    wrong = p.labels != y
+    undetected = wrong & ~p.is_adversarial
+    return {
+        "params": ADAPTIVE_DEFAULTS,
+        "n": len(y),
+        "linf_max": round(float((x_adv - x).abs().max()), 5),
+        "success_rate": round(float(wrong.float().mean()), 4),
+        "tpr_at_threshold": round(float(p.is_adversarial[wrong].float().mean()), 4) if wrong.any() else None,
+        "accuracy_kept": round(float(1 - undetected.float().mean()), 4),
+        "note": "accuracy_kept: share of attacked images that stay correctly classified or are flagged",
+    }
+
+
+def _strip(f: dict[str, Any]) -> dict[str, Any]:
+    f.pop("curve", None)
+    return f
+
+
+class Cache:
+    """Attack results under DIR, reused by a re-run that asks for the same one (same name, seed and image count)."""
+
+    def __init__(self, directory: Path, seed: int, save: bool) -> None:
+        self.dir, self.seed, self.save = directory, seed, save
+
+    def attack_set(self, name: str, offered: int, run: Callable[[], AttackSet]) -> AttackSet:
+        path = self.dir / f"{name}.safetensors"
+        if path.is_file():
+            s = load_attack_set(path)
+            if s.meta.get("seed") == self.seed and s.meta.get("offered") == offered:
+                return s
+        s = run()
+        if self.save:
+            save_attack_set(s, path)
+        return s
+
+    def images(self, name: str, offered: int, run: Callable[[], Tensor]) -> Tensor:
+        """Adversarial images only (the fit attacks), keyed the same way."""
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        path = self.dir / f"{name}.safetensors"
+        key = {"seed": str(self.seed), "offered": str(offered)}
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                if f.metadata() == key:
+                    return f.get_tensor("x_adv")
+        x = run()
+        if self.save:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"x_adv": x.contiguous()}, str(path), metadata=key)
+        return x
