@@ -23,16 +23,22 @@ def soft_gate(s: Tensor) -> Tensor:
     return torch.clamp(1.2 * torch.sigmoid(s) - 0.1, 0.0, 1.0)
 
 
-def semhash(s: Tensor, noise_std: float, training: bool, p_hard: float = 0.5, straight_through: bool = False) -> Tensor:
+def semhash(
+    s: Tensor, noise_std: float, training: bool, p_hard: float = 0.5, relax: str | float | None = None
+) -> Tensor:
     """Binarise gate logits s (N, C). See module docstring for the train/eval rules.
 
     p_hard is the share of elements that take v2; the trainer sets noise_std=0, p_hard=1 for its final epochs,
     so that the network (and its BN statistics) see exactly the eval-time paths while gates still learn.
-    straight_through (eval only): forward value stays z = 1(s > 0), the gradient is v1's. Adaptive attacks use it
-    to differentiate through the exact eval-time paths."""
+    relax (eval only), the ways adaptive attacks differentiate through the binary gates: "st" keeps the forward value
+    z = 1(s > 0) and passes v1's gradient (straight-through); a temperature T replaces z by sigmoid(s / T) in the
+    forward pass too (a tempered relaxation: smooth, but not the network the detector runs)."""
     if not training:
-        z = (s > 0).to(s.dtype)
-        return z + (soft_gate(s) - soft_gate(s).detach()) if straight_through else z
+        if relax is None:
+            return (s > 0).to(s.dtype)
+        if relax == "st":
+            return (s > 0).to(s.dtype) + (soft_gate(s) - soft_gate(s).detach())
+        return torch.sigmoid(s / float(relax))
     s_noisy = s + noise_std * torch.randn_like(s) if noise_std > 0 else s
     v1 = soft_gate(s_noisy)
     v2 = (s_noisy > 0).to(s.dtype)

@@ -7,7 +7,7 @@ use it unwrapped. `model.forward_paths(x)` also returns the calculation path z o
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +134,7 @@ class ConvUnit(nn.Module):
         self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn = nn.BatchNorm2d(cout)
         self.noise_std, self.p_hard = cfg.gate_noise_std, 0.5  # training-time SemHash settings (see gates.py)
-        self.straight_through = False  # eval-time gradient through z (adaptive attacks); see gates.semhash
+        self.relax: str | float | None = None  # eval-time gradient through z (adaptive attacks); gates.semhash
         self.gate = Gate(cin, cout, cfg.gate_reduction, cfg.gate_bias_init) if cfg.decoupled else None
 
     def forward(
@@ -148,7 +148,7 @@ class ConvUnit(nn.Module):
         if self.gate is None:
             return a, None
         s = self.gate(spatial_mean(x) if x_pooled is None else x_pooled)
-        z = semhash(s, self.noise_std, self.training, self.p_hard, self.straight_through)
+        z = semhash(s, self.noise_std, self.training, self.p_hard, self.relax)
         # mean(relu(y) * z) == mean(relu(y)) * z as z is constant per channel: the next gate's input, for free
         a_pooled = spatial_mean(a) if self.relu else None
         if rec is not None:
@@ -207,16 +207,21 @@ class CifarResNet(nn.Module):
             u.noise_std, u.p_hard = noise_std, p_hard
 
     @contextmanager
-    def straight_through_paths(self) -> Iterator[None]:
-        """Within this block, eval-mode z keeps its exact binary value but passes v1's gradient back to the gates."""
+    def relaxed_paths(self, relax: str | float) -> Iterator[None]:
+        """Within this block, eval-mode gates pass a gradient: "st" keeps z's exact binary value and passes v1's
+        gradient (straight-through); a temperature T makes z = sigmoid(s / T) (see gates.semhash)."""
         units = self.units()
         for u in units:
-            u.straight_through = True
+            u.relax = relax
         try:
             yield
         finally:
             for u in units:
-                u.straight_through = False
+                u.relax = None
+
+    def straight_through_paths(self) -> AbstractContextManager[None]:
+        """relaxed_paths("st"): the exact eval-time paths, with v1's gradient."""
+        return self.relaxed_paths("st")
 
     def _run(self, x: Tensor, rec: PathOutput | None) -> tuple[Tensor, Tensor]:
         if torch.is_grad_enabled() and x.requires_grad:  # attacks: the input gradient in the input's layout

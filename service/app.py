@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from detector.runtime import tune_malloc
@@ -20,7 +21,7 @@ from .deps import State
 from .errors import install_handlers
 from .loading import load
 from .middleware import RequestContext
-from .routers import admin, health, predict, v2
+from .routers import admin, explain, health, page, predict, v2
 from .settings import Settings
 
 log = logging.getLogger("dnd.service")
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dnd = State(settings)
     app.add_middleware(RequestContext, metrics=app.state.dnd.metrics)
     install_handlers(app)
-    for r in (predict.router, health.router, admin.router, v2.router):
+    for r in (predict.router, explain.router, health.router, admin.router, v2.router, page.router):
         app.include_router(r)
+    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     return app

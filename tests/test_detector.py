@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from detector import load_detector
-from detector.adaptive import adaptive_pgd
 from detector.features import PathLikelihood, feature_count, likelihood_features, path_distances, path_features
 from detector.profiles import PROFILES, load_profiles
 from detector.scorer import PathScorer
@@ -499,17 +498,49 @@ def test_family_scorer_is_the_mixture_log_odds_and_round_trips() -> None:
     torch.testing.assert_close(PathScorer.from_tensors(old).score(probe), one.trees.raw(probe)[:, 0].float())
 
 
-def test_adaptive_attack_stays_in_eps_ball_and_straight_through_is_exact(bundle: Path) -> None:
+@pytest.mark.parametrize("relax, orthogonal", [("st", False), (0.5, False), ("st", True)])
+def test_adaptive_attack_stays_in_eps_ball_and_keeps_what_breaks_the_real_detector(
+    bundle: Path, relax: str | float, orthogonal: bool
+) -> None:
+    from detector.adaptive import DetectorObjective, adaptive_pgd
+
     det = load_detector(bundle)
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     y = det.predict(x).labels
-    x_adv = adaptive_pgd(det, x, y, steps=3)
+    obj = DetectorObjective(det)
+    x_adv = adaptive_pgd(obj, x, y, 8 / 255, steps=4, restarts=2, relax=relax, orthogonal=orthogonal)
     assert x_adv.min() >= 0 and x_adv.max() <= 1 and (x_adv - x).abs().max() <= 8 / 255 + 1e-6
+    # success is the real detector's verdict: misclassified and not flagged
+    p = det.predict(x_adv)
+    assert torch.equal(obj.broken(x_adv, y), (p.labels != y) & ~p.is_adversarial)
+
+
+def test_relaxed_gates_straight_through_is_exact_and_sigmoid_is_smooth(bundle: Path) -> None:
+    det = load_detector(bundle)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     xg = x.clone().requires_grad_(True)
     with det.model.straight_through_paths():
         out = det.model.forward_paths(xg)
         out.z[5].sum().backward()
     assert torch.equal(out.logits.detach(), det.model(x).detach()) and xg.grad.abs().sum() > 0
+    with det.model.relaxed_paths(0.5):
+        soft = det.model.forward_paths(x)
+    s = soft.s[5]
+    assert torch.allclose(soft.z[5], torch.sigmoid(s / 0.5)) and all(u.relax is None for u in det.model.units())
+
+
+def test_detector_aware_square_succeeds_only_when_misclassified_and_unflagged(bundle: Path) -> None:
+    from detector.adaptive import DetectorAwareSquare
+
+    det = load_detector(bundle)
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    y = det.predict(x).labels
+    sq = DetectorAwareSquare(det, eps=8 / 255, n_queries=20)
+    m, _ = sq.margin_and_loss(x, y)
+    p = det.predict(x)
+    assert torch.equal(m <= 0, (p.labels != y) & ~p.is_adversarial)  # correct images: margin > 0
+    adv = sq(x, y)
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
 
 
 def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) -> None:
@@ -534,6 +565,15 @@ def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) 
         "10",
         "--adaptive-limit",
         "10",
+        "--adaptive-eps",
+        "4,8",
+        "--adaptive-steps",
+        "3",
+        "--adaptive-restarts",
+        "2",
+        "--square-queries",
+        "10",
+        "--no-autoattack",
         "--bootstrap",
         "20",
         "--out",
@@ -563,7 +603,13 @@ def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) 
         and not r["corruptions"]["pixelate"]["in_fit_augmentation"]
     )
     assert set(r["summary"]) == set(DETECTORS) and r["fitted_on"].startswith("clean images against")
-    assert {"success_rate", "tpr_at_threshold", "accuracy_kept"} <= set(r["adaptive"])
+    ad = r["adaptive"]
+    assert list(ad["budgets"]) == ["4/255", "8/255"] and ad["n"] == 10
+    for row in ad["budgets"].values():
+        attacks = ("pgd-st", "pgd-sigmoid", "opgd-st", "square")
+        assert all(0 <= row[a] <= 1 for a in (*attacks, "model_alone_apgd_ce"))
+        assert row["worst_case"] <= min(row[a] for a in attacks)  # an image is kept only if every attack fails
+    assert {"pgd-st_20_steps_1_restart", "pgd-st_unbounded", "more_steps_never_raise"} <= set(ad["sanity"])
     assert (out / "report.md").read_text().startswith("# Detection report")
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "generalisation.png", "corruptions.png"))
     saved = out / "attacks" / "pgd.safetensors"

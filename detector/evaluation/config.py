@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..adaptive import AdaptiveConfig
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,8 @@ class EvalConfig:
     slow: tuple[str, ...] = ("cw", "deepfool", "square", "apgd-dlr")
     fit_limit: int = 0  # calibration fit-part images the supervised detectors are refitted on (0 = all, ~3,000)
     lid_reference: int = 200  # clean training images LID measures distances to
-    adaptive_limit: int = 1000  # images for the adaptive attack
+    adaptive_limit: int = 500  # evaluation images (correct or not) for the adaptive attacks
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     bootstrap: int = 500  # resamples for the 95% intervals
     source: str = "models/resnet20-dense"  # the network transfer attacks are crafted on
     seed: int = 0

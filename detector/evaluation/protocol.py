@@ -9,7 +9,7 @@ classified evaluation images; positives: successful attacks on them. Steps:
 2. leave-one-out: each known attack against the supervised detectors refitted without it;
 3. unseen attacks, which no fit ever sees;
 4. corruptions: false-positive rate and accuracy on shifted clean images;
-5. the adaptive attack.
+5. the adaptive attacks: robust accuracy with rejection (detector/adaptive/evaluation.py).
 Attack sets are kept under OUT/attacks/ and reused by a re-run with the same settings (resume).
 """
 
@@ -24,8 +24,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..adaptive import DEFAULTS as ADAPTIVE_DEFAULTS
-from ..adaptive import adaptive_pgd
+from ..adaptive import robust_report
 from ..api import Detector
 from ..attacks import ATTACKS, AttackSet, load_attack_set, run_attack, save_attack_set
 from ..bundle import load_model
@@ -146,7 +145,9 @@ def evaluate(
             }
     report["corruptions"] = corruption_figures(det, suite, xo, yo, thresholds, cfg)
     report["summary"] = summary(report, cfg)
-    report["adaptive"] = adaptive_entry(det, xo, yo, cfg.adaptive_limit, cfg.seed)
+    if cfg.adaptive_limit > 0:
+        ad = balanced_subset(torch.arange(len(ev_y)), ev_y, cfg.adaptive_limit, k)
+        report["adaptive"] = robust_report(det, ev_x[ad], ev_y[ad], cfg.adaptive)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_report(report, curves, out)
     return report
@@ -210,25 +211,6 @@ def summary(r: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
             "worst_held_out_or_unseen_on": hw,
         }
     return out
-
-
-def adaptive_entry(det: Detector, x: Tensor, y: Tensor, limit: int, seed: int) -> dict[str, Any]:
-    """Adaptive PGD on (up to `limit`, class-balanced) clean, correctly classified images: what a user keeps."""
-    idx = balanced_subset(torch.arange(len(y)), y, limit, len(det.classes))
-    x, y = x[idx], y[idx]
-    x_adv = adaptive_pgd(det, x, y, seed=seed, **ADAPTIVE_DEFAULTS)
-    p = det.predict(x_adv)
-    wrong = p.labels != y
-    undetected = wrong & ~p.is_adversarial
-    return {
-        "params": ADAPTIVE_DEFAULTS,
-        "n": len(y),
-        "linf_max": round(float((x_adv - x).abs().max()), 5),
-        "success_rate": round(float(wrong.float().mean()), 4),
-        "tpr_at_threshold": round(float(p.is_adversarial[wrong].float().mean()), 4) if wrong.any() else None,
-        "accuracy_kept": round(float(1 - undetected.float().mean()), 4),
-        "note": "accuracy_kept: share of attacked images that stay correctly classified or are flagged",
-    }
 
 
 def _strip(f: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files and show their calculation path")
     p.add_argument("--model", default="models/resnet20-decoupled")
     add_device(p, threads=False)
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write each image's calculation path against its class "
+        "signature as DIR/<image name>.svg (needs the bundle's profiles)",
+    )
     p.add_argument("images", nargs="+")
     p.set_defaults(handler=cmd_predict)
 
@@ -49,6 +55,10 @@ def cmd_predict(a: argparse.Namespace) -> None:
         raise ValueError(f"expected image files, found: {', '.join(bad)}")
     # the detector when the bundle has profiles (`dnd profiles`); otherwise the bare classifier and its path
     det = load_detector(a.model, a.device) if (Path(a.model) / PROFILES).is_file() else None
+    if a.explain and det is None:
+        raise ValueError(
+            f"--explain draws the path against the class profiles, and {a.model} has none: run dnd profiles"
+        )
     model = det.model if det else load_model(a.model, a.device)
     for path in a.images:
         try:
@@ -76,6 +86,19 @@ def cmd_predict(a: argparse.Namespace) -> None:
                 "is_adversarial": bool(d.is_adversarial[0]),
                 "threshold": round(det.threshold, 4),
             }
+        if a.explain:
+            from detector.interpretation import path_svg
+
+            svg = path_svg(
+                [zl[0] for zl in z],
+                [f[k] for f in det.profiles.freq],
+                model.cfg.classes[k],
+                float(d.scores[0]),
+                det.threshold,
+            )
+            Path(a.explain).mkdir(parents=True, exist_ok=True)
+            (Path(a.explain) / f"{Path(path).stem}.svg").write_text(svg)
+            rec["explain"] = str(Path(a.explain) / f"{Path(path).stem}.svg")
         if z:
             rec["open_filters_per_layer"] = [int(zl.sum()) for zl in z]
             rec["path_density"] = round(float(sum(int(zl.sum()) for zl in z) / sum(zl.shape[1] for zl in z)), 4)

@@ -1,0 +1,92 @@
+"""`dnd figures` (the interpretation figures and their data) and `dnd samples` (the web page's sample images)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..args import add_device, count
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "figures",
+        help="interpretation figures (class paths, adversarial paths, embeddings, "
+        "filter-class weights, filter images) with their data, from a decoupled bundle",
+    )
+    p.add_argument("--model", default="models/resnet20-decoupled")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="reports/interpretation")
+    p.add_argument("--limit", type=count, default=2000, help="test images (class-balanced) for the clean paths")
+    p.add_argument("--source", type=int, default=0, help="class index attacked to others (default 0, airplane)")
+    p.add_argument("--target", type=int, default=8, help="class index others are attacked to (default 8, ship)")
+    add_device(p)
+    p.set_defaults(handler=cmd_figures, out_is_dir=True)
+
+    p = sub.add_parser(
+        "samples",
+        help="sample images for the web page: clean test images and PGD-attacked ones "
+        "(8-bit PNG, still misclassified once rounded)",
+    )
+    p.add_argument("--model", default="models/resnet20-decoupled")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="service/static/samples")
+    p.add_argument("--n", type=count, default=4, help="images of each kind")
+    add_device(p)
+    p.set_defaults(handler=cmd_samples, out_is_dir=True)
+
+
+def cmd_figures(a: argparse.Namespace) -> None:
+    from detector.bundle import load_model
+    from detector.interpretation import figures
+
+    model = load_model(a.model, a.device)
+    if not model.cfg.decoupled:
+        raise ValueError(f"{a.model} is a dense bundle: calculation paths need a decoupled one (with gates)")
+    summary = figures(model, a.data, a.out, a.limit, a.source, a.target)
+    for name, sentence in summary.items():
+        print(f"{name}: {sentence}")
+    print(f"wrote {a.out}/*.png, *.json")
+
+
+def cmd_samples(a: argparse.Namespace) -> None:
+    import torch
+    import torchattacks
+    from PIL import Image
+
+    from detector.attacks import to_uint8
+    from detector.bundle import load_model
+    from detector.data import load_split, to_unit_float
+    from detector.splits import split_test
+
+    model = load_model(a.model, a.device)
+    classes = model.cfg.classes
+    test = load_split(a.data, "test")
+    _, ev = split_test(test.y, len(classes))
+    idx = ev[torch.randperm(len(ev), generator=torch.Generator().manual_seed(3))[: 20 * a.n]]
+    x, y = to_unit_float(test.x[idx]), test.y[idx]
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    x, y = x[ok], y[ok]
+    torch.manual_seed(0)
+    adv = to_uint8(torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10)(x, y))
+    with torch.no_grad():
+        fooled = model(adv.float() / 255).argmax(1)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest, seen = [], set()
+    for i in range(len(y)):  # distinct classes first, n clean images, then n attacked ones
+        c = int(y[i])
+        if len([m for m in manifest if m["kind"] == "clean"]) < a.n and c not in seen:
+            seen.add(c)
+            Image.fromarray(to_uint8(x[i]).permute(1, 2, 0).numpy()).save(out / f"clean-{classes[c]}.png")
+            manifest.append({"file": f"clean-{classes[c]}.png", "kind": "clean", "caption": f"clean {classes[c]}"})
+    for i in range(len(y)):
+        c, f = int(y[i]), int(fooled[i])
+        if len([m for m in manifest if m["kind"] == "attacked"]) < a.n and f != c:
+            name = f"attacked-{classes[c]}-as-{classes[f]}.png"
+            Image.fromarray(adv[i].permute(1, 2, 0).numpy()).save(out / name)
+            manifest.append({"file": name, "kind": "attacked", "caption": f"{classes[c]}, attacked"})
+    (out / "samples.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"wrote {len(manifest)} samples to {out}")
