@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .bundle import publish
 from .data import to_unit_float
+from .parallel import shard_map
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,18 @@ def run_attack(
     keep = _predict(model, x, device) == y
     x, y = x[keep], y[keep]
     attack = make_attack(name, (source.to(device).eval() if spec is not None and spec.transfer else model), **overrides)
-    torch.manual_seed(seed)  # random starts
-    advs = []
-    for i in tqdm(range(0, len(x), batch_size), desc=f"attack {name}", unit="batch", leave=False):
-        advs.append(attack(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)).detach().cpu())
+    starts = list(range(0, len(x), batch_size))
+    bar = tqdm(total=len(starts), desc=f"attack {name}", unit="batch", leave=False)
+
+    def one(b: int) -> Tensor:
+        torch.manual_seed(seed * 1_000_003 + b)  # random starts: per batch, so any split of the batches agrees
+        i = starts[b]
+        out = attack(x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)).detach().cpu()
+        bar.update()
+        return out
+
+    advs = shard_map(one, len(starts))  # under torchrun, each process attacks its share of the batches
+    bar.close()
     x_adv = torch.cat(advs) if advs else x.clone()
     adv_pred = _predict(model, x_adv, device) if len(x_adv) else y.clone()
     params = {**ATTACKS[name].params, **overrides}

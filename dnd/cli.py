@@ -34,6 +34,26 @@ def check_common(a: argparse.Namespace) -> None:
         check_device(a.device, "--device")
 
 
+SHARDED = ("profiles", "attack", "evaluate")  # under torchrun their attack batches are shared across processes
+
+
+def start_process_group(a: argparse.Namespace) -> None:
+    """Under torchrun (WORLD_SIZE > 1), the process group the attack batches are shared over (detector/parallel.py):
+    gloo on the CPU, NCCL on GPUs. `dnd train` starts its own (training/distributed.py)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = torch.device(a.device).type == "cuda"
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if cuda:
+            a.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from detector.runtime import tune_malloc
@@ -45,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     try:
         check_common(a)
+        if a.command in SHARDED:
+            start_process_group(a)
         a.handler(a)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"dnd {a.command}: error: {e}", file=sys.stderr)

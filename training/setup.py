@@ -20,6 +20,7 @@ from detector.model import CifarResNet, build_model
 from .checkpoint import META, load_checkpoint
 from .config import TrainConfig, check_config, saved_config
 from .distill import frozen_teacher, teacher_logits
+from .distributed import Dist, StepModule, sync_batchnorm
 from .step import compiled_step_loss, make_optimizers, step_loss
 
 
@@ -42,6 +43,7 @@ class Run:
     start_epoch: int = 0
     lambda_s: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
     history: list[dict[str, Any]] = field(default_factory=list)
+    dist: Dist = field(default_factory=Dist)  # this process's place under torchrun (training/distributed.py)
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -52,8 +54,15 @@ class Run:
         return len(self.y_train) // self.cfg.batch_size  # the ragged last batch is dropped
 
 
-def check_request(out: Path, cfg: TrainConfig, decouple: bool, init: str | Path | None, resume: bool) -> None:
+def check_request(
+    out: Path, cfg: TrainConfig, decouple: bool, init: str | Path | None, resume: bool, world: int = 1
+) -> None:
     """Refuse a run that cannot do what was asked, before any data is loaded or file written."""
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is the global batch: expected a multiple of the {world} "
+            "processes torchrun started"
+        )
     ckpt_dir = out / "checkpoint"
     if decouple and init is None:
         raise ValueError("--decouple needs --init DIR: a trained dense bundle to fine-tune from")
@@ -109,8 +118,10 @@ def build_run(
     init: str | Path | None,
     dev: torch.device,
     compile_step: bool,
+    dist: Dist = Dist(),
 ) -> tuple[Run, Split]:
-    """Data, model (from --init where given), decoupling losses, distillation teacher and optimizers."""
+    """Data, model (from --init where given), decoupling losses, distillation teacher and optimizers; under torchrun
+    the network with global-batch BatchNorm and, with the heads, wrapped in DistributedDataParallel."""
     torch.manual_seed(cfg.seed)
     train_set, test_set, x_train, y_train = load_data(data, cfg, dev)
     model = build_model(model_cfg)
@@ -118,7 +129,17 @@ def build_run(
     if src is not None:  # dense --init: a warm restart (new LR cycle) from those weights; --decouple: the fine-tune
         init_weights(model, src, Path(init))
     model = model.to(dev, memory_format=torch.channels_last)
+    if dist.on:
+        model = sync_batchnorm(model, dev)
     loss_mod = DecouplingLoss([u.cout for u in model.units()], model_cfg.num_classes).to(dev) if decouple else None
+    loss_fn = compiled_step_loss() if compile_step else step_loss
+    if dist.on:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(
+            StepModule(model, loss_mod, loss_fn), device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+        loss_fn = lambda _model, _loss_mod, *args: ddp(*args)  # noqa: E731 - the step through DDP's hooks
     run = Run(
         cfg,
         model_cfg,
@@ -129,8 +150,9 @@ def build_run(
         model,
         loss_mod,
         make_optimizers(model, loss_mod, cfg),
-        loss_fn=compiled_step_loss() if compile_step else step_loss,
+        loss_fn=loss_fn,
         lambda_s=torch.tensor(cfg.lambda_s, dtype=torch.float64, device=dev),
+        dist=dist,
     )
     if cfg.lambda_kd > 0:  # the --init network itself, frozen (init_weights copied its tensors, not shared them)
         run.teacher = frozen_teacher(src, dev)

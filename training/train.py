@@ -26,6 +26,7 @@ from .adversarial import catastrophic_overfitting, robust_accuracy
 from .augment import augment, crop_flip_params, cutout, cutout_params
 from .checkpoint import META, save_checkpoint
 from .config import TrainConfig
+from .distributed import init as init_distributed
 from .setup import Run, build_run, check_request, init_weights, resume_from
 from .step import lr_at, set_lr, train_step
 
@@ -46,22 +47,30 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     total, warmup, dense = spe * cfg.epochs, int(cfg.warmup_epochs * spe), dense_macs(model)
     sums: dict[str, torch.Tensor] = {}
     t0, frac = time.perf_counter(), 0.0
-    bar = tqdm(range(spe), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", mininterval=5)
+    bar = tqdm(
+        range(spe), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", mininterval=5, disable=not run.dist.main
+    )
     for it in bar:
         step = epoch * spe + it
         frac = lr_at(step, total, warmup, 1.0)  # schedule shape, scaled by each group's peak
         set_lr(run.optimizers, frac)
         idx = perm[it * cfg.batch_size : (it + 1) * cfg.batch_size]
+        # the global batch's draws on every process, then this process's slice (training/distributed.py)
         ij, flip = crop_flip_params(len(idx), gen)
+        centres = cutout_params(len(idx), gen) if cfg.cutout else None  # drawn only when on: the stream stays
+        mine = run.dist.shard(torch.arange(len(idx)))
+        idx, ij, flip = idx[mine.to(dev)], ij[mine], flip[mine]
         xb = augment(run.x_train[idx], ij.to(dev, non_blocking=True), flip.to(dev, non_blocking=True))
-        if cfg.cutout:  # drawn only when on, so a run without it keeps its random stream
-            xb = cutout(xb, cutout_params(len(idx), gen), cfg.cutout)
+        if centres is not None:
+            xb = cutout(xb, centres[mine], cfg.cutout)
         xb = xb.contiguous(memory_format=torch.channels_last)
         # offline: the teacher's logits of this image, mirrored as the view is (the crop shift is not modelled)
         t_in = run.teacher if run.t_logits is None else run.t_logits[flip.to(dev).long(), idx]
         terms = train_step(
             model, run.loss_mod, run.optimizers, xb, run.y_train[idx], cfg, run.lambda_s, dense, t_in, run.loss_fn
         )
+        if run.dist.on:  # every process logs, and steers lambda_s with, the global batch's figures
+            terms = dict(zip(terms, run.dist.mean(torch.stack([v.float() for v in terms.values()]))))
         if run.loss_mod is not None and cfg.target_flops > 0:  # dual ascent on lambda_s towards the FLOPs target
             ramp = min(1.0, step / max(cfg.target_ramp_epochs * spe, 1))
             target = 1.0 - ramp * (1.0 - cfg.target_flops)
@@ -78,7 +87,7 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
         **{f"train_{k}": round(float(v) / spe, 5) for k, v in sums.items()},
         **({"lambda_s": round(float(run.lambda_s), 5)} if run.loss_mod else {}),
-        **evaluate(model, run.test, dev, cfg),
+        **(evaluate(model, run.test, dev, cfg) if run.dist.main else {}),
     }
 
 
@@ -141,6 +150,7 @@ def finish(
         "train": run.cfg.to_dict(),
         "seed": run.cfg.seed,
         "compiled": compile_step,
+        "processes": run.dist.world,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
         "data": {
             "root": str(data),
@@ -180,30 +190,34 @@ def train(
 
     compile_step: run the forward + losses through torch.compile (an execution setting like `device`, so a run may be
     resumed with or without it)."""
+    dist, device = init_distributed(device)
     out, dev = Path(out), torch.device(device)
-    check_request(out, cfg, decouple, init, resume)
+    check_request(out, cfg, decouple, init, resume, dist.world)
     if model_cfg is None:
         model_cfg = (
             replace(ModelConfig.from_dict(read_config(init)["model"]), decoupled=True) if decouple else ModelConfig()
         )
-    run, train_set = build_run(data, cfg, model_cfg, decouple, init, dev, compile_step)
+    run, train_set = build_run(data, cfg, model_cfg, decouple, init, dev, compile_step, dist)
     ckpt_dir = out / "checkpoint"
     if resume and (ckpt_dir / META).exists():
         resume_from(run, ckpt_dir)
     for epoch in range(run.start_epoch, cfg.epochs):
         record = run_epoch(run, epoch)
-        run.history.append(record)
-        log_epoch(record, run.history)
-        save_checkpoint(
-            ckpt_dir,
-            run.modules,
-            run.optimizers,
-            {
+        if dist.main:  # one writer: process 0 evaluates, logs and checkpoints; the others wait for it
+            run.history.append(record)
+            log_epoch(record, run.history)
+            meta = {
                 "epoch": epoch,
                 "lambda_s": float(run.lambda_s),
                 "history": run.history,
                 "train": cfg.to_dict(),
                 "model": model_cfg.to_dict(),
-            },
-        )
-    return finish(run, out, data, train_set, decouple, init, compile_step)
+            }
+            save_checkpoint(ckpt_dir, run.modules, run.optimizers, meta)
+        dist.barrier()
+    if not dist.main:
+        dist.barrier()
+        return out
+    path = finish(run, out, data, train_set, decouple, init, compile_step)
+    dist.barrier()
+    return path

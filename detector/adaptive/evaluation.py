@@ -15,14 +15,17 @@ almost none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 import torchattacks
 from torch import Tensor
 from tqdm import tqdm
 
 from ..api import Detector
+from ..parallel import shard_map
 from .objective import DetectorObjective
 from .pgd import adaptive_pgd
 from .square import DetectorAwareSquare
@@ -43,6 +46,17 @@ class AdaptiveConfig:
         return asdict(self)
 
 
+def batched(attack: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, seed: int, size: int = 250) -> Tensor:
+    """A torchattacks attack over x in batches, each seeded on its own and, under torchrun, shared across processes."""
+
+    def one(b: int) -> Tensor:
+        torch.manual_seed(seed * 1_000_003 + b)
+        return attack(x[b * size : (b + 1) * size], y[b * size : (b + 1) * size]).detach().cpu()
+
+    parts = shard_map(one, -(-len(x) // size))
+    return torch.cat(parts) if parts else x.clone()
+
+
 def _kept(det: Detector, x_adv: Tensor, y: Tensor) -> Tensor:
     """(N,) bool: classified correctly or flagged."""
     p = det.predict(x_adv)
@@ -57,13 +71,15 @@ def attacks_at(det: Detector, eps: float, cfg: AdaptiveConfig) -> dict[str, Any]
         "pgd-st": lambda x, y: adaptive_pgd(obj, x, y, eps, s, r, "st", cfg.beta, seed=seed),
         "pgd-sigmoid": lambda x, y: adaptive_pgd(obj, x, y, eps, s, r, cfg.temperature, cfg.beta, seed=seed),
         "opgd-st": lambda x, y: adaptive_pgd(obj, x, y, eps, s, r, "st", orthogonal=True, seed=seed),
-        "square": lambda x, y: DetectorAwareSquare(det, eps=eps, n_queries=cfg.square_queries, seed=seed)(x, y),
+        "square": lambda x, y: batched(
+            DetectorAwareSquare(det, eps=eps, n_queries=cfg.square_queries, seed=seed), x, y, seed
+        ),
     }
 
 
 def model_alone(det: Detector, x: Tensor, y: Tensor, eps: float, steps: int) -> float:
     """Accuracy of the network alone (no rejection) under APGD-CE."""
-    adv = torchattacks.APGD(det.model, eps=eps, steps=steps, loss="ce", n_restarts=1)(x, y)
+    adv = batched(torchattacks.APGD(det.model, eps=eps, steps=steps, loss="ce", n_restarts=1), x, y, 0)
     return float((det.predict(adv).labels == y).float().mean())
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..parallel import shard_map
 from .objective import DetectorObjective
 
 
@@ -43,9 +44,10 @@ def adaptive_pgd(
 ) -> Tensor:
     """x (N, 3, 32, 32) in [0, 1], true labels y (N,) -> adversarial images in the Linf eps-ball (eps in [0, 1])."""
     dev = obj.det.device
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, len(x), batch_size):
+
+    def one(b: int) -> Tensor:
+        i = b * batch_size
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + b)  # per batch: any split of the batches agrees
         x0, yb = x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev)
         with torch.no_grad():
             logits = obj.det.model.eval()(x0)
@@ -60,7 +62,9 @@ def adaptive_pgd(
             best[todo[hit]] = adv[hit]
             best[todo[~hit]] = adv[~hit]  # not broken yet: the last iterate, the strongest try so far
             broken[todo] |= hit
-        out.append(best.cpu())
+        return best.cpu()
+
+    out = shard_map(one, -(-len(x) // batch_size))  # under torchrun, each process takes its share of the batches
     return torch.cat(out) if out else x.clone()
 
 

@@ -31,6 +31,7 @@ from ..bundle import load_model
 from ..calibration import CalibrationConfig, fit_attack
 from ..corruptions import CORRUPTIONS, corrupt, random_corruptions
 from ..data import load_split, to_unit_float
+from ..parallel import is_main
 from ..scorer import calibrate_threshold
 from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test, train_sample
 from .config import EvalConfig
@@ -149,7 +150,8 @@ def evaluate(
         ad = balanced_subset(torch.arange(len(ev_y)), ev_y, cfg.adaptive_limit, k)
         report["adaptive"] = robust_report(det, ev_x[ad], ev_y[ad], cfg.adaptive)
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    write_report(report, curves, out)
+    if is_main():  # under torchrun every process computes the report; process 0 writes it
+        write_report(report, curves, out)
     return report
 
 
@@ -222,7 +224,7 @@ class Cache:
     """Attack results under DIR, reused by a re-run that asks for the same one (same name, seed and image count)."""
 
     def __init__(self, directory: Path, seed: int, save: bool) -> None:
-        self.dir, self.seed, self.save = directory, seed, save
+        self.dir, self.seed, self.save = directory, seed, save and is_main()
 
     def attack_set(self, name: str, offered: int, run: Callable[[], AttackSet]) -> AttackSet:
         path = self.dir / f"{name}.safetensors"

@@ -116,6 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to send to the service",
     )
     p.add_argument("--source", default="models/resnet20-dense", help="the network transfer attacks are crafted on")
+    p.add_argument("--batch-size", type=count, default=250, help="images per attack batch (the unit torchrun shares)")
     p.add_argument("--seed", type=int, default=0)
     add_device(p)
     p.set_defaults(handler=cmd_attack, out_is_dir=True)
@@ -188,6 +189,7 @@ def cmd_profiles(a: argparse.Namespace) -> None:
     from detector.bundle import load_model
     from detector.calibration import calibrate
     from detector.data import load_split
+    from detector.parallel import is_main
     from detector.profiles import build_profiles, save_profiles
     from detector.splits import balanced_subset, split_test, train_sample
 
@@ -202,6 +204,8 @@ def cmd_profiles(a: argparse.Namespace) -> None:
         tr_idx = train_sample(train.y, cfg.train_images, k)
         extra = (train.x[tr_idx], train.y[tr_idx])
     profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], cfg, extra, a.device)
+    if not is_main():  # under torchrun: every process fitted the same profiles; process 0 writes them
+        return
     path = save_profiles(profiles, a.model, f"train:{train.fingerprint} test:{test.fingerprint}")
     c = profiles.meta["calibration"]
     fams = f", families {' | '.join('+'.join(f) for f in c['families'])}" if "families" in c else ""
@@ -218,6 +222,7 @@ def cmd_attack(a: argparse.Namespace) -> None:
     from detector.attacks import ATTACKS, run_attack, save_attack_set, write_pngs
     from detector.bundle import load_model
     from detector.data import load_split
+    from detector.parallel import is_main
     from detector.splits import balanced_subset, split_test
 
     model = load_model(a.model, a.device)
@@ -229,7 +234,9 @@ def cmd_attack(a: argparse.Namespace) -> None:
     names = attack_names(a.attack)
     source = load_model(a.source, a.device) if any(ATTACKS[n].transfer for n in names) else None
     for name in names:
-        s = run_attack(model, name, test.x[idx], test.y[idx], seed=a.seed, device=a.device, source=source)
+        s = run_attack(model, name, test.x[idx], test.y[idx], max(a.batch_size, 1), a.seed, a.device, source)
+        if not is_main():  # under torchrun process 0 writes what every process has gathered
+            continue
         path = save_attack_set(s, Path(a.out) / f"{name}.safetensors")
         print(
             f"{name}: {int(s.success.sum())} of {len(s.y)} correctly classified {a.split} images misclassified after "
