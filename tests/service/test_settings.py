@@ -1,7 +1,5 @@
 """DND_* settings and the deploy files that carry them."""
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,14 +15,6 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DND_BODY_LIMIT", "123")
     s = Settings()
     assert s.max_batch == 7 and s.api_key == "k" and s.body_limit == 123
-
-
-@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client")
-def test_compose_file_is_valid() -> None:
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("docker client without the compose plugin")
-    r = subprocess.run(["docker", "compose", "config", "--quiet"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize(

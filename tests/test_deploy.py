@@ -1,0 +1,82 @@
+"""Deploy files: Kubernetes manifests validated against the API's schemas (kubernetes-validate, strict), the KServe
+InferenceService's containers as a Pod, probes that point at routes the service has, and the compose fleet."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+
+
+def manifests() -> dict[str, dict]:
+    return {p.name: yaml.safe_load(p.read_text()) for p in sorted(K8S.glob("*.yaml"))}
+
+
+def served_paths() -> set[str]:
+    from service.app import create_app
+
+    return set(create_app().openapi()["paths"])
+
+
+@pytest.mark.parametrize("name", ["deployment.yaml", "service.yaml", "hpa.yaml", "pvc.yaml"])
+def test_manifest_is_valid_kubernetes(name: str) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(manifests()[name], "1.37.0", strict=True)  # raises on any schema violation
+
+
+def test_inference_service_runs_the_image_on_the_open_inference_protocol() -> None:
+    import kubernetes_validate
+
+    isvc = manifests()["inferenceservice.yaml"]
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
+    pred = isvc["spec"]["predictor"]
+    # kubernetes-validate has no schema for KServe's CRD: its predictor's containers and volumes form a Pod spec
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": pred["containers"], "volumes": pred["volumes"]},
+    }
+    kubernetes_validate.validate(pod, "1.37.0", strict=True)
+    c = pred["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] in served_paths()
+    assert {"/v2/models/{name}", "/v2/models/{name}/infer"} <= served_paths()
+
+
+def test_probes_and_bundle_volume_of_the_deployment() -> None:
+    dep = manifests()["deployment.yaml"]
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"/readyz", "/healthz"} <= served_paths()
+    env = {e["name"]: e["value"] for e in c["env"]}
+    mount = c["volumeMounts"][0]
+    assert env["DND_MODEL_DIR"].startswith(mount["mountPath"]) and mount["readOnly"]
+    hpa = manifests()["hpa.yaml"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+
+
+def test_compose_fleet_and_dockerfile_arguments() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    det, lb = compose["services"]["detector"], compose["services"]["balancer"]
+    assert (
+        "/readyz" in " ".join(det["healthcheck"]["test"])
+        and lb["depends_on"]["detector"]["condition"] == "service_healthy"
+    )
+    assert {"BASE_IMAGE", "TORCH_INDEX", "PIP_INDEX"} <= set(det["build"]["args"])
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "server detector:8000" in conf and "proxy_next_upstream" in conf
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE" in dockerfile and "ARG TORCH_INDEX" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client")
+def test_compose_file_is_valid_for_compose() -> None:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("docker client without the compose plugin")
+    r = subprocess.run(["docker", "compose", "config", "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
