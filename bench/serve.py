@@ -1,10 +1,12 @@
 """Service load test against a live `dnd serve` on 127.0.0.1, with the raw model throughput measured in the same run.
 
-Starts the server as a subprocess, sends real CIFAR-10 test JPEGs to POST /predict at concurrency 1, 8 and 64
-(aiohttp client, asyncio), and prints p50/p95/p99 latency, throughput and errors per level, the server's resident memory
-after each level, and the ratio of service throughput at the highest concurrency to the raw batched throughput of
-`det.predict` (the same model + scoring, no HTTP). Targets on 2 cores: ratio >= 0.6 at concurrency 64, p99 <= 50 ms
-at concurrency 8, zero errors, flat memory.
+Starts the server as a subprocess (`--workers N`: N uvicorn workers), sends real CIFAR-10 test JPEGs to POST /predict
+at concurrency 1, 8 and 64 (aiohttp client, asyncio), and prints p50/p95/p99 latency, throughput and errors per level,
+the server's resident memory after each level and soak round, /healthz latency while one maximal request (64 PNGs
+of 4096 x 4096) is decoded, resident memory over --reloads bundle reloads, and the ratio of service throughput at the
+highest concurrency to the raw batched throughput of `det.predict` (the same model + scoring, no HTTP). Targets on
+2 cores: ratio >= 0.6 at concurrency 64, p99 <= 50 ms at concurrency 8 (<= 30 ms with the acceleration), zero errors,
+flat memory, /healthz p99 <= 50 ms during the maximal request.
 """
 
 from __future__ import annotations
@@ -25,10 +27,53 @@ from PIL import Image
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Resident memory of the process and its children (uvicorn's workers), MiB."""
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return kids + [g for k in kids for g in children(k)]
+
+
+def maximal_request(n: int = 64, side: int = 4096) -> bytes:
+    """The largest request the default limits accept: n all-black side x side PNGs as one JSON batch."""
+    import base64
+    import io
+    import json
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, "PNG")
+    return json.dumps({"images": [base64.b64encode(buf.getvalue()).decode()] * n}).encode()
+
+
+async def healthz_during(base: str, body: bytes) -> tuple[list[float], float]:
+    """/healthz latencies (s) polled every 10 ms while one maximal request is decoded, and that request's time."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as client:
+        t0 = time.perf_counter()
+        big = asyncio.ensure_future(
+            client.post(f"{base}/predict", data=body, headers={"content-type": "application/json"})
+        )
+        lat = []
+        while not big.done():
+            t = time.perf_counter()
+            async with client.get(f"{base}/healthz") as r:
+                await r.read()
+            lat.append(time.perf_counter() - t)
+            await asyncio.sleep(0.01)
+        r = await big
+        assert r.status == 200, r.status
+        return lat, time.perf_counter() - t0
 
 
 def free_port() -> int:
@@ -116,6 +161,8 @@ def main() -> None:
         help="extra rounds of 3,000 requests at the top concurrency, to "
         "tell a leak from allocator growth (RSS printed after each)",
     )
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (DND_WORKERS)")
+    ap.add_argument("--reloads", type=int, default=50, help="POST /admin/reload this many times (resident memory)")
     ap.add_argument(
         "--raw-only",
         choices=["tuned", "default"],
@@ -137,7 +184,13 @@ def main() -> None:
             )
         return
     port = free_port()
-    env = {**os.environ, "DND_MODEL_DIR": a.model, "DND_MAX_WAIT_MS": str(a.max_wait_ms)}
+    env = {
+        **os.environ,
+        "DND_MODEL_DIR": a.model,
+        "DND_MAX_WAIT_MS": str(a.max_wait_ms),
+        "DND_WORKERS": str(a.workers),
+        "DND_API_KEY": "bench",
+    }
     env |= {
         k: str(v) for k, v in {"DND_THREADS": a.threads, "DND_PARALLEL_MIN_BATCH": a.parallel_min_batch}.items() if v
     }
@@ -161,8 +214,8 @@ def main() -> None:
             asyncio.run(load(f"{base}/predict", images, 4 * conc, conc))
         rss = [rss_mib(server.pid)]
         print(
-            f"server RSS after warm-up: {rss[0]:.0f} MiB; torch threads {a.threads or cores} for batches >= "
-            f"{a.parallel_min_batch or 'default'} images, else 1; max wait {a.max_wait_ms} ms"
+            f"server RSS after warm-up: {rss[0]:.0f} MiB; {a.workers} worker(s); torch threads {a.threads or cores} "
+            f"for batches >= {a.parallel_min_batch or 'default'} images, else 1; max wait {a.max_wait_ms} ms"
         )
         print(
             f"{'conc':>5} {'requests':>8} {'errors':>6} {'img/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
@@ -184,6 +237,19 @@ def main() -> None:
             print(
                 f"soak {r + 1}/{a.soak}: 3000 requests at concurrency {top}, {errors} errors, {3000 / wall:.0f} img/s, "
                 f"RSS {rss[-1]:.0f} MiB"
+            )
+        lat, took = asyncio.run(healthz_during(base, maximal_request()))
+        q = np.percentile(np.array(lat) * 1e3, [50, 99])
+        print(
+            f"/healthz during a maximal request (64 PNGs of 4096 x 4096, {took:.1f} s): {len(lat)} probes, p50 "
+            f"{q[0]:.1f} ms, p99 {q[1]:.1f} ms, max {max(lat) * 1e3:.1f} ms (target p99 <= 50 ms)"
+        )
+        if a.reloads and a.workers == 1:
+            before = rss_mib(server.pid)
+            for _ in range(a.reloads):
+                httpx.post(f"{base}/admin/reload", headers={"x-api-key": "bench"}, timeout=60).raise_for_status()
+            print(
+                f"{a.reloads} reloads: RSS {before:.0f} -> {rss_mib(server.pid):.0f} MiB (target: flat within 20 MiB)"
             )
     finally:
         server.terminate()

@@ -16,7 +16,7 @@ fine-tune without that record falls back to runs/X-dense.
 
 `python scripts/ship_check.py --all` prints one markdown table of every finished candidate under runs/ (a
 runs/X-decoupled/metrics.json with a runs/X-evaluation/report.json) beside the shipped pair, with the rules each fails:
-the candidates table in README.md is its output. A candidate whose fine-tune has the shipped fine-tune's weights
+the table in docs/candidates.md is its output. A candidate whose fine-tune has the shipped fine-tune's weights
 (config.json `weights_sha256`) is the shipped pair itself: its row says so instead of judging it against itself.
 """
 
@@ -74,7 +74,9 @@ def details(dense: Path, decoupled: Path, report: Path) -> dict[str, float]:
     out = figures(dense, decoupled, report)
     out |= {f"maha_{a}": r["attacks"][a]["detectors"]["mahalanobis"]["auroc"] for a in ATTACKS}
     out |= {k: f["filter_states"][k] for k in ("activated", "dynamic", "silent")}
-    out["kept"] = r["adaptive"]["accuracy_kept"]
+    ad = r.get("adaptive", {})
+    # reports of the robust-accuracy protocol: the worst case at 8/255; earlier reports: one 20-step PGD
+    out["kept"] = ad["budgets"]["8/255"]["worst_case"] if "budgets" in ad else ad.get("accuracy_kept", float("nan"))
     return out
 
 

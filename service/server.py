@@ -18,7 +18,8 @@ from .settings import Settings
 
 
 class GuardedHttpTools(HttpToolsProtocol):
-    head_timeout = 10.0  # seconds; set from the settings by `run`
+    # seconds; from DND_HEADER_TIMEOUT_S (read when the first connection arrives, in every worker process), or set
+    head_timeout: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -27,7 +28,9 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _arm(self) -> None:
         if getattr(self, "_head_timer", None) is None:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+            if GuardedHttpTools.head_timeout is None:
+                GuardedHttpTools.head_timeout = Settings().header_timeout_s
+            self._head_timer = self.loop.call_later(GuardedHttpTools.head_timeout, self._head_timed_out)
 
     def _disarm(self) -> None:
         if getattr(self, "_head_timer", None) is not None:
@@ -60,7 +63,6 @@ def run(host: str, port: int, log_level: str, overrides: dict[str, Any]) -> None
     for k, v in overrides.items():
         os.environ[f"DND_{k.upper()}"] = str(v)
     s = Settings()  # validated here: a bad value stops the service before uvicorn starts
-    GuardedHttpTools.head_timeout = s.header_timeout_s
     uvicorn.run(
         "service.app:create_app",
         factory=True,
