@@ -76,7 +76,12 @@ class Detector:
     """A decoupled model plus its class path profiles, fitted `path` scorer and threshold."""
 
     def __init__(
-        self, model: CifarResNet, profiles: PathProfiles, bundle: Path, threshold: float | None = None
+        self,
+        model: CifarResNet,
+        profiles: PathProfiles,
+        bundle: Path,
+        threshold: float | None = None,
+        engine: str = "masked",
     ) -> None:
         if profiles.scorer is None or "threshold" not in profiles.meta:
             raise ValueError(
@@ -95,6 +100,12 @@ class Detector:
             profiles.scorer.trees.compile()  # at load (the service's readiness), not in the first request
         self._modules = list(model.modules())  # predict checks their modes: model.eval() itself costs ~0.3 ms a call
         self._traced: torch.jit.ScriptModule | None = None
+        # "masked": the network computes every filter and masks the closed ones; "sparse": only the open ones
+        # (detector/sparse.py). Same numbers; which is faster is measured by bench/inference.py.
+        if engine not in ("masked", "sparse"):
+            raise ValueError(f"engine: expected masked or sparse, got {engine!r}")
+        self.engine = engine
+        self._sparse: torch.nn.Module | None = None
 
     @property
     def name(self) -> str:
@@ -123,7 +134,8 @@ class Detector:
         torch.jit.trace keeps ~8 MB per call for the life of the process (its compilation unit is never freed;
         measured over 25 calls), so each architecture is traced once per process and later detectors deep-copy that
         graph and load their own weights into it: a service reloading its bundle stays flat in memory."""
-        key = (self.model.cfg, str(self.device))
+        net = self._network()
+        key = (self.model.cfg, str(self.device), self.engine)
         template = _TRACED.get(key)
         if template is None:
             import warnings
@@ -131,12 +143,22 @@ class Detector:
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings about list outputs
                 example = torch.rand(8, 3, 32, 32, device=self.device)
-                self._traced = _TRACED[key] = torch.jit.trace(_Paths(self.model.eval()), example, check_trace=False)
+                self._traced = _TRACED[key] = torch.jit.trace(net, example, check_trace=False)
             return self
         traced = copy.deepcopy(template)
-        traced.load_state_dict({f"model.{k}": v for k, v in self.model.state_dict().items()}, strict=True)
+        traced.load_state_dict(net.state_dict(), strict=True)
         self._traced = traced
         return self
+
+    def _network(self) -> torch.nn.Module:
+        """The forward the detector runs: (logits, features, z, s) from images."""
+        if self.engine == "sparse":
+            from .sparse import SparseNet
+
+            if self._sparse is None:
+                self._sparse = SparseNet(self.model.eval())
+            return self._sparse
+        return _Paths(self.model.eval())
 
     def path_features(self, z: list[Tensor], labels: Tensor, s: list[Tensor] | None = None) -> Tensor:
         """The `path` score's inputs (N, F) for binary paths z (per layer (N, C_l)), predicted labels (N,) and gate
@@ -165,6 +187,8 @@ class Detector:
         xb = xb.to(self.device, torch.float32)
         if self._traced is not None:
             logits, features, z_float, s = self._traced(xb)
+        elif self.engine == "sparse":
+            logits, features, z_float, s = self._network()(xb)
         else:
             out = self.model.forward_paths(xb)
             logits, features, z_float, s = out.logits, out.features, out.z, out.s
@@ -209,7 +233,10 @@ def read_json_or_none(path: Path) -> Any:
 
 
 def load_detector(
-    path: str | os.PathLike, device: str | torch.device = "cpu", threshold: float | None = None
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    threshold: float | None = None,
+    engine: str = "masked",
 ) -> Detector:
     """Load BUNDLE (model.safetensors + config.json + profiles.safetensors); `threshold` overrides the calibrated
     one."""
@@ -220,7 +247,7 @@ def load_detector(
     model = load_model(bundle, device)
     profiles = load_profiles(bundle)
     profiles.meta["file_sha256"] = file_sha256(bundle / PROFILES)
-    return Detector(model, profiles, bundle, threshold)
+    return Detector(model, profiles, bundle, threshold, engine)
 
 
 __all__ = ["Detector", "Prediction", "load_detector"]

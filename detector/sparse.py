@@ -47,8 +47,9 @@ class _Unit(nn.Module):
         y = F.conv2d(x, w, self.b.index_select(0, idx), self.stride, 1)
         if self.relu:
             y = F.relu(y)
-        if x.shape[0] > 1:  # filters in the union but closed for an image
-            y = y * z.index_select(1, idx)[:, :, None, None].to(y.dtype)
+        # filters in the union but closed for an image (none at batch 1); no Python branch, so one trace serves
+        # every batch size
+        y = y * z.index_select(1, idx)[:, :, None, None].to(y.dtype)
         return y, idx, s, z.to(x.dtype)
 
 
@@ -78,7 +79,7 @@ class SparseNet(nn.Module):
         for i, (stride, lo, hi) in enumerate(self.pads):
             u1, u2 = self.units[2 * i], self.units[2 * i + 1]
             y1, idx1, s1, z1 = u1(h, h.mean((2, 3)), None)
-            pooled = h.new_zeros(len(h), z1.shape[1]).index_copy_(1, idx1, y1.mean((2, 3)))
+            pooled = torch.zeros_like(z1).index_copy_(1, idx1, y1.mean((2, 3)))  # (N, C): closed channels are 0
             y2, idx2, s2, z2 = u2(y1, pooled, idx1)
             sc = F.pad(h[:, :, ::stride, ::stride], (0, 0, 0, 0, lo, hi)) if stride != 1 or lo + hi else h
             h = F.relu(sc.index_add(1, idx2, y2))

@@ -1,0 +1,106 @@
+"""Inference speed: dense vs decoupled with every filter computed and masked vs decoupled computing only the open
+filters (detector/sparse.py), side by side in alternating rounds, at batch 1, 8 and 64 on 1 and 2 threads.
+
+Rows (median ms per batch, img/s):
+  dense              the dense ResNet-20's forward (models/resnet20-dense), TorchScript-traced
+  masked             the decoupled network's forward_paths (logits + paths), traced: what the service runs
+  sparse             SparseNet (open filters only, BatchNorm folded), traced
+  dense eager, masked eager       the same two forwards without tracing (`det.model(x)` as a user calls it)
+  dense compiled, masked compiled the same through torch.compile (inductor), with --compile
+  masked+detect      Detector.predict on the masked forward (paths scored, threshold)
+  sparse+detect      Detector.predict on the sparse forward
+Ratios: dense / X (above 1 = X faster than dense) and masked / sparse; the FLOPs ratio of the decoupled model
+(measured on the images) is the bound computing only open filters could reach on the convolutions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+from detector import load_detector, load_model
+from detector.data import load_split, to_unit_float
+from detector.runtime import tune_malloc
+from detector.sparse import SparseNet
+from detector.stats import compute_stats
+
+
+def traced(module: torch.nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(module, x, check_trace=False)
+
+
+class _Paths(torch.nn.Module):
+    def __init__(self, m: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        o = self.m.forward_paths(x)
+        return o.logits, o.z
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dense", default="models/resnet20-dense")
+    ap.add_argument("--model", default="models/resnet20-decoupled")
+    ap.add_argument("--data", default=".data")
+    ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--calls", type=int, default=40, help="calls per round at batch 1 (fewer for larger batches)")
+    ap.add_argument("--compile", action="store_true", help="add the torch.compile rows (compiles for ~1 min)")
+    a = ap.parse_args()
+    tune_malloc()
+    test = load_split(a.data, "test")
+    x_all = to_unit_float(test.x[torch.randperm(len(test.y), generator=torch.Generator().manual_seed(0))[:512]])
+    dense = load_model(a.dense).eval()
+    det = load_detector(a.model).trace()
+    det_sparse = load_detector(a.model, engine="sparse").trace()
+    flops = compute_stats(det.model, x_all, test.y[:0].new_zeros(len(x_all)))["flops_ratio"]
+    sp = SparseNet(det.model)
+    nets = {
+        "dense": traced(dense, x_all[:8]),
+        "masked": traced(_Paths(det.model), x_all[:8]),
+        "sparse": traced(sp, x_all[:8]),
+    }
+    print(f"decoupled FLOPs ratio on these images: {flops:.3f} (bound on the conv speed-up: {1 / flops:.2f}x)")
+    for threads in map(int, a.threads.split(",")):
+        torch.set_num_threads(threads)
+        for b in map(int, a.batches.split(",")):
+            calls = max(3, a.calls // b)
+            xs = [x_all[(i * b) % 512 : (i * b) % 512 + b] for i in range(calls)]
+            fns = {
+                **{k: (lambda n=n, xs=xs: [n(x) for x in xs]) for k, n in nets.items()},
+                "masked+detect": lambda xs=xs: [det.predict(x) for x in xs],
+                "sparse+detect": lambda xs=xs: [det_sparse.predict(x) for x in xs],
+            }
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            with torch.inference_mode():
+                for f in fns.values():
+                    f()  # warm-up
+                for _ in range(a.rounds):
+                    for k, f in fns.items():
+                        t0 = time.perf_counter()
+                        f()
+                        times[k].append((time.perf_counter() - t0) / calls * 1e3)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(
+                f"threads {threads} batch {b}: "
+                + ", ".join(f"{k} {v:.2f} ms ({b / v * 1e3:.0f} img/s)" for k, v in med.items())
+            )
+            print(
+                f"    dense/masked {med['dense'] / med['masked']:.2f}x, "
+                f"dense/sparse {med['dense'] / med['sparse']:.2f}x, "
+                f"masked/sparse {med['masked'] / med['sparse']:.2f}x, detect masked/sparse "
+                f"{med['masked+detect'] / med['sparse+detect']:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
