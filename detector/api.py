@@ -68,7 +68,7 @@ def check_images(x: Tensor) -> None:
         lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; NaN propagates into both and fails the test
         if not (lo >= 0 and hi <= 1):
             nan = int(torch.isnan(x).sum()) if lo != lo or hi != hi else 0  # counted only on the error path
-            found = f"{nan} NaN value(s)" if nan else f"range [{lo:.3g}, {hi:.3g}]"
+            found = f"{nan} NaN value(s)" if nan else f"range [{lo:.9g}, {hi:.9g}]"  # 1.0000001 must not print as 1
             raise ValueError(f"expected values in [0, 1], found {found}")
 
 

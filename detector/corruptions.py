@@ -29,7 +29,7 @@ def noise(x: Tensor, sigma: float | Tensor, seed: int = 0) -> Tensor:
 
 
 def blur(x: Tensor, sigma: float) -> Tensor:
-    return _v2().gaussian_blur(x, kernel_size=[5, 5], sigma=[sigma, sigma])
+    return _v2().gaussian_blur(x, kernel_size=[5, 5], sigma=[sigma, sigma]).clamp(0, 1)  # rounding can pass 1
 
 
 def jpeg(x: Tensor, quality: int) -> Tensor:
