@@ -113,10 +113,10 @@ def adversarial_groups(
     tpgd.set_mode_targeted_by_label(quiet=True)
     zb = collect_gate_paths(model, tpgd(x[others], torch.full((len(others),), target)))
     hit = zb[0].argmax(1) == target
-    clean = {c: mean_path(z, y == c) for c in range(len(torch.unique(y)))}
+    clean = {c: mean_path(z, y == c) for c in torch.unique(y).tolist()}  # classes with correct images
     one_to_many = {}
     for c in pred_a.unique().tolist():
-        if c == source or int((pred_a == c).sum()) < 5:
+        if c == source or c not in clean or source not in clean or int((pred_a == c).sum()) < 5:
             continue
         grp = mean_path(za[1], pred_a == c)
         one_to_many[str(c)] = {
@@ -125,11 +125,9 @@ def adversarial_groups(
             "path": [g.tolist() for g in grp],
         }
     grp = mean_path(zb[1], hit)
-    many_to_one = {
-        "n": int(hit.sum()),
-        **parting_layer(grp, mean_path(z, y != target), clean[target]),
-        "path": [g.tolist() for g in grp],
-    }
+    many_to_one = {"n": int(hit.sum()), "parting_layer": None, "path": [g.tolist() for g in grp]}
+    if target in clean and hit.any():  # (a tiny or untrained model may have no correct image of the class)
+        many_to_one |= parting_layer(grp, mean_path(z, y != target), clean[target])
     parts = [v["parting_layer"] for v in one_to_many.values() if v["parting_layer"] is not None]
     sentence = (
         f"attacked {int(a.shape[0])} images of class {source}: their paths stay with the source class's and "
@@ -159,8 +157,11 @@ def embeddings(model: CifarResNet, x: Tensor, y: Tensor, z: list[Tensor], seed: 
     la, za, _ = collect_gate_paths(model, adv)
     res: dict[str, Any] = {"layers": {}, "labels": y[:n].tolist(), "adv_pred": la.argmax(1).tolist()}
     for l in EMBED_LAYERS:
-        pts = torch.cat([z[l][:n], za[l]]).float().numpy()
-        xy = TSNE(2, perplexity=30, init="pca", random_state=seed).fit_transform(pts)
+        pts = torch.cat([z[l][:n], za[l]]).float()
+        # binary paths repeat exactly (a layer of 16 filters has few distinct ones): sklearn's Barnes-Hut t-SNE
+        # crashed on such duplicates in a small set, so each point moves by a seeded jitter of 1e-3
+        pts = (pts + 1e-3 * torch.rand(pts.shape, generator=torch.Generator().manual_seed(seed))).numpy()
+        xy = TSNE(2, perplexity=min(30.0, (len(pts) - 1) / 3), init="pca", random_state=seed).fit_transform(pts)
         sil = float(silhouette_score(pts[:n], y[:n].numpy())) if len(set(y[:n].tolist())) > 1 else 0.0
         res["layers"][str(l)] = {
             "clean": xy[:n].round(3).tolist(),

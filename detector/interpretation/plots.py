@@ -53,20 +53,36 @@ def plot_adversarial(adv: dict[str, Any], classes: list[str]) -> Any:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
     ax = axes[0]
-    for c, g in adv["one_to_many"].items():
-        ax.plot(g["to_source"], "--", lw=1, label=f"{classes[adv['source']]} as {classes[int(c)]}: to source")
-        ax.plot(g["to_target"], "-", lw=1, label=f"{classes[adv['source']]} as {classes[int(c)]}: to target")
+    cmap = plt.get_cmap("tab10")
+    for c, g in adv["one_to_many"].items():  # one colour per group: dashed to the source class, solid to the target
+        col = cmap(int(c) % 10)
+        ax.plot(g["to_source"], "--", lw=1, color=col)
+        ax.plot(g["to_target"], "-", lw=1, color=col, label=f"{classes[adv['source']]} as {classes[int(c)]}")
     m = adv["many_to_one"]
-    ax.plot(m["to_source"], "k--", lw=2, label=f"others as {classes[adv['target']]}: to their classes")
-    ax.plot(m["to_target"], "k-", lw=2, label=f"others as {classes[adv['target']]}: to {classes[adv['target']]}")
-    ax.set(xlabel="gated layer", ylabel="mean |frequency difference|", title="Where adversarial paths part")
-    ax.legend(fontsize=5, ncol=2)
+    if "to_source" in m:
+        ax.plot(m["to_source"], "k--", lw=2)
+        ax.plot(m["to_target"], "k-", lw=2, label=f"others as {classes[adv['target']]}")
+    ax.set(
+        xlabel="gated layer",
+        ylabel="mean |frequency difference|",
+        title="Where adversarial paths part (dashed: to the source class, solid: to the predicted one)",
+    )
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=6, ncol=2)
+
+    def first_convs(path: list) -> np.ndarray:
+        return np.concatenate([np.array(path[l]) for l in FIRST_CONVS])
+
+    width = len(first_convs(m["path"]))
+    t = classes[adv["target"]]
+    others = [first_convs(p) for c, p in adv["clean"].items() if int(c) != adv["target"]]
     rows = [
-        np.concatenate([np.array(m["path"][l]) for l in FIRST_CONVS]),
-        np.concatenate([np.array(adv["clean"][str(adv["target"])][l]) for l in FIRST_CONVS]),
+        first_convs(m["path"]),
+        first_convs(adv["clean"][str(adv["target"])]) if str(adv["target"]) in adv["clean"] else np.zeros(width),
+        np.mean(others, 0) if others else np.zeros(width),
     ]
     axes[1].imshow(np.stack(rows), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    axes[1].set_yticks([0, 1], [f"attacked to {classes[adv['target']]}", f"clean {classes[adv['target']]}"])
+    axes[1].set_yticks([0, 1, 2], [f"attacked to {t}", f"clean {t}", "clean, other classes"])
     axes[1].set(xlabel="filters of each block's first conv", title="Many classes attacked to one")
     fig.tight_layout()
     return fig
