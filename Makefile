@@ -10,7 +10,7 @@ DEVICE  ?= cpu
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench]'
 	touch $@
 
 # Unpack the shared JPEG CIFAR-10 once (gives $(DATA)/train/<class>/*.jpg and $(DATA)/test/<class>/*.jpg).

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="output JSON file (default MODEL/metrics.json; an existing file is replaced), "
         "with filter_states.png beside it",
     )
-    add_device(p, threads=False)
+    add_device(p)
     p.set_defaults(handler=cmd_stats, out_is_dir=False)
 
 
