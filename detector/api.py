@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .bundle import METRICS, file_sha256, load_model, read_config
+from .bundle import CONFIG, METRICS, file_sha256, load_model, read_config
 from .features import PathLikelihood, path_features
 from .model import CifarResNet
 from .profiles import PROFILES, PathProfiles, load_profiles
@@ -125,6 +125,7 @@ class Detector:
             "profiles_created": self.profiles.meta.get("created"),
             "calibration": self.profiles.meta.get("calibration"),
             "metrics": read_json_or_none(metrics_path),
+            "training": training_summary(read_json_or_none(self.bundle / CONFIG) or {}),
         }
 
     def trace(self) -> Detector:
@@ -251,3 +252,22 @@ def load_detector(
 
 
 __all__ = ["Detector", "Prediction", "load_detector"]
+
+
+def training_summary(config: dict[str, Any]) -> dict[str, Any]:
+    """How the served network was trained, from its config.json, and the trade-off that makes: an adversarially
+    trained network gives up clean accuracy for accuracy under attack, which the detector alone cannot give."""
+    t = config.get("train", {})
+    adv = float(t.get("adv_eps", 0) or 0) > 0
+    return {
+        "phase": config.get("phase"),
+        "init": (config.get("init") or {}).get("path"),
+        "adversarial": {"eps": t["adv_eps"], "steps": t.get("adv_steps"), "alpha": t.get("adv_alpha")} if adv else None,
+        "trade_off": (
+            f"adversarially trained (Linf {t['adv_eps']:g}/255): lower clean accuracy, keeps part of its accuracy "
+            "against attackers who know the model and the detector"
+            if adv
+            else "standard training: the highest clean accuracy; the detector flags attacks made without knowledge "
+            "of it, and an attacker who knows it evades it"
+        ),
+    }

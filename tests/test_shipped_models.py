@@ -15,7 +15,12 @@ from detector.stats import compute_stats
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DND_TEST_DATA", REPO / ".data"))
-BUNDLES = [REPO / "models" / n for n in ("resnet20-dense", "resnet20-decoupled")]
+BUNDLES = [
+    REPO / "models" / n
+    for n in ("resnet20-dense", "resnet20-decoupled", "resnet20-dense-robust", "resnet20-decoupled-robust")
+]
+# decoupled bundles with their detector, and the report `dnd evaluate` wrote for each
+DETECTORS = [("resnet20-decoupled", "evaluation"), ("resnet20-decoupled-robust", "evaluation-robust")]
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +46,19 @@ def test_metrics_regenerate(bundle: Path, test_split) -> None:
         assert abs(now["filter_states"][k] - recorded["filter_states"][k]) <= 2
 
 
-def test_shipped_detector_threshold_transfers_to_unseen_clean_images(test_split) -> None:
+@pytest.mark.parametrize("name, report_dir", DETECTORS, ids=[n for n, _ in DETECTORS])
+def test_shipped_detector_threshold_transfers_to_unseen_clean_images(name: str, report_dir: str, test_split) -> None:
     """The calibrated threshold flags ~target FPR of clean, correctly classified images of the *evaluation* half
     (never seen by calibration), and the report's clean accuracy matches the model on that half."""
     from detector import load_detector
     from detector.data import to_unit_float
     from detector.splits import split_test
 
-    det = load_detector(REPO / "models" / "resnet20-decoupled")
+    if not (REPO / "models" / name / "profiles.safetensors").is_file():
+        pytest.skip(f"{name} has no profiles yet")
+    det = load_detector(REPO / "models" / name)
+    # /v1/model says which trade-off the bundle makes
+    assert (det.info()["training"]["adversarial"] is not None) == name.endswith("-robust")
     assert det.profiles.meta["data_fingerprint"].endswith(test_split.fingerprint)
     _, ev = split_test(test_split.y, 10, det.profiles.meta["calibration"]["split_seed"])
     p = det.predict(to_unit_float(test_split.x[ev]))
@@ -56,7 +66,7 @@ def test_shipped_detector_threshold_transfers_to_unseen_clean_images(test_split)
     fpr = float(p.is_adversarial[ok].float().mean())
     target = det.profiles.meta["target_fpr"]
     assert target - 0.025 <= fpr <= target + 0.025, f"clean FPR {fpr:.3f} on the evaluation half, target {target}"
-    report = REPO / "reports" / "evaluation" / "report.json"
+    report = REPO / "reports" / report_dir / "report.json"
     if report.is_file():
         r = json.loads(report.read_text())
         if r["evaluation_images"] == len(ev) and r["weights_sha256"] == det.weights_sha256:

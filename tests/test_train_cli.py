@@ -502,8 +502,16 @@ def test_compiled_step_matches_eager() -> None:
         torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, target", [("resnet20-dense", "train-dense"), ("resnet20-decoupled", "train-decoupled")])
-def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str) -> None:
+@pytest.mark.parametrize(
+    "name, target, nth",
+    [
+        ("resnet20-dense", "train-dense", 0),
+        ("resnet20-decoupled", "train-decoupled", 0),
+        ("resnet20-dense-robust", "train-robust", 0),
+        ("resnet20-decoupled-robust", "train-robust", 1),
+    ],
+)
+def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str, nth: int) -> None:
     # `make train-dense` / `make train-decoupled` must ask for exactly the settings the shipped bundles recorded in
     # config.json (fields added since then count at their class defaults: training.config.saved_config), or those
     # targets would not reproduce them. The command is the one make would run, parsed by dnd's own parser.
@@ -515,7 +523,7 @@ def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str) -> N
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     out = subprocess.run(["make", "-n", "-s", target], cwd=root, capture_output=True, text=True, check=True).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith(".venv/bin/dnd train "))
+    line = [ln for ln in out.splitlines() if ln.startswith(".venv/bin/dnd train ")][nth]
     recorded = json.loads((root / "models" / name / "config.json").read_text())["train"]
     assert train_config(build_parser().parse_args(shlex.split(line)[1:])).to_dict() == saved_config(recorded)
 

@@ -43,7 +43,7 @@ def path_svg(
     """path: per layer (C_l,) bool, the image's open filters; freq: per layer (C_l,) the predicted class's firing
     frequencies. Returns a standalone SVG document."""
     layers = unusual_layers(path, freq)
-    width = LEFT + max(len(zl) for zl in path) * CELL + 110
+    width = LEFT + max(len(zl) for zl in path) * CELL + 150
     height = TOP + len(path) * (CELL + GAP) + 40
     verdict = ""
     if score is not None and threshold is not None:

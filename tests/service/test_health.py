@@ -33,3 +33,5 @@ def test_metrics_and_model_info(client: TestClient) -> None:
     )
     info = client.get("/v1/model").json()
     assert len(info["classes"]) == 10 and info["threshold"] == 0.0 and len(info["weights_sha256"]) == 64
+    # which trade-off the served network makes: the test bundle is not adversarially trained
+    assert info["training"]["adversarial"] is None and "standard training" in info["training"]["trade_off"]
