@@ -95,12 +95,13 @@ def test_adversarial_run_records_robust_accuracy(tmp_path: Path) -> None:
 
 def test_robust_accuracy_is_watched_on_every_class(monkeypatch) -> None:
     """The test split may be sorted by class (image folders are): the watched sample must not be one class."""
+    import training.adversarial as adv
     import training.train as tr
     from detector.data import Split
     from training.config import TrainConfig
 
     seen = {}
-    monkeypatch.setattr(tr, "robust_accuracy", lambda model, x, y, eps, device: seen.setdefault("y", y) is None or 0.5)
+    monkeypatch.setattr(adv, "robust_accuracy", lambda model, x, y, eps, device: seen.setdefault("y", y) is None or 0.5)
     y = torch.arange(10).repeat_interleave(30)  # sorted by class, as an image folder loads
     test = Split(torch.zeros(300, 3, 32, 32, dtype=torch.uint8), y, tuple("abcdefghij"), "x")
     model = build_model(ModelConfig()).eval()

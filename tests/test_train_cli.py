@@ -93,6 +93,8 @@ def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) 
         "per_layer",
         "parameters_without_silent",
     } <= set(m)
+    # PGD-10 at 8/255 on a class-balanced sample: at most the clean accuracy of those images, recorded with its setting
+    assert 0 <= m["test_robust_accuracy"] <= 1 and m["robust_eval"]["eps"] == 8.0
     # the dense weights were really the starting point: non-gate tensors moved only by the fine-tune
     d, c = load_file(str(dense / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert set(d) < set(c) and all(".gate." in k for k in set(c) - set(d))

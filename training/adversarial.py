@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detector.data import Split, to_unit_float
+from detector.splits import balanced_subset, shuffled_per_class
+
 PIXEL = 1 / 255  # eps and alpha are given in 8-bit pixel steps (8 = 8/255)
 
 
@@ -94,3 +97,14 @@ def catastrophic_overfitting(history: list[dict], key: str = "test_robust_accura
     signature of catastrophic overfitting of single-step adversarial training (Wong et al. 2020, Fig. 2)."""
     values = [h[key] for h in history if key in h]
     return bool(values) and values[-1] < 0.1 and values[-1] < 0.5 * max(values)
+
+
+def pgd_test_accuracy(
+    model: nn.Module, test: Split, eps: float, limit: int = 1000, device: torch.device | str = "cpu"
+) -> float:
+    """PGD-10 accuracy (Linf eps pixel steps) on `limit` seeded, class-balanced test images: the figure training logs
+    per epoch and `dnd stats` records. Class-balanced because the image-folder test set is sorted by class."""
+    k = int(test.y.max()) + 1
+    idx = balanced_subset(torch.cat(shuffled_per_class(test.y, k, seed=0)), test.y, limit, k)
+    x = to_unit_float(test.x[idx]).contiguous(memory_format=torch.channels_last)
+    return round(robust_accuracy(model, x, test.y[idx], eps, device=device), 4)

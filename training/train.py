@@ -17,12 +17,11 @@ from tqdm import tqdm
 
 from detector.bundle import WEIGHTS, file_sha256, read_config, save_bundle, write_json
 from detector.config import ModelConfig
-from detector.data import Split, to_unit_float
+from detector.data import Split
 from detector.model import CifarResNet
-from detector.splits import balanced_subset, shuffled_per_class
 from detector.stats import collect_paths, dense_macs, filter_states, macs_per_sample
 
-from .adversarial import catastrophic_overfitting, robust_accuracy
+from .adversarial import catastrophic_overfitting, pgd_test_accuracy
 from .augment import augment, crop_flip_params, cutout, cutout_params
 from .checkpoint import META, save_checkpoint
 from .config import TrainConfig
@@ -101,11 +100,7 @@ def evaluate(model: CifarResNet, test: Split, device: torch.device, cfg: TrainCo
         res["density"] = [round(float(zl.float().mean()), 4) for zl in z]
         res["filter_states"] = filter_states(z)
     if cfg is not None and cfg.adv_eps > 0 and cfg.adv_eval_limit > 0:
-        # a seeded class-balanced sample: the image-folder test set is sorted by class, its first images all airplanes
-        k = int(test.y.max()) + 1
-        idx = balanced_subset(torch.cat(shuffled_per_class(test.y, k, seed=0)), test.y, cfg.adv_eval_limit, k)
-        x = to_unit_float(test.x[idx]).contiguous(memory_format=torch.channels_last)
-        res["test_robust_accuracy"] = round(robust_accuracy(model, x, test.y[idx], cfg.adv_eps, device=device), 4)
+        res["test_robust_accuracy"] = pgd_test_accuracy(model, test, cfg.adv_eps, cfg.adv_eval_limit, device)
     return res
 
 

@@ -50,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="output JSON file (default MODEL/metrics.json; an existing file is replaced), "
         "with filter_states.png beside it",
     )
+    p.add_argument(
+        "--robust-eps",
+        type=float,
+        default=8.0,
+        help="also record PGD-10 accuracy at this Linf budget in pixel steps (default 8 = 8/255; 0 = skip)",
+    )
+    p.add_argument("--robust-limit", type=int, default=1000, help="class-balanced test images for it")
     add_device(p)
     p.set_defaults(handler=cmd_stats, out_is_dir=False)
 
@@ -89,6 +96,11 @@ def cmd_stats(a: argparse.Namespace) -> None:
         "data_test_fingerprint": test.fingerprint,
         **compute_stats(model, test.x, test.y, device=a.device),
     }
+    if a.robust_eps > 0:
+        from training.adversarial import pgd_test_accuracy
+
+        stats["test_robust_accuracy"] = pgd_test_accuracy(model, test, a.robust_eps, a.robust_limit, a.device)
+        stats["robust_eval"] = {"attack": "PGD-10, random start", "eps": a.robust_eps, "images": a.robust_limit}
     out = Path(a.out) if a.out else Path(a.model) / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, stats)
@@ -97,5 +109,7 @@ def cmd_stats(a: argparse.Namespace) -> None:
     print(
         f"test accuracy {stats['test_accuracy']:.4f} | MACs {stats['mean_macs'] / 1e6:.2f}M of "
         f"{stats['dense_macs'] / 1e6:.2f}M (ratio {stats['flops_ratio']:.3f}) | filters activated {fs['activated']}, "
-        f"silent {fs['silent']}, dynamic {fs['dynamic']} of {fs['total']} | wrote {out}"
+        f"silent {fs['silent']}, dynamic {fs['dynamic']} of {fs['total']}"
+        + (f" | PGD-10 {a.robust_eps:g}/255 accuracy {stats['test_robust_accuracy']:.4f}" if a.robust_eps > 0 else "")
+        + f" | wrote {out}"
     )
