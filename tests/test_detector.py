@@ -230,7 +230,7 @@ def test_threshold_override(bundle: Path) -> None:
         ("img", "Tensor"),
         (
             torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(1),), torch.tensor(-0.1)),
-            r"\[0, 1\], found range \[-0.1, 0.5\]",
+            r"\[0, 1\], found range \[-0.100000001, 0.5\]",
         ),
         (
             torch.full((2, 3, 32, 32), 0.5).index_put_((torch.tensor(0),), torch.tensor(float("nan"))),

@@ -69,6 +69,7 @@ def test_shipped_detector_threshold_transfers_to_unseen_clean_images(name: str, 
     report = REPO / "reports" / report_dir / "report.json"
     if report.is_file():
         r = json.loads(report.read_text())
-        if r["evaluation_images"] == len(ev) and r["weights_sha256"] == det.weights_sha256:
+        same_detector = r["weights_sha256"] == det.weights_sha256 and r["threshold"] == pytest.approx(det.threshold)
+        if r["evaluation_images"] == len(ev) and same_detector:  # a report of these weights and profiles
             assert r["clean_accuracy"] == pytest.approx(float(ok.float().mean()), abs=2e-4)
             assert r["clean_fpr_at_threshold"] == pytest.approx(fpr, abs=2e-4)

@@ -95,6 +95,7 @@ def evaluate(
     report: dict[str, Any] = {
         "model": det.name,
         "weights_sha256": det.weights_sha256,
+        "profiles_sha256": det.profiles.meta.get("file_sha256"),
         "data_test_fingerprint": test.fingerprint,
         "evaluation_images": len(ev_y),
         "clean_accuracy": round(float(ok.float().mean()), 4),
