@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from detector import load_detector
+from detector.interpretation.explain import path_svg
 from detector.runtime import tune_malloc
 from detector.trees import TreeEnsemble
 
@@ -97,6 +98,25 @@ def main() -> None:
         stages = median_seconds(fns, a.rounds)
     for k, v in stages.items():
         print(f"  stage {k}: {v * 1e3:6.2f} ms per batch ({v / med['plain']:+.1%} of plain)")
+    # the explain picture (POST /explain, `dnd predict --explain`) at batch 1: one predict, then the SVG of its path
+    x1 = x[:1]
+
+    def predict1() -> None:
+        det.predict(x1)
+
+    def explained1() -> None:
+        p = det.predict(x1)
+        c = int(p.labels[0])
+        path_svg([zl[0] for zl in p.paths], [f[c] for f in det.profiles.freq], det.classes[c], float(p.scores[0]))
+
+    for _ in range(3):
+        predict1(), explained1()
+    one = median_seconds({"predict": predict1, "predict + explain SVG": explained1}, a.rounds * 4)
+    base, pic = one["predict"], one["predict + explain SVG"]
+    print(
+        f"batch 1: predict {base * 1e3:.2f} ms, with the explain SVG {pic * 1e3:.2f} ms: "
+        f"the picture adds {(pic - base) * 1e3:.2f} ms per image (target <= 20 ms)"
+    )
     if trees is not None:
         d = trees.depth.double()
         print(
