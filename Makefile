@@ -6,7 +6,8 @@ SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
 .PHONY: serve run test test-all lint data train-dense train-decoupled train-robust stats profiles profiles-robust \
-	evaluate evaluate-robust figures samples candidate bench bench-data bench-serve bench-inference clean
+	evaluate evaluate-robust figures samples candidate bench bench-data bench-serve bench-inference bench-distributed \
+	docker-test clean
 
 $(VENV_OK): pyproject.toml
 	python3 -m venv .venv
@@ -128,6 +129,14 @@ bench-serve: $(VENV_OK) data
 # Dense vs gated (masked) vs open-filters-only inference, traced and compiled, side by side.
 bench-inference: $(VENV_OK)
 	$(PY) bench/inference.py --compile
+
+# torchrun: 2 processes against 1 on this machine's cores, dnd train and dnd attack (wall-clock, side by side).
+bench-distributed: $(VENV_OK) data
+	$(PY) bench/distributed.py --data $(DATA)
+# Opt-in (needs a Docker engine; not part of make test): build the image, start 2 replicas behind nginx, /readyz,
+# one /predict, 10,000 requests with a replica killed mid-run (bench/fleet.py), down. Variables: deploy/docker-test.sh.
+docker-test: $(VENV_OK)
+	PY=$(PY) deploy/docker-test.sh
 
 clean:
 	rm -rf .venv .pytest_cache

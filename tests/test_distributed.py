@@ -115,3 +115,49 @@ def test_attack_batches_shared_by_two_processes_give_one_process_images(data: Pa
     for name in ("fgsm", "pgd"):
         a, b = (load_attack_set(tmp_path / d / f"{name}.safetensors") for d in ("one", "two"))
         assert len(a.y) >= 6 and torch.equal(a.x_adv, b.x_adv) and torch.equal(a.success, b.success)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_global_batch_norm_is_batch_norm_over_the_whole_batch(layout: torch.memory_format) -> None:
+    """The CPU global-batch BatchNorm (training/distributed.py) in one process (the sum over processes is the
+    identity): BatchNorm2d's training-mode output, gradients and running statistics, in float64."""
+    from training.distributed import global_batch_norm
+
+    torch.manual_seed(0)
+    ref, mine = (torch.nn.BatchNorm2d(5).double() for _ in range(2))
+    with torch.no_grad():
+        for bn in (ref, mine):
+            bn.weight.copy_(torch.linspace(0.5, 2, 5))
+            bn.bias.copy_(torch.linspace(-1, 1, 5))
+    x = (torch.randn(6, 5, 4, 3, dtype=torch.float64) * 3 + 1).contiguous(memory_format=layout)
+    dy = torch.randn(6, 5, 4, 3, dtype=torch.float64)
+    outs = []
+    one_process = (lambda t: t[None], lambda t: t)  # gather and sum over one process
+    for bn, fwd in ((ref, lambda x: ref(x)), (mine, lambda x: global_batch_norm(mine, x, *one_process))):
+        xi = x.clone().requires_grad_()
+        y = fwd(xi)
+        (y * dy).sum().backward()
+        outs.append((y, xi.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_global_batch_norm_takes_bf16_activations_as_batch_norm_does() -> None:
+    """Under bf16 autocast the activations reach BatchNorm in bf16 with float32 parameters: the output and input
+    gradient stay bf16 and agree with BatchNorm2d's to bf16 rounding."""
+    from training.distributed import global_batch_norm
+
+    torch.manual_seed(0)
+    ref, mine = torch.nn.BatchNorm2d(8), torch.nn.BatchNorm2d(8)
+    x = (torch.randn(16, 8, 6, 6) * 2 + 0.5).bfloat16().contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(16, 8, 6, 6).bfloat16()
+    outs = []
+    for fwd in (ref, lambda x: global_batch_norm(mine, x, lambda t: t[None], lambda t: t)):
+        xi = x.clone().requires_grad_()
+        y = fwd(xi)
+        (y.float() * dy.float()).sum().backward()
+        outs.append((y, xi.grad))
+    (y0, g0), (y1, g1) = outs
+    assert y1.dtype == g1.dtype == torch.bfloat16
+    assert torch.allclose(y0.float(), y1.float(), atol=3e-2) and torch.allclose(g0.float(), g1.float(), atol=3e-2)
+    assert torch.allclose(ref.running_var, mine.running_var, rtol=1e-3)
