@@ -106,6 +106,9 @@ class Detector:
             raise ValueError(f"engine: expected masked or sparse, got {engine!r}")
         self.engine = engine
         self._sparse: torch.nn.Module | None = None
+        # the bundle's metrics and training record as loaded (GET /v1/model serves them without touching the disk)
+        self._metrics = read_json_or_none(bundle / METRICS)
+        self._training = training_summary(read_json_or_none(bundle / CONFIG) or {})
 
     @property
     def name(self) -> str:
@@ -113,7 +116,6 @@ class Detector:
 
     def info(self) -> dict[str, Any]:
         """What a client needs to know about the loaded bundle (served as /v1/model)."""
-        metrics_path = self.bundle / METRICS
         return {
             "name": self.name,
             "classes": self.classes,
@@ -124,8 +126,8 @@ class Detector:
             "profiles_sha256": self.profiles.meta.get("file_sha256"),
             "profiles_created": self.profiles.meta.get("created"),
             "calibration": self.profiles.meta.get("calibration"),
-            "metrics": read_json_or_none(metrics_path),
-            "training": training_summary(read_json_or_none(self.bundle / CONFIG) or {}),
+            "metrics": copy.deepcopy(self._metrics),
+            "training": copy.deepcopy(self._training),
         }
 
     def trace(self) -> Detector:
