@@ -1,8 +1,10 @@
 """Deploy files: Kubernetes manifests validated against the API's schemas (kubernetes-validate, strict), the KServe
 InferenceService's containers as a Pod, probes that point at routes the service has, and the compose fleet."""
 
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,10 @@ def test_compose_file_is_valid_for_compose() -> None:
         pytest.skip("neither the docker compose plugin nor docker-compose is installed")
     r = subprocess.run([*compose, "config", "--quiet"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_deploy_files_name_the_image_of_this_version() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    texts = [(ROOT / "docker-compose.yml").read_text(), *(p.read_text() for p in K8S.glob("*.yaml"))]
+    tags = {t for text in texts for t in re.findall(r"dnd-detector:([\w.-]+)", text)}
+    assert tags == {version}
