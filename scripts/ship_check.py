@@ -1,11 +1,11 @@
 """Does a `make candidate NAME=X` pair beat the shipped one by the rule written down before its report was read?
 
 Rule (written down before any candidate's report was read), candidate against the shipped bundles and report:
-  1. `path` AUROC >= 0.90 on FGSM and on PGD (the issue's floor);
+  1. `path` AUROC >= 0.90 on FGSM and on PGD (the shipping floor);
   2. the mean `path` AUROC over the four attacks falls by no more than 0.01;
   3. the fine-tune is within 1.0 point of its own dense bundle;
   4. the dense bundle reaches 88.5% (the target the candidate exists for);
-  5. the fine-tune keeps the issue's other model targets: mean FLOPs <= 0.70 x dense and dynamic filters >= 15% of
+  5. the fine-tune keeps the other model targets: mean FLOPs <= 0.70 x dense and dynamic filters >= 15% of
      the gated ones.
 `python scripts/ship_check.py b256-e200` reads runs/X-dense/metrics.json, runs/X-decoupled/metrics.json and
 runs/X-evaluation/report.json next to models/*/metrics.json and reports/evaluation/report.json; prints each figure and

@@ -1,4 +1,4 @@
-"""Smoke runs of bench/train_epoch.py (the issue-2 epoch-ratio benchmark), so the script cannot rot unnoticed:
+"""Smoke runs of bench/train_epoch.py (decoupled against dense training epochs), so the script cannot rot unnoticed:
 `make bench` is not part of the test suite. Tiny settings: the figures themselves are not checked, only what the
 script reads and prints."""
 
