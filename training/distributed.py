@@ -121,13 +121,12 @@ class _GlobalBatchNorm(torch.autograd.Function):
         dx, dw, db = torch.ops.aten.native_batch_norm_backward(
             dy, x, weight, mean, var, None, None, False, ctx.eps, [True, True, True]
         )
-        w = weight
         g = ctx.reduce(torch.cat([db, dw]))
         c = mean.numel()
         invstd = torch.rsqrt(var + ctx.eps)
         # dx = w * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n), the sums over the global batch
-        a = w * invstd * invstd * g[c:] / ctx.n
-        b = w * invstd * g[:c] / ctx.n - a * mean
+        a = weight * invstd * invstd * g[c:] / ctx.n
+        b = weight * invstd * g[:c] / ctx.n - a * mean
         dx = dx - torch.addcmul(b.view(1, -1, 1, 1).to(x.dtype), x, a.view(1, -1, 1, 1).to(x.dtype))
         return dx, dw, db, None, None, None
 
