@@ -67,7 +67,7 @@ def evaluate(
     suite = Suite.unsupervised(
         det, to_unit_float(train.x[gauss_idx]), train.y[gauss_idx], to_unit_float(train.x[lid_idx])
     )
-    cache = Cache(out / "attacks", cfg.seed, save_attacks)
+    cache = Cache(out / "attacks", cfg.seed, save_attacks, det.weights_sha256)
     # supervised detectors on the calibration fit part: clean against the known attacks (the calibration recipe)
     fit_x, fit_y = correct(det, x_of(fit_idx), test.y[fit_idx])
     fit_views = {}
@@ -222,18 +222,21 @@ def _strip(f: dict[str, Any]) -> dict[str, Any]:
 
 
 class Cache:
-    """Attack results under DIR, reused by a re-run that asks for the same one (same name, seed and image count)."""
+    """Attack results under DIR, reused by a re-run that asks for the same one: same name, seed, image count and
+    model weights (a retrained bundle evaluated into the same directory attacks again rather than reusing images that
+    were adversarial for another network)."""
 
-    def __init__(self, directory: Path, seed: int, save: bool) -> None:
-        self.dir, self.seed, self.save = directory, seed, save and is_main()
+    def __init__(self, directory: Path, seed: int, save: bool, model_sha256: str) -> None:
+        self.dir, self.seed, self.save, self.model = directory, seed, save and is_main(), model_sha256
 
     def attack_set(self, name: str, offered: int, run: Callable[[], AttackSet]) -> AttackSet:
         path = self.dir / f"{name}.safetensors"
         if path.is_file():
             s = load_attack_set(path)
-            if s.meta.get("seed") == self.seed and s.meta.get("offered") == offered:
+            if (s.meta.get("seed"), s.meta.get("offered"), s.meta.get("model")) == (self.seed, offered, self.model):
                 return s
         s = run()
+        s.meta["model"] = self.model
         if self.save:
             save_attack_set(s, path)
         return s
@@ -244,7 +247,7 @@ class Cache:
         from safetensors.torch import save_file
 
         path = self.dir / f"{name}.safetensors"
-        key = {"seed": str(self.seed), "offered": str(offered)}
+        key = {"seed": str(self.seed), "offered": str(offered), "model": self.model}
         if path.is_file():
             with safe_open(str(path), framework="pt") as f:
                 if f.metadata() == key:
