@@ -68,7 +68,10 @@ def plot_adversarial(adv: dict[str, Any], classes: list[str]) -> Any:
         title="Where adversarial paths part (dashed: to the source class, solid: to the predicted one)",
     )
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2)
+    else:  # no attack on these images changed a label: nothing to draw
+        ax.text(0.5, 0.5, "no successful attacks", ha="center", va="center", transform=ax.transAxes)
 
     def first_convs(path: list) -> np.ndarray:
         return np.concatenate([np.array(path[l]) for l in FIRST_CONVS])
