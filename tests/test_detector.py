@@ -618,6 +618,21 @@ def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) 
     assert main(args) == 0 and saved.stat().st_mtime_ns == stamp  # reused, not recomputed
 
 
+def test_evaluate_with_known_attacks_only(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:
+    # `--unseen ''` and `--corruptions ''` are offered as "none": the unsupervised detectors then have no held-out
+    # figure at all (no leave-one-out refit either), which the summary, report and console line must say, not crash on
+    out = tmp_path / "report"
+    args = ["evaluate", "--model", str(bundle), "--data", str(data), "--attacks", "fgsm,pgd", "--unseen", ""]
+    args += ["--corruptions", "", "--adaptive-limit", "0", "--bootstrap", "20", "--out", str(out)]
+    assert main(args) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert list(r["attacks"]) == ["fgsm", "pgd"] and r["corruptions"] == {}
+    assert r["summary"]["msp"]["worst_held_out_or_unseen"] is None  # the served `path` is not refitted either
+    assert r["summary"]["path_refit"]["worst_held_out_or_unseen_on"].startswith("without ")
+    assert "held-out or unseen none evaluated" in capsys.readouterr().out
+    assert "| —" in (out / "report.md").read_text()
+
+
 def test_unknown_attack_name_is_a_clear_cli_error(bundle: Path, data: Path, tmp_path: Path, capsys) -> None:
     assert (
         main(["evaluate", "--model", str(bundle), "--data", str(data), "--attacks", "pgd,foo", "--out", str(tmp_path)])

@@ -200,17 +200,18 @@ def corruption_figures(
 
 def summary(r: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
     """Per detector: worst AUROC over the known attacks, and over the held-out (leave-one-out, where the detector is
-    refitted) and unseen attacks; with the attack it is reached on."""
+    refitted) and unseen attacks; with the attack it is reached on. None where there is none: an unsupervised
+    detector has no leave-one-out refit, so with no unseen attacks (`--unseen ''`) it has no held-out figure."""
     out = {}
     for d in DETECTORS:
         known = {a: r["attacks"][a]["detectors"][d]["auroc"] for a in cfg.known}
         held = {f"without {a}": r["leave_one_out"][a][d]["auroc"] for a in cfg.known if d in r["leave_one_out"][a]}
         held |= {a: r["attacks"][a]["detectors"][d]["auroc"] for a in cfg.unseen}
-        kw, hw = min(known, key=known.get), min(held, key=held.get)
+        kw, hw = min(known, key=known.get), min(held, key=held.get, default=None)
         out[d] = {
             "worst_known": known[kw],
             "worst_known_on": kw,
-            "worst_held_out_or_unseen": held[hw],
+            "worst_held_out_or_unseen": held.get(hw),
             "worst_held_out_or_unseen_on": hw,
         }
     return out

@@ -56,10 +56,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     for d in SHOWN:
         s = r["summary"][d]
-        lines.append(
-            f"| {_who(d)} | {s['worst_known']:.3f} ({s['worst_known_on']}) | "
-            f"{s['worst_held_out_or_unseen']:.3f} ({s['worst_held_out_or_unseen_on']}) |"
-        )
+        held = s["worst_held_out_or_unseen"]
+        held = "—" if held is None else f"{held:.3f} ({s['worst_held_out_or_unseen_on']})"
+        lines.append(f"| {_who(d)} | {s['worst_known']:.3f} ({s['worst_known_on']}) | {held} |")
     for role in ("known", "unseen"):
         names = [a for a, v in r["attacks"].items() if v["role"] == role]
         lines += [

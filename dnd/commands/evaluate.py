@@ -111,10 +111,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
             f"[{f['auroc_ci'][0]:.3f}, {f['auroc_ci'][1]:.3f}]"
         )
     s = r["summary"]["path"]
-    print(
-        f"path worst case: known {s['worst_known']:.3f} ({s['worst_known_on']}), held-out or unseen "
-        f"{s['worst_held_out_or_unseen']:.3f} ({s['worst_held_out_or_unseen_on']})"
-    )
+    held = s["worst_held_out_or_unseen"]
+    held = "none evaluated" if held is None else f"{held:.3f} ({s['worst_held_out_or_unseen_on']})"
+    print(f"path worst case: known {s['worst_known']:.3f} ({s['worst_known_on']}), held-out or unseen {held}")
     for budget, row in r.get("adaptive", {}).get("budgets", {}).items():
         print(
             f"adaptive, Linf {budget}: kept (correct or flagged) worst case {row['worst_case']:.3f}, network alone "
