@@ -36,6 +36,13 @@ def _who(d: str) -> str:
     return f"{d} (supervised)" if d in SUPERVISED else d
 
 
+def held_out_text(s: dict[str, Any], none: str) -> str:
+    """A detector's worst held-out or unseen AUROC and the attack it is reached on, from its summary; `none` where
+    the run had no such attack for it."""
+    held = s["worst_held_out_or_unseen"]
+    return none if held is None else f"{held:.3f} ({s['worst_held_out_or_unseen_on']})"
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     cfr = r["clean_fpr"]["path"]
     lines = [
@@ -56,9 +63,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     for d in SHOWN:
         s = r["summary"][d]
-        held = s["worst_held_out_or_unseen"]
-        held = "—" if held is None else f"{held:.3f} ({s['worst_held_out_or_unseen_on']})"
-        lines.append(f"| {_who(d)} | {s['worst_known']:.3f} ({s['worst_known_on']}) | {held} |")
+        lines.append(f"| {_who(d)} | {s['worst_known']:.3f} ({s['worst_known_on']}) | {held_out_text(s, '—')} |")
     for role in ("known", "unseen"):
         names = [a for a, v in r["attacks"].items() if v["role"] == role]
         lines += [

@@ -73,6 +73,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from detector.api import load_detector
     from detector.corruptions import CORRUPTIONS
     from detector.evaluation import EvalConfig, evaluate
+    from detector.evaluation.report import held_out_text
 
     corruptions = tuple(c.strip() for c in a.corruptions.split(",") if c.strip())
     bad = [c for c in corruptions if c not in CORRUPTIONS]
@@ -111,8 +112,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
             f"[{f['auroc_ci'][0]:.3f}, {f['auroc_ci'][1]:.3f}]"
         )
     s = r["summary"]["path"]
-    held = s["worst_held_out_or_unseen"]
-    held = "none evaluated" if held is None else f"{held:.3f} ({s['worst_held_out_or_unseen_on']})"
+    held = held_out_text(s, "none evaluated")
     print(f"path worst case: known {s['worst_known']:.3f} ({s['worst_known_on']}), held-out or unseen {held}")
     for budget, row in r.get("adaptive", {}).get("budgets", {}).items():
         print(
