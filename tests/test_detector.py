@@ -529,6 +529,22 @@ def test_relaxed_gates_straight_through_is_exact_and_sigmoid_is_smooth(bundle: P
     assert torch.allclose(soft.z[5], torch.sigmoid(s / 0.5)) and all(u.relax is None for u in det.model.units())
 
 
+def test_network_alone_attacks_follow_the_gates_gradient(bundle: Path) -> None:
+    # the evaluation's network-alone attacks run on det.model itself; through straight-through gates the forward is
+    # unchanged but the gates pass a gradient, so FGSM's step differs from the one with the gates' gradient blocked
+    import torchattacks
+
+    from detector.adaptive.evaluation import network_alone
+
+    det = load_detector(bundle)
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    y = det.predict(x).labels
+    fgsm = torchattacks.FGSM(det.model, eps=8 / 255)
+    st, hard = network_alone(det, fgsm)(x, y), network_alone(det, fgsm, "hard")(x, y)
+    assert torch.equal(hard, fgsm(x, y)) and not torch.equal(st, hard)
+    assert (st - x).abs().max() <= 8 / 255 + 1e-6 and all(u.relax is None for u in det.model.units())
+
+
 def test_detector_aware_square_succeeds_only_when_misclassified_and_unflagged(bundle: Path) -> None:
     from detector.adaptive import DetectorAwareSquare
 
@@ -606,10 +622,16 @@ def test_evaluate_smoke_writes_report(bundle: Path, data: Path, tmp_path: Path) 
     ad = r["adaptive"]
     assert list(ad["budgets"]) == ["4/255", "8/255"] and ad["n"] == 10
     for row in ad["budgets"].values():
-        attacks = ("pgd-st", "pgd-sigmoid", "opgd-st", "square")
-        assert all(0 <= row[a] <= 1 for a in (*attacks, "model_alone_apgd_ce"))
+        attacks = ("pgd-st", "pgd-sigmoid", "opgd-st", "square", "apgd-ce", "apgd-ce-gates-blocked")
+        alone = ("model_alone_apgd_ce", "model_alone_apgd_ce_gates_blocked")
+        assert all(0 <= row[a] <= 1 for a in (*attacks, *alone))
         assert row["worst_case"] <= min(row[a] for a in attacks)  # an image is kept only if every attack fails
+        # correct under every attack <= correct under one; a correct image is kept, so rejection never subtracts
+        assert row["model_alone_worst"] <= min(row[a] for a in alone)
+        assert row["model_alone_worst"] <= row["worst_case"] <= row["model_alone_worst"] + row["detector_adds"] + 1e-9
+        assert row["model_alone_apgd_ce"] <= row["apgd-ce"]  # the same images, judged with and without rejection
     assert {"pgd-st_20_steps_1_restart", "pgd-st_unbounded", "more_steps_never_raise"} <= set(ad["sanity"])
+    assert isinstance(ad["sanity"]["gate_gradient_never_weakens"], bool)
     assert (out / "report.md").read_text().startswith("# Detection report")
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "generalisation.png", "corruptions.png"))
     saved = out / "attacks" / "pgd.safetensors"

@@ -124,27 +124,32 @@ def render_markdown(r: dict[str, Any]) -> str:
 
 def adaptive_markdown(ad: dict[str, Any]) -> list[str]:
     c = ad["config"]
-    names = ["pgd-st", "pgd-sigmoid", "opgd-st", "square", "worst_case", "model_alone_apgd_ce"]
+    kept = ["pgd-st", "pgd-sigmoid", "opgd-st", "square", "apgd-ce", "autoattack", "worst_case"]
+    alone = ["model_alone_apgd_ce", "model_alone_apgd_ce_gates_blocked", "model_alone_worst", "detector_adds"]
+    names = kept + alone
     lines = [
         "",
         "## Adaptive attacks: robust accuracy with rejection",
         "",
         f"Share of {ad['n']} evaluation images a user keeps (classified correctly, or flagged) under detector-aware "
-        f"attacks of {c['steps']} steps and {c['restarts']} restarts (Square: {c['square_queries']} queries), "
-        "judged by the real detector. Clean: accuracy "
-        f"{ad['clean_accuracy']:.3f}, flagged {ad['clean_flag_rate']:.3f}. `model_alone_apgd_ce`: the network "
-        "without rejection.",
+        f"attacks of {c['steps']} steps and {c['restarts']} restarts (Square: {c['square_queries']} queries), and "
+        "under APGD-CE and AutoAttack on the network alone, judged by the real detector. Clean: accuracy "
+        f"{ad['clean_accuracy']:.3f}, flagged {ad['clean_flag_rate']:.3f}. `worst_case`: kept against every attack. "
+        "`model_alone_*`: the network without rejection (accuracy); `model_alone_worst`: correct under every attack; "
+        "`detector_adds`: worst_case - model_alone_worst.",
         "",
         "| budget | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
     ]
     for b, row in ad["budgets"].items():
-        lines.append(f"| {b} | " + " | ".join(f"{row[n]:.3f}" for n in names) + " |")
+        lines.append(f"| {b} | " + " | ".join(f"{row[n]:.3f}" if n in row else "-" for n in names) + " |")
     s = ad["sanity"]
     lines += [
         "",
         f"Sanity: 20 steps and 1 restart keep {s['pgd-st_20_steps_1_restart']:.3f} (more steps never raise the "
-        f"figure: {s['more_steps_never_raise']}); an unbounded budget keeps {s['pgd-st_unbounded']:.3f}.",
+        f"figure: {s['more_steps_never_raise']}); an unbounded budget keeps {s['pgd-st_unbounded']:.3f}; APGD-CE "
+        "through straight-through gates never leaves the network more accurate than with the gates' gradient "
+        f"blocked: {s['gate_gradient_never_weakens']}.",
     ]
     if "model_alone_autoattack" in ad:
         lines.append(

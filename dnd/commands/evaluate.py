@@ -117,6 +117,6 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     for budget, row in r.get("adaptive", {}).get("budgets", {}).items():
         print(
             f"adaptive, Linf {budget}: kept (correct or flagged) worst case {row['worst_case']:.3f}, network alone "
-            f"{row['model_alone_apgd_ce']:.3f}"
+            f"{row['model_alone_worst']:.3f} (the detector adds {row['detector_adds']:+.3f})"
         )
     print(f"wrote {Path(a.out) / 'report.json'}, report.md and figures")
