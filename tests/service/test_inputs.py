@@ -168,6 +168,7 @@ def test_explain_is_honoured_on_every_route(client: TestClient) -> None:
         assert len(p["active_filters"]) == 18 and len(p["per_layer_divergence"]["hamming"]) == 18, route
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # Pillow's own complaint about this very input
 def test_a_struct_level_garbage_tiff_is_a_4xx(client: TestClient) -> None:
     bad = b"II*\x00" + struct.pack("<I", 8) + b"\xff" * 64  # a TIFF header pointing at a nonsense directory
     r = client.post("/predict", content=bad, headers={"content-type": "image/tiff"})
