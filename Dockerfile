@@ -1,23 +1,29 @@
 # CPU image of the detector service. Build: docker build -t dnd-detector .
-# Where the public registries cannot be reached, pass a base image the operator provides (it needs python3.11 with
-# pip and venv; e.g. one imported from a Debian bookworm root file system) and a torch wheel index it can reach:
-#   docker build --build-arg BASE_IMAGE=dnd-base --build-arg TORCH_INDEX=http://wheels.internal/simple -t dnd-detector .
+# Packages come from the package source pip is configured with (the base image's pip configuration); to use another
+# one, pass pip's own variables as build arguments, none of which has a default:
+#   docker build --build-arg PIP_INDEX_URL=<your index> [--build-arg TORCH_INDEX=<index with CPU torch wheels>] ...
+# Where public images cannot be pulled, pass a base image the operator provides (python3.11 with pip and venv), e.g.
+# the one deploy/base-image.sh imports from a Debian root file system: --build-arg BASE_IMAGE=dnd-base:bookworm
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
-# the CPU wheels of torch (the default PyPI wheel bundles CUDA, ~2 GB more); PIP_INDEX: everything else
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG PIP_INDEX=https://pypi.org/simple
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
+ARG TORCH_INDEX
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PATH=/opt/venv/bin:$PATH
 WORKDIR /app
+COPY deploy/pip-install.sh /usr/local/bin/pip-install
 RUN python3 -m venv /opt/venv \
- && pip install --index-url "${TORCH_INDEX}" torch==2.14.1 torchvision==0.29.1 \
- && pip install --index-url "${PIP_INDEX}" --upgrade pip setuptools
+ && pip-install --torch torch==2.14.1 torchvision==0.29.1 \
+ && pip-install --upgrade pip setuptools
 COPY pyproject.toml README.md ./
 COPY detector ./detector
 COPY training ./training
 COPY service ./service
 COPY dnd ./dnd
-RUN pip install --index-url "${PIP_INDEX}" .
+RUN pip-install .
 COPY models/resnet20-decoupled ./models/resnet20-decoupled
 RUN useradd --create-home dnd && chown -R dnd /app
 USER dnd

@@ -15,6 +15,13 @@ $(VENV_OK): pyproject.toml
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench]'
 	touch $@
 
+# The Open Inference Protocol client of the conformance test (tests/service/test_oip_client.py) in a venv of its own.
+OIP_OK := .venv-oip/.installed
+$(OIP_OK): tests/service/oip-client.txt
+	python3 -m venv .venv-oip
+	.venv-oip/bin/python -m pip install -q -r tests/service/oip-client.txt
+	touch $@
+
 # Unpack the shared JPEG CIFAR-10 once (gives $(DATA)/train/<class>/*.jpg and $(DATA)/test/<class>/*.jpg).
 $(DATA)/test/.unpacked:
 	@test -f $(SHARED)/cifar10-jpeg-test.tar.gz || { echo "no $(SHARED)/cifar10-jpeg-*.tar.gz: set DATA= to a CIFAR-10 root"; exit 2; }
@@ -32,11 +39,11 @@ serve: $(VENV_OK)
 run: $(VENV_OK) data
 	.venv/bin/dnd predict --model models/resnet20-decoupled $(DATA)/test/cat/0000.jpg $(DATA)/test/ship/0001.jpg $(DATA)/test/frog/0002.jpg
 
-test: $(VENV_OK)
+test: $(VENV_OK) $(OIP_OK)
 	@if [ -f $(SHARED)/cifar10-jpeg-test.tar.gz ]; then $(MAKE) --no-print-directory data; fi
 	$(PY) -m pytest -q
 
-test-all: $(VENV_OK) data
+test-all: $(VENV_OK) $(OIP_OK) data
 	$(PY) -m pytest -q -m ''
 
 # ruff: lint and format check (configured in pyproject.toml); `.venv/bin/ruff format .` applies the format.
@@ -126,6 +133,7 @@ bench-data: $(VENV_OK) data
 	$(PY) bench/step_modes.py --data $(DATA)
 bench-serve: $(VENV_OK) data
 	$(PY) bench/serve.py --data $(DATA)
+	$(PY) bench/serve.py --data $(DATA) --v2
 # Dense vs gated (masked) vs open-filters-only inference, traced and compiled, side by side.
 bench-inference: $(VENV_OK)
 	$(PY) bench/inference.py --compile
@@ -135,8 +143,8 @@ bench-distributed: $(VENV_OK) data
 	$(PY) bench/distributed.py --data $(DATA)
 # Opt-in (needs a Docker engine; not part of make test): build the image, start 2 replicas behind nginx, /readyz,
 # one /predict, 10,000 requests with a replica killed mid-run (bench/fleet.py), down. Variables: deploy/docker-test.sh.
-docker-test: $(VENV_OK)
+docker-test: $(VENV_OK) $(OIP_OK)
 	PY=$(PY) deploy/docker-test.sh
 
 clean:
-	rm -rf .venv .pytest_cache
+	rm -rf .venv .venv-oip .pytest_cache

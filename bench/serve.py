@@ -7,6 +7,10 @@ of 4096 x 4096) is decoded, resident memory over --reloads bundle reloads, and t
 highest concurrency to the raw batched throughput of `det.predict` (the same model + scoring, no HTTP). Targets on
 2 cores: ratio >= 0.6 at concurrency 64, p99 <= 50 ms at concurrency 8 (<= 30 ms with the acceleration), zero errors,
 flat memory, /healthz p99 <= 50 ms during the maximal request.
+
+`--v2` instead times Open Inference Protocol v2 infer requests of 64 images sent as JSON tensors and as binary
+tensors (binary tensor data extension, binary outputs), alternating one of each per round on one keep-alive
+connection at concurrency 1, and prints the medians and the binary / JSON ratio (target <= 1.0).
 """
 
 from __future__ import annotations
@@ -74,6 +78,43 @@ async def healthz_during(base: str, body: bytes) -> tuple[list[float], float]:
         r = await big
         assert r.status == 200, r.status
         return lat, time.perf_counter() - t0
+
+
+def v2_bodies(images: list[bytes], n: int = 64) -> tuple[bytes, tuple[bytes, dict[str, str]]]:
+    """The same n decoded images as an OIP v2 JSON request and as a binary-tensor-data request (body, headers)."""
+    import io
+    import json
+
+    x = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), np.float32) / 255 for b in images[:n]])
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+    as_json = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return as_json, (header + x.astype("<f4").tobytes(), {"inference-header-content-length": str(len(header))})
+
+
+def v2_compare(base: str, images: list[bytes], rounds: int = 30) -> None:
+    as_json, (binary, headers) = v2_bodies(images)
+    url = f"{base}/v2/models/{httpx.get(f'{base}/v1/model').json()['name']}/infer"
+    times: dict[str, list[float]] = {"json": [], "binary": []}
+    with httpx.Client(timeout=60) as c:
+        for r in range(rounds + 2):  # two warm-up rounds
+            for kind, body, h in (("json", as_json, {"content-type": "application/json"}), ("binary", binary, headers)):
+                t = time.perf_counter()
+                c.post(url, content=body, headers=h).raise_for_status()
+                if r >= 2:
+                    times[kind].append(time.perf_counter() - t)
+    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    print(
+        f"OIP v2 infer, 64 images, {rounds} alternating rounds: JSON {len(as_json) / 1e6:.2f} MB {med['json']:.1f} ms, "
+        f"binary {len(binary) / 1e6:.2f} MB {med['binary']:.1f} ms (median); binary / JSON = "
+        f"{med['binary'] / med['json']:.2f} (target <= 1.0)"
+    )
 
 
 def free_port() -> int:
@@ -162,6 +203,7 @@ def main() -> None:
         "tell a leak from allocator growth (RSS printed after each)",
     )
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (DND_WORKERS)")
+    ap.add_argument("--v2", action="store_true", help="only OIP v2 JSON against binary tensors, 64 images a request")
     ap.add_argument("--reloads", type=int, default=50, help="POST /admin/reload this many times (resident memory)")
     ap.add_argument(
         "--raw-only",
@@ -209,6 +251,9 @@ def main() -> None:
             time.sleep(0.1)
         else:
             sys.exit("server did not become ready")
+        if a.v2:
+            v2_compare(base, images)
+            return
         # warm-up at every concurrency, so that every batch shape has been allocated before the memory baseline
         for conc in map(int, a.concurrency.split(",")):
             asyncio.run(load(f"{base}/predict", images, 4 * conc, conc))

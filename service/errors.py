@@ -63,7 +63,7 @@ def request_id(request: Request) -> str | None:
 def error_response(
     status: int, code: str, message: str, path: str, rid: str | None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    if path.startswith("/v2/"):
+    if path == "/v2" or path.startswith("/v2/"):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
     body = {"error": {"status": status, "code": code, "message": message, "request_id": rid}}
     return JSONResponse(body, status_code=status, headers=headers)

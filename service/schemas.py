@@ -70,24 +70,3 @@ class Item(BaseModel):
 class Predictions(BaseModel):
     model: ModelRef
     predictions: list[Item]
-
-
-class OipTensor(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-    data: list[Any]
-
-
-class OipRequest(BaseModel):
-    """Open Inference Protocol v2 request: one FP32 input of shape [N, 3, 32, 32], values in [0, 1]."""
-
-    id: str | None = None
-    inputs: list[OipTensor] = Field(min_length=1)
-
-
-class OipResponse(BaseModel):
-    model_name: str
-    model_version: str
-    id: str
-    outputs: list[OipTensor]

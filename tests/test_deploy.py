@@ -69,14 +69,40 @@ def test_compose_fleet_and_dockerfile_arguments() -> None:
         "/readyz" in " ".join(det["healthcheck"]["test"])
         and lb["depends_on"]["detector"]["condition"] == "service_healthy"
     )
-    assert {"BASE_IMAGE", "TORCH_INDEX", "PIP_INDEX"} <= set(det["build"]["args"])
+    args = det["build"]["args"]
+    assert {"BASE_IMAGE", "PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "TORCH_INDEX"} <= set(args)
+    # package sources default to nothing: pip's own configuration decides unless the user sets one
+    assert all(v == f"${{{k}:-}}" for k, v in args.items() if k != "BASE_IMAGE"), args
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
     # nginx looks the replicas up again (a variable in proxy_pass + resolver) and retries POSTs on another one
     assert "set $detectors detector;" in conf and "proxy_pass http://$detectors:8000;" in conf
     assert "non_idempotent" in conf and "resolver 127.0.0.11" in conf
     assert lb["command"] == ["nginx", "-g", "daemon off;"]  # the same for nginx's images and deploy/base-image.sh's
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "ARG BASE_IMAGE" in dockerfile and "ARG TORCH_INDEX" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+    assert "ARG BASE_IMAGE" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+    # every package-source argument is declared without a default value
+    assert {a for a in re.findall(r"^ARG (\w+)$", dockerfile, re.M)} >= {"PIP_INDEX_URL", "PIP_FIND_LINKS", "TORCH_INDEX"}
+
+
+# A package index, wheel index or Debian archive named in a URL: the build uses pip's and apt's own configuration.
+PACKAGE_HOST_URL = re.compile(r"https?://[^\s\"'<>)]*(simple|whl|debian|pypi)", re.I)
+
+
+def test_no_tracked_file_names_a_package_host() -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    hits = []
+    for name in filter(None, (f.decode() for f in files)):
+        path = ROOT / name
+        if name.startswith("tests/") or not path.is_file():
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue  # images, weights
+        hits += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if PACKAGE_HOST_URL.search(line)]
+    assert not hits, hits
 
 
 def compose_command() -> list[str] | None:

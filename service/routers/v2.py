@@ -1,34 +1,50 @@
-"""KServe Open Inference Protocol v2: health, model metadata, infer on FP32 [N, 3, 32, 32] tensors in [0, 1].
-Errors answer as the protocol says: {"error": "message"}."""
+"""KServe Open Inference Protocol v2 over HTTP/REST: server and model metadata, health, infer on FP32
+[N, 3, 32, 32] tensors in [0, 1], with JSON or binary tensor data (service/oip.py) both ways. A model's only
+version is its weights' hash, also served under /versions/{version}. Errors answer as the protocol says:
+{"error": "message"}."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from importlib import metadata as package_metadata
 from typing import Any
 
-import numpy as np
-import torch
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
-from pydantic import ValidationError
-
-from detector.api import check_images
+from fastapi.responses import JSONResponse, Response
 
 from ..batcher import MicroBatcher
 from ..deps import State, get_state, ready_batcher
 from ..errors import ApiError, responses
-from ..inputs import load_json, read_body
-from ..schemas import OipRequest, OipResponse
+from ..inputs import read_body
+from ..oip import EXTENSIONS, HEADER_LENGTH, OipRequest, OipResponse, encode_outputs, parse_infer
 
 router = APIRouter(prefix="/v2", tags=["v2"])
+IMAGE_SHAPE = (3, 32, 32)  # what the detector takes (detector.api.check_images)
 OIP_BODY = {
     "requestBody": {
         "required": True,
+        "description": (
+            "JSON, or with an Inference-Header-Content-Length header, a JSON header of that many bytes followed by the "
+            "input's raw little-endian FP32 bytes (binary tensor data extension; `parameters.binary_data_size`)."
+        ),
         "content": {
             "application/json": {"schema": OipRequest.model_json_schema(ref_template="#/components/schemas/{model}")}
         },
     }
 }
+
+
+def server_version() -> str:
+    try:
+        return package_metadata.version("dnd-detector")
+    except package_metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "dnd-detector", "version": server_version(), "extensions": EXTENSIONS}
 
 
 @router.get("/health/live")
@@ -48,13 +64,22 @@ def served(name: str, batcher: MicroBatcher = Depends(ready_batcher)) -> MicroBa
     return batcher
 
 
+def served_version(version: str, b: MicroBatcher = Depends(served)) -> MicroBatcher:
+    """The model's only version is the start of its weights' hash (what metadata lists)."""
+    if version != b.detector.weights_sha256[:12]:
+        raise ApiError(
+            404, "unknown_version", f"unknown version {version!r}; served: {b.detector.weights_sha256[:12]!r}"
+        )
+    return b
+
+
 @router.get("/models/{name}", responses=responses(404, 503, oip=True))
 async def metadata(name: str, b: MicroBatcher = Depends(served)) -> dict[str, Any]:
     return {
         "name": name,
         "versions": [b.detector.weights_sha256[:12]],
         "platform": "pytorch_torchscript",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *IMAGE_SHAPE]}],
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(b.detector.classes)]},
             {"name": "class_index", "datatype": "INT64", "shape": [-1]},
@@ -69,43 +94,14 @@ async def model_ready(name: str, b: MicroBatcher = Depends(served)) -> dict[str,
     return {"name": name, "ready": True}
 
 
-def parse_infer(body: bytes, max_images: int) -> tuple[torch.Tensor, str]:
-    """(images (N, 3, 32, 32), request id) from an OIP request body; every malformed request is a 400 that names
-    what was expected. Runs in a decode thread."""
-    try:
-        req = OipRequest.model_validate(load_json(body))
-    except ApiError as e:
-        raise ApiError(400, "invalid_request", e.message) from None
-    except ValidationError as e:
-        where = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
-        raise ApiError(
-            400, "invalid_request", f"expected an OIP v2 request with inputs[0].shape/datatype/data: {where}"
-        ) from None
-    inp = req.inputs[0]
-    if (
-        inp.datatype != "FP32"
-        or len(inp.shape) != 4
-        or inp.shape[1:] != [3, 32, 32]
-        or not 1 <= inp.shape[0] <= max_images
-    ):
-        raise ApiError(
-            400,
-            "invalid_request",
-            f"expected FP32 input of shape [N, 3, 32, 32] with 1 <= N <= {max_images}, "
-            f"found {inp.datatype} {inp.shape}",
-        )
-    try:
-        arr = np.asarray(inp.data, dtype=np.float32)
-        if arr.dtype == object or arr.size != int(np.prod(inp.shape)):
-            raise ValueError(f"expected {int(np.prod(inp.shape))} numbers, found {arr.size}")
-        x = torch.from_numpy(arr.reshape(inp.shape).copy())
-    except (TypeError, ValueError, OverflowError) as e:
-        raise ApiError(400, "invalid_request", f"data does not hold {inp.shape} numbers: {e}") from None
-    try:
-        check_images(x)  # here, not in the batch: one bad request must not fail the others batched with it
-    except ValueError as e:
-        raise ApiError(400, "invalid_request", str(e)) from None
-    return x, req.id or ""
+@router.get("/models/{name}/versions/{version}", responses=responses(404, 503, oip=True))
+async def version_metadata(name: str, b: MicroBatcher = Depends(served_version)) -> dict[str, Any]:
+    return await metadata(name, b)
+
+
+@router.get("/models/{name}/versions/{version}/ready", responses=responses(404, 503, oip=True))
+async def version_ready(name: str, b: MicroBatcher = Depends(served_version)) -> dict[str, Any]:
+    return await model_ready(name, b)
 
 
 @router.post(
@@ -116,29 +112,40 @@ def parse_infer(body: bytes, max_images: int) -> tuple[torch.Tensor, str]:
 )
 async def infer(
     request: Request, name: str, st: State = Depends(get_state), b: MicroBatcher = Depends(served)
-) -> JSONResponse:
+) -> Response:
     body = await read_body(request, st.settings.body_limit, st.settings.body_timeout_s)
     loop = asyncio.get_running_loop()
-    x, rid = await loop.run_in_executor(st.decode_pool, parse_infer, body, st.settings.max_images)
-    pred, det = await b.submit(x)
-    st.metrics.images.inc(len(x))
-    st.metrics.flagged.inc(int(pred.is_adversarial.sum()))
-    n = len(x)
-    return JSONResponse(
-        {
-            "model_name": name,
-            "model_version": det.weights_sha256[:12],
-            "id": rid,
-            "outputs": [
-                {
-                    "name": "probabilities",
-                    "datatype": "FP32",
-                    "shape": [n, len(det.classes)],
-                    "data": pred.probs.flatten().tolist(),
-                },
-                {"name": "class_index", "datatype": "INT64", "shape": [n], "data": pred.labels.tolist()},
-                {"name": "attack_score", "datatype": "FP32", "shape": [n], "data": pred.scores.tolist()},
-                {"name": "is_adversarial", "datatype": "BOOL", "shape": [n], "data": pred.is_adversarial.tolist()},
-            ],
-        }
+    req = await loop.run_in_executor(
+        st.decode_pool, parse_infer, body, request.headers.get(HEADER_LENGTH), st.settings.max_images, IMAGE_SHAPE
     )
+    pred, det = await b.submit(req.images)
+    st.metrics.images.inc(len(req.images))
+    st.metrics.flagged.inc(int(pred.is_adversarial.sum()))
+    values = {
+        "probabilities": pred.probs.numpy(),
+        "class_index": pred.labels.numpy(),
+        "attack_score": pred.scores.numpy(),
+        "is_adversarial": pred.is_adversarial.numpy(),
+    }
+    outputs, tail = encode_outputs(values, req.outputs)
+    head = {"model_name": name, "model_version": det.weights_sha256[:12], "id": req.id, "outputs": outputs}
+    if not tail:
+        return JSONResponse(head)
+    header = json.dumps(head, separators=(",", ":")).encode()
+    return Response(
+        header + tail,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=OipResponse,
+    openapi_extra=OIP_BODY,
+    responses=responses(400, 404, 408, 413, 500, 503, oip=True),
+)
+async def version_infer(
+    request: Request, name: str, st: State = Depends(get_state), b: MicroBatcher = Depends(served_version)
+) -> Response:
+    return await infer(request, name, st, b)

@@ -1,15 +1,23 @@
-"""Service test helpers: a tiny synthetic bundle (no training) and a TestClient that waits for readiness."""
+"""Service test helpers: a tiny synthetic bundle (no training), a TestClient that waits for readiness, and a real
+uvicorn server on a free loopback port."""
 
+import http.client
 import io
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
+from service.server import GuardedHttpTools
 from service.settings import Settings
 
 from ..conftest import write_detector_bundle
@@ -30,6 +38,34 @@ def client_for(settings: Settings) -> TestClient:
             break
         time.sleep(0.01)
     return c
+
+
+@contextmanager
+def serving(settings: Settings, hook: Callable[[FastAPI], None] | None = None) -> Iterator[int]:
+    """Serve create_app(settings) on a free loopback port until the block ends; yields the port once ready."""
+    app = create_app(settings)
+    GuardedHttpTools.head_timeout = settings.header_timeout_s
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, http=GuardedHttpTools, log_level="warning", timeout_keep_alive=5)
+    )
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    for _ in range(500):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/readyz")
+        if c.getresponse().status == 200:
+            break
+        time.sleep(0.02)
+    if hook:
+        hook(app)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        t.join(10)
 
 
 def batch_count(c: TestClient) -> float:

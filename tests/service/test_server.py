@@ -9,48 +9,15 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
-from service.app import create_app
-from service.server import GuardedHttpTools
 from service.settings import Settings
 
-from .conftest import png
-
-
-@contextmanager
-def serving(settings: Settings, hook: Callable[[FastAPI], None] | None = None) -> Iterator[int]:
-    """Serve create_app(settings) on a free loopback port until the block ends; yields the port once ready."""
-    app = create_app(settings)
-    GuardedHttpTools.head_timeout = settings.header_timeout_s
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, http=GuardedHttpTools, log_level="warning", timeout_keep_alive=5)
-    )
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    while not server.started:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    for _ in range(500):
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        c.request("GET", "/readyz")
-        if c.getresponse().status == 200:
-            break
-        time.sleep(0.02)
-    if hook:
-        hook(app)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        t.join(10)
+from .conftest import png, serving
 
 
 @pytest.fixture(scope="module")
