@@ -20,8 +20,6 @@ RUN python3 -m venv /opt/venv \
  && pip-install --upgrade pip setuptools
 COPY pyproject.toml README.md ./
 COPY detector ./detector
-COPY training ./training
-COPY service ./service
 COPY dnd ./dnd
 RUN pip-install .
 COPY models/resnet20-decoupled ./models/resnet20-decoupled

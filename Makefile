@@ -6,7 +6,7 @@ SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
 .PHONY: serve run test test-all lint data train-dense train-decoupled train-robust stats profiles profiles-robust \
-	evaluate evaluate-robust figures samples candidate bench bench-data bench-serve bench-inference bench-distributed \
+	evaluate evaluate-robust figures samples docs wheel bench bench-serve bench-inference bench-distributed \
 	docker-test clean
 
 $(VENV_OK): pyproject.toml
@@ -51,16 +51,15 @@ lint: $(VENV_OK)
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-# The pipeline's four steps, shared by the shipped targets and `make candidate` ($(1) = bundle or report dir).
+# The pipeline's four steps, shared by the targets below ($(1) = bundle or report dir).
 DND := .venv/bin/dnd
 train_dense     = $(DND) train --data $(DATA) --out $(1) $(2) --device $(DEVICE) --resume
 train_decoupled = $(DND) train --data $(DATA) --out $(1) --decouple --init $(2) $(3) --device $(DEVICE) --resume
 profile         = $(DND) profiles --model $(1) --data $(DATA) --device $(DEVICE)
 evaluate_to     = $(DND) evaluate --model $(1) --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out $(2) --device $(DEVICE)
 
-# The shipped bundles, exactly as they were produced (candidate b256-bf16-co16-e200-e50tf069h10 in docs/candidates.md:
-# dense 200 epochs with bf16 autocast and Cutout 16, ≈ 3.0 h on 2 CPU cores; the fine-tune 50 epochs at a FLOPs target of
-# 0.69 with the last 10 on eval-time paths, ≈ 2 h).
+# The shipped bundles, exactly as they were produced: dense 200 epochs with bf16 autocast and Cutout 16 (≈ 3.0 h on
+# 2 CPU cores); the fine-tune 50 epochs at a FLOPs target of 0.69 with the last 10 on eval-time paths (≈ 2 h).
 train-dense: $(VENV_OK) data
 	$(call train_dense,models/resnet20-dense,--epochs 200 --bf16 --cutout 16)
 train-decoupled: $(VENV_OK) data
@@ -90,47 +89,27 @@ evaluate-robust: $(VENV_OK) data
 	$(call evaluate_to,models/resnet20-decoupled-robust,reports/evaluation-robust) --limit 1000 --slow-limit 300 \
 	    --fit-limit 600 --adaptive-limit 100
 
+# A wheel of the project (dist/): `pip install dist/dnd_detector-*.whl -c constraints.txt` gives `dnd` and
+# `load_detector` anywhere; the bundles stay folders passed by path.
+wheel: $(VENV_OK)
+	rm -rf dist
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
+# The README's and docs' result tables, rewritten from reports/*/report.json and models/*/metrics.json.
+docs: $(VENV_OK)
+	$(PY) scripts/docs.py
+
 # Interpretation figures of the served bundle (reports/interpretation/) and the web page's sample images.
 figures: $(VENV_OK) data
 	$(DND) figures --model models/resnet20-decoupled --data $(DATA) --out reports/interpretation --device $(DEVICE)
 samples: $(VENV_OK) data
-	$(DND) samples --model models/resnet20-decoupled --data $(DATA) --out service/static/samples --device $(DEVICE)
+	$(DND) samples --model models/resnet20-decoupled --data $(DATA) --out dnd/service/static/samples --device $(DEVICE)
 
-# A candidate pair under runs/ (never shipped by this target): the same steps as train-dense ... evaluate, each
-# resumable, and a re-run skips the finished ones, so a long run survives interruptions (the prerequisites are
-# order-only: a step's output existing is what counts, not file times, which a fresh clone sets in checkout order, so a
-# committed dense bundle newer than its committed fine-tune would otherwise re-run the fine-tune). NAME names it;
-# DENSE_FLAGS / DECOUPLED_FLAGS are extra `dnd train` flags (the same on every re-run, or --resume refuses), e.g.
-#   make candidate NAME=b256-e120 DENSE_FLAGS="--batch-size 256 --lr 0.2 --warmup-epochs 2 --epochs 120"
-# DENSE= fine-tunes from an existing dense bundle instead (then no dense step runs), so only the fine-tune changes, e.g.
-#   make candidate NAME=co16-ftco16 DENSE=runs/b256-bf16-co16-e200-dense DECOUPLED_FLAGS="--epochs 40 --cutout 16"
-CAND  := runs/$(NAME)
-DENSE ?= $(CAND)-dense
-candidate: $(VENV_OK) data
-	@test -n "$(NAME)" || { echo "make candidate: set NAME= (the run goes to runs/NAME-*)"; exit 2; }
-	$(MAKE) --no-print-directory $(CAND)-evaluation/report.json
-$(CAND)-dense/metrics.json:
-	$(call train_dense,$(CAND)-dense,$(DENSE_FLAGS))
-	$(DND) stats --model $(CAND)-dense --data $(DATA)
-$(CAND)-decoupled/metrics.json: | $(DENSE)/metrics.json
-	$(call train_decoupled,$(CAND)-decoupled,$(DENSE),$(DECOUPLED_FLAGS))
-	$(DND) stats --model $(CAND)-decoupled --data $(DATA)
-$(CAND)-decoupled/profiles.safetensors: | $(CAND)-decoupled/metrics.json
-	$(call profile,$(CAND)-decoupled)
-$(CAND)-evaluation/report.json: | $(CAND)-decoupled/profiles.safetensors
-	$(call evaluate_to,$(CAND)-decoupled,$(CAND)-evaluation)
-
+# The product's benchmarks (bench/, on one timing loop: bench/timing.py): training epoch, scoring, inference.
 bench: $(VENV_OK)
 	$(PY) bench/train_epoch.py --bf16
 	$(PY) bench/train_epoch.py --recipes
 	$(PY) bench/scoring.py
-	$(PY) bench/layout.py
-# On real images: the measurements behind two defaults (the bf16 distillation teacher, DeepFool's batched Jacobian)
-# and a fine-tune step's cost by gate mode.
-bench-data: $(VENV_OK) data
-	$(PY) bench/teacher_precision.py --data $(DATA)
-	$(PY) bench/deepfool.py --data $(DATA) --images 100
-	$(PY) bench/step_modes.py --data $(DATA)
 bench-serve: $(VENV_OK) data
 	$(PY) bench/serve.py --data $(DATA)
 	$(PY) bench/serve.py --data $(DATA) --v2
@@ -147,4 +126,4 @@ docker-test: $(VENV_OK) $(OIP_OK)
 	PY=$(PY) deploy/docker-test.sh
 
 clean:
-	rm -rf .venv .venv-oip .pytest_cache
+	rm -rf .venv .venv-oip .pytest_cache dist

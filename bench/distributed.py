@@ -1,4 +1,4 @@
-"""Wall-clock of one process against two torchrun processes on this machine, side by side in one run.
+"""Wall-clock of one process against two torchrun processes on one machine, side by side in one run.
 
 Two jobs, each run as the user runs it (`dnd ...` as a subprocess, process start-up and data loading included):
 - train: `dnd train` (dense, 1 epoch on --train-images class-balanced CIFAR-10 images, global batch 256, bf16), one
@@ -16,14 +16,17 @@ distributed machinery (gloo all-reduce, gather), not a speed-up: that needs more
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+
+from timing import alternating
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,12 +36,10 @@ def dnd(args: list[str], processes: int) -> list[str]:
     return [sys.executable, *(launcher if processes > 1 else []), "-m", "dnd", *args]
 
 
-def timed(cmd: list[str]) -> float:
-    t = time.perf_counter()
+def run(cmd: list[str]) -> None:
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return time.perf_counter() - t
 
 
 def train_args(a: argparse.Namespace, out: Path, threads: int) -> list[str]:
@@ -63,29 +64,27 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the medians here")
     a = ap.parse_args()
     per = max(1, a.threads // 2)
-    seconds: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
-            for job, make in (("train", train_args), ("attack", attack_args)):
-                for n, threads in ((1, a.threads), (2, per)):
-                    out = Path(tmp) / f"{job}-{n}-{r}"
-                    s = timed(dnd(make(a, out, threads), n))
-                    seconds.setdefault((job, n), []).append(s)
-                    print(
-                        f"round {r + 1}/{a.rounds} {job:6s} {n} process(es) x {threads} thread(s): {s:6.1f} s",
-                        flush=True,
-                    )
-            if r == 0:  # the same optimisation to float rounding (which 80 SGD steps at LR 0.1 amplify; the test checks
-                # the weights after a few small steps)
-                ce = [
-                    json.loads((Path(tmp) / f"train-{n}-0" / "train_history.json").read_text())[-1]["train_ce"]
-                    for n in (1, 2)
-                ]
-                print(f"train_ce after the epoch: 1 process {ce[0]:.4f}, 2 processes {ce[1]:.4f}")
+        count = itertools.count()
+
+        def job(name: str, make: Callable[..., list[str]], n: int, threads: int) -> Callable[[], None]:
+            return lambda: run(dnd(make(a, Path(tmp) / f"{name}-{n}-{next(count)}", threads), n))
+
+        fns = {
+            (name, n): job(name, make, n, threads)
+            for name, make in (("train", train_args), ("attack", attack_args))
+            for n, threads in ((1, a.threads), (2, per))
+        }
+        times, _ = alternating(fns, a.rounds, warmup=0)
+        # the same optimisation to float rounding (which 80 SGD steps at LR 0.1 amplify; the test checks the weights
+        # after a few small steps): the first round's train runs are runs 0 and 1
+        ce = [json.loads((Path(tmp) / run_dir / "train_history.json").read_text())[-1]["train_ce"]
+              for run_dir in ("train-1-0", "train-2-1")]  # fmt: skip
+        print(f"train_ce after the epoch: 1 process {ce[0]:.4f}, 2 processes {ce[1]:.4f}")
     print(f"\n| job | 1 process x {a.threads} threads | 2 processes x {per} | 2 / 1 |\n|---|---|---|---|")
     medians = {}
     for job, work in (("train", f"1 epoch, {a.train_images} images"), ("attack", f"PGD, {a.attack_images} images")):
-        one, two = (statistics.median(seconds[(job, n)]) for n in (1, 2))
+        one, two = (statistics.median(times[(job, n)]) for n in (1, 2))
         medians[job] = {"one": one, "two": two, "ratio": two / one}
         print(f"| {job} ({work}) | {one:.1f} s | {two:.1f} s | {two / one:.2f} |")
     if a.json:

@@ -48,7 +48,7 @@ def images(data: Path | None) -> list[tuple[bytes, str]]:
         files = sorted(data.glob("test/*/*.jpg"))[::20][:500]
         if files:
             return [(f.read_bytes(), "image/jpeg") for f in files]
-    return [(f.read_bytes(), "image/png") for f in sorted((ROOT / "service/static/samples").glob("*.png"))]
+    return [(f.read_bytes(), "image/png") for f in sorted((ROOT / "dnd/service/static/samples").glob("*.png"))]
 
 
 async def run(a: argparse.Namespace) -> int:

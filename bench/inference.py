@@ -16,11 +16,10 @@ Ratios: dense / X (above 1 = X faster than dense) and masked / sparse; the FLOPs
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
+from timing import alternating, medians
 
 from detector import load_detector, load_model
 from detector.data import load_split, to_unit_float
@@ -80,16 +79,9 @@ def main() -> None:
                 "masked+detect": lambda xs=xs: [det.predict(x) for x in xs],
                 "sparse+detect": lambda xs=xs: [det_sparse.predict(x) for x in xs],
             }
-            times: dict[str, list[float]] = {k: [] for k in fns}
             with torch.inference_mode():
-                for f in fns.values():
-                    f()  # warm-up
-                for _ in range(a.rounds):
-                    for k, f in fns.items():
-                        t0 = time.perf_counter()
-                        f()
-                        times[k].append((time.perf_counter() - t0) / calls * 1e3)
-            med = {k: statistics.median(v) for k, v in times.items()}
+                # ms per image batch: each function makes `calls` forward calls
+                med = {k: v / calls * 1e3 for k, v in medians(alternating(fns, a.rounds)[0]).items()}
             print(
                 f"threads {threads} batch {b}: "
                 + ", ".join(f"{k} {v:.2f} ms ({b / v * 1e3:.0f} img/s)" for k, v in med.items())

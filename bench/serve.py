@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 import torch
 from PIL import Image
+from timing import alternating, medians
 
 
 def rss_mib(pid: int) -> float:
@@ -101,15 +102,14 @@ def v2_bodies(images: list[bytes], n: int = 64) -> tuple[bytes, tuple[bytes, dic
 def v2_compare(base: str, images: list[bytes], rounds: int = 30) -> None:
     as_json, (binary, headers) = v2_bodies(images)
     url = f"{base}/v2/models/{httpx.get(f'{base}/v1/model').json()['name']}/infer"
-    times: dict[str, list[float]] = {"json": [], "binary": []}
     with httpx.Client(timeout=60) as c:
-        for r in range(rounds + 2):  # two warm-up rounds
-            for kind, body, h in (("json", as_json, {"content-type": "application/json"}), ("binary", binary, headers)):
-                t = time.perf_counter()
-                c.post(url, content=body, headers=h).raise_for_status()
-                if r >= 2:
-                    times[kind].append(time.perf_counter() - t)
-    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+        fns = {
+            "json": lambda: c.post(
+                url, content=as_json, headers={"content-type": "application/json"}
+            ).raise_for_status(),
+            "binary": lambda: c.post(url, content=binary, headers=headers).raise_for_status(),
+        }
+        med = {k: v * 1e3 for k, v in medians(alternating(fns, rounds, warmup=2)[0]).items()}
     print(
         f"OIP v2 infer, 64 images, {rounds} alternating rounds: JSON {len(as_json) / 1e6:.2f} MB {med['json']:.1f} ms, "
         f"binary {len(binary) / 1e6:.2f} MB {med['binary']:.1f} ms (median); binary / JSON = "

@@ -26,43 +26,20 @@ import functools
 import json
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 import torch
+from timing import alternating
 
 from detector.config import ModelConfig
 from detector.losses import DecouplingLoss
 from detector.model import build_model
 from detector.runtime import tune_malloc
 from detector.stats import dense_macs
-from training.config import TrainConfig, make_config, saved_config
-from training.distill import frozen_teacher, teacher_forward
-from training.step import compiled_step_loss, make_optimizers, step_loss, train_step
-
-
-def time_rounds(
-    steps: dict[str, Callable[[], Any]], rounds: int, n: int, sync: Callable[[], Any]
-) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Run each setup's step n times per round, setups alternating within a round so machine noise hits all alike.
-    Returns the seconds per step of rounds 1..rounds for each setup, and the seconds of round 0 (the warm-up; with
-    --compile, the compilation)."""
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    warmup: dict[str, float] = {}
-    for r in range(rounds + 1):
-        for name, step in steps.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                step()
-            sync()
-            if r:
-                times[name].append((time.perf_counter() - t0) / n)
-            else:
-                warmup[name] = time.perf_counter() - t0
-    return times, warmup
+from dnd.training.config import TrainConfig, make_config, saved_config
+from dnd.training.distill import frozen_teacher, teacher_forward
+from dnd.training.step import compiled_step_loss, make_optimizers, step_loss, train_step
 
 
 def main() -> None:
@@ -167,14 +144,15 @@ def main() -> None:
         name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach, loss_fn)
         for name, (model, loss, opts, cfg, dense, teach, loss_fn) in setups.items()
     }
-    times, warmup = time_rounds(steps, a.rounds, a.steps, sync)
+    times, warmup = alternating(steps, a.rounds, calls=a.steps, sync=sync)
     print(
         f"device={dev} threads={torch.get_num_threads()} batch={a.batch_size} rounds={a.rounds} steps/round={a.steps}"
         f" compile={a.compile}"
     )
     if a.compile:
         print(
-            "warm-up round incl. compilation: " + ", ".join(f"{k} {v:.0f} s" for k, v in warmup.items() if "comp" in k)
+            "warm-up round incl. compilation: "
+            + ", ".join(f"{k} {v * a.steps:.0f} s" for k, v in warmup.items() if "comp" in k)
         )
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
@@ -299,7 +277,7 @@ def time_recipes(a: argparse.Namespace) -> None:
             y,
             compiled_step_loss() if compiled else step_loss,
         )
-    times, _ = time_rounds(
+    times, _ = alternating(
         {
             name: functools.partial(train_step, model, loss, opts, x, y, cfg, 1.0, dense, teach, fn)
             for name, (model, loss, opts, cfg, dense, teach, x, y, fn) in setups.items()

@@ -62,7 +62,7 @@ for i in $(seq 120); do
     sleep 2
 done
 echo "/readyz: 200"
-body=$(curl -sf -X POST -H 'content-type: image/png' --data-binary @service/static/samples/clean-cat.png \
+body=$(curl -sf -X POST -H 'content-type: image/png' --data-binary @dnd/service/static/samples/clean-cat.png \
     http://127.0.0.1:8080/predict)
 echo "/predict: $body"
 "$PY" - "$body" <<'EOF'

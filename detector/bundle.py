@@ -86,9 +86,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     """Load a bundle's model in eval mode, its conv weights in channels_last (NHWC) layout. Keys must match the
     architecture in config.json exactly.
 
-    channels_last is the layout the network trains in; for inference and attacks on these 2 CPU cores (oneDNN) it is
-    faster than NCHW, whatever the input's layout (bench/layout.py: traced `det.predict` 1.17-1.19x at
-    batch 256, 1.4-2.5x at batch 1, a 10-step PGD batch 1.20-1.27x). Logits move by ~1e-6 (float summation order)."""
+    channels_last is the layout the network trains in, and the one oneDNN's CPU convolutions run fastest in, whatever
+    the input's layout. Logits move by ~1e-6 against NCHW (float summation order)."""
     path = Path(path)
     device = check_device(device)  # a clear error before any file is read, for the CLI, the service and the API
     cfg = ModelConfig.from_dict(read_config(path)["model"])

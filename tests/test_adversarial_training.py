@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from detector.config import ModelConfig
 from detector.model import build_model
-from training.adversarial import PIXEL, catastrophic_overfitting, perturb, robust_accuracy, step_size
+from dnd.training.adversarial import PIXEL, catastrophic_overfitting, perturb, robust_accuracy, step_size
 
 from .conftest import write_image_folder
 
@@ -95,10 +95,10 @@ def test_adversarial_run_records_robust_accuracy(tmp_path: Path) -> None:
 
 def test_robust_accuracy_is_watched_on_every_class(monkeypatch) -> None:
     """The test split may be sorted by class (image folders are): the watched sample must not be one class."""
-    import training.adversarial as adv
-    import training.train as tr
+    import dnd.training.adversarial as adv
+    import dnd.training.train as tr
     from detector.data import Split
-    from training.config import TrainConfig
+    from dnd.training.config import TrainConfig
 
     seen = {}
     monkeypatch.setattr(adv, "robust_accuracy", lambda model, x, y, eps, device: seen.setdefault("y", y) is None or 0.5)

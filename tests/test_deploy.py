@@ -19,7 +19,7 @@ def manifests() -> dict[str, dict]:
 
 
 def served_paths() -> set[str]:
-    from service.app import create_app
+    from dnd.service.app import create_app
 
     return set(create_app().openapi()["paths"])
 
@@ -81,7 +81,11 @@ def test_compose_fleet_and_dockerfile_arguments() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
     # every package-source argument is declared without a default value
-    assert {a for a in re.findall(r"^ARG (\w+)$", dockerfile, re.M)} >= {"PIP_INDEX_URL", "PIP_FIND_LINKS", "TORCH_INDEX"}
+    assert {a for a in re.findall(r"^ARG (\w+)$", dockerfile, re.M)} >= {
+        "PIP_INDEX_URL",
+        "PIP_FIND_LINKS",
+        "TORCH_INDEX",
+    }
 
 
 # A package index, wheel index or Debian archive named in a URL: the build uses pip's and apt's own configuration.

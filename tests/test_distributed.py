@@ -80,8 +80,8 @@ def test_two_processes_fine_tune_the_gates_as_one(data: Path, tmp_path: Path) ->
 
 
 def test_the_global_batch_must_split_evenly(data: Path, tmp_path: Path) -> None:
-    from training.config import TrainConfig
-    from training.setup import check_request
+    from dnd.training.config import TrainConfig
+    from dnd.training.setup import check_request
 
     with pytest.raises(ValueError, match="multiple of the 2 processes"):
         check_request(tmp_path / "x", TrainConfig(batch_size=63), False, None, False, world=2)
@@ -121,7 +121,7 @@ def test_attack_batches_shared_by_two_processes_give_one_process_images(data: Pa
 def test_global_batch_norm_is_batch_norm_over_the_whole_batch(layout: torch.memory_format) -> None:
     """The CPU global-batch BatchNorm (training/distributed.py) in one process (the sum over processes is the
     identity): BatchNorm2d's training-mode output, gradients and running statistics, in float64."""
-    from training.distributed import global_batch_norm
+    from dnd.training.distributed import global_batch_norm
 
     torch.manual_seed(0)
     ref, mine = (torch.nn.BatchNorm2d(5).double() for _ in range(2))
@@ -145,7 +145,7 @@ def test_global_batch_norm_is_batch_norm_over_the_whole_batch(layout: torch.memo
 def test_global_batch_norm_takes_bf16_activations_as_batch_norm_does() -> None:
     """Under bf16 autocast the activations reach BatchNorm in bf16 with float32 parameters: the output and input
     gradient stay bf16 and agree with BatchNorm2d's to bf16 rounding."""
-    from training.distributed import global_batch_norm
+    from dnd.training.distributed import global_batch_norm
 
     torch.manual_seed(0)
     ref, mine = torch.nn.BatchNorm2d(8), torch.nn.BatchNorm2d(8)

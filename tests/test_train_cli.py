@@ -101,7 +101,7 @@ def test_decoupled_fine_tune_and_stats(dense: Path, data: Path, tmp_path: Path) 
 
 
 def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Path) -> None:
-    from training.distill import distill_loss
+    from dnd.training.distill import distill_loss
 
     logits = torch.randn(4, 10)
     assert float(distill_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
@@ -112,8 +112,8 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
     from detector.config import ModelConfig
     from detector.losses import DecouplingLoss
     from detector.model import build_model
-    from training.config import TrainConfig
-    from training.step import make_optimizers, train_step
+    from dnd.training.config import TrainConfig
+    from dnd.training.step import make_optimizers, train_step
 
     torch.manual_seed(0)
     base, teacher = build_model(ModelConfig(decoupled=True)), build_model(ModelConfig()).eval()
@@ -148,7 +148,7 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
     hist = json.loads((out / "train_history.json").read_text())
     recorded = json.loads((out / "config.json").read_text())["train"]
     assert hist[0]["train_kd"] > 0 and recorded["lambda_kd"] == 1.0 and recorded["kd_teacher_bf16"] is True
-    from training.config import make_config
+    from dnd.training.config import make_config
 
     assert make_config(False, {}).lambda_kd == 0.0  # a dense run from scratch has no teacher
 
@@ -156,7 +156,7 @@ def test_distillation_from_the_init_bundle(dense: Path, data: Path, tmp_path: Pa
 def test_bf16_teacher_gives_float32_logits_close_to_fp32() -> None:
     from detector.config import ModelConfig
     from detector.model import build_model
-    from training.distill import teacher_forward, teacher_logits
+    from dnd.training.distill import teacher_forward, teacher_logits
 
     torch.manual_seed(0)
     teacher, x = build_model(ModelConfig()).eval().requires_grad_(False), torch.rand(16, 3, 32, 32)
@@ -180,8 +180,8 @@ def test_bf16_step_keeps_float32_losses_and_gradients_reach_every_parameter(deco
     from detector.losses import DecouplingLoss
     from detector.model import build_model
     from detector.stats import dense_macs
-    from training.config import make_config
-    from training.step import step_loss
+    from dnd.training.config import make_config
+    from dnd.training.step import step_loss
 
     torch.manual_seed(0)
     model = build_model(replace(ModelConfig(), decoupled=decouple)).to(memory_format=torch.channels_last).train()
@@ -211,7 +211,7 @@ def test_bf16_flag_is_recorded_and_trains(data: Path, tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["train"]["bf16"] is True
     weights = load_file(out / "model.safetensors")
     assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())  # the bundle stays float32
-    from training.config import make_config
+    from dnd.training.config import make_config
 
     assert make_config(False, {}).bf16 is False and make_config(True, {}).bf16 is False  # off unless asked for
 
@@ -222,7 +222,7 @@ def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) ->
 
     from detector.config import ModelConfig
     from detector.model import build_model
-    from training.distill import frozen_teacher
+    from dnd.training.distill import frozen_teacher
 
     torch.manual_seed(0)
     net = build_model(ModelConfig(decoupled=decoupled))
@@ -247,7 +247,7 @@ def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) ->
 
 
 def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
-    from training.augment import augment, crop_flip_params
+    from dnd.training.augment import augment, crop_flip_params
 
     x = torch.rand(16, 3, 32, 32)
     ij, flip = crop_flip_params(16, torch.Generator().manual_seed(0))
@@ -262,7 +262,7 @@ def test_augment_crops_and_mirrors_each_image_at_its_offsets() -> None:
 
 
 def test_cutout_zeroes_one_clipped_square_per_image() -> None:
-    from training.augment import cutout, cutout_params
+    from dnd.training.augment import cutout, cutout_params
 
     x = torch.rand(64, 3, 32, 32) + 0.1  # no zeros of its own
     centre = cutout_params(64, torch.Generator().manual_seed(0))
@@ -281,16 +281,16 @@ def test_cutout_zeroes_one_clipped_square_per_image() -> None:
 
 
 def test_train_refuses_a_bad_cutout_size_before_loading_data(tmp_path: Path) -> None:
-    from training.config import TrainConfig
-    from training.train import train
+    from dnd.training.config import TrainConfig
+    from dnd.training.train import train
 
     with pytest.raises(ValueError, match="--cutout: expected .* 0 \\(off\\) to 32, got -4"):
         train(tmp_path / "no-data", tmp_path / "out", TrainConfig(cutout=-4))
 
 
 def test_train_refuses_unusable_settings_before_anything_is_written(tmp_path: Path) -> None:
-    from training.config import TrainConfig, check_config, make_config
-    from training.train import train
+    from dnd.training.config import TrainConfig, check_config, make_config
+    from dnd.training.train import train
 
     # --epochs 0 used to run no epoch, write a bundle and then fail drawing the plot of an empty history
     with pytest.raises(ValueError, match="--epochs: expected at least 1, got 0"):
@@ -310,7 +310,7 @@ def test_train_refuses_unusable_settings_before_anything_is_written(tmp_path: Pa
 def test_offline_distillation_targets_and_run(dense: Path, data: Path, tmp_path: Path) -> None:
     from detector.config import ModelConfig
     from detector.model import build_model
-    from training.distill import teacher_logits
+    from dnd.training.distill import teacher_logits
 
     torch.manual_seed(0)
     teacher, x = build_model(ModelConfig()).eval(), torch.rand(7, 3, 32, 32)
@@ -340,14 +340,14 @@ def test_offline_distillation_targets_and_run(dense: Path, data: Path, tmp_path:
     )
     hist = json.loads((out / "train_history.json").read_text())
     assert hist[0]["train_kd"] > 0 and json.loads((out / "config.json").read_text())["train"]["kd_offline"] is True
-    from training.config import make_config
+    from dnd.training.config import make_config
 
     assert make_config(True, {}).kd_offline is False
 
 
 def _interrupted_after_first_epoch(data: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 2-epoch dense run killed right after its first checkpoint."""
-    import training.train as tr
+    import dnd.training.train as tr
 
     real_save = tr.save_checkpoint
 
@@ -478,8 +478,8 @@ def test_compiled_step_matches_eager() -> None:
     from detector.config import ModelConfig
     from detector.losses import DecouplingLoss
     from detector.model import build_model
-    from training.config import TrainConfig
-    from training.step import compiled_step_loss, step_loss
+    from dnd.training.config import TrainConfig
+    from dnd.training.step import compiled_step_loss, step_loss
 
     torch.manual_seed(0)
     base = build_model(ModelConfig(decoupled=True, widths=(8, 16, 32), blocks_per_stage=1))
@@ -519,7 +519,7 @@ def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str, nth:
     # targets would not reproduce them. The command is the one make would run, parsed by dnd's own parser.
     from dnd.cli import build_parser
     from dnd.commands.train import train_config
-    from training.config import saved_config
+    from dnd.training.config import saved_config
 
     root = Path(__file__).parents[1]
     if shutil.which("make") is None:

@@ -28,6 +28,7 @@ from ..baselines import (
     pooled_activations,
 )
 from ..scorer import PathScorer
+from ..trees import TREE_PARAMS
 
 UNSUPERVISED = ("path_hamming", "path_hamming_std", "path_jaccard_std", "msp", "energy", "mahalanobis")
 SUPERVISED = ("path", "path_refit", "maha_ensemble", "lid")
@@ -97,6 +98,8 @@ class Suite:
         cal = self.det.profiles.meta.get("calibration", {})
         families = cal.get("families") or [list(attacked)]
         prior = cal.get("family_log_prior") or [0.0] * len(families)
+        # the served recipe's tree settings (profiles fitted before the setting was recorded used the default)
+        tree_params = {**TREE_PARAMS, "max_iter": cal.get("tree_iterations", TREE_PARAMS["max_iter"])}
         clean_f = self.path_features(clean)
         rows = {a: self.path_features(v) for a, v in attacked.items()}
         for variant in [ALL, *(f"without:{a}" for a in attacked)]:
@@ -104,7 +107,9 @@ class Suite:
             fams = [[a for a in f if a in kept] for f in families]
             fams += [[a] for a in kept if not any(a in f for f in fams)]  # an attack outside the recipe's families
             pri = list(prior) + [0.0] * (len(fams) - len(prior))
-            self.path_refit[variant] = PathScorer.fit(clean_f, {a: rows[a] for a in kept}, fams, pri)
+            self.path_refit[variant] = PathScorer.fit(
+                clean_f, {a: rows[a] for a in kept}, fams, pri, tree_params=tree_params
+            )
             att = cat_views([attacked[a] for a in kept])
             self.ensemble_comb[variant] = LogisticCombiner(
                 self.ensemble.distances(clean.pooled), self.ensemble.distances(att.pooled)

@@ -28,10 +28,6 @@ def _cell(f: dict[str, Any], key: str = "auroc") -> str:
     return f"{f[key]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{f[key]:.3f}"
 
 
-def _rate(f: dict[str, Any]) -> str:
-    return "n/a" if f.get("rate") is None else f"{f['rate']:.3f} [{f['ci'][0]:.3f}, {f['ci'][1]:.3f}]"
-
-
 def _who(d: str) -> str:
     return f"{d} (supervised)" if d in SUPERVISED else d
 

@@ -93,6 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=d.scorer,
         help="`path` score model: gradient-boosted trees (default) or the logistic model alone",
     )
+    p.add_argument(
+        "--tree-iterations", type=count, default=d.tree_iterations, help="boosting rounds per family's tree model"
+    )
     add_device(p)
     p.set_defaults(handler=cmd_profiles, out_is_dir=True)
 
@@ -174,6 +177,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         families=families,
         family_log_prior=prior,
         scorer=a.scorer,
+        tree_iterations=a.tree_iterations,
         gate_logits=not a.without_gate_logits,
         linf_eps=_radii(a.linf_eps),
         clean_augment=not a.no_clean_augment,

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default="models/resnet20-decoupled")
     p.add_argument("--data", required=True)
-    p.add_argument("--out", default="service/static/samples")
+    p.add_argument("--out", default="dnd/service/static/samples")
     p.add_argument("--n", type=count, default=4, help="images of each kind")
     add_device(p)
     p.set_defaults(handler=cmd_samples, out_is_dir=True)

@@ -106,7 +106,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from service.server import run
+    from dnd.service.server import run
 
     overrides = {k: v for k, v in {"model_dir": a.model, "threads": a.threads or None, "device": a.device}.items() if v}
     run(a.host, a.port, a.log_level, overrides)

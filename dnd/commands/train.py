@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 from ..args import add_device
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
+    from dnd.training.config import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.config import TrainConfig
+    from dnd.training.config import TrainConfig
 
     p = sub.add_parser("train", help="train a dense ResNet-20, or fine-tune the decoupled one (--decouple --init DIR)")
     p.add_argument("--data", required=True, help="CIFAR-10 root: torchvision layout or train/ + test/ image folders")
@@ -63,13 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
     """The TrainConfig a parsed `dnd train` command line asks for: the defaults plus its hyper-parameter flags."""
-    from training.config import make_config
+    from dnd.training.config import make_config
 
     return make_config(a.decouple, {k[3:]: v for k, v in vars(a).items() if k.startswith("hp_") and v is not None})
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from training.train import train
+    from dnd.training.train import train
 
     train(
         a.data,
@@ -87,7 +87,7 @@ def cmd_stats(a: argparse.Namespace) -> None:
     from detector.bundle import load_model, write_json
     from detector.data import load_split
     from detector.stats import compute_stats
-    from training.plots import plot_filter_states
+    from dnd.training.plots import plot_filter_states
 
     model = load_model(a.model, a.device)
     test = load_split(a.data, "test")
@@ -97,7 +97,7 @@ def cmd_stats(a: argparse.Namespace) -> None:
         **compute_stats(model, test.x, test.y, device=a.device),
     }
     if a.robust_eps > 0:
-        from training.adversarial import pgd_test_accuracy
+        from dnd.training.adversarial import pgd_test_accuracy
 
         stats["test_robust_accuracy"] = pgd_test_accuracy(model, test, a.robust_eps, a.robust_limit, a.device)
         stats["robust_eval"] = {"attack": "PGD-10, random start", "eps": a.robust_eps, "images": a.robust_limit}

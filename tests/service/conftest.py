@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.app import create_app
-from service.server import GuardedHttpTools
-from service.settings import Settings
+from dnd.service.app import create_app
+from dnd.service.server import GuardedHttpTools
+from dnd.service.settings import Settings
 
 from ..conftest import write_detector_bundle
 

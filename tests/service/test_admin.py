@@ -4,7 +4,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from service.settings import Settings
+from dnd.service.settings import Settings
 
 from ..conftest import write_detector_bundle
 from .conftest import client_for, png

@@ -11,7 +11,7 @@ def test_threads_follow_batch_size(bundle: Path) -> None:
     """Small batches run on one torch thread, large ones on `threads` (set in the inference thread itself)."""
     import asyncio
 
-    from service.batcher import MicroBatcher
+    from dnd.service.batcher import MicroBatcher
 
     det = load_detector(bundle)
     seen: list[tuple[int, int]] = []

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from service.settings import Settings
+from dnd.service.settings import Settings
 
 from .conftest import client_for, png
 

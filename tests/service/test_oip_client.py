@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from detector import load_detector
-from service.oip import EXTENSIONS
-from service.settings import Settings
+from dnd.service.oip import EXTENSIONS
+from dnd.service.settings import Settings
 
 from .conftest import serving
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
+from dnd.service.settings import Settings
 
 from .test_server import serving
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from detector import load_detector
-from service.settings import Settings
+from dnd.service.settings import Settings
 
 from .conftest import batch_count, client_for, png
 

@@ -15,7 +15,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from service.settings import Settings
+from dnd.service.settings import Settings
 
 from .test_server import serving
 

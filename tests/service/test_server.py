@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from PIL import Image
 
-from service.settings import Settings
+from dnd.service.settings import Settings
 
 from .conftest import png, serving
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
+from dnd.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

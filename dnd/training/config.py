@@ -40,24 +40,20 @@ class TrainConfig:
     # Gates and MI heads get their own Adam: their gradients are ~1e-4 of the conv weights' (measured), so SGD at the
     # network's LR left every gate open after 3 epochs; Adam's per-parameter step does not depend on that scale.
     gate_lr: float = 3e-3  # peak Adam LR of gates and MI heads (same warm-up / cosine shape)
-    # Final epochs train on eval-time paths (no noise, z = 1(s > 0), still v1's gradient): with noisy, half-soft
-    # paths to the end, BN statistics did not match eval and test accuracy fell to 27% (train 50%) in a trial.
+    # Final epochs train on eval-time paths (no noise, z = 1(s > 0), still v1's gradient), so that the BatchNorm
+    # statistics are those of the binary paths the network is evaluated on, not of noisy, half-soft ones.
     hard_epochs: float = 4.0
     # Distillation from the --init bundle (the dense network, eval mode): loss += lambda_kd * T^2 * KL(teacher_T ||
-    # student_T) (Hinton et al. 2015). 0 = off; on for --decouple (DECOUPLE_DEFAULTS). The gated network's deficit is
-    # not sparsity alone (after one epoch at 0.97 x FLOPs it was 9 points below dense): the noisy gates drop channels
-    # at random, and the teacher tells the student each image's full prediction. 10-epoch fine-tunes: 80.9% without,
-    # 84.6% with it; 20 epochs: 85.8%.
+    # student_T) (Hinton et al. 2015). 0 = off; on for --decouple (DECOUPLE_DEFAULTS): the noisy gates drop channels
+    # at random during the fine-tune, and the teacher gives the student each image's full prediction to recover.
     lambda_kd: float = 0.0
     kd_temperature: float = 4.0
-    # The teacher's forward under bfloat16 autocast (logits in float32): 1.83x faster on CPUs with AVX512-BF16 and
-    # the soft targets move by 2.2% of the distillation signal (bench/teacher_precision.py). On CPUs without native
-    # bf16 it can be slower: --no-kd-teacher-bf16.
+    # The teacher's forward under bfloat16 autocast (logits in float32): faster on CPUs with native bf16 (AVX512-BF16,
+    # AMX), where the soft targets move by a few percent of the distillation signal; slower without it.
     kd_teacher_bf16: bool = False
     # Offline distillation: the teacher's logits of every training image and of its mirror, computed once per run;
     # each step distils the member its view's flip picked (the crop shift is not modelled). Saves the teacher forward
-    # of every step (1.38x dense instead of 1.72x per step on 2 cores) but reached 87.07% against 88.06% with the
-    # per-step teacher in an A/B run (40 epochs), so it is off by default.
+    # of every step, but the student then never sees the teacher's prediction of its own crop, so it is off by default.
     kd_offline: bool = False
     # ---- adversarial training (training/adversarial.py): every step trains on a perturbation of its batch ----
     # Linf radius in 8-bit pixel steps (8 = 8/255); 0 = off. With --decouple the fine-tune perturbs the gated network

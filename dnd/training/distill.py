@@ -13,8 +13,8 @@ from detector.model import CifarResNet
 def frozen_teacher(src: CifarResNet, device: torch.device) -> CifarResNet:
     """The distillation teacher: `src` in eval mode, frozen, channels_last, with every BatchNorm folded into the conv
     before it (W' = W * g / sqrt(v + eps), b' = beta - mu * g / sqrt(v + eps)), which eval-mode BN allows. The logits
-    are the same up to float rounding (a test checks), and the teacher's forward at batch 128 on 2 cores is shorter
-    (bench/teacher_precision.py: bf16 autocast 42.0 -> 37.3 ms, float32 72.7 -> 68.8 ms). Modifies `src`."""
+    are the same up to float rounding (a test checks), and the teacher's forward skips every BatchNorm. Modifies
+    `src`."""
     src = src.eval().requires_grad_(False)
     src.stem[0], src.stem[1] = fuse_conv_bn_eval(src.stem[0], src.stem[1]), nn.Identity()
     for u in src.units():
@@ -23,10 +23,8 @@ def frozen_teacher(src: CifarResNet, device: torch.device) -> CifarResNet:
 
 
 def teacher_forward(teacher: CifarResNet, x: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """The teacher's logits (B, K), float32. bf16: the forward runs under bfloat16 autocast. Measured with the shipped
-    bundles (bench/teacher_precision.py, 5,000 augmented training views, T = 4): 1.83x faster on 2 CPU cores with
-    AVX512-BF16; top-1 agreement 99.96%; the soft targets move by L1 5.2e-3 on average, 2.2% of the distillation
-    signal |p_s - p_t|. Callers hold no_grad."""
+    """The teacher's logits (B, K), float32. bf16: the forward runs under bfloat16 autocast (faster where the CPU has
+    native bf16; the soft targets move by float rounding only). Callers hold no_grad."""
     if not bf16:
         return teacher(x)
     with torch.autocast(x.device.type, dtype=torch.bfloat16):

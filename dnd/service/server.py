@@ -64,7 +64,7 @@ def run(host: str, port: int, log_level: str, overrides: dict[str, Any]) -> None
         os.environ[f"DND_{k.upper()}"] = str(v)
     s = Settings()  # validated here: a bad value stops the service before uvicorn starts
     uvicorn.run(
-        "service.app:create_app",
+        "dnd.service.app:create_app",
         factory=True,
         host=host,
         port=port,

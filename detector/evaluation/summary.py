@@ -1,0 +1,152 @@
+"""Summary tables of evaluation reports and bundle metrics, in Markdown: what the README and docs show, rendered from
+report.json and metrics.json so that no figure is typed by hand (`make docs` writes them; a test fails when a
+written table disagrees with its report)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The detectors beside the served `path` in the detection table, and the names a reader knows them by.
+BASELINES = {
+    "path_refit": "`path_refit`",
+    "maha_ensemble": "Mahalanobis feature ensemble",
+    "lid": "LID",
+    "msp": "max-softmax",
+    "mahalanobis": "Mahalanobis",
+}
+ADAPTIVE = {
+    "pgd-st": "PGD, straight-through",
+    "pgd-sigmoid": "PGD, sigmoid gates",
+    "opgd-st": "orthogonal PGD",
+    "square": "Square",
+    "apgd-ce": "APGD-CE",
+}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def interval(v: float, ci: list[float] | None, fmt: str = ".3f") -> str:
+    return f"{v:{fmt}} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:{fmt}}"
+
+
+def rate_interval(v: float, ci: list[float]) -> str:
+    return f"{100 * v:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _bold(text: str, bold: bool) -> str:
+    return f"**{text}**" if bold else text
+
+
+def detection_table(r: dict[str, Any]) -> str:
+    """Per attack: in the fit or not, adversarial images, `path` AUROC with its interval and the share it flags at
+    the served threshold, then each baseline's AUROC; the best AUROC of a row in bold."""
+    head = [
+        "attack",
+        "what",
+        "in the fit?",
+        "adversarial images",
+        "`path` AUROC [95%]",
+        "`path` flags at threshold [95%]",
+    ]
+    head += list(BASELINES.values())
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, v in r["attacks"].items():
+        d = v["detectors"]
+        aurocs = {k: d[k]["auroc"] for k in ("path", *BASELINES) if d.get(k, {}).get("auroc") is not None}
+        best = max(aurocs.values())
+        p = d["path"]
+        row = [
+            name,
+            v["what"],
+            "yes" if v["role"] == "known" else "no",
+            f"{v['n_adv']:,}",
+            _bold(interval(p["auroc"], p.get("auroc_ci")), aurocs["path"] == best),
+            rate_interval(p["tpr_at_threshold"], p["tpr_at_threshold_ci"]),
+        ]
+        row += [_bold(f"{aurocs[k]:.3f}", aurocs[k] == best) if k in aurocs else "n/a" for k in BASELINES]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def group_worst(r: dict[str, Any], role: str) -> dict[str, Any] | None:
+    """The served `path`'s worst AUROC and worst share flagged at the threshold over the attacks of one role
+    ("known": in the fit; "unseen": in no fit), each with its attack and interval; None without such attacks."""
+    rows = [(a, v["detectors"]["path"]) for a, v in r["attacks"].items() if v["role"] == role]
+    if not rows:
+        return None
+    a_auc, p_auc = min(rows, key=lambda t: t[1]["auroc"])
+    a_tpr, p_tpr = min(rows, key=lambda t: t[1]["tpr_at_threshold"])
+    return {
+        "n": len(rows),
+        "auroc": p_auc["auroc"],
+        "auroc_ci": p_auc.get("auroc_ci"),
+        "auroc_on": a_auc,
+        "tpr": p_tpr["tpr_at_threshold"],
+        "tpr_ci": p_tpr["tpr_at_threshold_ci"],
+        "tpr_on": a_tpr,
+        "best_auroc": max(p["auroc"] for _, p in rows),
+        "best_tpr": max(p["tpr_at_threshold"] for _, p in rows),
+    }
+
+
+def worst_case_table(reports: dict[str, dict[str, Any]]) -> str:
+    """Per bundle: clean accuracy, the share of clean images flagged, and per group of attacks (in the fit, in no
+    fit) the worst AUROC and the worst share flagged at the threshold, with the attacks they fall on; the worst share
+    of corrupted clean images flagged."""
+    head = ["bundle", "evaluation images", "clean accuracy", "clean images flagged [95%]"]
+    head += ["attacks in the fit: worst AUROC", "worst flagged", "attacks in no fit: worst AUROC", "worst flagged"]
+    head += ["most corrupted clean images flagged"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in reports.items():
+        c = r["clean_fpr"]["path"]
+        row = [f"`{name}`", f"{r['evaluation_images']:,}", pct(r["clean_accuracy"]), rate_interval(c["rate"], c["ci"])]
+        for role in ("known", "unseen"):
+            g = group_worst(r, role)
+            if g is None:
+                row += ["—", "—"]
+            else:
+                row += [
+                    f"{interval(g['auroc'], g['auroc_ci'])} ({g['auroc_on']})",
+                    f"{rate_interval(g['tpr'], g['tpr_ci'])} ({g['tpr_on']})",
+                ]
+        worst = max(r["corruptions"].values(), key=lambda v: v["fpr"]["path"]["rate"])
+        row.append(f"{pct(worst['fpr']['path']['rate'])} ({worst['what']})")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def adaptive_table(reports: dict[str, dict[str, Any]]) -> str:
+    """Per bundle and budget: the share of images kept (classified correctly or flagged) under each adaptive attack,
+    the worst case over all of them, the network alone on the same images, and what the detector adds."""
+    head = ["bundle", "images", "budget", *ADAPTIVE.values(), "**worst case**", "network alone, same images"]
+    head.append("detector adds")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in reports.items():
+        ad = r.get("adaptive")
+        if ad is None:
+            continue
+        for budget, row in ad["budgets"].items():
+            cells = [f"`{name}`", str(ad["n"]), budget]
+            cells += [f"{row[k]:.2f}" if k in row else "—" for k in ADAPTIVE]
+            cells += [f"**{row['worst_case']:.2f}**", f"{row['model_alone_worst']:.2f}", f"{row['detector_adds']:+.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bundles_table(metrics: dict[str, dict[str, Any]]) -> str:
+    """Per bundle: test accuracy, PGD-10 accuracy, mean FLOPs against the dense network, and dynamic filters."""
+    head = ["bundle", "test accuracy", "PGD-10 8/255 accuracy", "FLOPs vs dense", "dynamic filters"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in metrics.items():
+        fs = m["filter_states"]
+        robust = m.get("test_robust_accuracy")
+        lines.append(
+            f"| `{name}` | {100 * m['test_accuracy']:.2f}% | "
+            + (f"{100 * robust:.1f}%" if robust is not None else "—")
+            + f" | {m['flops_ratio']:.3f} | "
+            + (f"{fs['dynamic']} of {fs['total']}" if m.get("decoupled") else "—")
+            + " |"
+        )
+    return "\n".join(lines)

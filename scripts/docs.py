@@ -1,0 +1,94 @@
+"""Write the README's and docs' result tables from the reports and bundle metrics (`make docs`); `--check` lists the
+tables that disagree with them and exits 1 (the test suite runs it, so a regenerated report cannot leave a stale
+table behind).
+
+A table lives between `<!-- dnd-docs:NAME -->` and `<!-- /dnd-docs:NAME -->` in any Markdown file below; NAME is a
+key of BLOCKS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from detector.evaluation.summary import adaptive_table, bundles_table, detection_table, worst_case_table
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = ("README.md", "docs/*.md")
+BUNDLES = ("resnet20-dense", "resnet20-decoupled", "resnet20-dense-robust", "resnet20-decoupled-robust")
+REPORTS = {"resnet20-decoupled": "reports/evaluation", "resnet20-decoupled-robust": "reports/evaluation-robust"}
+
+
+def _json(root: Path, path: str) -> dict:
+    return json.loads((root / path).read_text())
+
+
+def _reports(root: Path) -> dict[str, dict]:
+    return {name: _json(root, f"{d}/report.json") for name, d in REPORTS.items()}
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "bundles": lambda root: bundles_table({b: _json(root, f"models/{b}/metrics.json") for b in BUNDLES}),
+    "worst-cases": lambda root: worst_case_table(_reports(root)),
+    "detection": lambda root: detection_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
+    "detection-robust": lambda root: detection_table(
+        _json(root, f"{REPORTS['resnet20-decoupled-robust']}/report.json")
+    ),
+    "adaptive": lambda root: adaptive_table(_reports(root)),
+}
+MARKED = re.compile(r"(<!-- dnd-docs:([\w-]+) -->\n)(.*?)(<!-- /dnd-docs:\2 -->)", re.S)
+
+
+def rewrite(text: str, root: Path) -> str:
+    """`text` with every marked block replaced by its table, rendered from the files under `root`."""
+
+    def block(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in BLOCKS:
+            raise SystemExit(f"unknown docs block {name!r}: expected one of {', '.join(BLOCKS)}")
+        return m.group(1) + BLOCKS[name](root) + "\n" + m.group(4)
+
+    return MARKED.sub(block, text)
+
+
+def markdown_files(root: Path) -> list[Path]:
+    return [p for pattern in FILES for p in sorted(root.glob(pattern))]
+
+
+def stale(root: Path = ROOT) -> list[str]:
+    """The marked blocks, as FILE:NAME, whose text differs from what the reports give."""
+    out = []
+    for path in markdown_files(root):
+        text = path.read_text()
+        new = rewrite(text, root)
+        if new != text:
+            old_blocks = {m.group(2): m.group(3) for m in MARKED.finditer(text)}
+            new_blocks = {m.group(2): m.group(3) for m in MARKED.finditer(new)}
+            out += [f"{path.relative_to(root)}:{n}" for n in old_blocks if old_blocks[n] != new_blocks[n]]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a table disagrees with its report")
+    a = ap.parse_args(argv)
+    if a.check:
+        bad = stale()
+        for b in bad:
+            print(f"stale: {b} (run `make docs`)")
+        return 1 if bad else 0
+    for path in markdown_files(ROOT):
+        text = path.read_text()
+        new = rewrite(text, ROOT)
+        if new != text:
+            path.write_text(new)
+            print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

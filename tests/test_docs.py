@@ -1,0 +1,71 @@
+"""The README's and docs' result tables are the reports' (scripts/docs.py, `make docs`): none disagrees with its
+report, a changed figure in a report makes one disagree, and every marked block names a known table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def docs_module():
+    spec = importlib.util.spec_from_file_location("dnd_docs", ROOT / "scripts" / "docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_table_agrees_with_its_report() -> None:
+    assert docs_module().stale(ROOT) == [], "run `make docs`"
+
+
+def test_every_table_is_written_somewhere() -> None:
+    docs = docs_module()
+    text = "\n".join(p.read_text() for p in docs.markdown_files(ROOT))
+    used = {m.group(2) for m in docs.MARKED.finditer(text)}
+    assert used == set(docs.BLOCKS)
+    for name in used:  # a block holds a rendered table, not the empty markers of a file never regenerated
+        block = next(m.group(3) for m in docs.MARKED.finditer(text) if m.group(2) == name)
+        assert block.count("\n|") >= 2, name
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """The Markdown files, the reports and the bundles' metrics, copied so that a test can change one."""
+    for rel in ("README.md", "docs", "reports/evaluation/report.json", "reports/evaluation-robust/report.json"):
+        src, dst = ROOT / rel, tmp_path / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    for m in (ROOT / "models").glob("*/metrics.json"):
+        (tmp_path / "models" / m.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(m, tmp_path / "models" / m.parent.name / "metrics.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "rel, change, stale_block",
+    [
+        ("reports/evaluation/report.json", ("attacks", "pgd", "detectors", "path", "auroc"), "README.md:detection"),
+        ("reports/evaluation-robust/report.json", ("adaptive", "budgets", "8/255", "worst_case"), "README.md:adaptive"),
+        ("models/resnet20-decoupled/metrics.json", ("test_accuracy",), "README.md:bundles"),
+    ],
+)
+def test_a_changed_figure_makes_its_table_stale(copy: Path, rel: str, change: tuple, stale_block: str) -> None:
+    docs = docs_module()
+    assert docs.stale(copy) == []
+    path = copy / rel
+    data = json.loads(path.read_text())
+    node = data
+    for key in change[:-1]:
+        node = node[key]
+    node[change[-1]] = round(node[change[-1]] * 0.9, 4)
+    path.write_text(json.dumps(data))
+    assert stale_block in docs.stale(copy)
+    for md in docs.markdown_files(copy):  # what `make docs` does, then nothing is stale
+        md.write_text(docs.rewrite(md.read_text(), copy))
+    assert docs.stale(copy) == []
