@@ -36,6 +36,14 @@ class Prediction:
     logits: Tensor  # (N, K)
     gate_logits: list[Tensor]  # L x (N, C_l) float: the gates' logits s, z = 1(s > 0)
 
+    def __getitem__(self, rows: slice | Tensor) -> Prediction:
+        """The Prediction of some of its images: a slice, an index or a boolean mask over N."""
+
+        def take(v: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+            return [layer[rows] for layer in v] if isinstance(v, list) else v[rows]
+
+        return Prediction(**{f.name: take(getattr(self, f.name)) for f in fields(Prediction)})
+
     @staticmethod
     def concat(parts: list[Prediction]) -> Prediction:
         """Rows of several Predictions, in order."""

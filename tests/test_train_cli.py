@@ -470,6 +470,7 @@ def test_predict_with_profiles_scores_the_input(tmp_path: Path, capsys: pytest.C
     assert "bad.png" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # torch.compile's inductor takes about a minute on 2 CPU cores: `make test-all`
 def test_compiled_step_matches_eager() -> None:
     # --compile must change the speed only: with deterministic paths (no noise, all hard, as in the final epochs)
     # the compiled forward + losses give the eager values and gradients. Small network: compilation takes ~1 min.

@@ -80,6 +80,9 @@ class Suite:
         )
 
     def view(self, x: Tensor) -> View:
+        if len(x) == 0:  # an attack that never succeeded: an empty view of the right shapes, from one blank image
+            v = self.view(torch.zeros(1, *x.shape[1:], dtype=x.dtype))
+            return View(v.pred[:0], [p[:0] for p in v.pooled], v.lid[:0])
         return View(
             self.det.predict(x),
             pooled_activations(self.det.model, x)[1],
@@ -118,6 +121,8 @@ class Suite:
 
     def scores(self, v: View, variant: str = ALL) -> dict[str, Tensor]:
         """Every detector's score (higher = more suspicious) for the images of `v`."""
+        if len(v) == 0:  # no images (an attack that never succeeded): no scores, and no baseline asked for none
+            return {d: torch.zeros(0) for d in DETECTORS}
         p = v.pred
         std = {
             k: ((getattr(p, a) - m) / s).mean(1)

@@ -75,7 +75,8 @@ def evaluate(
         adv = cache.images(
             f"fit-{name}", len(fit_x), lambda n=name: fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device)[0]
         )
-        fit_views[name] = suite.view(adv)
+        if len(adv):  # an attack that never succeeds on the fit part has nothing to teach the refits
+            fit_views[name] = suite.view(adv)
     clean_fit = fit_x
     if ccfg.clean_augment:  # the same negatives as the recipe: clean images, also under generic corruptions
         aug_x, _ = correct(det, random_corruptions(fit_x, ccfg.seed), fit_y)
@@ -106,7 +107,7 @@ def evaluate(
         "calibration": cal_record,
         "fitted_on": fitted_on(cal_record),
         "refit_images": len(fit_x),
-        "refit_attacked": {a: len(v) for a, v in fit_views.items()},
+        "refit_attacked": {a: len(fit_views[a]) if a in fit_views else 0 for a in cfg.known},
         "clean_fpr": {d: flag_rate(s, thresholds[d], cfg.bootstrap) for d, s in neg[ALL].items()},
         "attacks": {},
         "leave_one_out": {},
@@ -138,7 +139,7 @@ def evaluate(
             "detectors": figs,
             "linf_max": round(float((s.x_adv - s.x_clean).abs().max()), 5),
         }
-        if name in cfg.known:
+        if name in fit_views:  # a known attack the refits saw: score them once more without it
             variant = f"without:{name}"
             neg[variant] = neg.get(variant) or suite.scores(neg_view, variant)
             held = suite.scores(pos_view, variant)
@@ -204,12 +205,15 @@ def summary(r: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
     detector has no leave-one-out refit, so with no unseen attacks (`--unseen ''`) it has no held-out figure."""
     out = {}
     for d in DETECTORS:
+        # attacks that never succeeded have no AUROC (None) and no leave-one-out refit
         known = {a: r["attacks"][a]["detectors"][d]["auroc"] for a in cfg.known}
-        held = {f"without {a}": r["leave_one_out"][a][d]["auroc"] for a in cfg.known if d in r["leave_one_out"][a]}
+        held = {f"without {a}": v[d]["auroc"] for a, v in r["leave_one_out"].items() if d in v}
         held |= {a: r["attacks"][a]["detectors"][d]["auroc"] for a in cfg.unseen}
-        kw, hw = min(known, key=known.get), min(held, key=held.get, default=None)
+        known = {a: v for a, v in known.items() if v is not None}
+        held = {a: v for a, v in held.items() if v is not None}
+        kw, hw = min(known, key=known.get, default=None), min(held, key=held.get, default=None)
         out[d] = {
-            "worst_known": known[kw],
+            "worst_known": known.get(kw),
             "worst_known_on": kw,
             "worst_held_out_or_unseen": held.get(hw),
             "worst_held_out_or_unseen_on": hw,

@@ -59,7 +59,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     for d in SHOWN:
         s = r["summary"][d]
-        lines.append(f"| {_who(d)} | {s['worst_known']:.3f} ({s['worst_known_on']}) | {held_out_text(s, '—')} |")
+        known = "—" if s["worst_known"] is None else f"{s['worst_known']:.3f} ({s['worst_known_on']})"
+        lines.append(f"| {_who(d)} | {known} | {held_out_text(s, '—')} |")
     for role in ("known", "unseen"):
         names = [a for a, v in r["attacks"].items() if v["role"] == role]
         lines += [
@@ -177,7 +178,8 @@ def plot_rocs(curves: dict[str, dict[str, Any]], path: Path) -> None:
                 ax.plot(*dets[d], label=d, lw=2 if d == "path" else 1)
         ax.plot([0, 1], [0, 1], "k:", lw=0.5)
         ax.set(title=name, xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize=6, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # an attack that never succeeded has no curve
+            ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -186,7 +188,8 @@ def plot_rocs(curves: dict[str, dict[str, Any]], path: Path) -> None:
 def plot_generalisation(r: dict[str, Any], path: Path) -> None:
     """AUROC with its interval per detector: known attacks, held-out (leave-one-out) and unseen attacks."""
     plt = _plt()
-    groups = [(a, lambda d, a=a: r["attacks"][a]["detectors"][d]) for a in r["attacks"]]
+    # attacks that never succeeded have no AUROC to draw
+    groups = [(a, lambda d, a=a: r["attacks"][a]["detectors"][d]) for a in r["attacks"] if r["attacks"][a]["n_adv"]]
     groups += [
         (f"{a}\nheld out", lambda d, a=a: r["leave_one_out"][a].get(d, r["attacks"][a]["detectors"][d]))
         for a in r["leave_one_out"]

@@ -107,13 +107,16 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     )
     for name, at in r["attacks"].items():
         f = at["detectors"]["path"]
-        print(
-            f"{name} ({at['role']}): success {at['success_rate']:.3f} | path AUROC {f['auroc']:.3f} "
-            f"[{f['auroc_ci'][0]:.3f}, {f['auroc_ci'][1]:.3f}]"
+        auroc = (
+            "n/a (no successful attack)"
+            if f["auroc"] is None
+            else (f"{f['auroc']:.3f} [{f['auroc_ci'][0]:.3f}, {f['auroc_ci'][1]:.3f}]")
         )
+        print(f"{name} ({at['role']}): success {at['success_rate']:.3f} | path AUROC {auroc}")
     s = r["summary"]["path"]
     held = held_out_text(s, "none evaluated")
-    print(f"path worst case: known {s['worst_known']:.3f} ({s['worst_known_on']}), held-out or unseen {held}")
+    known = "none evaluated" if s["worst_known"] is None else f"{s['worst_known']:.3f} ({s['worst_known_on']})"
+    print(f"path worst case: known {known}, held-out or unseen {held}")
     for budget, row in r.get("adaptive", {}).get("budgets", {}).items():
         print(
             f"adaptive, Linf {budget}: kept (correct or flagged) worst case {row['worst_case']:.3f}, network alone "

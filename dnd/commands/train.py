@@ -16,7 +16,10 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction) -> None:
     from dnd.training.config import TrainConfig
 
-    p = sub.add_parser("train", help="train a dense ResNet-20, or fine-tune the decoupled one (--decouple --init DIR)")
+    p = sub.add_parser(
+        "train",
+        help="train a dense CIFAR ResNet (ResNet-20 by default), or fine-tune the decoupled one (--decouple --init DIR)",
+    )
     p.add_argument("--data", required=True, help="CIFAR-10 root: torchvision layout or train/ + test/ image folders")
     p.add_argument("--out", required=True, help="bundle directory to write (checkpoints go to OUT/checkpoint)")
     p.add_argument("--decouple", action="store_true", help="add gates and fine-tune from --init")
@@ -26,6 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "restart: a new LR cycle from its weights) or decoupled (a further fine-tuning stage)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint")
+    arch = p.add_argument_group("architecture of a run without --init (with it, the --init bundle's)")
+    arch.add_argument(
+        "--blocks-per-stage",
+        type=int,
+        default=3,
+        help="basic blocks per stage: depth 6n + 2 (3: ResNet-20, 5: 32, 7: 44, 9: 56, 18: 110)",
+    )
+    arch.add_argument("--widths", default="16,32,64", help="channels of the three stages (default 16,32,64)")
     add_device(p)
     p.add_argument(
         "--compile",
@@ -68,6 +79,24 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
     return make_config(a.decouple, {k[3:]: v for k, v in vars(a).items() if k.startswith("hp_") and v is not None})
 
 
+def model_config(a: argparse.Namespace):
+    """The architecture a parsed `dnd train` command line asks for; None with --init (the bundle's own is used)."""
+    from detector.config import ModelConfig
+
+    widths = tuple(int(w) for w in a.widths.split(",") if w.strip())
+    if len(widths) != 3 or min(widths) < 1 or a.blocks_per_stage < 1:
+        raise ValueError(
+            f"expected --widths as three positive channel counts and --blocks-per-stage >= 1, "
+            f"found {a.widths!r} and {a.blocks_per_stage}"
+        )
+    cfg = ModelConfig(widths=widths, blocks_per_stage=a.blocks_per_stage)
+    if a.init:
+        if (cfg.widths, cfg.blocks_per_stage) != (ModelConfig().widths, ModelConfig().blocks_per_stage):
+            raise ValueError("--widths / --blocks-per-stage shape a new network: with --init the bundle's is used")
+        return None
+    return cfg
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     from dnd.training.train import train
 
@@ -79,6 +108,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         init=a.init,
         resume=a.resume,
         device=a.device,
+        model_cfg=model_config(a),
         compile_step=a.compile,
     )
 

@@ -188,10 +188,9 @@ def train(
     dist, device = init_distributed(device)
     out, dev = Path(out), torch.device(device)
     check_request(out, cfg, decouple, init, resume, dist.world)
-    if model_cfg is None:
-        model_cfg = (
-            replace(ModelConfig.from_dict(read_config(init)["model"]), decoupled=True) if decouple else ModelConfig()
-        )
+    if model_cfg is None:  # the --init bundle's architecture (gated with --decouple), else ResNet-20
+        base = ModelConfig.from_dict(read_config(init)["model"]) if init else ModelConfig()
+        model_cfg = replace(base, decoupled=True) if decouple else base
     run, train_set = build_run(data, cfg, model_cfg, decouple, init, dev, compile_step, dist)
     ckpt_dir = out / "checkpoint"
     if resume and (ckpt_dir / META).exists():
