@@ -283,8 +283,8 @@ def time_recipes(a: argparse.Namespace) -> None:
             for name, (model, loss, opts, cfg, dense, teach, x, y, fn) in setups.items()
         },
         a.rounds,
-        a.steps,
-        sync,
+        calls=a.steps,
+        sync=sync,
     )
     print(
         f"device={dev} threads={torch.get_num_threads()} rounds={a.rounds} steps/round={a.steps} (recipes of "

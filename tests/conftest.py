@@ -9,6 +9,9 @@ from PIL import Image
 
 from detector.config import CIFAR10_CLASSES
 
+# the trained tiny bundle and its data, shared by the pipeline tests (tests/pipeline.py)
+pytest_plugins = ["tests.pipeline"]
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -1,0 +1,76 @@
+"""The trained tiny bundle the pipeline tests share, built once per session (a dense ResNet-8 on generated images,
+its decoupling fine-tune and `dnd profiles`), and the flags that keep every step cheap. Registered for every test module
+(tests/conftest.py): the fixtures `tiny_data` and `tiny_bundle`."""
+
+from pathlib import Path
+
+import pytest
+
+from dnd.cli import main
+
+from .conftest import write_image_folder
+
+TINY = ["--batch-size", "32", "--threads", "2"]
+# a CIFAR ResNet-8 of widths 8 / 16 / 32: 6 gated layers, 112 filters; the pipeline is the same as ResNet-20's and
+# every fit, attack and scorer costs a fraction (full-size networks are tested where the shipped bundles are)
+TINY_NET = ["--blocks-per-stage", "1", "--widths", "8,16,32"]
+LAYERS = 6
+# `dnd profiles` without CW / DeepFool (the defaults add them: DeepFool ~0.25 s per image, a minute or more here)
+# and with 30 trees per family instead of 300 (the fit's cost grows with them; the behaviour tested does not)
+CHEAP = ["--calib-attacks", "fgsm,pgd", "--calib-train-subset", "0", "--tree-iterations", "30"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("data"), n_train=30, n_test=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_data),
+                "--out",
+                str(runs / "dense"),
+                "--epochs",
+                "6",
+                "--lr",
+                "0.05",
+                *TINY,
+                *TINY_NET,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tiny_data),
+                "--out",
+                str(runs / "dec"),
+                "--decouple",
+                "--init",
+                str(runs / "dense"),
+                "--epochs",
+                "2",
+                "--target-flops",
+                "0.7",
+                "--target-ramp-epochs",
+                "0.5",
+                "--lambda-kd",
+                "0",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    # (no distillation: from this 6-epoch teacher on 300 images it left whole classes misclassified, and profiles
+    # need at least one correct image per class)
+    assert main(["profiles", "--model", str(runs / "dec"), "--data", str(tiny_data), "--calib-limit", "0", *CHEAP]) == 0
+    return runs / "dec"

@@ -1,0 +1,183 @@
+"""`dnd profiles` and its recipe (detector/calibration.py): what the scorer is fitted on, recorded, refused."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detector import load_detector
+from detector.features import feature_count
+from detector.profiles import PROFILES, load_profiles
+from dnd.cli import main
+
+from .pipeline import CHEAP, LAYERS
+
+
+def test_profiles_carry_scorer_threshold_and_provenance(tiny_bundle: Path) -> None:
+    p = load_profiles(tiny_bundle)
+    assert p.scorer is not None and len(p.freq) == LAYERS
+    assert {
+        "threshold",
+        "target_fpr",
+        "calibration",
+        "model_weights_sha256",
+        "data_fingerprint",
+        "images_per_class",
+        "created",
+    } <= set(p.meta)
+    cal = p.meta["calibration"]
+    assert cal["attacks"] == ["fgsm", "pgd"] and cal["n_clean"] > 0 and cal["n_attacked"] > 0
+    # all 300 tiny training images join the scorer's fit data (--calib-train default); the threshold part stays test
+    assert cal["extra_fit_images"] == 300 and 0 < cal["n_extra_clean"] < cal["n_clean"]
+    assert cal["extra_attacks"] == ["fgsm", "pgd"]
+    assert cal["threshold_images"] == 20 and cal["n_threshold_clean"] <= 20  # 2 of each class's 5 calibration images
+    assert cal["fpr_achieved"] <= 0.05
+
+
+def test_training_images_get_their_own_attack_list(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    b = shutil.copytree(tiny_bundle, tmp_path / "dec")
+    before = load_profiles(tiny_bundle).meta["calibration"]
+    assert main(["profiles", "--model", str(b), "--data", str(tiny_data), "--calib-train-attacks", "fgsm", *CHEAP]) == 0
+    cal = load_profiles(b).meta["calibration"]
+    assert cal["attacks"] == ["fgsm", "pgd"] and cal["extra_attacks"] == ["fgsm"]
+    assert cal["n_clean"] == before["n_clean"] and cal["n_attacked"] < before["n_attacked"]  # no PGD on training images
+
+
+def test_a_subset_of_training_images_gets_the_minimal_attacks(
+    tiny_bundle: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    b = shutil.copytree(tiny_bundle, tmp_path / "dec")
+    before = load_profiles(tiny_bundle).meta["calibration"]
+    assert (
+        main(
+            [
+                "profiles",
+                "--model",
+                str(b),
+                "--data",
+                str(tiny_data),
+                "--calib-attacks",
+                "fgsm,pgd",
+                "--calib-train-subset",
+                "10",
+                "--calib-train-subset-attacks",
+                "fgsm,deepfool",
+                "--tree-iterations",
+                "30",
+            ]
+        )
+        == 0
+    )
+    cal = load_profiles(b).meta["calibration"]
+    # FGSM already ran on every training image: only DeepFool is added, on 10 of them, and no clean row
+    assert cal["extra_subset_images"] == 10 and cal["extra_subset_attacks"] == ["deepfool"]
+    assert cal["n_clean"] == before["n_clean"] and before["n_attacked"] < cal["n_attacked"] <= before["n_attacked"] + 10
+    assert "extra_subset_images" not in before  # the fixture turned it off
+    # one tree model per family: FGSM + PGD, and DeepFool (its CW partner did not run); the default log priors
+    assert cal["families"] == [["fgsm", "pgd"], ["deepfool"]] and before["families"] == [["fgsm", "pgd"]]
+    from detector.calibration import CalibrationConfig
+
+    default_prior = list(CalibrationConfig().family_log_prior)
+    assert cal["family_log_prior"] == default_prior and before["family_log_prior"] == [0.0]
+    sc = load_profiles(b).scorer
+    assert sc.trees is not None and len(sc.trees.baseline) == 2 and sc.log_prior.tolist() == default_prior
+    assert cal["fpr_achieved"] <= 0.05
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    out = load_detector(b).predict(x)
+    assert torch.equal(out.is_adversarial, out.scores > load_detector(b).threshold)
+    assert (
+        main(
+            ["profiles", "--model", str(b), "--data", str(tiny_data), "--calib-train", "0", "--calib-train-subset", "5"]
+        )
+        != 0
+    )
+
+
+def _profiles_config(*flags: str):
+    from dnd.cli import build_parser
+    from dnd.commands.detect import calibration_config
+
+    return calibration_config(build_parser().parse_args(["profiles", "--model", "m", "--data", "d", *flags]))
+
+
+def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
+    from detector.calibration import CalibrationConfig
+    from dnd.cli import build_parser
+
+    a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d"])
+    assert a.calib_attacks == "fgsm,pgd,cw,deepfool" and a.calib_train == 30000 and a.calib_train_subset is None
+    assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool"
+    assert a.families == "fgsm+pgd,cw+deepfool" and a.family_log_prior is None  # -> the default families' priors
+    d = CalibrationConfig()
+    assert _profiles_config() == d and d.train_subset == 2000
+    sub = lambda *f: _profiles_config(*f).train_subset  # noqa: E731
+    assert sub("--calib-train", "300") == 300 and sub("--calib-train", "0") == 0  # follows --calib-train
+    assert sub("--calib-train-subset", "0") == 0 and sub("--calib-train", "300", "--calib-train-subset", "10") == 10
+    with pytest.raises(ValueError, match="--calib-train is 0"):
+        sub("--calib-train", "0", "--calib-train-subset", "5")
+    shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
+    assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
+    assert shipped["extra_subset_images"] == d.train_subset and shipped["extra_subset_attacks"] == ["cw", "deepfool"]
+    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"]]
+    assert shipped["family_log_prior"] == list(d.family_log_prior) == [0.0, 0.0]
+
+
+def test_families_must_cover_every_attack_once() -> None:
+    assert _profiles_config("--families", "fgsm+pgd,cw+deepfool").families == (("fgsm", "pgd"), ("cw", "deepfool"))
+    base = ("--calib-attacks", "fgsm,pgd", "--calib-train", "0")
+    with pytest.raises(ValueError, match="missing pgd"):
+        _profiles_config(*base, "--families", "fgsm,cw+deepfool")
+    with pytest.raises(ValueError, match="twice pgd"):
+        _profiles_config(*base, "--families", "fgsm+pgd,pgd+cw")
+    with pytest.raises(ValueError, match="unknown attack"):
+        _profiles_config(*base, "--families", "fgsm+bim")
+    for bad in ("0", "0,x"):  # checked before any model or data is loaded
+        assert main(["profiles", "--model", "m", "--data", "d", "--family-log-prior", bad]) != 0
+
+
+def test_profiles_without_gate_logits_still_score(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """--without-gate-logits: the scorer reads z only, and the detector serves it."""
+    import shutil
+
+    other = tmp_path / "z-only"
+    shutil.copytree(tiny_bundle, other)
+    assert main(["profiles", "--model", str(other), "--data", str(tiny_data), "--without-gate-logits", *CHEAP]) == 0
+    p, q = load_profiles(other), load_profiles(tiny_bundle)
+    assert p.gate_mean is None and q.gate_mean is not None
+    widths = [f.shape[1] for f in p.freq]
+    assert p.scorer.mean.numel() == feature_count(widths) and q.scorer.mean.numel() == feature_count(widths, True)
+    det = load_detector(other)
+    x = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    a, b = det.predict(x), det.predict(x, batch_size=4)
+    assert torch.equal(a.labels, load_detector(tiny_bundle).predict(x).labels)
+    # batches of other sizes round differently (~1e-6): a gate logit that close to 0 may flip its filter, and the
+    # score with it; every other image scores the same
+    same = torch.stack([(p == q).all(1) for p, q in zip(a.paths, b.paths)]).all(0)
+    near_zero = torch.stack([s.abs().amin(1) < 1e-4 for s in a.gate_logits]).any(0)
+    assert bool((same | near_zero).all()) and torch.allclose(a.scores[same], b.scores[same], atol=1e-5)
+    with pytest.raises(ValueError, match="scores gate logits too: pass s"):
+        load_detector(tiny_bundle).path_features(a.paths, a.labels)
+
+
+def test_interrupted_regenerate_leaves_old_profiles(
+    tiny_bundle: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import detector.profiles as prof
+
+    before = (tiny_bundle / PROFILES).read_bytes()
+
+    def crash(tensors, path, metadata=None):  # writes half a file, then dies
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prof, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        main(["profiles", "--model", str(tiny_bundle), "--data", str(tiny_data), "--calib-limit", "0", *CHEAP])
+    assert (tiny_bundle / PROFILES).read_bytes() == before
+    load_detector(tiny_bundle)  # still loads
+    for tmp in tiny_bundle.glob(f".{PROFILES}.tmp*"):
+        tmp.unlink()

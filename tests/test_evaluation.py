@@ -1,0 +1,124 @@
+"""`dnd evaluate` (detector/evaluation/): the protocol end to end on the tiny trained bundle."""
+
+import json
+from pathlib import Path
+
+from dnd.cli import main
+
+
+def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """The whole protocol on the tiny bundle: known, leave-one-out, unseen (incl. a transfer from the dense bundle),
+    corruptions, every detector with intervals, adaptive; a re-run reuses the saved attack sets."""
+    out = tmp_path / "report"
+    args = [
+        "evaluate",
+        "--model",
+        str(tiny_bundle),
+        "--data",
+        str(tiny_data),
+        "--attacks",
+        "fgsm,pgd,cw",
+        "--unseen",
+        "pgdl2,transfer",
+        "--source",
+        str(tiny_bundle.parent / "dense"),
+        "--corruptions",
+        "gaussian_noise,pixelate",
+        "--slow-limit",
+        "10",
+        "--adaptive-limit",
+        "10",
+        "--adaptive-eps",
+        "4,8",
+        "--adaptive-steps",
+        "3",
+        "--adaptive-restarts",
+        "2",
+        "--square-queries",
+        "10",
+        "--no-autoattack",
+        "--bootstrap",
+        "20",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    from detector.evaluation import DETECTORS
+
+    r = json.loads((out / "report.json").read_text())
+    assert 0 <= r["clean_accuracy"] <= 1 and list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer"]
+    assert [a["role"] for a in r["attacks"].values()] == ["known"] * 3 + ["unseen"] * 2
+    for name, a in r["attacks"].items():
+        assert {"success_rate", "n_adv", "detectors", "what", "params"} <= set(a)
+        assert set(a["detectors"]) == set(DETECTORS)
+        for d in a["detectors"].values():
+            if a["n_adv"]:
+                assert 0 <= d["auroc"] <= 1 and d["auroc_ci"][0] <= d["auroc"] <= d["auroc_ci"][1]
+            else:
+                assert d["auroc"] is None
+        if name in ("fgsm", "pgd", "transfer"):
+            assert a["linf_max"] <= 8 / 255 + 1e-6
+    assert r["attacks"]["cw"]["images_attacked"] <= 10
+    # each known attack that succeeded on the refit images is left out once (on this tiny network CW may never
+    # succeed: then it has n_adv 0, no AUROC, no leave-one-out, and the report says so rather than crashing)
+    assert set(r["leave_one_out"]) == {a for a, n in r["refit_attacked"].items() if n} >= {"fgsm", "pgd"}
+    assert set(r["leave_one_out"]["pgd"]) == {"path_refit", "maha_ensemble", "lid"}
+    assert (
+        set(r["corruptions"]) == {"gaussian_noise", "pixelate"}
+        and not r["corruptions"]["pixelate"]["in_fit_augmentation"]
+    )
+    assert set(r["summary"]) == set(DETECTORS) and r["fitted_on"].startswith("clean images against")
+    ad = r["adaptive"]
+    assert list(ad["budgets"]) == ["4/255", "8/255"] and ad["n"] == 10
+    for row in ad["budgets"].values():
+        attacks = ("pgd-st", "pgd-sigmoid", "opgd-st", "square", "apgd-ce", "apgd-ce-gates-blocked")
+        alone = ("model_alone_apgd_ce", "model_alone_apgd_ce_gates_blocked")
+        assert all(0 <= row[a] <= 1 for a in (*attacks, *alone))
+        assert row["worst_case"] <= min(row[a] for a in attacks)  # an image is kept only if every attack fails
+        # correct under every attack <= correct under one; a correct image is kept, so rejection never subtracts
+        assert row["model_alone_worst"] <= min(row[a] for a in alone)
+        assert row["model_alone_worst"] <= row["worst_case"] <= row["model_alone_worst"] + row["detector_adds"] + 1e-9
+        assert row["model_alone_apgd_ce"] <= row["apgd-ce"]  # the same images, judged with and without rejection
+    assert {"pgd-st_20_steps_1_restart", "pgd-st_unbounded", "more_steps_never_raise"} <= set(ad["sanity"])
+    assert isinstance(ad["sanity"]["gate_gradient_never_weakens"], bool)
+    assert (out / "report.md").read_text().startswith("# Detection report")
+    assert all((out / f).stat().st_size > 0 for f in ("roc.png", "generalisation.png", "corruptions.png"))
+    saved = out / "attacks" / "pgd.safetensors"
+    assert saved.is_file()
+    stamp = saved.stat().st_mtime_ns
+    assert main(args) == 0 and saved.stat().st_mtime_ns == stamp  # reused, not recomputed
+
+
+def test_evaluate_with_known_attacks_only(tiny_bundle: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    # `--unseen ''` and `--corruptions ''` are offered as "none": the unsupervised detectors then have no held-out
+    # figure at all (no leave-one-out refit either), which the summary, report and console line must say, not crash on
+    out = tmp_path / "report"
+    args = ["evaluate", "--model", str(tiny_bundle), "--data", str(tiny_data), "--attacks", "fgsm,pgd", "--unseen", ""]
+    args += ["--corruptions", "", "--adaptive-limit", "0", "--bootstrap", "20", "--out", str(out)]
+    assert main(args) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert list(r["attacks"]) == ["fgsm", "pgd"] and r["corruptions"] == {}
+    assert r["summary"]["msp"]["worst_held_out_or_unseen"] is None  # the served `path` is not refitted either
+    assert r["summary"]["path_refit"]["worst_held_out_or_unseen_on"].startswith("without ")
+    assert "held-out or unseen none evaluated" in capsys.readouterr().out
+    assert "| —" in (out / "report.md").read_text()
+
+
+def test_unknown_attack_name_is_a_clear_cli_error(tiny_bundle: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_bundle),
+                "--data",
+                str(tiny_data),
+                "--attacks",
+                "pgd,foo",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "unknown attack" in capsys.readouterr().err
