@@ -1,6 +1,6 @@
-"""The one timing loop every benchmark here uses: the candidates run in alternating rounds, so that machine noise
-(another process, frequency scaling, the allocator) hits them all alike, and ratios are taken between medians of
-the same run."""
+"""The one timing loop every benchmark here uses: the functions compared run in alternating rounds, so that
+machine noise (another process, frequency scaling, the allocator) hits them all alike, and ratios are taken between
+medians of the same run."""
 
 from __future__ import annotations
 

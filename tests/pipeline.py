@@ -1,4 +1,4 @@
-"""The trained tiny bundle the pipeline tests share, built once per session (a dense ResNet-8 on generated images,
+"""The trained tiny bundle the pipeline tests share, built once per test run (a dense ResNet-8 on generated images,
 its decoupling fine-tune and `dnd profiles`), and the flags that keep every step cheap. Registered for every test module
 (tests/conftest.py): the fixtures `tiny_data` and `tiny_bundle`."""
 
@@ -74,3 +74,19 @@ def tiny_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     # need at least one correct image per class)
     assert main(["profiles", "--model", str(runs / "dec"), "--data", str(tiny_data), "--calib-limit", "0", *CHEAP]) == 0
     return runs / "dec"
+
+
+# `dnd train` tests: a folder of their own and a dense ResNet-20 trained one epoch on it
+TRAIN_TINY = ["--batch-size", "64", "--eval-limit", "50", "--threads", "2"]
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("data"), n_train=30, n_test=10)
+
+
+@pytest.fixture(scope="session")
+def trained_dense(train_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "dense"
+    assert main(["train", "--data", str(train_data), "--out", str(out), "--epochs", "1", *TRAIN_TINY]) == 0
+    return out

@@ -1,6 +1,6 @@
-"""The committed bundles reproduce their metrics.json on the real JPEG CIFAR-10 test set.
-
-Needs the data unpacked (`make data`, or DND_TEST_DATA=ROOT); skips cleanly without it."""
+"""The committed bundles reproduce their metrics.json, and their evaluation reports, on the real JPEG CIFAR-10 test
+set. Every shipped bundle and report must be there (a missing one fails); only the data may be absent, and then
+each test skips saying so (`make data`, or DND_TEST_DATA=ROOT)."""
 
 import json
 import os
@@ -32,8 +32,7 @@ def test_split():
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_metrics_regenerate(bundle: Path, test_split) -> None:
-    if not (bundle / "metrics.json").is_file():
-        pytest.skip(f"{bundle.name} not shipped yet")
+    assert (bundle / "metrics.json").is_file(), f"{bundle.name} ships without metrics.json: run `make stats`"
     torch.set_num_threads(2)
     recorded = json.loads((bundle / "metrics.json").read_text())
     assert recorded["data_test_fingerprint"] == test_split.fingerprint, "metrics.json was computed on other data"
@@ -52,24 +51,27 @@ def test_shipped_detector_threshold_transfers_to_unseen_clean_images(name: str, 
     (never seen by calibration), and the report's clean accuracy matches the model on that half."""
     from detector import load_detector
     from detector.data import to_unit_float
-    from detector.splits import split_test
+    from detector.splits import balanced_subset, split_test
 
-    if not (REPO / "models" / name / "profiles.safetensors").is_file():
-        pytest.skip(f"{name} has no profiles yet")
+    assert (REPO / "models" / name / "profiles.safetensors").is_file(), f"{name} ships without its detector"
     det = load_detector(REPO / "models" / name)
     # /v1/model says which trade-off the bundle makes
     assert (det.info()["training"]["adversarial"] is not None) == name.endswith("-robust")
     assert det.profiles.meta["data_fingerprint"].endswith(test_split.fingerprint)
+    report = REPO / "reports" / report_dir / "report.json"
+    assert report.is_file(), f"{name} ships without {report.relative_to(REPO)}: run `make evaluate`"
+    r = json.loads(report.read_text())
+    # the report is of these weights and this threshold, or its figures describe another detector
+    assert r["weights_sha256"] == det.weights_sha256 and r["threshold"] == pytest.approx(det.threshold), (
+        f"{report.relative_to(REPO)} was written for other weights or profiles than models/{name}: evaluate again"
+    )
     _, ev = split_test(test_split.y, 10, det.profiles.meta["calibration"]["split_seed"])
+    ev = balanced_subset(ev, test_split.y, r["config"]["limit"], 10)  # the report's evaluation images
+    assert r["evaluation_images"] == len(ev)
     p = det.predict(to_unit_float(test_split.x[ev]))
     ok = p.labels == test_split.y[ev]
     fpr = float(p.is_adversarial[ok].float().mean())
     target = det.profiles.meta["target_fpr"]
     assert target - 0.025 <= fpr <= target + 0.025, f"clean FPR {fpr:.3f} on the evaluation half, target {target}"
-    report = REPO / "reports" / report_dir / "report.json"
-    if report.is_file():
-        r = json.loads(report.read_text())
-        same_detector = r["weights_sha256"] == det.weights_sha256 and r["threshold"] == pytest.approx(det.threshold)
-        if r["evaluation_images"] == len(ev) and same_detector:  # a report of these weights and profiles
-            assert r["clean_accuracy"] == pytest.approx(float(ok.float().mean()), abs=2e-4)
-            assert r["clean_fpr_at_threshold"] == pytest.approx(fpr, abs=2e-4)
+    assert r["clean_accuracy"] == pytest.approx(float(ok.float().mean()), abs=2e-4)
+    assert r["clean_fpr_at_threshold"] == pytest.approx(fpr, abs=2e-4)

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a dense CIFAR ResNet (ResNet-20 by default), or fine-tune the decoupled one (--decouple --init DIR)",
+        help="train a dense CIFAR ResNet (ResNet-20 by default), or its decoupled fine-tune (--decouple --init DIR)",
     )
     p.add_argument("--data", required=True, help="CIFAR-10 root: torchvision layout or train/ + test/ image folders")
     p.add_argument("--out", required=True, help="bundle directory to write (checkpoints go to OUT/checkpoint)")
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="torch.compile the forward + losses of each step (inductor; "
         "on CPU needs a C++ compiler; compiles for ~1-3 min at the start and at the switch to hard paths)",
     )
-    hp = p.add_argument_group("hyper-parameters (defaults in training/config.py)")
+    hp = p.add_argument_group("hyper-parameters (defaults in dnd/training/config.py)")
     for f in fields(TrainConfig):
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(f.default, bool):  # --kd-offline / --no-kd-offline (type=bool would read "False" as True)

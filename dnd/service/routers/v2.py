@@ -1,5 +1,5 @@
 """KServe Open Inference Protocol v2 over HTTP/REST: server and model metadata, health, infer on FP32
-[N, 3, 32, 32] tensors in [0, 1], with JSON or binary tensor data (service/oip.py) both ways. A model's only
+[N, 3, 32, 32] tensors in [0, 1], with JSON or binary tensor data (dnd/service/oip.py) both ways. A model's only
 version is its weights' hash, also served under /versions/{version}. Errors answer as the protocol says:
 {"error": "message"}."""
 
