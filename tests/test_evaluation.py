@@ -122,3 +122,13 @@ def test_unknown_attack_name_is_a_clear_cli_error(tiny_bundle: Path, tiny_data: 
         == 2
     )
     assert "unknown attack" in capsys.readouterr().err
+
+
+def test_an_unseen_attack_in_the_fit_record_is_refused_before_any_attack(
+    tiny_bundle: Path, tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    # the tiny bundle's scorer was fitted on fgsm and pgd: neither may be reported as unseen
+    args = ["evaluate", "--model", str(tiny_bundle), "--data", str(tiny_data), "--attacks", "fgsm"]
+    assert main([*args, "--unseen", "pgd,pgdl2", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "pgd are in the served scorer's fit" in err and not (tmp_path / "r" / "attacks").exists()

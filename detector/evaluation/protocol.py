@@ -50,6 +50,7 @@ def evaluate(
     k = len(det.classes)
     train, test = load_split(data, "train"), load_split(data, "test")
     cal_record = det.profiles.meta.get("calibration", {})
+    check_unseen(cfg.unseen, cal_record)
     ccfg = CalibrationConfig(
         **{
             f: tuple(map(tuple, v)) if f == "families" else tuple(v) if isinstance(v, list) else v
@@ -155,6 +156,18 @@ def evaluate(
     if is_main():  # under torchrun every process computes the report; process 0 writes it
         write_report(report, curves, out)
     return report
+
+
+def check_unseen(unseen: tuple[str, ...], cal: dict[str, Any]) -> None:
+    """Refuse, before any attack runs, to report as unseen an attack the served scorer was fitted on (its profiles'
+    calibration record): its figures would be in-distribution figures under an out-of-distribution name."""
+    fitted = {*cal.get("attacks", []), *cal.get("extra_attacks", []), *cal.get("extra_subset_attacks", [])}
+    seen = sorted(set(unseen) & fitted)
+    if seen:
+        raise ValueError(
+            f"--unseen {','.join(unseen)}: {', '.join(seen)} are in the served scorer's fit (its calibration record "
+            f"lists {', '.join(sorted(fitted))}); an unseen attack must be one no fit touched"
+        )
 
 
 def correct(det: Detector, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
