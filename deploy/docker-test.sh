@@ -4,12 +4,12 @@
 # bench/fleet.py sends REQUESTS requests and kills one replica mid-run (0 errors expected), and tears it all down.
 #
 # Where public images cannot be pulled: BASE_IMAGE defaults to dnd-base:bookworm, built by deploy/base-image.sh from
-# a Debian root file system when absent (it also serves as the balancer's nginx). With none of pip's source variables
-# set (PIP_INDEX_URL, PIP_FIND_LINKS), the wheels come from a local wheelhouse: `pip download` of exactly
-# constraints.txt's versions, from whatever the host's pip is configured with, into build/wheelhouse, served on
-# 127.0.0.1 by Python's http.server as pip "find links" to a build that uses the host's network. With an index the
-# build can reach: BASE_IMAGE=python:3.11-slim NGINX_IMAGE=nginx:1.27-alpine PIP_INDEX_URL=<index> make docker-test
-# (TORCH_INDEX=<index with CPU-only torch wheels> keeps the image small).
+# a Debian root file system when absent (it also serves as the balancer's nginx). Without PIP_INDEX_URL, the wheels
+# come from a local wheelhouse: `pip download` of exactly constraints.txt's versions, from whatever the host's pip is
+# configured with, into build/wheelhouse, served on 127.0.0.1 by Python's http.server as pip "find links" to a build
+# that uses the host's network (the host's own pip settings, which may name host paths, are not passed into the
+# build). With an index the build can reach: BASE_IMAGE=python:3.11-slim NGINX_IMAGE=nginx:1.27-alpine
+# PIP_INDEX_URL=<index> make docker-test (TORCH_INDEX=<index with CPU-only torch wheels> keeps the image small).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -37,20 +37,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [[ -z "${PIP_INDEX_URL:-}${PIP_FIND_LINKS:-}" ]]; then
+build_args=(--build-arg BASE_IMAGE="$BASE_IMAGE")
+if [[ -n "${PIP_INDEX_URL:-}" ]]; then
+    build_args+=(--build-arg PIP_INDEX_URL="$PIP_INDEX_URL")
+    [[ -n "${TORCH_INDEX:-}" ]] && build_args+=(--build-arg TORCH_INDEX="$TORCH_INDEX")
+else
     echo "== local wheelhouse (build/wheelhouse, http.server on 127.0.0.1:$INDEX_PORT)"
     "$PY" -m pip download -q -d build/wheelhouse -c constraints.txt torch torchvision pip setuptools wheel .
     "$PY" -m http.server --bind 127.0.0.1 --directory build/wheelhouse "$INDEX_PORT" >/tmp/dnd-wheelhouse.log 2>&1 &
     index_pid=$!
-    export PIP_FIND_LINKS="http://127.0.0.1:$INDEX_PORT/" PIP_NO_INDEX=1
-    for _ in $(seq 30); do curl -sf "$PIP_FIND_LINKS" >/dev/null && break; sleep 1; done
+    links="http://127.0.0.1:$INDEX_PORT/"
+    for _ in $(seq 30); do curl -sf "$links" >/dev/null && break; sleep 1; done
+    build_args+=(--build-arg PIP_FIND_LINKS="$links" --build-arg PIP_NO_INDEX=1)
 fi
 
 echo "== docker build ($DND_IMAGE from $BASE_IMAGE)"
-build_args=(--build-arg BASE_IMAGE="$BASE_IMAGE")
-for v in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_NO_INDEX PIP_TRUSTED_HOST TORCH_INDEX; do
-    [[ -n "${!v:-}" ]] && build_args+=(--build-arg "$v=${!v}")
-done
 docker build --network host "${build_args[@]}" -t "$DND_IMAGE" .
 
 echo "== compose up: $REPLICAS replicas behind nginx ($NGINX_IMAGE)"

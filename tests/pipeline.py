@@ -76,17 +76,12 @@ def tiny_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return runs / "dec"
 
 
-# `dnd train` tests: a folder of their own and a dense ResNet-20 trained one epoch on it
+# `dnd train` tests: a dense ResNet-20 trained one epoch on the same folder
 TRAIN_TINY = ["--batch-size", "64", "--eval-limit", "50", "--threads", "2"]
 
 
 @pytest.fixture(scope="session")
-def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_image_folder(tmp_path_factory.mktemp("data"), n_train=30, n_test=10)
-
-
-@pytest.fixture(scope="session")
-def trained_dense(train_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_dense(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "dense"
-    assert main(["train", "--data", str(train_data), "--out", str(out), "--epochs", "1", *TRAIN_TINY]) == 0
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", *TRAIN_TINY]) == 0
     return out

@@ -13,7 +13,7 @@ from .pipeline import TRAIN_TINY
 TINY = TRAIN_TINY
 
 
-def test_distillation_from_the_init_bundle(trained_dense: Path, train_data: Path, tmp_path: Path) -> None:
+def test_distillation_from_the_init_bundle(trained_dense: Path, tiny_data: Path, tmp_path: Path) -> None:
     from dnd.training.distill import distill_loss
 
     logits = torch.randn(4, 10)
@@ -45,7 +45,7 @@ def test_distillation_from_the_init_bundle(trained_dense: Path, train_data: Path
             [
                 "train",
                 "--data",
-                str(train_data),
+                str(tiny_data),
                 "--out",
                 str(out),
                 "--decouple",
@@ -115,7 +115,7 @@ def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) ->
     assert all(torch.equal(a, b) for a, b in zip(got.z, ref.z))  # the gates read the conv input: same paths
 
 
-def test_offline_distillation_targets_and_run(trained_dense: Path, train_data: Path, tmp_path: Path) -> None:
+def test_offline_distillation_targets_and_run(trained_dense: Path, tiny_data: Path, tmp_path: Path) -> None:
     from detector.config import ModelConfig
     from detector.model import build_model
     from dnd.training.distill import teacher_logits
@@ -132,7 +132,7 @@ def test_offline_distillation_targets_and_run(trained_dense: Path, train_data: P
             [
                 "train",
                 "--data",
-                str(train_data),
+                str(tiny_data),
                 "--out",
                 str(out),
                 "--decouple",

@@ -28,7 +28,7 @@ def test_dense_smoke_run_writes_a_bundle(trained_dense: Path) -> None:
     assert len(hist) == 1 and 0 <= hist[0]["test_accuracy"] <= 1
 
 
-def test_dense_init_is_a_warm_restart_from_those_weights(trained_dense: Path, train_data: Path, tmp_path: Path) -> None:
+def test_dense_init_is_a_warm_restart_from_those_weights(trained_dense: Path, tiny_data: Path, tmp_path: Path) -> None:
     # --init without --decouple once loaded the bundle and then trained from a fresh initialisation; with LR 0
     # every parameter must stay the init's (BN running statistics, buffers, still move)
     out = tmp_path / "warm"
@@ -37,7 +37,7 @@ def test_dense_init_is_a_warm_restart_from_those_weights(trained_dense: Path, tr
             [
                 "train",
                 "--data",
-                str(train_data),
+                str(tiny_data),
                 "--out",
                 str(out),
                 "--init",
@@ -59,14 +59,14 @@ def test_dense_init_is_a_warm_restart_from_those_weights(trained_dense: Path, tr
     assert cfg["phase"] == "dense" and cfg["init"]["path"] == str(trained_dense)
 
 
-def test_decoupled_fine_tune_and_stats(trained_dense: Path, train_data: Path, tmp_path: Path) -> None:
+def test_decoupled_fine_tune_and_stats(trained_dense: Path, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "dec"
     assert (
         main(
             [
                 "train",
                 "--data",
-                str(train_data),
+                str(tiny_data),
                 "--out",
                 str(out),
                 "--decouple",
@@ -83,7 +83,7 @@ def test_decoupled_fine_tune_and_stats(trained_dense: Path, train_data: Path, tm
     assert hist[0]["filter_states"]["total"] == 672 and 0 < hist[0]["flops_ratio"] <= 1
     assert all(torch.isfinite(torch.tensor(hist[0][k])) for k in ("train_ce", "train_mi", "train_kl", "train_l1"))
     metrics = tmp_path / "metrics.json"
-    assert main(["stats", "--model", str(out), "--data", str(train_data), "--out", str(metrics)]) == 0
+    assert main(["stats", "--model", str(out), "--data", str(tiny_data), "--out", str(metrics)]) == 0
     m = json.loads(metrics.read_text())
     assert (tmp_path / "filter_states.png").stat().st_size > 1000
     assert m["n_images"] == 100 and m["dense_macs"] == 40_551_040
@@ -102,9 +102,9 @@ def test_decoupled_fine_tune_and_stats(trained_dense: Path, train_data: Path, tm
     assert set(d) < set(c) and all(".gate." in k for k in set(c) - set(d))
 
 
-def test_bf16_flag_is_recorded_and_trains(train_data: Path, tmp_path: Path) -> None:
+def test_bf16_flag_is_recorded_and_trains(tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "bf16"
-    assert main(["train", "--data", str(train_data), "--out", str(out), "--epochs", "1", "--bf16", *TINY]) == 0
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--bf16", *TINY]) == 0
     assert json.loads((out / "config.json").read_text())["train"]["bf16"] is True
     weights = load_file(out / "model.safetensors")
     assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())  # the bundle stays float32
@@ -140,7 +140,7 @@ def test_train_refuses_unusable_settings_before_anything_is_written(tmp_path: Pa
     check_config(make_config(True, {}))
 
 
-def _interrupted_after_first_epoch(train_data: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _interrupted_after_first_epoch(tiny_data: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 2-epoch dense run killed right after its first checkpoint."""
     import dnd.training.train as tr
 
@@ -152,35 +152,35 @@ def _interrupted_after_first_epoch(train_data: Path, out: Path, monkeypatch: pyt
 
     monkeypatch.setattr(tr, "save_checkpoint", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
-        main(["train", "--data", str(train_data), "--out", str(out), "--epochs", "2", *TINY])
+        main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", *TINY])
     monkeypatch.setattr(tr, "save_checkpoint", real_save)
 
 
-def test_resume_after_interruption(train_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_interruption(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "r"
-    _interrupted_after_first_epoch(train_data, out, monkeypatch)
+    _interrupted_after_first_epoch(tiny_data, out, monkeypatch)
     assert not (out / "model.safetensors").exists()
-    assert main(["train", "--data", str(train_data), "--out", str(out), "--epochs", "2", "--resume", *TINY]) == 0
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--resume", *TINY]) == 0
     hist = json.loads((out / "train_history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
     straight = tmp_path / "s"
-    assert main(["train", "--data", str(train_data), "--out", str(straight), "--epochs", "2", *TINY]) == 0
+    assert main(["train", "--data", str(tiny_data), "--out", str(straight), "--epochs", "2", *TINY]) == 0
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
 
 def test_checkpoint_from_before_a_setting_existed_resumes_at_its_old_behaviour(
-    train_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     # A run checkpointed before `kd_teacher_bf16` existed has no such key; it resumes as what it was (the class
     # default, fp32), and is refused if the resuming command asks for the other value.
     out = tmp_path / "old"
-    _interrupted_after_first_epoch(train_data, out, monkeypatch)
+    _interrupted_after_first_epoch(tiny_data, out, monkeypatch)
     meta_path = out / "checkpoint" / "state.json"
     meta = json.loads(meta_path.read_text())
     del meta["train"]["kd_teacher_bf16"]
     meta_path.write_text(json.dumps(meta))
-    args = ["train", "--data", str(train_data), "--out", str(out), "--epochs", "2", "--resume", *TINY]
+    args = ["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "2", "--resume", *TINY]
     assert main([*args, "--kd-teacher-bf16"]) == 2
     assert "other settings" in (err := capsys.readouterr().err)
     assert "kd_teacher_bf16: checkpoint False, this command True" in err  # names what differs
@@ -188,11 +188,11 @@ def test_checkpoint_from_before_a_setting_existed_resumes_at_its_old_behaviour(
     assert [h["epoch"] for h in json.loads((out / "train_history.json").read_text())] == [1, 2]
 
 
-def test_resume_with_other_settings_is_refused(train_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_with_other_settings_is_refused(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "x"
-    assert main(["train", "--data", str(train_data), "--out", str(out), "--epochs", "1", *TINY]) == 0
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", *TINY]) == 0
     assert (
-        main(["train", "--data", str(train_data), "--out", str(out), "--epochs", "1", "--lr", "0.5", "--resume", *TINY])
+        main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", "--lr", "0.5", "--resume", *TINY])
         == 2
     )
     err = capsys.readouterr().err
@@ -200,7 +200,7 @@ def test_resume_with_other_settings_is_refused(train_data: Path, tmp_path: Path,
 
 
 def test_finished_bundle_without_checkpoint_is_not_retrained(
-    trained_dense: Path, train_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    trained_dense: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     # A committed bundle keeps no checkpoint; training into it (with or without --resume) would start from scratch
     # and overwrite it. Refused before any data is read, and the bundle is left byte for byte.
@@ -208,14 +208,14 @@ def test_finished_bundle_without_checkpoint_is_not_retrained(
     shutil.copytree(trained_dense, out, ignore=shutil.ignore_patterns("checkpoint"))
     before = (out / "model.safetensors").read_bytes()
     for extra in ([], ["--resume"]):
-        assert main(["train", "--data", str(train_data), "--out", str(out), "--epochs", "1", *extra, *TINY]) == 2
+        assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", *extra, *TINY]) == 2
         err = capsys.readouterr().err
         assert "holds a finished bundle" in err and "no checkpoint to resume" in err
     assert (out / "model.safetensors").read_bytes() == before and not (out / "checkpoint").exists()
 
 
-def test_decouple_without_init_is_refused(train_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["train", "--data", str(train_data), "--out", str(tmp_path / "o"), "--decouple"]) == 2
+def test_decouple_without_init_is_refused(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "o"), "--decouple"]) == 2
     assert "--init" in capsys.readouterr().err
 
 

@@ -35,6 +35,13 @@ OIP_BODY = {
 }
 
 
+INFER_ROUTE: dict[str, Any] = {
+    "response_model": OipResponse,
+    "openapi_extra": OIP_BODY,
+    "responses": responses(400, 404, 408, 413, 500, 503, oip=True),
+}
+
+
 def server_version() -> str:
     try:
         return package_metadata.version("dnd-detector")
@@ -106,9 +113,7 @@ async def version_ready(name: str, b: MicroBatcher = Depends(served_version)) ->
 
 @router.post(
     "/models/{name}/infer",
-    response_model=OipResponse,
-    openapi_extra=OIP_BODY,
-    responses=responses(400, 404, 408, 413, 500, 503, oip=True),
+    **INFER_ROUTE,
 )
 async def infer(
     request: Request, name: str, st: State = Depends(get_state), b: MicroBatcher = Depends(served)
@@ -141,9 +146,7 @@ async def infer(
 
 @router.post(
     "/models/{name}/versions/{version}/infer",
-    response_model=OipResponse,
-    openapi_extra=OIP_BODY,
-    responses=responses(400, 404, 408, 413, 500, 503, oip=True),
+    **INFER_ROUTE,
 )
 async def version_infer(
     request: Request, name: str, st: State = Depends(get_state), b: MicroBatcher = Depends(served_version)
