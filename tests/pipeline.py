@@ -10,6 +10,8 @@ from dnd.cli import main
 
 from .conftest import write_image_folder
 
+ONCE = "session"  # pytest's widest fixture scope: built once for the whole test run
+
 TINY = ["--batch-size", "32", "--threads", "2"]
 # a CIFAR ResNet-8 of widths 8 / 16 / 32: 6 gated layers, 112 filters; the pipeline is the same as ResNet-20's and
 # every fit, attack and scorer costs a fraction (full-size networks are tested where the shipped bundles are)
@@ -20,12 +22,12 @@ LAYERS = 6
 CHEAP = ["--calib-attacks", "fgsm,pgd", "--calib-train-subset", "0", "--tree-iterations", "30"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=ONCE)
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("data"), n_train=30, n_test=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=ONCE)
 def tiny_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     assert (
@@ -80,7 +82,7 @@ def tiny_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 TRAIN_TINY = ["--batch-size", "64", "--eval-limit", "50", "--threads", "2"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=ONCE)
 def trained_dense(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "dense"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", *TRAIN_TINY]) == 0
