@@ -114,6 +114,15 @@ def _load_folder(d: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     return x, y, classes
 
 
+def check_classes(split: Split, classes: tuple[str, ...] | list[str], what: str) -> None:
+    """Refuse data whose classes (folder names, or torchvision's label names, in label order) are not `classes`: a
+    bundle's labels would silently name the wrong things."""
+    if tuple(split.classes) != tuple(classes):
+        raise ValueError(
+            f"{what}: expected the classes {list(classes)} in this order, found {list(split.classes)} in the data"
+        )
+
+
 def load_split(root: str | os.PathLike, split: str) -> Split:
     """Load the 'train' or 'test' split of CIFAR-10 from ROOT (either layout, see module docstring)."""
     if split not in ("train", "test"):

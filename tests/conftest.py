@@ -21,11 +21,11 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("DND_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
-def _images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class-dependent colour blobs plus noise: learnable, tiny, deterministic. x (N, 32, 32, 3) uint8."""
+def _images(n_per_class: int, seed: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Class-dependent colour blobs plus noise for k classes: learnable, tiny, deterministic. x (N, 32, 32, 3) uint8."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for c in range(10):
+    for c in range(k):
         base = np.zeros((32, 32, 3), np.float32)
         base[..., c % 3] = 60 + 18 * c
         base[(c * 3) % 32 : (c * 3) % 32 + 8, :, (c + 1) % 3] = 200
@@ -35,11 +35,13 @@ def _images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), np.array(ys)
 
 
-def write_image_folder(root: Path, n_train: int = 30, n_test: int = 10, fmt: str = "png") -> Path:
+def write_image_folder(
+    root: Path, n_train: int = 30, n_test: int = 10, fmt: str = "png", classes: tuple[str, ...] = CIFAR10_CLASSES
+) -> Path:
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
-        x, y = _images(n, seed)
+        x, y = _images(n, seed, len(classes))
         for k, (img, c) in enumerate(zip(x, y)):
-            d = root / split / CIFAR10_CLASSES[c]
+            d = root / split / classes[c]
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(d / f"{k:04d}.{fmt}")
     return root

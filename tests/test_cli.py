@@ -1,6 +1,7 @@
 """The `dnd` command line (dnd/): its commands' own behaviour, and clear errors for bad arguments."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,40 @@ def test_device_and_out_are_checked_before_any_work(tmp_path: Path, capsys: pyte
     with pytest.raises(SystemExit):
         main(["evaluate", "--model", "m", "--data", "d", "--out", "o", "--threshold", "nan"])
     assert "argument --threshold: expected a finite number, got 'nan'" in capsys.readouterr().err
+
+
+def test_your_own_image_folder_trains_profiles_and_serves_with_its_class_names(tmp_path: Path) -> None:
+    """Bring your own data with nothing but flags: a 3-class folder through `dnd train` (dense, then decoupled),
+    `dnd profiles` and the service's POST /predict, whose labels are the folder's names."""
+    import io
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from dnd.service.app import create_app
+    from dnd.service.settings import Settings
+
+    from .conftest import write_image_folder
+
+    own = write_image_folder(tmp_path / "own", n_train=20, n_test=10, classes=("apple", "pear", "plum"))
+    common = ["--data", str(own), "--batch-size", "16", "--threads", "2"]
+    net = ["--blocks-per-stage", "1", "--widths", "8,16,16"]
+    assert main(["train", *common, "--out", str(tmp_path / "dense"), "--epochs", "4", *net]) == 0
+    decouple = ["--decouple", "--init", str(tmp_path / "dense"), "--epochs", "2", "--lambda-kd", "0"]
+    assert main(["train", *common, "--out", str(tmp_path / "dec"), *decouple, "--target-ramp-epochs", "0.5"]) == 0
+    cheap = ["--calib-attacks", "fgsm,pgd", "--calib-train-subset", "0", "--tree-iterations", "20"]
+    assert main(["profiles", "--model", str(tmp_path / "dec"), "--data", str(own), *cheap]) == 0
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(buf, "PNG")
+    with TestClient(create_app(Settings(model_dir=tmp_path / "dec", threads=1))) as c:
+        for _ in range(500):
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.01)
+        r = c.post("/predict", content=buf.getvalue(), headers={"content-type": "image/png"})
+        p = r.json()["predictions"][0]
+        assert r.status_code == 200 and p["label"] in ("apple", "pear", "plum")
+        assert set(p["probabilities"]) == {"apple", "pear", "plum"} and isinstance(p["is_adversarial"], bool)
+        meta = c.get("/v2/models/" + r.json()["model"]["name"]).json()
+        assert meta["outputs"][0]["shape"] == [-1, 3]

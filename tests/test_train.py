@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from dnd.cli import main
 
+from .conftest import write_image_folder
 from .pipeline import TRAIN_TINY
 
 TINY = TRAIN_TINY
@@ -243,3 +244,28 @@ def test_make_targets_reproduce_the_shipped_recipes(name: str, target: str, nth:
     line = [ln for ln in out.splitlines() if ln.startswith(".venv/bin/dnd train ")][nth]
     recorded = json.loads((root / "models" / name / "config.json").read_text())["train"]
     assert train_config(build_parser().parse_args(shlex.split(line)[1:])).to_dict() == saved_config(recorded)
+
+
+def test_a_new_network_takes_its_data_s_classes_and_other_data_is_refused(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder of 3 classes trains a 3-class network labelled with the folder's names; a bundle refuses data whose
+    classes are not its own, naming both, in `dnd train --init`, `dnd stats` and `dnd profiles`."""
+    from detector import load_model
+
+    own = write_image_folder(tmp_path / "own", n_train=20, n_test=6, classes=("apple", "pear", "plum"))
+    out = tmp_path / "fruit"
+    args = ["--epochs", "1", "--blocks-per-stage", "1", "--widths", "4,8,8", *TINY, "--batch-size", "16"]
+    assert main(["train", "--data", str(own), "--out", str(out), *args]) == 0
+    cfg = json.loads((out / "config.json").read_text())["model"]
+    assert cfg["classes"] == ["apple", "pear", "plum"] and cfg["num_classes"] == 3
+    assert load_model(out)(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    capsys.readouterr()
+    for argv in (
+        ["train", "--data", str(tiny_data), "--out", str(tmp_path / "x"), "--init", str(out), "--epochs", "1"],
+        ["stats", "--model", str(out), "--data", str(tiny_data), "--robust-eps", "0"],
+        ["profiles", "--model", str(out), "--data", str(tiny_data)],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "expected the classes ['apple', 'pear', 'plum']" in err and "'airplane'" in err, argv

@@ -30,7 +30,7 @@ from ..attacks import ATTACKS, AttackSet, load_attack_set, run_attack, save_atta
 from ..bundle import load_model
 from ..calibration import CalibrationConfig, fit_attack
 from ..corruptions import CORRUPTIONS, corrupt, random_corruptions
-from ..data import load_split, to_unit_float
+from ..data import check_classes, load_split, to_unit_float
 from ..parallel import is_main
 from ..scorer import calibrate_threshold
 from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test, train_sample
@@ -49,6 +49,8 @@ def evaluate(
     t0 = time.perf_counter()
     k = len(det.classes)
     train, test = load_split(data, "train"), load_split(data, "test")
+    for split in (train, test):
+        check_classes(split, det.classes, f"--data against the bundle {det.bundle}")
     cal_record = det.profiles.meta.get("calibration", {})
     check_unseen(cfg.unseen, cal_record)
     ccfg = CalibrationConfig(

@@ -192,7 +192,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
 def cmd_profiles(a: argparse.Namespace) -> None:
     from detector.bundle import load_model
     from detector.calibration import calibrate
-    from detector.data import load_split
+    from detector.data import check_classes, load_split
     from detector.parallel import is_main
     from detector.profiles import build_profiles, save_profiles
     from detector.splits import balanced_subset, split_test, train_sample
@@ -200,6 +200,8 @@ def cmd_profiles(a: argparse.Namespace) -> None:
     cfg = calibration_config(a)
     model = load_model(a.model, a.device)
     train, test = load_split(a.data, "train"), load_split(a.data, "test")
+    for split in (train, test):
+        check_classes(split, model.cfg.classes, f"--data against the bundle {a.model}")
     profiles = build_profiles(model, train.x, train.y, device=a.device, gate_logits=cfg.gate_logits)
     k = model.cfg.num_classes
     cal_idx = balanced_subset(split_test(test.y, k)[0], test.y, cfg.limit, k)
@@ -225,12 +227,13 @@ def cmd_profiles(a: argparse.Namespace) -> None:
 def cmd_attack(a: argparse.Namespace) -> None:
     from detector.attacks import ATTACKS, run_attack, save_attack_set, write_pngs
     from detector.bundle import load_model
-    from detector.data import load_split
+    from detector.data import check_classes, load_split
     from detector.parallel import is_main
     from detector.splits import balanced_subset, split_test
 
     model = load_model(a.model, a.device)
     test = load_split(a.data, "test")
+    check_classes(test, model.cfg.classes, f"--data against the bundle {a.model}")
     cal_idx, ev_idx = split_test(test.y, model.cfg.num_classes)
     idx = balanced_subset(
         {"calibration": cal_idx, "evaluation": ev_idx}[a.split], test.y, a.limit, model.cfg.num_classes

@@ -57,12 +57,13 @@ def cmd_samples(a: argparse.Namespace) -> None:
 
     from detector.attacks import to_uint8
     from detector.bundle import load_model
-    from detector.data import load_split, to_unit_float
+    from detector.data import check_classes, load_split, to_unit_float
     from detector.splits import split_test
 
     model = load_model(a.model, a.device)
     classes = model.cfg.classes
     test = load_split(a.data, "test")
+    check_classes(test, classes, f"--data against the bundle {a.model}")
     _, ev = split_test(test.y, len(classes))
     idx = ev[torch.randperm(len(ev), generator=torch.Generator().manual_seed(3))[: 20 * a.n]]
     x, y = to_unit_float(test.x[idx]), test.y[idx]

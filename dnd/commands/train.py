@@ -115,12 +115,13 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 def cmd_stats(a: argparse.Namespace) -> None:
     from detector.bundle import load_model, write_json
-    from detector.data import load_split
+    from detector.data import check_classes, load_split
     from detector.stats import compute_stats
     from dnd.training.plots import plot_filter_states
 
     model = load_model(a.model, a.device)
     test = load_split(a.data, "test")
+    check_classes(test, model.cfg.classes, f"--data against the bundle {a.model}")
     stats = {
         "model": str(a.model),
         "data_test_fingerprint": test.fingerprint,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 
 from detector.bundle import WEIGHTS, load_model
 from detector.config import ModelConfig
-from detector.data import Split, load_split, to_unit_float
+from detector.data import Split, check_classes, load_split, to_unit_float
 from detector.losses import DecouplingLoss
 from detector.model import CifarResNet, build_model
 
@@ -124,6 +124,11 @@ def build_run(
     the network with global-batch BatchNorm and, with the heads, wrapped in DistributedDataParallel."""
     torch.manual_seed(cfg.seed)
     train_set, test_set, x_train, y_train = load_data(data, cfg, dev)
+    check_classes(test_set, train_set.classes, "the test split of --data")
+    if init is not None:  # a bundle's network keeps its labels: the data must name the same classes
+        check_classes(train_set, model_cfg.classes, f"--data against the --init bundle {init}")
+    else:  # a new network is trained on, and labels with, the data's classes
+        model_cfg = replace(model_cfg, classes=tuple(train_set.classes), num_classes=len(train_set.classes))
     model = build_model(model_cfg)
     src = load_model(Path(init)) if init is not None else None
     if src is not None:  # dense --init: a warm restart (new LR cycle) from those weights; --decouple: the fine-tune

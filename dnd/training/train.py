@@ -192,6 +192,7 @@ def train(
         base = ModelConfig.from_dict(read_config(init)["model"]) if init else ModelConfig()
         model_cfg = replace(base, decoupled=True) if decouple else base
     run, train_set = build_run(data, cfg, model_cfg, decouple, init, dev, compile_step, dist)
+    model_cfg = run.model.cfg  # with the data's class names (a new network) or the --init bundle's
     ckpt_dir = out / "checkpoint"
     if resume and (ckpt_dir / META).exists():
         resume_from(run, ckpt_dir)
