@@ -1,8 +1,9 @@
-"""CIFAR-10 loading from either supported layout, decoded once and cached as uint8 arrays.
+"""Image data from any supported layout, decoded once and cached as uint8 arrays.
 
 Layouts accepted for `--data ROOT`:
-  (a) torchvision: ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch}  (or ROOT is that folder)
-  (b) image folder: ROOT/train/<class>/*.{jpg,png}, ROOT/test/<class>/*   (what ../shared/data unpacks to)
+  (a) torchvision CIFAR-10: ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch}  (or ROOT is that folder)
+  (b) torchvision CIFAR-100: ROOT/cifar-100-python/{train,test,meta}  (or ROOT is that folder); the 100 fine labels
+  (c) image folder: ROOT/train/<class>/*.{jpg,png}, ROOT/test/<class>/*, any classes  (what ../shared/data unpacks to)
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from .config import CIFAR10_CLASSES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 LAYOUT_HELP = (
-    "expected either (a) a torchvision CIFAR-10 root holding cifar-10-batches-py/ with data_batch_1..5 and "
-    "test_batch, or (b) an image-folder root holding train/<class>/*.jpg and test/<class>/*.jpg"
+    "expected (a) a torchvision CIFAR-10 root holding cifar-10-batches-py/ with data_batch_1..5 and test_batch, "
+    "(b) a torchvision CIFAR-100 root holding cifar-100-python/ with train, test and meta, or (c) an image-folder "
+    "root holding train/<class>/*.jpg and test/<class>/*.jpg"
 )
 
 
@@ -59,6 +61,25 @@ def _torchvision_dir(root: Path) -> Path | None:
         if (d / "batches.meta").exists() or (d / "test_batch").exists() or (d / "data_batch_1").exists():
             return d
     return None
+
+
+def _cifar100_dir(root: Path) -> Path | None:
+    for d in (root / "cifar-100-python", root):
+        if (d / "meta").is_file() and ((d / "train").is_file() or (d / "test").is_file()):
+            return d
+    return None
+
+
+def _load_cifar100(d: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """torchvision's CIFAR-100 pickles: `data` (N, 3072) uint8 rows, `fine_labels`, and the names in `meta`."""
+    if not (d / split).is_file():
+        raise DataLayoutError(f"{d} looks like a torchvision CIFAR-100 folder but lacks {split!r}; {LAYOUT_HELP}")
+    with open(d / split, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    with open(d / "meta", "rb") as f:
+        classes = tuple(pickle.load(f, encoding="latin1")["fine_label_names"])
+    x = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return x, np.asarray(batch["fine_labels"], dtype=np.int64), classes
 
 
 def _load_torchvision(d: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -124,14 +145,16 @@ def check_classes(split: Split, classes: tuple[str, ...] | list[str], what: str)
 
 
 def load_split(root: str | os.PathLike, split: str) -> Split:
-    """Load the 'train' or 'test' split of CIFAR-10 from ROOT (either layout, see module docstring)."""
+    """Load the 'train' or 'test' split from ROOT (any layout of the module docstring)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataLayoutError(f"data root {root} does not exist or is not a directory; {LAYOUT_HELP}")
-    tv = _torchvision_dir(root)
-    if tv is not None:
+    tv, c100 = _torchvision_dir(root), _cifar100_dir(root)
+    if c100 is not None:
+        x, y, classes = _load_cifar100(c100, split)
+    elif tv is not None:
         x, y, classes = _load_torchvision(tv, split)
     elif (root / split).is_dir():
         x, y, classes = _load_folder(root / split)

@@ -58,3 +58,40 @@ def test_non_cifar_sized_image_is_refused(tmp_path: Path) -> None:
     Image.new("RGB", (40, 30)).save(root / "test" / "cat" / "big.png")
     with pytest.raises(DataLayoutError, match="expected a 32x32 RGB image, found 40x30"):
         load_split(root, "test")
+
+
+def write_cifar100_root(root: Path, n_train: int = 2, n_test: int = 1) -> Path:
+    """torchvision's CIFAR-100 layout (cifar-100-python/{train,test,meta}) with n images per fine class, generated:
+    no copy of the real data can be had here, so the format is what is tested."""
+    import pickle
+
+    import numpy as np
+
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"class_{c:02d}" for c in range(100)]
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = np.repeat(np.arange(100), n)
+        x = rng.integers(0, 256, (len(y), 3072), dtype=np.uint8)
+        (d / split).write_bytes(
+            pickle.dumps({"data": x, "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist()})
+        )
+    (d / "meta").write_bytes(pickle.dumps({"fine_label_names": names, "coarse_label_names": names[:20]}))
+    return root
+
+
+def test_torchvision_cifar100_root_loads_its_fine_classes_and_trains_a_100_class_network(tmp_path: Path) -> None:
+    import json
+
+    from detector.data import load_split
+    from dnd.cli import main
+
+    root = write_cifar100_root(tmp_path / "c100")
+    train, test = load_split(root, "train"), load_split(root / "cifar-100-python", "test")
+    assert len(train.classes) == 100 and train.classes[7] == "class_07" and train.x.shape == (200, 3, 32, 32)
+    assert train.y.tolist()[:4] == [0, 0, 1, 1] and len(test) == 100 and test.classes == train.classes
+    args = ["--epochs", "1", "--batch-size", "50", "--blocks-per-stage", "1", "--widths", "4,8,8", "--threads", "2"]
+    assert main(["train", "--data", str(root), "--out", str(tmp_path / "m"), *args]) == 0
+    model = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
+    assert model["num_classes"] == 100 and model["classes"][99] == "class_99"
