@@ -26,7 +26,11 @@ from ..stats import collect_gate_paths
 from .paths import class_paths, filter_extremes, linear_heads, mean_path, parting_layer
 from .plots import _plt, plot_adversarial, plot_class_paths, plot_embeddings, plot_filter_class, plot_filter_images
 
-EMBED_LAYERS = (1, 9, 17)
+
+def embed_layers(n_layers: int) -> tuple[int, ...]:
+    """The layers whose paths are embedded: the second, the middle and the last gated conv (1, 9, 17 of ResNet-20's
+    18), how clustering by class grows with depth."""
+    return tuple(sorted({min(1, n_layers - 1), n_layers // 2, n_layers - 1}))
 
 
 def _save(out: Path, name: str, data: dict[str, Any], fig: Any) -> None:
@@ -156,7 +160,7 @@ def embeddings(model: CifarResNet, x: Tensor, y: Tensor, z: list[Tensor], seed: 
     adv = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10)(x[:m], y[:m])
     la, za, _ = collect_gate_paths(model, adv)
     res: dict[str, Any] = {"layers": {}, "labels": y[:n].tolist(), "adv_pred": la.argmax(1).tolist()}
-    for l in EMBED_LAYERS:
+    for l in embed_layers(len(z)):
         pts = torch.cat([z[l][:n], za[l]]).float()
         # binary paths repeat exactly (a layer of 16 filters has few distinct ones): sklearn's Barnes-Hut t-SNE
         # crashed on such duplicates in a small set, so each point moves by a seeded jitter of 1e-3

@@ -1,8 +1,9 @@
 """The numbers behind the interpretation figures (Li et al., "Interpretable Neural Network Decoupling"), computed
 from a bundle and test images; each function returns plain data that figures.py draws and writes as JSON / CSV.
 
-Layers are the 18 gated convs in forward order; "first conv of each block" are layers 0, 2, ..., 16. A filter is
-activated (open for every image), silent (never open) or dynamic (the rest), over the images given.
+Layers are the gated convs in forward order (18 for ResNet-20, 54 for ResNet-56); a basic block holds two, so "the
+first conv of each block" are layers 0, 2, 4, ... A filter is activated (open for every image), silent (never open)
+or dynamic (the rest), over the images given.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-FIRST_CONVS = tuple(range(0, 18, 2))
+
+def first_convs(n_layers: int) -> range:
+    """The first gated conv of each basic block among n_layers (two per block)."""
+    return range(0, n_layers, 2)
 
 
 def filter_states(z: list[Tensor]) -> list[Tensor]:
@@ -26,7 +30,7 @@ def class_paths(z: list[Tensor], labels: Tensor, classes: list[str]) -> dict[str
     states = filter_states(z)
     k = len(classes)
     layers = []
-    for l in FIRST_CONVS:
+    for l in first_convs(len(z)):
         dyn = torch.nonzero(states[l] == 1).flatten()
         freq = torch.stack([z[l][labels == c][:, dyn].float().mean(0) for c in range(k)])  # (K, D_l)
         layers.append({"layer": l, "filters": dyn.tolist(), "freq": freq.tolist()})

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .paths import FIRST_CONVS
+from .paths import first_convs
 
 
 def _plt():
@@ -73,15 +73,15 @@ def plot_adversarial(adv: dict[str, Any], classes: list[str]) -> Any:
     else:  # no attack on these images changed a label: nothing to draw
         ax.text(0.5, 0.5, "no successful attacks", ha="center", va="center", transform=ax.transAxes)
 
-    def first_convs(path: list) -> np.ndarray:
-        return np.concatenate([np.array(path[l]) for l in FIRST_CONVS])
+    def block_starts(path: list) -> np.ndarray:
+        return np.concatenate([np.array(path[l]) for l in first_convs(len(path))])
 
-    width = len(first_convs(m["path"]))
+    width = len(block_starts(m["path"]))
     t = classes[adv["target"]]
-    others = [first_convs(p) for c, p in adv["clean"].items() if int(c) != adv["target"]]
+    others = [block_starts(p) for c, p in adv["clean"].items() if int(c) != adv["target"]]
     rows = [
-        first_convs(m["path"]),
-        first_convs(adv["clean"][str(adv["target"])]) if str(adv["target"]) in adv["clean"] else np.zeros(width),
+        block_starts(m["path"]),
+        block_starts(adv["clean"][str(adv["target"])]) if str(adv["target"]) in adv["clean"] else np.zeros(width),
         np.mean(others, 0) if others else np.zeros(width),
     ]
     axes[1].imshow(np.stack(rows), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
