@@ -73,22 +73,30 @@ def torchvision_root(tmp_path: Path) -> Path:
     return write_torchvision_root(tmp_path / "tv")
 
 
-def tiny_decoupled_model(seed: int = 0):
-    """An untrained decoupled ResNet-20 in eval mode whose gates open some filters and not others."""
+# The unit tests' network: a CIFAR ResNet-8 of widths 8 / 16 / 32 (6 gated layers, 112 filters), the same code
+# paths as ResNet-20 at a fraction of the cost; full-size networks appear only where the shipped bundles are tested.
+TINY_MODEL = {"blocks_per_stage": 1, "widths": (8, 16, 32)}
+TINY_LAYERS, TINY_FILTERS = 6, 2 * (8 + 16 + 32)  # gated convs (two per block) and their filters
+# ResNet-20, where an untrained ResNet-8 will not do: it labels every random image with one class
+RESNET20 = {"blocks_per_stage": 3, "widths": (16, 32, 64)}
+
+
+def tiny_decoupled_model(seed: int = 0, **arch):
+    """An untrained decoupled ResNet-8 (or `arch`) in eval mode whose gates open some filters and not others."""
     import torch
 
     from detector import ModelConfig, build_model
 
     torch.manual_seed(seed)
-    m = build_model(ModelConfig(decoupled=True))
+    m = build_model(ModelConfig(decoupled=True, **(arch or TINY_MODEL)))
     with torch.no_grad():
         for u in m.units():
             u.gate.fc2.bias.copy_(torch.linspace(-1, 1, u.cout))
     return m.eval()
 
 
-def write_detector_bundle(out: Path, seed: int = 0) -> Path:
-    """A decoupled bundle with synthetic profiles, scorer and threshold: no training, for service tests."""
+def write_detector_bundle(out: Path, seed: int = 0, **arch) -> Path:
+    """A decoupled bundle (ResNet-8, or `arch`) with synthetic profiles, scorer and threshold: no training."""
     import torch
 
     from detector import save_bundle
@@ -96,7 +104,7 @@ def write_detector_bundle(out: Path, seed: int = 0) -> Path:
     from detector.profiles import PathProfiles, save_profiles
     from detector.scorer import PathScorer
 
-    m = tiny_decoupled_model(seed)
+    m = tiny_decoupled_model(seed, **arch)
     save_bundle(m, out, {})
     g = torch.Generator().manual_seed(seed)
     freq = [torch.rand(10, u.cout, generator=g) for u in m.units()]

@@ -92,9 +92,9 @@ def test_attack_batches_shared_by_two_processes_give_one_process_images(data: Pa
     and process 0 writes the gathered set, bitwise the one process's."""
     from detector.attacks import load_attack_set
 
-    from .conftest import write_detector_bundle
+    from .conftest import RESNET20, write_detector_bundle
 
-    bundle = write_detector_bundle(tmp_path / "b")
+    bundle = write_detector_bundle(tmp_path / "b", **RESNET20)  # enough correctly classified images to share
     args = [
         "attack",
         "--model",

@@ -9,7 +9,7 @@ import torch
 from detector.interpretation import path_svg, unusual_layers
 from detector.interpretation.paths import class_paths, filter_states, parting_layer
 
-from .conftest import write_detector_bundle, write_image_folder
+from .conftest import RESNET20, write_detector_bundle, write_image_folder
 
 
 def test_path_picture_colours_every_filter_by_its_agreement_with_the_signature() -> None:
@@ -48,7 +48,7 @@ def test_figures_write_every_figure_and_its_data(tmp_path: Path) -> None:
     from dnd.cli import main
 
     data = write_image_folder(tmp_path / "data", n_train=10, n_test=20)
-    bundle = write_detector_bundle(tmp_path / "b")
+    bundle = write_detector_bundle(tmp_path / "b", **RESNET20)  # the figures need images of several predicted classes
     out = tmp_path / "fig"
     assert main(["figures", "--model", str(bundle), "--data", str(data), "--out", str(out), "--limit", "200"]) == 0
     for name in ("class_paths", "adversarial_paths", "path_embeddings", "filter_class", "filter_images"):

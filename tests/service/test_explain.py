@@ -2,6 +2,7 @@
 
 from fastapi.testclient import TestClient
 
+from ..conftest import TINY_FILTERS, TINY_LAYERS
 from .conftest import png
 
 
@@ -11,8 +12,9 @@ def test_explain_draws_the_path_against_the_class_signature(client: TestClient) 
     svg = r.text
     label = client.post("/predict", content=png(seed=5), headers={"content-type": "image/png"}).json()
     assert svg.startswith("<svg") and svg.endswith("</svg>")
-    assert all(f">layer {l}" in svg for l in range(18)) and f"&quot;{label['predictions'][0]['label']}&quot;" in svg
-    assert svg.count("<rect") >= 672  # one cell per filter, plus the legend
+    assert all(f">layer {l}" in svg for l in range(TINY_LAYERS))
+    assert f"&quot;{label['predictions'][0]['label']}&quot;" in svg
+    assert svg.count("<rect") >= TINY_FILTERS  # one cell per filter, plus the legend
     bad = client.post("/explain", content=b"nope", headers={"content-type": "image/png"})
     assert bad.status_code == 415 and bad.json()["error"]["code"] == "not_an_image"
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from detector.images import BACKGROUND, FORMATS, decode_image
 
+from ..conftest import TINY_LAYERS
 from .conftest import png
 
 
@@ -165,7 +166,7 @@ def test_explain_is_honoured_on_every_route(client: TestClient) -> None:
     h = {"content-type": "image/png"}
     for route in ("/predict", "/classify", "/detect"):
         p = client.post(f"{route}?explain=true", content=png(), headers=h).json()["predictions"][0]
-        assert len(p["active_filters"]) == 18 and len(p["per_layer_divergence"]["hamming"]) == 18, route
+        assert len(p["active_filters"]) == len(p["per_layer_divergence"]["hamming"]) == TINY_LAYERS, route
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # Pillow's own complaint about this very input

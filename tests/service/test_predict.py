@@ -13,6 +13,7 @@ from PIL import Image
 from detector import load_detector
 from dnd.service.settings import Settings
 
+from ..conftest import TINY_LAYERS
 from .conftest import batch_count, client_for, png
 
 
@@ -49,7 +50,7 @@ def test_multipart_json_batch_and_resize(client: TestClient) -> None:
 def test_explain_classify_detect(client: TestClient) -> None:
     h = {"content-type": "image/png"}
     p = client.post("/predict?explain=true", content=png(), headers=h).json()["predictions"][0]
-    assert len(p["active_filters"]) == 18 and len(p["per_layer_divergence"]["hamming"]) == 18
+    assert len(p["active_filters"]) == len(p["per_layer_divergence"]["hamming"]) == TINY_LAYERS
     assert all(isinstance(i, int) for layer in p["active_filters"] for i in layer)
     c = client.post("/classify", content=png(), headers=h).json()["predictions"][0]
     assert set(c) == {"label", "class_index", "probabilities", "resized_from"}
