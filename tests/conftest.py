@@ -9,8 +9,8 @@ from PIL import Image
 
 from detector.config import CIFAR10_CLASSES
 
-# the trained tiny bundle and its data, shared by the pipeline tests (tests/pipeline.py)
-pytest_plugins = ["tests.pipeline"]
+# fixtures of the trained tiny bundle, registered at the root of the tests package
+from .pipeline import tiny_bundle, tiny_data, trained_dense  # noqa: F401
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

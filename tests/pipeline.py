@@ -1,6 +1,7 @@
 """The trained tiny bundle the pipeline tests share, built once per test run (a dense ResNet-8 on generated images,
-its decoupling fine-tune and `dnd profiles`), and the flags that keep every step cheap. Registered for every test module
-(tests/conftest.py): the fixtures `tiny_data` and `tiny_bundle`."""
+its decoupling fine-tune and `dnd profiles`), and the flags that keep every step cheap. tests/conftest.py imports the
+fixtures (`tiny_data`, `tiny_bundle`, `trained_dense`) at the root of the tests package, so "package" scope builds
+each once for every test below it."""
 
 from pathlib import Path
 
@@ -8,9 +9,12 @@ import pytest
 
 from dnd.cli import main
 
-from .conftest import write_image_folder
 
-ONCE = "session"  # pytest's widest fixture scope: built once for the whole test run
+def dnd_train(data: Path, out: Path, *flags: str) -> Path:
+    """`dnd train --data DATA --out OUT FLAGS...`, which must succeed; returns OUT."""
+    assert main(["train", "--data", str(data), "--out", str(out), *flags]) == 0
+    return out
+
 
 TINY = ["--batch-size", "32", "--threads", "2"]
 # a CIFAR ResNet-8 of widths 8 / 16 / 32: 6 gated layers, 112 filters; the pipeline is the same as ResNet-20's and
@@ -22,55 +26,32 @@ LAYERS = 6
 CHEAP = ["--calib-attacks", "fgsm,pgd", "--calib-train-subset", "0", "--tree-iterations", "30"]
 
 
-@pytest.fixture(scope=ONCE)
+@pytest.fixture(scope="package")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .conftest import write_image_folder  # imported here: conftest imports this module
+
     return write_image_folder(tmp_path_factory.mktemp("data"), n_train=30, n_test=10)
 
 
-@pytest.fixture(scope=ONCE)
+@pytest.fixture(scope="package")
 def tiny_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(tiny_data),
-                "--out",
-                str(runs / "dense"),
-                "--epochs",
-                "6",
-                "--lr",
-                "0.05",
-                *TINY,
-                *TINY_NET,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(tiny_data),
-                "--out",
-                str(runs / "dec"),
-                "--decouple",
-                "--init",
-                str(runs / "dense"),
-                "--epochs",
-                "2",
-                "--target-flops",
-                "0.7",
-                "--target-ramp-epochs",
-                "0.5",
-                "--lambda-kd",
-                "0",
-                *TINY,
-            ]
-        )
-        == 0
+    dnd_train(tiny_data, runs / "dense", "--epochs", "6", "--lr", "0.05", *TINY, *TINY_NET)
+    dnd_train(
+        tiny_data,
+        runs / "dec",
+        "--decouple",
+        "--init",
+        str(runs / "dense"),
+        "--epochs",
+        "2",
+        "--target-flops",
+        "0.7",
+        "--target-ramp-epochs",
+        "0.5",
+        "--lambda-kd",
+        "0",
+        *TINY,
     )
     # (no distillation: from this 6-epoch teacher on 300 images it left whole classes misclassified, and profiles
     # need at least one correct image per class)
@@ -82,7 +63,7 @@ def tiny_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 TRAIN_TINY = ["--batch-size", "64", "--eval-limit", "50", "--threads", "2"]
 
 
-@pytest.fixture(scope=ONCE)
+@pytest.fixture(scope="package")
 def trained_dense(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "dense"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), "--epochs", "1", *TRAIN_TINY]) == 0

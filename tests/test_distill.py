@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnd.cli import main
-
-from .pipeline import TRAIN_TINY
+from .pipeline import TRAIN_TINY, dnd_train
 
 TINY = TRAIN_TINY
 
@@ -40,23 +38,8 @@ def test_distillation_from_the_init_bundle(trained_dense: Path, tiny_data: Path,
         after.append(m.fc.weight.detach().clone())
     assert not torch.allclose(after[0], after[1])
     out = tmp_path / "kd"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(tiny_data),
-                "--out",
-                str(out),
-                "--decouple",
-                "--init",
-                str(trained_dense),
-                "--epochs",
-                "1",
-                *TINY,
-            ]
-        )
-        == 0
+    dnd_train(
+        tiny_data, out, "--decouple", "--init", str(trained_dense), "--epochs", "1", *TINY
     )  # distillation is on by default for --decouple
     hist = json.loads((out / "train_history.json").read_text())
     recorded = json.loads((out / "config.json").read_text())["train"]
@@ -127,25 +110,7 @@ def test_offline_distillation_targets_and_run(trained_dense: Path, tiny_data: Pa
     with torch.no_grad():
         assert torch.allclose(t[0], teacher(x), atol=1e-5) and torch.allclose(t[1], teacher(x.flip(3)), atol=1e-5)
     out = tmp_path / "kd-offline"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(tiny_data),
-                "--out",
-                str(out),
-                "--decouple",
-                "--init",
-                str(trained_dense),
-                "--epochs",
-                "1",
-                "--kd-offline",
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    dnd_train(tiny_data, out, "--decouple", "--init", str(trained_dense), "--epochs", "1", "--kd-offline", *TINY)
     hist = json.loads((out / "train_history.json").read_text())
     assert hist[0]["train_kd"] > 0 and json.loads((out / "config.json").read_text())["train"]["kd_offline"] is True
     from dnd.training.config import make_config

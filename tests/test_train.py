@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from dnd.cli import main
 
 from .conftest import write_image_folder
-from .pipeline import TRAIN_TINY
+from .pipeline import TRAIN_TINY, dnd_train
 
 TINY = TRAIN_TINY
 
@@ -33,25 +33,7 @@ def test_dense_init_is_a_warm_restart_from_those_weights(trained_dense: Path, ti
     # --init without --decouple once loaded the bundle and then trained from a fresh initialisation; with LR 0
     # every parameter must stay the init's (BN running statistics, buffers, still move)
     out = tmp_path / "warm"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(tiny_data),
-                "--out",
-                str(out),
-                "--init",
-                str(trained_dense),
-                "--epochs",
-                "1",
-                "--lr",
-                "0",
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    dnd_train(tiny_data, out, "--init", str(trained_dense), "--epochs", "1", "--lr", "0", *TINY)
     d, w = load_file(str(trained_dense / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert set(d) == set(w)
     params = [k for k in d if k.endswith(".weight") or k.endswith(".bias")]
@@ -62,24 +44,7 @@ def test_dense_init_is_a_warm_restart_from_those_weights(trained_dense: Path, ti
 
 def test_decoupled_fine_tune_and_stats(trained_dense: Path, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "dec"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(tiny_data),
-                "--out",
-                str(out),
-                "--decouple",
-                "--init",
-                str(trained_dense),
-                "--epochs",
-                "1",
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    dnd_train(tiny_data, out, "--decouple", "--init", str(trained_dense), "--epochs", "1", *TINY)
     hist = json.loads((out / "train_history.json").read_text())
     assert hist[0]["filter_states"]["total"] == 672 and 0 < hist[0]["flops_ratio"] <= 1
     assert all(torch.isfinite(torch.tensor(hist[0][k])) for k in ("train_ce", "train_mi", "train_kl", "train_l1"))
