@@ -6,16 +6,18 @@ from pathlib import Path
 from dnd.cli import main
 
 
+def evaluate_args(bundle: Path, data: Path, *flags: str) -> list[str]:
+    """A `dnd evaluate` command line on the tiny bundle and its data."""
+    return ["evaluate", "--model", str(bundle), "--data", str(data), *flags]
+
+
 def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
     """The whole protocol on the tiny bundle: known, leave-one-out, unseen (incl. a transfer from the dense bundle),
     corruptions, every detector with intervals, adaptive; a re-run reuses the saved attack sets."""
     out = tmp_path / "report"
-    args = [
-        "evaluate",
-        "--model",
-        str(tiny_bundle),
-        "--data",
-        str(tiny_data),
+    args = evaluate_args(
+        tiny_bundle,
+        tiny_data,
         "--attacks",
         "fgsm,pgd,cw",
         "--unseen",
@@ -41,7 +43,7 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
         "20",
         "--out",
         str(out),
-    ]
+    )
     assert main(args) == 0
     from detector.evaluation import DETECTORS
 
@@ -93,7 +95,7 @@ def test_evaluate_with_known_attacks_only(tiny_bundle: Path, tiny_data: Path, tm
     # `--unseen ''` and `--corruptions ''` are offered as "none": the unsupervised detectors then have no held-out
     # figure at all (no leave-one-out refit either), which the summary, report and console line must say, not crash on
     out = tmp_path / "report"
-    args = ["evaluate", "--model", str(tiny_bundle), "--data", str(tiny_data), "--attacks", "fgsm,pgd", "--unseen", ""]
+    args = evaluate_args(tiny_bundle, tiny_data, "--attacks", "fgsm,pgd", "--unseen", "")
     args += ["--corruptions", "", "--adaptive-limit", "0", "--bootstrap", "20", "--out", str(out)]
     assert main(args) == 0
     r = json.loads((out / "report.json").read_text())
@@ -105,22 +107,7 @@ def test_evaluate_with_known_attacks_only(tiny_bundle: Path, tiny_data: Path, tm
 
 
 def test_unknown_attack_name_is_a_clear_cli_error(tiny_bundle: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
-    assert (
-        main(
-            [
-                "evaluate",
-                "--model",
-                str(tiny_bundle),
-                "--data",
-                str(tiny_data),
-                "--attacks",
-                "pgd,foo",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 2
-    )
+    assert main(evaluate_args(tiny_bundle, tiny_data, "--attacks", "pgd,foo", "--out", str(tmp_path))) == 2
     assert "unknown attack" in capsys.readouterr().err
 
 
@@ -128,7 +115,7 @@ def test_an_unseen_attack_in_the_fit_record_is_refused_before_any_attack(
     tiny_bundle: Path, tiny_data: Path, tmp_path: Path, capsys
 ) -> None:
     # the tiny bundle's scorer was fitted on fgsm and pgd: neither may be reported as unseen
-    args = ["evaluate", "--model", str(tiny_bundle), "--data", str(tiny_data), "--attacks", "fgsm"]
+    args = evaluate_args(tiny_bundle, tiny_data, "--attacks", "fgsm")
     assert main([*args, "--unseen", "pgd,pgdl2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "pgd are in the served scorer's fit" in err and not (tmp_path / "r" / "attacks").exists()
