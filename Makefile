@@ -5,7 +5,7 @@ DATA    ?= .data
 SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
-.PHONY: serve run test test-all lint data train-dense train-decoupled train-robust stats profiles profiles-robust \
+.PHONY: serve run test test-all lint data train-dense train-decoupled train-robust stats select profiles profiles-robust \
 	evaluate evaluate-robust figures samples docs wheel bench bench-serve bench-inference bench-distributed \
 	docker-test clean
 
@@ -72,6 +72,10 @@ train-robust: $(VENV_OK) data
 stats: $(VENV_OK) data
 	for m in dense decoupled dense-robust decoupled-robust; do $(DND) stats --model models/resnet20-$$m --data $(DATA) || exit 1; done
 
+# Which feature families the score reads, chosen on the calibration half (reports/selection; ≈ 20 min on 2 CPU
+# cores). Its choice is CalibrationConfig's default; its attacks are `dnd evaluate`'s "used in selection" group.
+select: $(VENV_OK) data
+	$(DND) select --model models/resnet20-decoupled --data $(DATA) --out reports/selection --device $(DEVICE)
 # Detector: profiles + calibrated scorer into the bundle, then the full evaluation report.
 profiles: $(VENV_OK) data
 	$(call profile,models/resnet20-decoupled)

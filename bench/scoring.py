@@ -1,10 +1,12 @@
 """Cost of path scoring on top of plain classification, measured side by side in one run.
 
 plain:   det.model(x)      (logits only)
-scored:  det.predict(x)    (logits + paths + per-layer distances + `path` score + threshold)
-Rounds alternate so machine noise hits both alike. Prints median ms per batch, img/s and the overhead
-(target: scoring adds <= 10%), then the scoring stages alone on the same batch's paths (path features, `path`
-score), to show what the scoring steps themselves cost beside the end-to-end ratio.
+scored:  det.predict(x)    (logits + paths + the score's inputs + `path` score + threshold)
+Rounds alternate so machine noise hits both alike. Prints median ms per batch, img/s and the overhead, then the
+scoring stages alone on the same batch (the stacked forward with the consistency transforms, the score's inputs, the
+`path` score). With --baseline-profiles (e.g. profiles that read the path features only: `git show
+REV:models/resnet20-decoupled/profiles.safetensors > old.safetensors`), det.predict under both profiles at batch 1
+and 64, side by side: what the served score's extra families cost.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from timing import alternating, medians
 
 from detector import load_detector
+from detector.inputs import forward_stacked
 from detector.interpretation.explain import path_svg
 from detector.runtime import tune_malloc
 
@@ -25,6 +28,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--baseline-profiles", help="profiles.safetensors of the same weights to compare det.predict with")
     ap.add_argument(
         "--default-malloc",
         action="store_true",
@@ -49,17 +53,22 @@ def main() -> None:
         print(f"{k:>7}: {v * 1e3:7.1f} ms per batch of {a.batch_size} ({a.batch_size / v:7.0f} img/s)")
     print(f"scoring overhead: {med['scored'] / med['plain'] - 1:+.1%} (target <= +10%), threads {a.threads}")
     with torch.inference_mode():
-        out = det.model.forward_paths(x)
-        labels, z = out.logits.argmax(1), [zl.bool() for zl in out.z]
-        feats = det.path_features(z, labels, out.s)
+        out = forward_stacked(det.model, x, det.profiles.spec)
+        out.z = [zl.bool() for zl in out.z]
+        feats = det.score_inputs(out)
         trees = det.profiles.scorer.trees
         fns = {
-            "path features": lambda: det.path_features(z, labels, out.s),
+            f"stacked forward ({1 + len(det.profiles.spec.transforms)} x the batch)": lambda: forward_stacked(
+                det.model, x, det.profiles.spec
+            ),
+            "score inputs": lambda: det.score_inputs(out),
             "path score": lambda: det.profiles.scorer.score(feats),
         }
         stages = medians(alternating(fns, a.rounds)[0])
     for k, v in stages.items():
         print(f"  stage {k}: {v * 1e3:6.2f} ms per batch ({v / med['plain']:+.1%} of plain)")
+    if a.baseline_profiles:
+        compare(det, a.model, a.baseline_profiles, a.rounds)
     # the explain picture (POST /explain, `dnd predict --explain`) at batch 1: one predict, then the SVG of its path
     x1 = x[:1]
 
@@ -83,6 +92,28 @@ def main() -> None:
             f"tree scorer: {len(trees.depth)} trees in {len(trees.baseline)} model(s), mean depth {d.mean():.1f}, "
             f"at most {int(d.max())} levels"
         )
+
+
+def compare(det, model: str, baseline_profiles: str, rounds: int) -> None:
+    """det.predict under the served profiles and under `baseline_profiles` (same weights), at batch 1 and 64."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "baseline"
+        shutil.copytree(model, other)
+        shutil.copyfile(baseline_profiles, other / "profiles.safetensors")
+        base = load_detector(other)
+        print(f"served reads {det.score_reads()['families']}, baseline reads {base.score_reads()['families']}")
+        for n in (1, 64):
+            xb = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+            fns = {"baseline": lambda xb=xb: base.predict(xb), "served": lambda xb=xb: det.predict(xb)}
+            med = medians(alternating(fns, rounds * (4 if n == 1 else 1), warmup=2)[0])
+            print(
+                f"det.predict at batch {n}: baseline {med['baseline'] * 1e3:.2f} ms, served {med['served'] * 1e3:.2f} "
+                f"ms, ratio {med['served'] / med['baseline']:.2f}"
+            )
 
 
 if __name__ == "__main__":

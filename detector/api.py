@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from .bundle import CONFIG, METRICS, file_sha256, load_model, read_config
-from .features import PathLikelihood, path_features
+from .consistency import TRANSFORMS, stack
+from .features import PathLikelihood
+from .inputs import StackedOutput, score_inputs
 from .model import CifarResNet
 from .profiles import PROFILES, PathProfiles, load_profiles
 
@@ -35,6 +37,7 @@ class Prediction:
     features: Tensor  # (N, D) penultimate features (for the Mahalanobis baseline)
     logits: Tensor  # (N, K)
     gate_logits: list[Tensor]  # L x (N, C_l) float: the gates' logits s, z = 1(s > 0)
+    inputs: Tensor  # (N, F) what the scorer read: path features, then the profiles' consistency / confidence columns
 
     def __getitem__(self, rows: slice | Tensor) -> Prediction:
         """The Prediction of some of its images: a slice, an index or a boolean mask over N."""
@@ -134,8 +137,19 @@ class Detector:
             "profiles_sha256": self.profiles.meta.get("file_sha256"),
             "profiles_created": self.profiles.meta.get("created"),
             "calibration": self.profiles.meta.get("calibration"),
+            "score_reads": self.score_reads(),
             "metrics": copy.deepcopy(self._metrics),
             "training": copy.deepcopy(self._training),
+        }
+
+    def score_reads(self) -> dict[str, Any]:
+        """What the served score reads: its feature families and, for consistency, the transforms."""
+        spec = self.profiles.spec
+        return {
+            "families": spec.families(),
+            "transforms": {t: TRANSFORMS[t][2] for t in spec.transforms},
+            "confidence": spec.confidence,
+            "features": int(self.profiles.scorer.mean.numel()) if self.profiles.scorer is not None else 0,
         }
 
     def trace(self) -> Detector:
@@ -171,16 +185,10 @@ class Detector:
             return self._sparse
         return _Paths(self.model.eval())
 
-    def path_features(self, z: list[Tensor], labels: Tensor, s: list[Tensor] | None = None) -> Tensor:
-        """The `path` score's inputs (N, F) for binary paths z (per layer (N, C_l)), predicted labels (N,) and gate
-        logits s (per layer (N, C_l); read only when the profiles hold their class means), against this bundle's
-        profiles."""
-        gm = self.profiles.gate_mean
-        if gm is not None and s is None:
-            raise ValueError(f"{self.bundle / PROFILES} scores gate logits too: pass s (model.forward_paths(x).s)")
-        return path_features(
-            z, labels, self.profiles.freq, self.signatures, self.likelihood, s if gm is not None else None, gm
-        )
+    def score_inputs(self, out: StackedOutput) -> Tensor:
+        """The scorer's inputs (N, F) from one forward of the stacked batch (detector/inputs.py), against this
+        bundle's profiles and their predicted classes."""
+        return score_inputs(out, self.profiles, signatures=self.signatures, likelihood=self.likelihood)
 
     @torch.inference_mode()
     def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
@@ -195,20 +203,22 @@ class Detector:
         return parts[0] if len(parts) == 1 else Prediction.concat(parts)
 
     def _predict_batch(self, xb: Tensor) -> Prediction:
-        xb = xb.to(self.device, torch.float32)
+        n = len(xb)
+        xs = stack(xb.to(self.device, torch.float32), self.profiles.spec)  # the images, then each transform of them
         if self._traced is not None:
-            logits, features, z_float, s = self._traced(xb)
+            logits, features, z_float, s = self._traced(xs)
         elif self.engine == "sparse":
-            logits, features, z_float, s = self._network()(xb)
+            logits, features, z_float, s = self._network()(xs)
         else:
-            out = self.model.forward_paths(xb)
+            out = self.model.forward_paths(xs)
             logits, features, z_float, s = out.logits, out.features, out.z, out.s
-        labels = logits.argmax(1)
         z = [zl.bool() for zl in z_float]
-        feats = self.path_features(z, labels, s)
+        inputs = self.score_inputs(StackedOutput(n, logits, features, z, s))
+        logits, features, z, s = logits[:n], features[:n], [zl[:n] for zl in z], [sl[:n] for sl in s]
+        labels = logits.argmax(1)
         n_layers = len(z)
-        ham, jac = feats[:, :n_layers], feats[:, n_layers : 2 * n_layers]  # the per-layer distances lead the features
-        scores = self.profiles.scorer.score(feats)
+        ham, jac = inputs[:, :n_layers], inputs[:, n_layers : 2 * n_layers]  # the per-layer distances lead
+        scores = self.profiles.scorer.score(inputs)
         return Prediction(
             labels=labels.cpu(),
             probs=logits.softmax(1).cpu(),
@@ -220,6 +230,7 @@ class Detector:
             features=features.cpu(),
             logits=logits.cpu(),
             gate_logits=[sl.cpu() for sl in s],
+            inputs=inputs.cpu(),
         )
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .bundle import WEIGHTS, file_sha256, publish
+from .consistency import FeatureSpec
 from .features import feature_count
 from .model import CifarResNet
 from .scorer import PathScorer
@@ -41,6 +42,12 @@ class PathProfiles:
     # L x (K, C_l) float32: the class's mean gate logit s per filter; None in profiles built without them (their
     # scorer reads z only) or built with gate_logits=False
     gate_mean: list[Tensor] | None = None
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """Which feature families beside the path features the scorer reads (meta "features"; none in profiles
+        written before the families existed)."""
+        return FeatureSpec.from_dict(self.meta.get("features"))
 
     def signatures(self, level: float = 0.5) -> list[Tensor]:
         """Binary reference path per class: L x (K, C_l) bool, filters open for >= `level` of the class."""
@@ -130,9 +137,10 @@ def load_profiles(bundle: str | os.PathLike) -> PathProfiles:
             f"{[tuple(f.shape) for f in freq]}"
         )
     want = feature_count([f.shape[1] for f in freq], gate_logits=gate_mean is not None)
+    want += FeatureSpec.from_dict(meta.get("features")).extra_columns(n)
     if scorer is not None and scorer.mean.numel() != want:
         raise ValueError(
-            f"{path}: its scorer was fitted on {scorer.mean.numel()} path features, this version computes "
+            f"{path}: its scorer was fitted on {scorer.mean.numel()} features, this version computes "
             f"{want} (an older feature set); rebuild with `dnd profiles --model {bundle} --data ROOT`"
         )
     return PathProfiles(freq, tensors["counts"], meta, scorer, gate_mean)

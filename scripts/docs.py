@@ -15,7 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from detector.evaluation.summary import adaptive_table, bundles_table, detection_table, worst_case_table
+from detector.evaluation.summary import (
+    ablation_table,
+    adaptive_table,
+    bundles_table,
+    detection_table,
+    worst_case_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("README.md", "docs/*.md")
@@ -39,6 +45,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
         _json(root, f"{REPORTS['resnet20-decoupled-robust']}/report.json")
     ),
     "adaptive": lambda root: adaptive_table(_reports(root)),
+    "ablation": lambda root: ablation_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
 }
 MARKED = re.compile(r"(<!-- dnd-docs:([\w-]+) -->\n)(.*?)(<!-- /dnd-docs:\2 -->)", re.S)
 

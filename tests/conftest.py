@@ -95,11 +95,13 @@ def tiny_decoupled_model(seed: int = 0, **arch):
     return m.eval()
 
 
-def write_detector_bundle(out: Path, seed: int = 0, **arch) -> Path:
-    """A decoupled bundle (ResNet-8, or `arch`) with synthetic profiles, scorer and threshold: no training."""
+def write_detector_bundle(out: Path, seed: int = 0, features: dict | None = None, **arch) -> Path:
+    """A decoupled bundle (ResNet-8, or `arch`) with synthetic profiles, scorer and threshold: no training.
+    `features`: the FeatureSpec (as a dict) the scorer reads beside the path features."""
     import torch
 
     from detector import save_bundle
+    from detector.consistency import FeatureSpec
     from detector.features import feature_count
     from detector.profiles import PathProfiles, save_profiles
     from detector.scorer import PathScorer
@@ -110,7 +112,10 @@ def write_detector_bundle(out: Path, seed: int = 0, **arch) -> Path:
     freq = [torch.rand(10, u.cout, generator=g) for u in m.units()]
     gate_mean = [torch.randn(10, u.cout, generator=g) for u in m.units()]
     n_feat = feature_count([f.shape[1] for f in freq], gate_logits=True)
+    n_feat += FeatureSpec.from_dict(features).extra_columns(len(freq))
     scorer = PathScorer(torch.zeros(n_feat), torch.ones(n_feat), torch.randn(n_feat, generator=g), 0.0)
     meta = {"threshold": 0.0, "target_fpr": 0.05, "calibration": {"synthetic": True}}
+    if features is not None:
+        meta["features"] = features
     save_profiles(PathProfiles(freq, torch.full((10,), 5), meta, scorer, gate_mean), out, "synthetic")
     return out

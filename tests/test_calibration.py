@@ -148,8 +148,10 @@ def test_profiles_without_gate_logits_still_score(tiny_bundle: Path, tiny_data: 
     assert main(["profiles", "--model", str(other), "--data", str(tiny_data), "--without-gate-logits", *CHEAP]) == 0
     p, q = load_profiles(other), load_profiles(tiny_bundle)
     assert p.gate_mean is None and q.gate_mean is not None
-    widths = [f.shape[1] for f in p.freq]
-    assert p.scorer.mean.numel() == feature_count(widths) and q.scorer.mean.numel() == feature_count(widths, True)
+    widths, extra = [f.shape[1] for f in p.freq], p.spec.extra_columns(len(p.freq))
+    assert p.spec == q.spec and extra > 0  # the default recipe's consistency and confidence columns
+    assert p.scorer.mean.numel() == feature_count(widths) + extra
+    assert q.scorer.mean.numel() == feature_count(widths, True) + extra
     det = load_detector(other)
     x = torch.rand(9, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     a, b = det.predict(x), det.predict(x, batch_size=4)
@@ -159,8 +161,6 @@ def test_profiles_without_gate_logits_still_score(tiny_bundle: Path, tiny_data: 
     same = torch.stack([(p == q).all(1) for p, q in zip(a.paths, b.paths)]).all(0)
     near_zero = torch.stack([s.abs().amin(1) < 1e-4 for s in a.gate_logits]).any(0)
     assert bool((same | near_zero).all()) and torch.allclose(a.scores[same], b.scores[same], atol=1e-5)
-    with pytest.raises(ValueError, match="scores gate logits too: pass s"):
-        load_detector(tiny_bundle).path_features(a.paths, a.labels)
 
 
 def test_interrupted_regenerate_leaves_old_profiles(

@@ -12,16 +12,18 @@ def evaluate_args(bundle: Path, data: Path, *flags: str) -> list[str]:
 
 
 def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
-    """The whole protocol on the tiny bundle: known, leave-one-out, unseen (incl. a transfer from the dense bundle),
-    corruptions, every detector with intervals, adaptive; a re-run reuses the saved attack sets."""
+    """The whole protocol on the tiny bundle: known, leave-one-out, used in selection (incl. a transfer from the dense
+    bundle), unseen, corruptions, every detector with intervals, adaptive; a re-run reuses the saved attack sets."""
     out = tmp_path / "report"
     args = evaluate_args(
         tiny_bundle,
         tiny_data,
         "--attacks",
         "fgsm,pgd,cw",
-        "--unseen",
+        "--selection",
         "pgdl2,transfer",
+        "--unseen",
+        "eadl1",
         "--source",
         str(tiny_bundle.parent / "dense"),
         "--corruptions",
@@ -48,8 +50,9 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
     from detector.evaluation import DETECTORS
 
     r = json.loads((out / "report.json").read_text())
-    assert 0 <= r["clean_accuracy"] <= 1 and list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer"]
-    assert [a["role"] for a in r["attacks"].values()] == ["known"] * 3 + ["unseen"] * 2
+    assert list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer", "eadl1"]
+    assert 0 <= r["clean_accuracy"] <= 1
+    assert [a["role"] for a in r["attacks"].values()] == ["known"] * 3 + ["selection"] * 2 + ["unseen"]
     for name, a in r["attacks"].items():
         assert {"success_rate", "n_adv", "detectors", "what", "params"} <= set(a)
         assert set(a["detectors"]) == set(DETECTORS)
@@ -64,7 +67,7 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
     # each known attack that succeeded on the refit images is left out once (on this tiny network CW may never
     # succeed: then it has n_adv 0, no AUROC, no leave-one-out, and the report says so rather than crashing)
     assert set(r["leave_one_out"]) == {a for a, n in r["refit_attacked"].items() if n} >= {"fgsm", "pgd"}
-    assert set(r["leave_one_out"]["pgd"]) == {"path_refit", "maha_ensemble", "lid"}
+    assert set(r["leave_one_out"]["pgd"]) == {"path_refit", "maha_mix", "lid"}
     assert (
         set(r["corruptions"]) == {"gaussian_noise", "pixelate"}
         and not r["corruptions"]["pixelate"]["in_fit_augmentation"]
@@ -83,7 +86,9 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
         assert row["model_alone_apgd_ce"] <= row["apgd-ce"]  # the same images, judged with and without rejection
     assert {"pgd-st_20_steps_1_restart", "pgd-st_unbounded", "more_steps_never_raise"} <= set(ad["sanity"])
     assert isinstance(ad["sanity"]["gate_gradient_never_weakens"], bool)
-    assert (out / "report.md").read_text().startswith("# Detection report")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# Detection report") and "## What each family adds" in md
+    assert "## Attacks used in selection" in md and "## Unseen attacks (in no fit and no choice)" in md
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "generalisation.png", "corruptions.png"))
     saved = out / "attacks" / "pgd.safetensors"
     assert saved.is_file()
@@ -95,14 +100,14 @@ def test_evaluate_with_known_attacks_only(tiny_bundle: Path, tiny_data: Path, tm
     # `--unseen ''` and `--corruptions ''` are offered as "none": the unsupervised detectors then have no held-out
     # figure at all (no leave-one-out refit either), which the summary, report and console line must say, not crash on
     out = tmp_path / "report"
-    args = evaluate_args(tiny_bundle, tiny_data, "--attacks", "fgsm,pgd", "--unseen", "")
+    args = evaluate_args(tiny_bundle, tiny_data, "--attacks", "fgsm,pgd", "--selection", "", "--unseen", "")
     args += ["--corruptions", "", "--adaptive-limit", "0", "--bootstrap", "20", "--out", str(out)]
     assert main(args) == 0
     r = json.loads((out / "report.json").read_text())
     assert list(r["attacks"]) == ["fgsm", "pgd"] and r["corruptions"] == {}
     assert r["summary"]["msp"]["worst_held_out_or_unseen"] is None  # the served `path` is not refitted either
     assert r["summary"]["path_refit"]["worst_held_out_or_unseen_on"].startswith("without ")
-    assert "held-out or unseen none evaluated" in capsys.readouterr().out
+    assert "held-out, selection or unseen AUROC: none evaluated" in capsys.readouterr().out
     assert "| —" in (out / "report.md").read_text()
 
 
@@ -119,3 +124,27 @@ def test_an_unseen_attack_in_the_fit_record_is_refused_before_any_attack(
     assert main([*args, "--unseen", "pgd,pgdl2", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "pgd are in the served scorer's fit" in err and not (tmp_path / "r" / "attacks").exists()
+    # an attack whose calibration figures chose the recipe (the record's selection_attacks) is no unseen attack either
+    assert main([*args, "--unseen", "pgdl2", "--out", str(tmp_path / "s")]) == 2
+    assert "pgdl2 informed a recipe choice" in capsys.readouterr().err
+
+
+def test_select_ranks_candidates_on_the_calibration_half(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """`dnd select`: every candidate gets a row with per-attack AUROC and shift flag rates; the chosen one respects
+    the limits and has the best worst case among those that do."""
+    from detector.evaluation.selection import CANDIDATES
+
+    out = tmp_path / "sel"
+    args = ["select", "--model", str(tiny_bundle), "--data", str(tiny_data), "--out", str(out)]
+    assert main([*args, "--images", "60", "--tree-iterations", "5"]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert len(r["candidates"]) == len(CANDIDATES) and "pgdl2" in r["attacks"]
+    succeeded = {a for a, n in r["attacks"].items() if n}  # on the tiny network some attacks never succeed
+    ok = [c for c in r["candidates"] if len(c["transforms"]) <= 2 and c["worst_shift_flagged"] <= 0.15]
+    for c in r["candidates"]:
+        assert set(c["attacks"]) == succeeded and all(0 <= v["auroc"] <= 1 for v in c["attacks"].values())
+        assert c["worst_auroc"] == min(v["auroc"] for v in c["attacks"].values())
+    if ok:
+        best = max(ok, key=lambda c: c["worst_auroc"])
+        assert r["chosen"] == {"transforms": best["transforms"], "confidence": best["confidence"]}
+    assert (out / "report.md").read_text().startswith("# Feature selection")

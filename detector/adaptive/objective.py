@@ -13,7 +13,9 @@ import torch
 from torch import Tensor
 
 from ..api import Detector
-from ..features import PathLikelihood, path_features
+from ..features import PathLikelihood
+from ..inputs import forward_stacked, score_inputs
+from ..profiles import PathProfiles
 
 
 class DetectorObjective:
@@ -21,20 +23,22 @@ class DetectorObjective:
         self.det, dev = det, det.device
         self.freq = [f.to(dev) for f in det.profiles.freq]
         self.sig, self.nb = [f >= 0.5 for f in self.freq], PathLikelihood.from_freq(self.freq)
-        self.gm = None if det.profiles.gate_mean is None else [g.to(dev) for g in det.profiles.gate_mean]
+        gm = None if det.profiles.gate_mean is None else [g.to(dev) for g in det.profiles.gate_mean]
+        self.profiles = PathProfiles(self.freq, det.profiles.counts, det.profiles.meta, gate_mean=gm)  # on det.device
         sc = det.profiles.scorer
         # trees: descend on the logistic surrogate at its own threshold (BPDA-style); a linear scorer is the real score
         self.threshold = det.threshold if sc.trees is None or sc.surrogate_threshold is None else sc.surrogate_threshold
 
     def __call__(self, x: Tensor, target: Tensor, relax: str | float) -> tuple[Tensor, Tensor]:
         """Images x (N, 3, 32, 32) -> logits (N, K) and surrogate score minus its threshold (N,), both
-        differentiable in x, the path judged against the profile of class `target` (N,)."""
+        differentiable in x, the path judged against the profile of class `target` (N,). The consistency
+        features see x and its transforms in one stacked forward, as the detector does; a transform without a
+        gradient (JPEG, bit depth) passes the identity's (BPDA)."""
         model = self.det.model.eval()
         with model.relaxed_paths(relax):
-            o = model.forward_paths(x)
-            s = o.s if self.gm is not None else None
-            f = path_features(o.z, target, self.freq, self.sig, self.nb, s, self.gm)
-        return o.logits, self.det.profiles.scorer.surrogate(f) - self.threshold
+            out = forward_stacked(model, x, self.det.profiles.spec, bpda=True)
+            f = score_inputs(out, self.profiles, target, self.sig, self.nb)
+        return out.logits[: len(x)], self.det.profiles.scorer.surrogate(f) - self.threshold
 
     @torch.no_grad()
     def broken(self, x: Tensor, y: Tensor) -> Tensor:

@@ -12,8 +12,11 @@ from ..adaptive import AdaptiveConfig
 class EvalConfig:
     # attacks whose family the `path` scorer is fitted on, at their evaluation parameters (detector/attacks.py)
     known: tuple[str, ...] = ("fgsm", "pgd", "cw", "deepfool")
-    # attacks no fit ever sees: another norm, a black box, a transfer from another network, another budget and loss
-    unseen: tuple[str, ...] = ("pgdl2", "apgd-dlr", "square", "transfer")
+    # attacks in no fit that informed a recipe choice on the calibration half (pgdl2 and transfer chose the Linf
+    # radii, pgdl2 the consistency transforms) or share the fit's Linf budgets (apgd-dlr at 4/255, square at 8/255)
+    selection: tuple[str, ...] = ("pgdl2", "transfer", "apgd-dlr", "square")
+    # attacks no fit and no choice ever touched: another norm (L1) and another threat model (L0 black box)
+    unseen: tuple[str, ...] = ("eadl1", "pixle")
     # common corruptions of clean images (detector/corruptions.py): false positives on shifted images; the last two
     # are kinds the calibration's clean augmentation never applies
     corruptions: tuple[str, ...] = (
@@ -28,7 +31,7 @@ class EvalConfig:
     limit: int = 0  # evaluation images (class-balanced; 0 = the whole half, 5,000)
     # images for the costly attacks: 1,200 leave more than 1,000 successful ones (their success rates are 0.7-1.0)
     slow_limit: int = 1200
-    slow: tuple[str, ...] = ("cw", "deepfool", "square", "apgd-dlr")
+    slow: tuple[str, ...] = ("cw", "deepfool", "square", "apgd-dlr", "eadl1", "pixle")
     fit_limit: int = 0  # calibration fit-part images the supervised detectors are refitted on (0 = all, ~3,000)
     lid_reference: int = 200  # clean training images LID measures distances to
     adaptive_limit: int = 500  # evaluation images (correct or not) for the adaptive attacks

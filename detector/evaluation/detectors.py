@@ -7,7 +7,9 @@ LID estimates). `Suite` fits them:
 - supervised, on exactly the same attacked images (the calibration half's fit part): the `path` recipe refitted
   (`path_refit`), the Mahalanobis feature ensemble and LID; each also refitted without one attack at a time
   (leave-one-out, variant "without:NAME");
-- `path` is the served scorer as the bundle's profiles hold it (fitted on the larger calibration recipe).
+- `path` is the served scorer as the bundle's profiles hold it (fitted on the larger calibration recipe);
+- the ablation: the `path_refit` recipe on the same images but reading fewer families, `path_only` (path features
+  alone) and `path_consistency` (path features and path consistency, no output confidence).
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ from ..baselines import (
     msp_score,
     pooled_activations,
 )
+from ..consistency import FeatureSpec
+from ..features import feature_count
 from ..scorer import PathScorer
 from ..trees import TREE_PARAMS
 
 UNSUPERVISED = ("path_hamming", "path_hamming_std", "path_jaccard_std", "msp", "energy", "mahalanobis")
-SUPERVISED = ("path", "path_refit", "maha_ensemble", "lid")
+ABLATION = ("path_only", "path_consistency")  # the path_refit recipe reading fewer families (fitted on ALL only)
+SUPERVISED = ("path", "path_refit", *ABLATION, "maha_mix", "lid")
 DETECTORS = SUPERVISED + UNSUPERVISED
-REFITTED = ("path_refit", "maha_ensemble", "lid")  # the ones a leave-one-out variant refits
+REFITTED = ("path_refit", "maha_mix", "lid")  # the ones a leave-one-out variant refits
 ALL = "all"
 
 
@@ -63,6 +68,7 @@ class Suite:
     lid: LID
     layer_stats: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # clean per-layer mean, std
     path_refit: dict[str, PathScorer] = field(default_factory=dict)  # variant -> scorer
+    ablation: dict[str, tuple[int, PathScorer]] = field(default_factory=dict)  # name -> (columns read, scorer)
     ensemble_comb: dict[str, LogisticCombiner] = field(default_factory=dict)
     lid_comb: dict[str, LogisticCombiner] = field(default_factory=dict)
 
@@ -90,7 +96,8 @@ class Suite:
         )
 
     def path_features(self, v: View) -> Tensor:
-        return self.det.path_features(v.pred.paths, v.pred.labels, v.pred.gate_logits)
+        """What the served scorer reads of these images (path features and the profiles' other families)."""
+        return v.pred.inputs
 
     def fit_supervised(self, clean: View, attacked: dict[str, View]) -> None:
         """The supervised detectors on clean vs all attacks, and once more without each attack in turn."""
@@ -118,6 +125,26 @@ class Suite:
                 self.ensemble.distances(clean.pooled), self.ensemble.distances(att.pooled)
             )
             self.lid_comb[variant] = LogisticCombiner(clean.lid.numpy(), att.lid.numpy())
+        fams = [[a for a in f if a in attacked] for f in families]
+        fams += [[a] for a in attacked if not any(a in f for f in fams)]
+        pri = list(prior) + [0.0] * (len(fams) - len(prior))
+        for name, cols in self.ablation_columns().items():
+            sc = self.path_refit[ALL]
+            if cols < clean_f.shape[1]:  # fewer families than the served score reads: refit on those columns
+                sc = PathScorer.fit(
+                    clean_f[:, :cols], {a: r[:, :cols] for a, r in rows.items()}, fams, pri, tree_params=tree_params
+                )
+            self.ablation[name] = (cols, sc)
+
+    def ablation_columns(self) -> dict[str, int]:
+        """How many leading columns of the served inputs each ablation detector reads: the path features, then the
+        consistency block (detector/inputs.py lays them out in that order, confidence last)."""
+        p = self.det.profiles
+        n_path = feature_count([f.shape[1] for f in p.freq], p.gate_mean is not None)
+        return {
+            "path_only": n_path,
+            "path_consistency": n_path + FeatureSpec(p.spec.transforms).extra_columns(len(p.freq)),
+        }
 
     def scores(self, v: View, variant: str = ALL) -> dict[str, Tensor]:
         """Every detector's score (higher = more suspicious) for the images of `v`."""
@@ -139,6 +166,8 @@ class Suite:
         }
         if self.path_refit:
             out["path_refit"] = self.path_refit[variant].score(self.path_features(v))
-            out["maha_ensemble"] = self.ensemble_comb[variant](self.ensemble.distances(v.pooled))
+            for name, (cols, sc) in self.ablation.items():  # fitted on all known attacks, whatever the variant
+                out[name] = sc.score(self.path_features(v)[:, :cols])
+            out["maha_mix"] = self.ensemble_comb[variant](self.ensemble.distances(v.pooled))
             out["lid"] = self.lid_comb[variant](v.lid.numpy())
         return {k: t.float() for k, t in out.items()}

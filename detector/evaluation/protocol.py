@@ -52,7 +52,7 @@ def evaluate(
     for split in (train, test):
         check_classes(split, det.classes, f"--data against the bundle {det.bundle}")
     cal_record = det.profiles.meta.get("calibration", {})
-    check_unseen(cfg.unseen, cal_record)
+    check_unseen(cfg.unseen, cal_record, cfg.selection)
     ccfg = CalibrationConfig(
         **{
             f: tuple(map(tuple, v)) if f == "families" else tuple(v) if isinstance(v, list) else v
@@ -117,9 +117,10 @@ def evaluate(
     }
     report["clean_fpr_at_threshold"] = report["clean_fpr"]["path"]["rate"]
     curves: dict[str, dict[str, Any]] = {}
-    source = load_model(cfg.source, det.device) if any(ATTACKS[a].transfer for a in cfg.unseen) else None
+    attacks = [*cfg.known, *cfg.selection, *cfg.unseen]
+    source = load_model(cfg.source, det.device) if any(ATTACKS[a].transfer for a in attacks) else None
     xo, yo = ev_x[ok], ev_y[ok]
-    for name in tqdm([*cfg.known, *cfg.unseen], desc="evaluation attacks", unit="attack"):
+    for name in tqdm(attacks, desc="evaluation attacks", unit="attack"):
         sub = balanced_subset(torch.arange(len(yo)), yo, cfg.slow_limit if name in cfg.slow else 0, k)
         s = cache.attack_set(
             name,
@@ -133,7 +134,7 @@ def evaluate(
         figs = {d: detection_figures(neg[ALL][d], pos[d], thresholds[d], cfg.bootstrap, cfg.seed) for d in DETECTORS}
         curves[name] = {d: f.pop("curve", None) for d, f in figs.items()}
         report["attacks"][name] = {
-            "role": "known" if name in cfg.known else "unseen",
+            "role": "known" if name in cfg.known else "selection" if name in cfg.selection else "unseen",
             "what": ATTACKS[name].what,
             "params": s.params,
             "images_attacked": len(s.y),
@@ -160,15 +161,22 @@ def evaluate(
     return report
 
 
-def check_unseen(unseen: tuple[str, ...], cal: dict[str, Any]) -> None:
-    """Refuse, before any attack runs, to report as unseen an attack the served scorer was fitted on (its profiles'
-    calibration record): its figures would be in-distribution figures under an out-of-distribution name."""
+def check_unseen(unseen: tuple[str, ...], cal: dict[str, Any], selection: tuple[str, ...] = ()) -> None:
+    """Refuse, before any attack runs, to report as unseen an attack the served scorer was fitted on or whose figures
+    chose its recipe (its profiles' calibration record), or one this evaluation also names as used in selection:
+    its figures would be in-distribution figures under an out-of-distribution name."""
     fitted = {*cal.get("attacks", []), *cal.get("extra_attacks", []), *cal.get("extra_subset_attacks", [])}
     seen = sorted(set(unseen) & fitted)
     if seen:
         raise ValueError(
             f"--unseen {','.join(unseen)}: {', '.join(seen)} are in the served scorer's fit (its calibration record "
             f"lists {', '.join(sorted(fitted))}); an unseen attack must be one no fit touched"
+        )
+    chose = sorted(set(unseen) & {*cal.get("selection_attacks", []), *selection})
+    if chose:
+        raise ValueError(
+            f"--unseen {','.join(unseen)}: {', '.join(chose)} informed a recipe choice (the calibration record or "
+            "--selection lists them); report them with --selection, an unseen attack must be one no choice touched"
         )
 
 
@@ -223,7 +231,7 @@ def summary(r: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
         # attacks that never succeeded have no AUROC (None) and no leave-one-out refit
         known = {a: r["attacks"][a]["detectors"][d]["auroc"] for a in cfg.known}
         held = {f"without {a}": v[d]["auroc"] for a, v in r["leave_one_out"].items() if d in v}
-        held |= {a: r["attacks"][a]["detectors"][d]["auroc"] for a in cfg.unseen}
+        held |= {a: r["attacks"][a]["detectors"][d]["auroc"] for a in (*cfg.selection, *cfg.unseen)}
         known = {a: v for a, v in known.items() if v is not None}
         held = {a: v for a, v in held.items() if v is not None}
         kw, hw = min(known, key=known.get, default=None), min(held, key=held.get, default=None)

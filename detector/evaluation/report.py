@@ -9,8 +9,25 @@ from typing import Any
 
 from ..bundle import write_json
 from .detectors import DETECTORS, REFITTED, SUPERVISED
+from .summary import ablation_table, group_worst, reads_text
 
-SHOWN = ("path", "path_refit", "maha_ensemble", "lid", "path_hamming_std", "msp", "energy", "mahalanobis")
+SHOWN = (
+    "path",
+    "path_refit",
+    "path_only",
+    "maha_mix",
+    "lid",
+    "path_hamming_std",
+    "msp",
+    "energy",
+    "mahalanobis",
+)
+ROLES = {
+    "known": "Known attacks (in the fit)",
+    "selection": "Attacks used in selection (in no fit; their calibration figures chose a setting, or they share the "
+    "fit's Linf budget)",
+    "unseen": "Unseen attacks (in no fit and no choice)",
+}
 
 
 def write_report(r: dict[str, Any], curves: dict[str, dict[str, Any]], out: Path) -> None:
@@ -48,24 +65,43 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{r['clean_accuracy']:.4f}. `path` threshold {r['threshold']:.4f} (target FPR {r['target_fpr']}); on clean "
         f"evaluation images it flags {cfr['rate']:.4f} [{cfr['ci'][0]:.4f}, {cfr['ci'][1]:.4f}].",
         "",
-        f"`path` (served) was fitted on {r['fitted_on']}. The other supervised detectors (`path_refit`, the same "
-        f"recipe; `maha_ensemble`; `lid`) were fitted on {r['refit_images']} clean calibration images against the "
-        "known attacks on them; unsupervised ones never saw an attack. Cells: AUROC [bootstrap 95% interval].",
+        f"`path` (served) reads {reads_text(r)} and was fitted on {r['fitted_on']}. The other supervised detectors "
+        f"(`path_refit`, the same recipe and families; `path_only` and `path_consistency`, the same recipe on fewer "
+        f"families; `maha_mix`; `lid`) were fitted on {r['refit_images']} clean calibration images against the known "
+        "attacks on them, without the served score's training images; unsupervised ones never saw an attack. "
+        "Cells: AUROC [bootstrap 95% interval].",
+        "",
+        "## Served `path` per group of attacks",
+        "",
+        "| group | attacks | worst AUROC [95%] | worst flagged at the threshold [95%] |",
+        "|---|---|---|---|",
+    ]
+    for role, title in ROLES.items():
+        g = group_worst(r, role)
+        if g is not None:
+            lines.append(
+                f"| {title.split(' (')[0].lower()} | {g['n']} | {g['auroc']:.3f} [{g['auroc_ci'][0]:.3f}, "
+                f"{g['auroc_ci'][1]:.3f}] ({g['auroc_on']}) | {100 * g['tpr']:.1f}% [{100 * g['tpr_ci'][0]:.1f}, "
+                f"{100 * g['tpr_ci'][1]:.1f}] ({g['tpr_on']}) |"
+            )
+    lines += [
         "",
         "## Worst cases",
         "",
-        "| detector | worst known attack | worst held-out or unseen attack |",
+        "| detector | worst known attack | worst held-out, selection or unseen attack |",
         "|---|---|---|",
     ]
     for d in SHOWN:
         s = r["summary"][d]
         known = "—" if s["worst_known"] is None else f"{s['worst_known']:.3f} ({s['worst_known_on']})"
         lines.append(f"| {_who(d)} | {known} | {held_out_text(s, '—')} |")
-    for role in ("known", "unseen"):
+    for role, title in ROLES.items():
         names = [a for a, v in r["attacks"].items() if v["role"] == role]
+        if not names:
+            continue
         lines += [
             "",
-            f"## {'Known attacks (in the fit)' if role == 'known' else 'Unseen attacks (in no fit)'}",
+            f"## {title}",
             "",
             "| attack | what | success | n_adv | " + " | ".join(SHOWN) + " |",
             "|---|---|---|---|" + "---|" * len(SHOWN),
@@ -77,6 +113,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                 + " | ".join(_cell(v["detectors"][d]) for d in SHOWN)
                 + " |"
             )
+    lines += ["", "## What each family adds", "", ablation_table(r)]
     lines += [
         "",
         "## Leave one out",
@@ -216,7 +253,7 @@ def plot_corruptions(r: dict[str, Any], path: Path) -> None:
     plt = _plt()
     names = list(r["corruptions"])
     fig, ax = plt.subplots(figsize=(9, 4))
-    dets = ("path", "path_refit", "maha_ensemble", "lid", "msp", "mahalanobis")
+    dets = ("path", "path_refit", "maha_mix", "lid", "msp", "mahalanobis")
     w = 0.8 / len(dets)
     for j, d in enumerate(dets):
         ys = [r["corruptions"][c]["fpr"][d]["rate"] for c in names]

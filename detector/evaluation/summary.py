@@ -9,7 +9,7 @@ from typing import Any
 # The detectors beside the served `path` in the detection table, and the names a reader knows them by.
 BASELINES = {
     "path_refit": "`path_refit`",
-    "maha_ensemble": "Mahalanobis feature ensemble",
+    "maha_mix": "Mahalanobis layer ensemble on the attack mix (Lee-style, no input preprocessing)",
     "lid": "LID",
     "msp": "max-softmax",
     "mahalanobis": "Mahalanobis",
@@ -40,12 +40,12 @@ def _bold(text: str, bold: bool) -> str:
 
 
 def detection_table(r: dict[str, Any]) -> str:
-    """Per attack: in the fit or not, adversarial images, `path` AUROC with its interval and the share it flags at
-    the served threshold, then each baseline's AUROC; the best AUROC of a row in bold."""
+    """Per attack: its group (in the fit, used in selection, unseen), adversarial images, `path` AUROC with its
+    interval and the share it flags at the threshold, then each baseline's AUROC; the best AUROC of a row in bold."""
     head = [
         "attack",
         "what",
-        "in the fit?",
+        "group",
         "adversarial images",
         "`path` AUROC [95%]",
         "`path` flags at threshold [95%]",
@@ -60,7 +60,7 @@ def detection_table(r: dict[str, Any]) -> str:
         row = [
             name,
             v["what"],
-            "yes" if v["role"] == "known" else "no",
+            GROUPS[role_of(r, name)],
             f"{v['n_adv']:,}",
             _bold(interval(p["auroc"], p.get("auroc_ci")), aurocs["path"] == best),
             rate_interval(p["tpr_at_threshold"], p["tpr_at_threshold_ci"]),
@@ -70,10 +70,55 @@ def detection_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+GROUPS = {"known": "in the fit", "selection": "used in selection", "unseen": "unseen"}
+# attacks that informed a recipe choice or share the fit's budget: a report written before the protocol had a
+# "selection" group called them unseen
+_SELECTION = ("pgdl2", "transfer", "apgd-dlr", "square")
+
+
+def role_of(r: dict[str, Any], attack: str) -> str:
+    """An attack's group in report r (see GROUPS)."""
+    role = r["attacks"][attack]["role"]
+    if role == "unseen" and "selection" not in r.get("config", {}) and attack in _SELECTION:
+        return "selection"
+    return role
+
+
+def reads_text(r: dict[str, Any]) -> str:
+    """What the served score reads, from the report's calibration record."""
+    f = r.get("calibration", {}).get("features") or {"families": ["path"], "transforms": {}}
+    parts = ["path features"]
+    if f.get("transforms"):
+        parts.append("path consistency under " + ", ".join(f["transforms"].values()))
+    if "confidence" in f.get("families", []):
+        parts.append("output confidence")
+    return " + ".join(parts)
+
+
+def ablation_table(r: dict[str, Any]) -> str:
+    """Per attack: AUROC and share flagged at each detector's own threshold of the `path_refit` recipe reading path
+    features only, + consistency, + confidence (all families), fitted on the same images."""
+    dets = {"path_only": "path only", "path_consistency": "+ consistency", "path_refit": "+ confidence"}
+    head = ["attack", "group", *(f"{t}: AUROC / flagged" for t in dets.values())]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, v in r["attacks"].items():
+        cells = []
+        for d in dets:
+            f = v["detectors"].get(d, {})
+            cells.append("n/a" if f.get("auroc") is None else f"{f['auroc']:.3f} / {pct(f['tpr_at_threshold'])}")
+        lines.append(f"| {name} | {GROUPS[role_of(r, name)]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def group_worst(r: dict[str, Any], role: str) -> dict[str, Any] | None:
     """The served `path`'s worst AUROC and worst share flagged at the threshold over the attacks of one role
-    ("known": in the fit; "unseen": in no fit), each with its attack and interval; None without such attacks."""
-    rows = [(a, v["detectors"]["path"]) for a, v in r["attacks"].items() if v["role"] == role]
+    ("known": in the fit; "selection": in no fit, but used in a recipe choice; "unseen": in no fit and no choice),
+    each with its attack and interval; None without such attacks (or none that ever succeeded)."""
+    rows = [
+        (a, v["detectors"]["path"])
+        for a, v in r["attacks"].items()
+        if role_of(r, a) == role and v["detectors"]["path"].get("auroc") is not None
+    ]
     if not rows:
         return None
     a_auc, p_auc = min(rows, key=lambda t: t[1]["auroc"])
@@ -96,13 +141,14 @@ def worst_case_table(reports: dict[str, dict[str, Any]]) -> str:
     fit) the worst AUROC and the worst share flagged at the threshold, with the attacks they fall on; the worst share
     of corrupted clean images flagged."""
     head = ["bundle", "evaluation images", "clean accuracy", "clean images flagged [95%]"]
-    head += ["attacks in the fit: worst AUROC", "worst flagged", "attacks in no fit: worst AUROC", "worst flagged"]
+    for g in GROUPS.values():
+        head += [f"{g}: worst AUROC", "worst flagged"]
     head += ["most corrupted clean images flagged"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in reports.items():
         c = r["clean_fpr"]["path"]
         row = [f"`{name}`", f"{r['evaluation_images']:,}", pct(r["clean_accuracy"]), rate_interval(c["rate"], c["ci"])]
-        for role in ("known", "unseen"):
+        for role in GROUPS:
             g = group_worst(r, role)
             if g is None:
                 row += ["—", "—"]

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from detector.calibration import CalibrationConfig
+    from detector.consistency import TRANSFORMS
 
     d = CalibrationConfig()
     fams = ",".join("+".join(f) for f in d.families)
@@ -95,6 +96,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--tree-iterations", type=count, default=d.tree_iterations, help="boosting rounds per family's tree model"
+    )
+    p.add_argument(
+        "--transforms",
+        default=",".join(d.transforms),
+        help="path consistency: the score also reads how far the path moves under these input transforms, run in "
+        f"the same forward pass (comma-separated from {', '.join(TRANSFORMS)}; default {','.join(d.transforms)}; "
+        "'' = none)",
+    )
+    p.add_argument(
+        "--no-confidence",
+        action="store_true",
+        help="leave out the output-confidence columns (max softmax, energy, logit margin, feature norm)",
     )
     add_device(p)
     p.set_defaults(handler=cmd_profiles, out_is_dir=True)
@@ -181,7 +194,13 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         gate_logits=not a.without_gate_logits,
         linf_eps=_radii(a.linf_eps),
         clean_augment=not a.no_clean_augment,
+        transforms=tuple(t.strip() for t in a.transforms.split(",") if t.strip()),
+        confidence=not a.no_confidence,
     )
+    try:
+        cfg.spec.check()
+    except ValueError as e:
+        raise ValueError(f"--transforms {a.transforms!r}: {e}") from None
     try:
         cfg.check()
     except ValueError as e:

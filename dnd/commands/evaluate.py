@@ -23,7 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"known attacks: the scorer's fit families, at their evaluation parameters (default {','.join(e.known)})",
     )
     p.add_argument(
-        "--unseen", default=",".join(e.unseen), help=f"attacks no fit sees (default {','.join(e.unseen)}; '' for none)"
+        "--selection",
+        default=",".join(e.selection),
+        help="attacks in no fit that informed a recipe choice or share the fit's budget "
+        f"(default {','.join(e.selection)}; '' for none)",
+    )
+    p.add_argument(
+        "--unseen",
+        default=",".join(e.unseen),
+        help=f"attacks no fit and no recipe choice ever touched (default {','.join(e.unseen)}; '' for none)",
     )
     p.add_argument("--corruptions", default=",".join(e.corruptions), help="corruptions of clean images ('' for none)")
     p.add_argument("--limit", type=count, default=e.limit, help="evaluation images (class-balanced; 0 = all 5,000)")
@@ -63,6 +71,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.set_defaults(handler=cmd_evaluate, out_is_dir=True)
 
+    from detector.evaluation.selection import SelectConfig
+
+    c = SelectConfig()
+    p = sub.add_parser(
+        "select",
+        help="choose the score's feature families on the calibration half (consistency transforms, confidence)",
+    )
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", type=count, default=c.images, help="calibration fit-part images (class-balanced)")
+    p.add_argument(
+        "--selection-attacks",
+        default=",".join(c.selection_attacks),
+        help="attacks in no fit whose figures count in the choice (they belong in `dnd evaluate --selection`)",
+    )
+    p.add_argument("--tree-iterations", type=count, default=c.tree_iterations)
+    add_device(p)
+    p.set_defaults(handler=cmd_select, out_is_dir=True)
+
 
 def _names_or_none(csv: str) -> tuple[str, ...]:
     return tuple(attack_names(csv)) if csv.strip() else ()
@@ -74,6 +102,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from detector.corruptions import CORRUPTIONS
     from detector.evaluation import EvalConfig, evaluate
     from detector.evaluation.report import held_out_text
+    from detector.evaluation.summary import GROUPS, group_worst
 
     corruptions = tuple(c.strip() for c in a.corruptions.split(",") if c.strip())
     bad = [c for c in corruptions if c not in CORRUPTIONS]
@@ -81,6 +110,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         raise ValueError(f"unknown corruption(s) {bad}; expected some of {sorted(CORRUPTIONS)}")
     cfg = EvalConfig(
         known=tuple(attack_names(a.attacks)),
+        selection=_names_or_none(a.selection),
         unseen=_names_or_none(a.unseen),
         corruptions=corruptions,
         limit=a.limit,
@@ -113,13 +143,35 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
             else (f"{f['auroc']:.3f} [{f['auroc_ci'][0]:.3f}, {f['auroc_ci'][1]:.3f}]")
         )
         print(f"{name} ({at['role']}): success {at['success_rate']:.3f} | path AUROC {auroc}")
-    s = r["summary"]["path"]
-    held = held_out_text(s, "none evaluated")
-    known = "none evaluated" if s["worst_known"] is None else f"{s['worst_known']:.3f} ({s['worst_known_on']})"
-    print(f"path worst case: known {known}, held-out or unseen {held}")
+    for role, name in GROUPS.items():
+        g = group_worst(r, role)
+        if g is not None:
+            print(
+                f"path, {name} ({g['n']} attacks): worst AUROC {g['auroc']:.3f} ({g['auroc_on']}), worst flagged at "
+                f"the threshold {g['tpr']:.3f} [{g['tpr_ci'][0]:.3f}, {g['tpr_ci'][1]:.3f}] ({g['tpr_on']})"
+            )
+    print(f"path worst held-out, selection or unseen AUROC: {held_out_text(r['summary']['path'], 'none evaluated')}")
     for budget, row in r.get("adaptive", {}).get("budgets", {}).items():
         print(
             f"adaptive, Linf {budget}: kept (correct or flagged) worst case {row['worst_case']:.3f}, network alone "
             f"{row['model_alone_worst']:.3f} (the detector adds {row['detector_adds']:+.3f})"
         )
     print(f"wrote {Path(a.out) / 'report.json'}, report.md and figures")
+
+
+def cmd_select(a: argparse.Namespace) -> None:
+    from detector.api import load_detector
+    from detector.evaluation.selection import SelectConfig, select
+
+    cfg = SelectConfig(
+        images=a.images, selection_attacks=_names_or_none(a.selection_attacks), tree_iterations=a.tree_iterations
+    )
+    r = select(load_detector(a.model, a.device), a.data, a.out, cfg)
+    chosen = r["chosen"]
+    print(
+        "chosen: none passes the limits"
+        if chosen is None
+        else f"chosen: transforms {','.join(chosen['transforms']) or 'none'}, confidence {chosen['confidence']} "
+        f"(`dnd profiles --transforms {','.join(chosen['transforms'])}"
+        f"{'' if chosen['confidence'] else ' --no-confidence'}`); table in {a.out}/report.md"
+    )

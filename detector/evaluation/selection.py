@@ -1,0 +1,233 @@
+"""`dnd select`: which feature families the served score reads, chosen on the calibration half only.
+
+On a class-balanced part of the calibration half's *fit* images (never the evaluation half): clean images (also under
+the calibration's random corruptions, as negatives), the fit's attacks at the recipe's radii, the selection attacks
+(attacks in no fit, e.g. PGD-L2) and every evaluation corruption. Every candidate (path features alone, or with path
+consistency under some transforms, with or without output confidence) is cross-fitted on two halves of the images
+(each image's attacks stay in its half): gradient-boosted trees, one model per attack family as the served recipe
+has, fitted without sample weights (scikit-learn's weighted binning costs ~30 ms per feature; the ranking is what
+is used here). Each candidate gets, per attack, the AUROC and the share flagged at a threshold that flags 5% of the
+clean held-out images, and per corruption the share of its still correctly classified images flagged.
+
+The choice: among candidates with at most `max_transforms` transforms (each costs one more forward of the batch)
+whose worst corruption flags at most `max_shift_flagged` of clean shifted images, the best worst-case AUROC over all
+attacks. The attacks named here move to the evaluation's "used in selection" group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..api import Detector
+from ..attacks import run_attack
+from ..bundle import write_json
+from ..calibration import CalibrationConfig, fit_attack
+from ..consistency import TRANSFORMS, FeatureSpec
+from ..corruptions import CORRUPTIONS, corrupt, random_corruptions
+from ..data import load_split, to_unit_float
+from ..features import feature_count
+from ..inputs import inputs_of_images
+from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test
+
+CANDIDATES: tuple[tuple[tuple[str, ...], bool], ...] = (
+    ((), False),
+    ((), True),
+    *(((t,), True) for t in TRANSFORMS),
+    (("median", "shift"), False),
+    (("median", "shift"), True),
+    (("median", "noise"), True),
+    (("shift", "noise"), True),
+    (("median", "shift", "noise"), True),
+)
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    images: int = 1000  # calibration fit-part images (class-balanced)
+    selection_attacks: tuple[str, ...] = ("pgdl2",)  # attacks in no fit whose figures count in the choice
+    max_transforms: int = 2
+    max_shift_flagged: float = 0.15
+    tree_iterations: int = 100
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _auroc(neg: Tensor, pos: Tensor) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
+    return float(roc_auc_score(y, torch.cat([neg, pos]).numpy()))
+
+
+def columns(spec: FeatureSpec, n_path: int, layers: int) -> list[int]:
+    """Columns of the all-transforms, with-confidence inputs that `spec` reads."""
+    per = 2 * layers + 2
+    cols = list(range(n_path))
+    for t in spec.transforms:
+        k = list(TRANSFORMS).index(t)
+        cols += range(n_path + k * per, n_path + (k + 1) * per)
+    if spec.confidence:
+        start = n_path + len(TRANSFORMS) * per
+        cols += range(start, start + 4)
+    return cols
+
+
+def cross_fit(
+    sets: dict[str, tuple[Tensor, Tensor]],
+    cols: list[int],
+    families: list[list[str]],
+    fold: Tensor,
+    iterations: int,
+) -> dict[str, Tensor]:
+    """Held-out scores of every set (name -> (inputs, image index)) under trees fitted per family on the other fold's
+    'clean' + 'augmented' negatives and the family's attacks."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    scores = {k: torch.zeros(len(v[1])) for k, v in sets.items()}
+    for f in (0, 1):
+        neg = torch.cat([sets[k][0][fold[sets[k][1]] == f] for k in ("clean", "augmented")])[:, cols]
+        models = []
+        for fam in families:
+            pos = torch.cat([sets[a][0][fold[sets[a][1]] == f] for a in fam])[:, cols]
+            if not len(pos):  # a family whose attacks never succeeded on this fold has nothing to fit
+                continue
+            x = torch.cat([neg, pos]).numpy()
+            y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
+            params = {"learning_rate": 0.1, "max_leaf_nodes": 31, "early_stopping": False, "random_state": 0}
+            models.append(HistGradientBoostingClassifier(max_iter=iterations, **params).fit(x, y))
+        for k, (x, idx) in sets.items():
+            held = fold[idx] != f
+            if held.any() and models:
+                raw = [torch.from_numpy(m.decision_function(x[held][:, cols].numpy())) for m in models]
+                scores[k][held] = torch.logsumexp(torch.stack(raw, 1), 1).float()
+    return scores
+
+
+def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig = SelectConfig()) -> dict[str, Any]:
+    """Run the study; write OUT/report.json and OUT/report.md. Returns the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    k = len(det.classes)
+    test = load_split(data, "test")
+    cal = det.profiles.meta.get("calibration", {})
+    ccfg = CalibrationConfig(
+        **{
+            f: tuple(map(tuple, v)) if f == "families" else tuple(v) if isinstance(v, list) else v
+            for f, v in cal.get("config", {}).items()
+        }
+    )
+    cal_idx, _ = split_test(test.y, k, cal.get("split_seed", SPLIT_SEED))
+    fit_rel, _ = fit_threshold_split(test.y[cal_idx], k, ccfg.seed, ccfg.threshold_share)
+    idx = balanced_subset(cal_idx[fit_rel], test.y, cfg.images, k)
+    x, y = to_unit_float(test.x[idx]), test.y[idx]
+    ok = det.predict(x).labels == y
+    x, y = x[ok], y[ok]
+    everything = FeatureSpec(tuple(TRANSFORMS), True)
+    profiles = replace(det.profiles, meta={**det.profiles.meta, "features": everything.to_dict()})
+
+    def inputs(xs: Tensor) -> Tensor:
+        return inputs_of_images(det.model, profiles, xs, device=det.device)[1]
+
+    every = torch.arange(len(y))
+    sets = {"clean": (inputs(x), every), "augmented": (inputs(random_corruptions(x, cfg.seed)), every)}
+    still = {}
+    for c in tqdm(CORRUPTIONS, desc="corruptions", unit="corruption"):
+        xc = corrupt(c, x)
+        keep = det.predict(xc).labels == y
+        sets[f"corruption:{c}"], still[c] = (inputs(xc[keep]), every[keep]), int(keep.sum())
+    fit_names = list(dict.fromkeys(n for f in ccfg.families for n in f))
+    for name in tqdm([*fit_names, *cfg.selection_attacks], desc="attacks", unit="attack"):
+        if name in fit_names:
+            adv, success = fit_attack(det.model, name, x, y, ccfg, det.device)
+        else:
+            s = run_attack(det.model, name, x, y, seed=cfg.seed, device=det.device)
+            adv, success = s.x_adv[s.success], s.success
+        sets[name] = (inputs(adv), every[success])
+    fold = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed + 1)) % 2
+    n_path = feature_count([f.shape[1] for f in det.profiles.freq], det.profiles.gate_mean is not None)
+    layers = len(det.profiles.freq)
+    families = [list(f) for f in ccfg.families]
+    rows = []
+    for transforms, confidence in tqdm(CANDIDATES, desc="candidates", unit="candidate"):
+        spec = FeatureSpec(transforms, confidence)
+        sc = cross_fit(sets, columns(spec, n_path, layers), families, fold, cfg.tree_iterations)
+        clean = sc["clean"]
+        thr = float(torch.quantile(clean.double(), 0.95))
+        att = {  # attacks that never succeeded have nothing to score
+            a: {"auroc": round(_auroc(clean, sc[a]), 4), "flagged": round(float((sc[a] > thr).float().mean()), 4)}
+            for a in [*fit_names, *cfg.selection_attacks]
+            if len(sc[a])
+        }
+        shift = {c: round(float((sc[f"corruption:{c}"] > thr).float().mean()), 4) for c in CORRUPTIONS}
+        rows.append(
+            {
+                "transforms": list(transforms),
+                "confidence": confidence,
+                "attacks": att,
+                "worst_auroc": min(v["auroc"] for v in att.values()),
+                "worst_flagged": min(v["flagged"] for v in att.values()),
+                "shift_flagged": shift,
+                "worst_shift_flagged": max(shift.values()),
+            }
+        )
+    ok_rows = [
+        r
+        for r in rows
+        if len(r["transforms"]) <= cfg.max_transforms and r["worst_shift_flagged"] <= cfg.max_shift_flagged
+    ]
+    chosen = max(ok_rows, key=lambda r: r["worst_auroc"]) if ok_rows else None
+    report = {
+        "model": det.name,
+        "config": cfg.to_dict(),
+        "images": len(y),
+        "still_correct_under_corruption": still,
+        "attacks": {a: len(sets[a][1]) for a in [*fit_names, *cfg.selection_attacks]},
+        "candidates": rows,
+        "chosen": None if chosen is None else {"transforms": chosen["transforms"], "confidence": chosen["confidence"]},
+    }
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(render(report))
+    return report
+
+
+def render(r: dict[str, Any]) -> str:
+    c = r["config"]
+    names = list(r["attacks"])
+    lines = [
+        f"# Feature selection: {r['model']}",
+        "",
+        f"{r['images']} correctly classified images of the calibration half's fit part, two-fold cross-fitted; "
+        f"attacks {', '.join(f'{a} ({n} adversarial)' for a, n in r['attacks'].items())}. Cells: AUROC / share "
+        "flagged at a threshold flagging 5% of held-out clean images. Chosen: the best worst-case AUROC among "
+        f"candidates with at most {c['max_transforms']} transforms that flag at most "
+        f"{100 * c['max_shift_flagged']:.0f}% of any corruption's clean images.",
+        "",
+        "| transforms | confidence | " + " | ".join(names) + " | worst AUROC | most shifted images flagged |",
+        "|---|---|" + "---|" * len(names) + "---|---|",
+    ]
+    for row in r["candidates"]:
+        cells = [
+            f"{row['attacks'][a]['auroc']:.3f} / {100 * row['attacks'][a]['flagged']:.0f}%"
+            if a in row["attacks"]
+            else "n/a"
+            for a in names
+        ]
+        worst_shift = max(row["shift_flagged"], key=row["shift_flagged"].get)
+        chosen = r["chosen"] == {"transforms": row["transforms"], "confidence": row["confidence"]}
+        name = ", ".join(row["transforms"]) or "none"
+        lines.append(
+            f"| {'**' + name + '**' if chosen else name} | {'yes' if row['confidence'] else 'no'} | "
+            + " | ".join(cells)
+            + f" | {row['worst_auroc']:.3f} | {100 * row['worst_shift_flagged']:.0f}% ({worst_shift}) |"
+        )
+    lines += ["", "Regenerate: `make select`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The served score's inputs: the path features, then the consistency and confidence columns the profiles ask for.
+
+One stacked forward (detector/consistency.py: x and its transforms) gives everything; `score_inputs` turns its
+outputs into the (N, F) matrix the scorer reads. The detector, the calibration and the evaluation all call it, so
+the features the scorer was fitted on are the features it is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .consistency import FeatureSpec, extra_features, stack
+from .data import to_unit_float
+from .features import PathLikelihood, path_features
+from .profiles import PathProfiles
+
+
+@dataclass
+class StackedOutput:
+    """One forward of N images stacked with their transforms: rows :N are the images themselves."""
+
+    n: int
+    logits: Tensor  # (N (1 + T), K)
+    features: Tensor  # (N (1 + T), D) penultimate
+    z: list[Tensor]  # L x (N (1 + T), C_l), binary at eval (float or bool), soft under relaxed gates
+    s: list[Tensor]  # L x (N (1 + T), C_l) gate logits
+
+
+def score_inputs(
+    out: StackedOutput,
+    profiles: PathProfiles,
+    labels: Tensor | None = None,
+    signatures: list[Tensor] | None = None,
+    likelihood: PathLikelihood | None = None,
+) -> Tensor:
+    """(N, F) scorer inputs for the N images of `out`, judged against the profiles of `labels` (default: their
+    predicted classes). Path features (detector/features.py), then profiles.spec's extra columns."""
+    n = out.n
+    lab = out.logits[:n].argmax(1) if labels is None else labels
+    gm = profiles.gate_mean
+    path = path_features(
+        [zl[:n] for zl in out.z],
+        lab,
+        profiles.freq,
+        signatures,
+        likelihood,
+        [sl[:n] for sl in out.s] if gm is not None else None,
+        gm,
+    )
+    spec = profiles.spec
+    if not spec.transforms and not spec.confidence:
+        return path
+    extra = extra_features(spec, out.z, out.s, out.logits, out.features, n, lab.to(out.logits.device))
+    return torch.cat([path, extra.to(path)], 1)
+
+
+def forward_stacked(model: torch.nn.Module, x: Tensor, spec: FeatureSpec, bpda: bool = False) -> StackedOutput:
+    """model.forward_paths on x (N, 3, H, W) stacked with its spec transforms."""
+    o = model.forward_paths(stack(x, spec, bpda))
+    return StackedOutput(len(x), o.logits, o.features, o.z, o.s)
+
+
+@torch.inference_mode()
+def inputs_of_images(
+    model: torch.nn.Module,
+    profiles: PathProfiles,
+    x: Tensor,
+    rows: int = 500,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """Eval-mode logits (N, K) and scorer inputs (N, F) of uint8 or [0, 1] images x, in batches of about `rows`
+    stacked rows (on 2 CPU cores a forward of 1,750 rows cost twice as much per row as one of 250)."""
+    model.eval()
+    batch_size = max(1, rows // (1 + len(profiles.spec.transforms)))
+    logits, inputs = [], []
+    for i in range(0, max(len(x), 1), batch_size):  # one empty batch for empty x: (0, K), (0, F)
+        xb = to_unit_float(x[i : i + batch_size]).to(device)
+        out = forward_stacked(model, xb, profiles.spec)
+        out.z = [zl.bool() for zl in out.z]
+        logits.append(out.logits[: out.n].float().cpu())
+        inputs.append(score_inputs(out, profiles).float().cpu())
+    return torch.cat(logits), torch.cat(inputs)

@@ -1,0 +1,109 @@
+"""Path consistency and output confidence (detector/consistency.py, detector/inputs.py): transforms, features that do
+not depend on the batch, and gradients the adaptive attack can follow."""
+
+import pytest
+import torch
+
+from detector.consistency import TRANSFORMS, FeatureSpec, confidence_features, median3, transform
+from detector.corruptions import jpeg
+from detector.features import feature_count
+
+from .conftest import TINY_LAYERS, write_detector_bundle
+
+ALL = {"transforms": list(TRANSFORMS), "confidence": True}
+
+
+def test_transforms_are_deterministic_images_of_the_same_shape() -> None:
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for name in TRANSFORMS:
+        out = transform(name, x)
+        assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1, name
+        assert torch.equal(out, transform(name, x)), name
+        assert torch.equal(transform(name, x[1:2]), out[1:2]), f"{name} depends on the batch"
+        assert transform(name, x[:0]).shape == (0, 3, 16, 16), name
+    assert torch.equal(transform("jpeg75", x), jpeg(x, 75))
+    with pytest.raises(ValueError, match="unknown transform 'blur'"):
+        transform("blur", x)
+
+
+def test_median3_is_the_median_of_each_reflect_padded_neighbourhood() -> None:
+    x = torch.rand(2, 3, 5, 6, generator=torch.Generator().manual_seed(1))
+    xp = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    want = torch.empty_like(x)
+    for i in range(5):
+        for j in range(6):
+            want[..., i, j] = xp[..., i : i + 3, j : j + 3].reshape(2, 3, 9).median(-1).values
+    assert torch.equal(median3(x), want)
+
+
+def test_bpda_passes_the_identity_gradient_through_jpeg() -> None:
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    out = transform("jpeg75", x, bpda=True)
+    assert torch.allclose(out.detach(), jpeg(x.detach(), 75), atol=1e-6)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_spec_counts_and_checks() -> None:
+    spec = FeatureSpec(("jpeg75", "median"), True)
+    assert spec.extra_columns(6) == 2 * (2 * 6 + 2) + 4
+    assert spec.families() == ["path", "consistency", "confidence"]
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec and FeatureSpec.from_dict(None) == FeatureSpec()
+    with pytest.raises(ValueError, match="expected distinct names"):
+        FeatureSpec(("jpeg75", "jpeg75")).check()
+
+
+def test_confidence_columns() -> None:
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    f = confidence_features(logits, torch.tensor([[3.0, 4.0], [0.0, 0.0]]))
+    assert torch.allclose(f[:, 0], logits.softmax(1).amax(1))
+    assert torch.allclose(f[:, 1], logits.logsumexp(1))
+    assert torch.equal(f[:, 2], torch.tensor([2.0, 0.0])) and torch.equal(f[:, 3], torch.tensor([5.0, 0.0]))
+
+
+def test_detector_reads_the_families_its_profiles_name_the_same_batched_and_per_image(tmp_path) -> None:
+    from detector import load_detector
+
+    det = load_detector(write_detector_bundle(tmp_path / "b", features=ALL))
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    p = det.predict(x)
+    widths = [f.shape[1] for f in det.profiles.freq]
+    assert p.inputs.shape == (5, feature_count(widths, True) + FeatureSpec(tuple(TRANSFORMS), True).extra_columns(6))
+    assert torch.allclose(p.scores, det.profiles.scorer.score(p.inputs))
+    one = torch.cat([det.predict(x[i : i + 1]).inputs for i in range(5)])
+    assert torch.allclose(one, p.inputs, atol=1e-4), (one - p.inputs).abs().max()
+    # the consistency block is not constant: the transforms moved some paths
+    assert p.inputs[:, feature_count(widths, True) :].std(0).gt(0).any()
+    reads = det.info()["score_reads"]
+    assert reads["families"] == ["path", "consistency", "confidence"] and list(reads["transforms"]) == list(TRANSFORMS)
+    assert len(det.profiles.freq) == TINY_LAYERS
+
+
+def test_surrogate_gradient_reaches_the_image_through_the_consistency_columns(tmp_path) -> None:
+    """Only the consistency columns weigh in the surrogate: its gradient in x is non-zero, through the differentiable
+    transforms and, by BPDA, through JPEG."""
+    from detector import load_detector
+    from detector.adaptive.objective import DetectorObjective
+
+    for spec in ({"transforms": ["jpeg75"]}, {"transforms": ["median", "noise"]}):
+        det = load_detector(write_detector_bundle(tmp_path / spec["transforms"][0], features=spec))
+        sc = det.profiles.scorer
+        n_path = feature_count([f.shape[1] for f in det.profiles.freq], True)
+        sc.coef[:n_path] = 0  # the path columns no longer count
+        obj = DetectorObjective(det)
+        x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
+        _, margin = obj(x, torch.tensor([0, 1, 2, 3]), relax=1.0)
+        margin.sum().backward()
+        assert x.grad is not None and float(x.grad.abs().sum()) > 0, spec
+
+
+def test_traced_and_sparse_engines_score_the_stacked_batch_alike(tmp_path) -> None:
+    from detector import load_detector
+
+    bundle = write_detector_bundle(tmp_path / "b", features={"transforms": ["median", "shift"], "confidence": True})
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    want = load_detector(bundle).predict(x)
+    for det in (load_detector(bundle).trace(), load_detector(bundle, engine="sparse")):
+        got = det.predict(x)
+        assert torch.equal(got.labels, want.labels) and torch.allclose(got.inputs, want.inputs, atol=1e-4)
+        assert torch.allclose(got.scores, want.scores, atol=1e-4)
