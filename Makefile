@@ -72,18 +72,20 @@ train-robust: $(VENV_OK) data
 stats: $(VENV_OK) data
 	for m in dense decoupled dense-robust decoupled-robust; do $(DND) stats --model models/resnet20-$$m --data $(DATA) || exit 1; done
 
-# Which feature families the score reads, chosen on the calibration half (reports/selection; ≈ 20 min on 2 CPU
+# Which feature families the score reads, chosen on the calibration half (reports/selection; ≈ 15 min on 2 CPU
 # cores). Its choice is CalibrationConfig's default; its attacks are `dnd evaluate`'s "used in selection" group.
 select: $(VENV_OK) data
-	$(DND) select --model models/resnet20-decoupled --data $(DATA) --out reports/selection --device $(DEVICE)
+	$(DND) select --model models/resnet20-decoupled --data $(DATA) --out reports/selection --images 600 \
+	    --device $(DEVICE)
 # Detector: profiles + calibrated scorer into the bundle, then the full evaluation report.
 profiles: $(VENV_OK) data
 	$(call profile,models/resnet20-decoupled)
 # The adaptive attacks run on 100 evaluation images at full strength (100 steps, 5 restarts): on 2 CPU cores each
-# budget costs ~10 min per 100 images that survive the attack's first steps. `--adaptive-limit 500` (the default of
+# budget costs ~10 min per 100 images that survive the attack's first steps. The costly attacks (CW, DeepFool,
+# APGD, Square, EAD, Pixle) run on 600 images each, which leaves 450-600 successful ones per attack. `--adaptive-limit 500` (the default of
 # `dnd evaluate`) narrows the intervals where more time or a GPU is at hand.
 evaluate: $(VENV_OK) data
-	$(call evaluate_to,models/resnet20-decoupled,reports/evaluation) --adaptive-limit 100
+	$(call evaluate_to,models/resnet20-decoupled,reports/evaluation) --adaptive-limit 100 --slow-limit 600
 profiles-robust: $(VENV_OK) data
 	$(call profile,models/resnet20-decoupled-robust)
 # The robust bundle on fewer images (1,000; 300 for the costly attacks; refits on 600; the adaptive attacks, at full

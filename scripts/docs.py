@@ -20,6 +20,7 @@ from detector.evaluation.summary import (
     adaptive_table,
     bundles_table,
     detection_table,
+    score_reads_table,
     worst_case_table,
 )
 
@@ -31,6 +32,16 @@ REPORTS = {"resnet20-decoupled": "reports/evaluation", "resnet20-decoupled-robus
 
 def _json(root: Path, path: str) -> dict:
     return json.loads((root / path).read_text())
+
+
+def _calibration(root: Path, bundle: str) -> tuple[dict, int]:
+    """A bundle's profiles' calibration record and its scorer's feature count, from the safetensors header."""
+    from safetensors import safe_open
+
+    with safe_open(str(root / "models" / bundle / "profiles.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["dnd_profiles"])
+        n = f.get_slice("scorer.mean").get_shape()[0]
+    return meta.get("calibration", {}), n
 
 
 def _reports(root: Path) -> dict[str, dict]:
@@ -45,6 +56,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
         _json(root, f"{REPORTS['resnet20-decoupled-robust']}/report.json")
     ),
     "adaptive": lambda root: adaptive_table(_reports(root)),
+    "score-reads": lambda root: score_reads_table({b: _calibration(root, b) for b in REPORTS}),
     "ablation": lambda root: ablation_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
 }
 MARKED = re.compile(r"(<!-- dnd-docs:([\w-]+) -->\n)(.*?)(<!-- /dnd-docs:\2 -->)", re.S)

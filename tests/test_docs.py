@@ -36,14 +36,14 @@ def test_every_table_is_written_somewhere() -> None:
 
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
-    """The Markdown files, the reports and the bundles' metrics, copied so that a test can change one."""
+    """The Markdown files, the reports and the bundles' metrics and profiles, copied so that a test can change one."""
     for rel in ("README.md", "docs", "reports/evaluation/report.json", "reports/evaluation-robust/report.json"):
         src, dst = ROOT / rel, tmp_path / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    for m in (ROOT / "models").glob("*/metrics.json"):
+    for m in [*(ROOT / "models").glob("*/metrics.json"), *(ROOT / "models").glob("*/profiles.safetensors")]:
         (tmp_path / "models" / m.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(m, tmp_path / "models" / m.parent.name / "metrics.json")
+        shutil.copy(m, tmp_path / "models" / m.parent.name / m.name)
     return tmp_path
 
 

@@ -9,7 +9,7 @@ from typing import Any
 # The detectors beside the served `path` in the detection table, and the names a reader knows them by.
 BASELINES = {
     "path_refit": "`path_refit`",
-    "maha_mix": "Mahalanobis layer ensemble on the attack mix (Lee-style, no input preprocessing)",
+    "maha_mix": "Mahalanobis layers, one fit on the attack mix (Lee-style, no preprocessing)",
     "lid": "LID",
     "msp": "max-softmax",
     "mahalanobis": "Mahalanobis",
@@ -53,7 +53,7 @@ def detection_table(r: dict[str, Any]) -> str:
     head += list(BASELINES.values())
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in r["attacks"].items():
-        d = v["detectors"]
+        d = {"maha_mix" if k == "maha_ensemble" else k: f for k, f in v["detectors"].items()}  # its earlier name
         aurocs = {k: d[k]["auroc"] for k in ("path", *BASELINES) if d.get(k, {}).get("auroc") is not None}
         best = max(aurocs.values())
         p = d["path"]
@@ -194,5 +194,18 @@ def bundles_table(metrics: dict[str, dict[str, Any]]) -> str:
             + f" | {m['flops_ratio']:.3f} | "
             + (f"{fs['dynamic']} of {fs['total']}" if m.get("decoupled") else "—")
             + " |"
+        )
+    return "\n".join(lines)
+
+
+def score_reads_table(calibrations: dict[str, dict[str, Any]]) -> str:
+    """Per bundle, from its profiles' calibration record: the feature families its served score reads, the
+    consistency transforms, and how many features in all."""
+    head = ["bundle", "the served score reads", "consistency transforms", "features"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, (cal, n) in calibrations.items():
+        f = cal.get("features") or {"families": ["path"], "transforms": {}}
+        lines.append(
+            f"| `{name}` | {', '.join(f['families'])} | {', '.join(f['transforms'].values()) or '—'} | {n:,} |"
         )
     return "\n".join(lines)

@@ -35,3 +35,5 @@ def test_metrics_and_model_info(client: TestClient) -> None:
     assert len(info["classes"]) == 10 and info["threshold"] == 0.0 and len(info["weights_sha256"]) == 64
     # which trade-off the served network makes: the test bundle is not adversarially trained
     assert info["training"]["adversarial"] is None and "standard training" in info["training"]["trade_off"]
+    # what the served score reads: the test bundle's profiles name no consistency or confidence family
+    assert info["score_reads"]["families"] == ["path"] and info["score_reads"]["transforms"] == {}
