@@ -101,6 +101,7 @@ class Detector:
             )
         self.model, self.profiles, self.bundle = model, profiles, bundle
         self.signatures = profiles.signatures()
+        self.spec = profiles.spec  # read once: every batch stacks the images with these transforms
         self.likelihood = PathLikelihood.from_freq(profiles.freq)  # built once: one matmul per batch
         self.calibrated_threshold = float(profiles.meta["threshold"])
         self.threshold = self.calibrated_threshold if threshold is None else float(threshold)
@@ -144,7 +145,7 @@ class Detector:
 
     def score_reads(self) -> dict[str, Any]:
         """What the served score reads: its feature families and, for consistency, the transforms."""
-        spec = self.profiles.spec
+        spec = self.spec
         return {
             "families": spec.families(),
             "transforms": {t: TRANSFORMS[t][2] for t in spec.transforms},
@@ -204,7 +205,7 @@ class Detector:
 
     def _predict_batch(self, xb: Tensor) -> Prediction:
         n = len(xb)
-        xs = stack(xb.to(self.device, torch.float32), self.profiles.spec)  # the images, then each transform of them
+        xs = stack(xb.to(self.device, torch.float32), self.spec)  # the images, then each transform of them
         if self._traced is not None:
             logits, features, z_float, s = self._traced(xs)
         elif self.engine == "sparse":

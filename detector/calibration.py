@@ -105,6 +105,18 @@ class CalibrationConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_record(cls, cal: dict[str, Any]) -> CalibrationConfig:
+        """The recipe a profiles' calibration record names ("config"; JSON lists back to tuples); defaults for
+        fields it does not name."""
+        conf = cal.get("config", {})
+        return cls(
+            **{
+                f: tuple(map(tuple, v)) if f == "families" else tuple(v) if isinstance(v, list) else v
+                for f, v in conf.items()
+            }
+        )
+
 
 def path_feature_set(
     model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor | None = None, device: str | torch.device = "cpu"

@@ -53,12 +53,7 @@ def evaluate(
         check_classes(split, det.classes, f"--data against the bundle {det.bundle}")
     cal_record = det.profiles.meta.get("calibration", {})
     check_unseen(cfg.unseen, cal_record, cfg.selection)
-    ccfg = CalibrationConfig(
-        **{
-            f: tuple(map(tuple, v)) if f == "families" else tuple(v) if isinstance(v, list) else v
-            for f, v in cal_record.get("config", {}).items()
-        }
-    )
+    ccfg = CalibrationConfig.from_record(cal_record)
     cal_idx, ev_idx = split_test(test.y, k, cal_record.get("split_seed", SPLIT_SEED))
     cal_idx = balanced_subset(cal_idx, test.y, ccfg.limit, k)
     fit_rel, thr_rel = fit_threshold_split(test.y[cal_idx], k, ccfg.seed, ccfg.threshold_share)

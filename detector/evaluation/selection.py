@@ -119,12 +119,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     k = len(det.classes)
     test = load_split(data, "test")
     cal = det.profiles.meta.get("calibration", {})
-    ccfg = CalibrationConfig(
-        **{
-            f: tuple(map(tuple, v)) if f == "families" else tuple(v) if isinstance(v, list) else v
-            for f, v in cal.get("config", {}).items()
-        }
-    )
+    ccfg = CalibrationConfig.from_record(cal)
     cal_idx, _ = split_test(test.y, k, cal.get("split_seed", SPLIT_SEED))
     fit_rel, _ = fit_threshold_split(test.y[cal_idx], k, ccfg.seed, ccfg.threshold_share)
     idx = balanced_subset(cal_idx[fit_rel], test.y, cfg.images, k)
