@@ -93,6 +93,22 @@ class FeatureSpec:
         """Columns after the path features: per transform 2 L + 2, then 4 for confidence."""
         return len(self.transforms) * (2 * layers + 2) + (4 if self.confidence else 0)
 
+    def columns_in(self, wider: FeatureSpec, n_path: int, layers: int) -> list[int]:
+        """Indices of the columns this spec reads within the inputs `wider` lays out: the n_path path features, then
+        2 L + 2 per transform in wider's order, then the 4 confidence columns. How a fit on fewer families (an
+        ablation, a candidate of the selection study) reads the inputs of a wider one."""
+        if any(t not in wider.transforms for t in self.transforms) or (self.confidence and not wider.confidence):
+            raise ValueError(f"{self} reads families that {wider} does not lay out")
+        per = 2 * layers + 2
+        cols = list(range(n_path))
+        for t in self.transforms:
+            k = wider.transforms.index(t)
+            cols += range(n_path + k * per, n_path + (k + 1) * per)
+        if self.confidence:
+            start = n_path + len(wider.transforms) * per
+            cols += range(start, start + 4)
+        return cols
+
     def families(self) -> list[str]:
         return ["path"] + (["consistency"] if self.transforms else []) + (["confidence"] if self.confidence else [])
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .trees import TREE_PARAMS, TreeEnsemble
+from .trees import TreeEnsemble, fit_family_trees
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class PathScorer:
     trees (optional, the default of `dnd profiles`): gradient-boosted trees on the same features, one model per attack
       family (FGSM / PGD move paths towards the predicted class's profile, CW / DeepFool away from it: one model on the
       mix, ~90% FGSM / PGD rows, served the minimal attacks poorly). Each model's log-odds is a likelihood ratio of its
-      family against clean (balanced weights); the score is the log-odds of their mixture,
+      family against clean (prior-corrected to balanced classes); the score is the log-odds of their mixture,
       logsumexp_k(log-odds_k + log_prior_k), log_prior_k the log of family k's prior weight (only differences count).
       With one model: its log-odds.
     The trees have no gradient, so `surrogate` (the linear model) is what a gradient-based adaptive attacker descends
@@ -68,10 +68,10 @@ class PathScorer:
         tree_params: dict[str, Any] | None = None,
     ) -> PathScorer:
         """clean (N0, F) and per attack name attacked (N_a, F) path features. Always an L2-regularised logistic
-        regression (scikit-learn) on all attacks with balanced class weights on standardised features (small C: F ~700
-        is large next to N); with trees=True also gradient-boosted trees (TREE_PARAMS, balanced sample weights), one
-        model per family (lists of attack names; default one family of all; families with no rows are left out, and
-        so are their log_prior entries; default log_prior: zeros).
+        regression (scikit-learn) on all attacks with balanced class weights on standardised features (small C: F
+        ~1,500 is large next to N); with trees=True also gradient-boosted trees (trees.fit_family_trees, TREE_PARAMS,
+        prior-corrected to balanced classes), one model per family (lists of attack names; default one family of all;
+        families with no rows are left out, and so are their log_prior entries; default log_prior: zeros).
         tree_params overrides TREE_PARAMS."""
         from sklearn.linear_model import LogisticRegression
 
@@ -89,8 +89,6 @@ class PathScorer:
         lr.fit(((x - mean) / scale).numpy(), y.numpy())
         ensemble = None
         if trees:
-            from sklearn.ensemble import HistGradientBoostingClassifier
-
             fams = [list(attacked)] if families is None else families
             prior = [0.0] * len(fams) if log_prior is None else list(log_prior)
             if len(prior) != len(fams):
@@ -100,19 +98,14 @@ class PathScorer:
                 raise ValueError(
                     f"families name attacks {unknown} that have no rows; attacked sets: {sorted(attacked)}"
                 )
-            models, kept_prior = [], []
+            fam_rows, kept_prior = [], []
             for fam, lp in zip(fams, prior):
                 att = [attacked[a] for a in fam if len(attacked[a])]
-                if not att:
-                    continue
-                xf = torch.cat([clean, *att]).double()
-                n1 = len(xf) - len(clean)
-                yf = torch.cat([torch.zeros(len(clean)), torch.ones(n1)])
-                w = torch.where(yf == 1, len(yf) / (2 * n1), len(yf) / (2 * len(clean)))
-                clf = HistGradientBoostingClassifier(**(tree_params or TREE_PARAMS))
-                models.append(clf.fit(xf.numpy(), yf.numpy(), sample_weight=w.numpy()))
-                kept_prior.append(lp)
-            ensemble, log_prior_t = TreeEnsemble.from_sklearn(models), torch.tensor(kept_prior, dtype=torch.float64)
+                if att:
+                    fam_rows.append(torch.cat(att))
+                    kept_prior.append(lp)
+            ensemble = fit_family_trees(clean, fam_rows, tree_params)
+            log_prior_t = torch.tensor(kept_prior, dtype=torch.float64)
         else:
             log_prior_t = None
         return cls(

@@ -3,7 +3,9 @@ compiled loop: no pickle and no scikit-learn at serving time."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +148,30 @@ class TreeEnsemble:
             group=group,
             baseline=t["scorer.trees.baseline"].double(),
         )
+
+
+def fit_family_trees(clean: Tensor, families: list[Tensor], params: dict[str, Any] | None = None) -> TreeEnsemble:
+    """One HistGradientBoostingClassifier per family, clean (N0, F) rows against that family's (N_k, F) rows, exported.
+
+    Fitted without sample weights, then prior-corrected: each model's baseline loses log(N_k / N0), so its log-odds
+    estimates the likelihood ratio of family against clean, as a fit with balanced class weights would. Why not the
+    weights: scikit-learn 1.9 bins weighted features with a weighted percentile per feature, and the histograms carry
+    non-constant hessians: on 3,100 rows x 1,497 features, 166 s per model against 30 s unweighted (2 threads here),
+    which made every refit of the evaluation a quarter of an hour."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    if not families or any(len(f) == 0 for f in families) or len(clean) == 0:
+        raise ValueError(
+            f"need clean rows and rows for every family, found {len(clean)} clean and {[len(f) for f in families]}"
+        )
+    models = []
+    for rows in families:
+        x = torch.cat([clean, rows]).double().numpy()
+        y = np.r_[np.zeros(len(clean)), np.ones(len(rows))]
+        models.append(HistGradientBoostingClassifier(**(params or TREE_PARAMS)).fit(x, y))
+    ens = TreeEnsemble.from_sklearn(models)
+    shift = torch.tensor([math.log(len(f) / len(clean)) for f in families], dtype=torch.float64)
+    return dataclasses.replace(ens, baseline=ens.baseline - shift)
 
 
 # Boosting settings, one model per attack family, chosen on a validation split inside the calibration half: trees

@@ -20,6 +20,7 @@ from detector.evaluation.summary import (
     adaptive_table,
     bundles_table,
     detection_table,
+    lee_table,
     score_reads_table,
     worst_case_table,
 )
@@ -58,6 +59,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "adaptive": lambda root: adaptive_table(_reports(root)),
     "score-reads": lambda root: score_reads_table({b: _calibration(root, b) for b in REPORTS}),
     "ablation": lambda root: ablation_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
+    "lee": lambda root: (
+        lee_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json"))
+        or "(no Lee upper bound in this report: `dnd evaluate --lee-limit 0`)"
+    ),
 }
 MARKED = re.compile(r"(<!-- dnd-docs:([\w-]+) -->\n)(.*?)(<!-- /dnd-docs:\2 -->)", re.S)
 

@@ -107,3 +107,28 @@ def test_traced_and_sparse_engines_score_the_stacked_batch_alike(tmp_path) -> No
         got = det.predict(x)
         assert torch.equal(got.labels, want.labels) and torch.allclose(got.inputs, want.inputs, atol=1e-4)
         assert torch.allclose(got.scores, want.scores, atol=1e-4)
+
+
+def test_a_narrower_spec_reads_its_own_inputs_out_of_a_wider_ones_layout(tmp_path) -> None:
+    """columns_in (the ablation and the selection study read fewer families out of wider inputs): the picked
+    columns equal the inputs the narrower spec computes itself."""
+    from dataclasses import replace
+
+    from detector import load_detector
+    from detector.inputs import inputs_of_images
+
+    det = load_detector(write_detector_bundle(tmp_path / "b", features=ALL))
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    wide = FeatureSpec(tuple(TRANSFORMS), True)
+    n_path = feature_count([f.shape[1] for f in det.profiles.freq], True)
+
+    def inputs(spec: FeatureSpec) -> torch.Tensor:
+        p = replace(det.profiles, meta={**det.profiles.meta, "features": spec.to_dict()})
+        return inputs_of_images(det.model, p, x)[1]
+
+    everything = inputs(wide)
+    for narrow in (FeatureSpec(), FeatureSpec(("shift", "median")), FeatureSpec(("noise",), True)):
+        cols = narrow.columns_in(wide, n_path, TINY_LAYERS)
+        assert torch.allclose(everything[:, cols], inputs(narrow), atol=1e-5)
+    with pytest.raises(ValueError, match="does not lay out"):
+        FeatureSpec(("jpeg75",), True).columns_in(FeatureSpec(("jpeg75",)), n_path, TINY_LAYERS)

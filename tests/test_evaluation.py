@@ -41,6 +41,8 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
         "--square-queries",
         "10",
         "--no-autoattack",
+        "--lee-limit",
+        "20",
         "--bootstrap",
         "20",
         "--out",
@@ -63,6 +65,10 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
                 assert d["auroc"] is None
         if name in ("fgsm", "pgd", "transfer"):
             assert a["linf_max"] <= 8 / 255 + 1e-6
+        if a["n_adv"] > 1:  # the Lee-faithful upper bound, fitted on this attack, two-fold
+            lee = a["lee_upper_bound"]
+            assert lee["n_neg"] <= 20 and lee["n_pos"] <= 20 and len(lee["eps_chosen"]) == 2
+            assert lee["auroc_ci"][0] <= lee["auroc"] <= lee["auroc_ci"][1] and 0 <= lee["tpr_at_threshold"] <= 1
     assert r["attacks"]["cw"]["images_attacked"] <= 10
     # each known attack that succeeded on the refit images is left out once (on this tiny network CW may never
     # succeed: then it has n_adv 0, no AUROC, no leave-one-out, and the report says so rather than crashing)
@@ -88,6 +94,7 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
     assert isinstance(ad["sanity"]["gate_gradient_never_weakens"], bool)
     md = (out / "report.md").read_text()
     assert md.startswith("# Detection report") and "## What each family adds" in md
+    assert "## Against a Lee-faithful Mahalanobis upper bound" in md
     assert "## Attacks used in selection" in md and "## Unseen attacks (in no fit and no choice)" in md
     assert all((out / f).stat().st_size > 0 for f in ("roc.png", "generalisation.png", "corruptions.png"))
     saved = out / "attacks" / "pgd.safetensors"

@@ -78,3 +78,18 @@ def test_family_scorer_is_the_mixture_log_odds_and_round_trips() -> None:
     assert one.log_prior.tolist() == [0.0] and len(one.trees.baseline) == 1
     old = {k: v for k, v in one.tensors().items() if k not in ("scorer.log_prior", "scorer.trees.group")}
     torch.testing.assert_close(PathScorer.from_tensors(old).score(probe), one.trees.raw(probe)[:, 0].float())
+
+
+def test_family_trees_are_prior_corrected_to_balanced_classes() -> None:
+    """Unweighted fits corrected by log(N_k / N0): a family indistinguishable from clean scores log-odds ~0 whatever
+    its share of the rows, where the raw unweighted fit would sit at log(3) for three times the clean rows."""
+    from detector.trees import fit_family_trees
+
+    g = torch.Generator().manual_seed(0)
+    clean, same = torch.randn(200, 5, generator=g), torch.randn(600, 5, generator=g)
+    trees = fit_family_trees(clean, [same], {"max_iter": 10, "max_leaf_nodes": 4, "random_state": 0})
+    fresh = torch.randn(2000, 5, generator=g)
+    assert abs(float(trees.raw(fresh).mean())) < 0.25
+    assert abs(float(trees.baseline[0])) < 0.05  # log(600/200) removed from scikit-learn's baseline
+    with pytest.raises(ValueError, match="every family"):
+        fit_family_trees(clean, [same[:0]])

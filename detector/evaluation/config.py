@@ -33,6 +33,9 @@ class EvalConfig:
     slow_limit: int = 1200
     slow: tuple[str, ...] = ("cw", "deepfool", "square", "apgd-dlr", "eadl1", "pixle")
     fit_limit: int = 0  # calibration fit-part images the supervised detectors are refitted on (0 = all, ~3,000)
+    # clean and adversarial images per attack for the Lee-faithful Mahalanobis upper bound (baselines/lee.py: fitted
+    # on each attack itself, two-fold; 0 = skip it): its preprocessing costs ~60 forward passes per image
+    lee_limit: int = 500
     lid_reference: int = 200  # clean training images LID measures distances to
     adaptive_limit: int = 500  # evaluation images (correct or not) for the adaptive attacks
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)

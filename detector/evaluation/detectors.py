@@ -68,7 +68,7 @@ class Suite:
     lid: LID
     layer_stats: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # clean per-layer mean, std
     path_refit: dict[str, PathScorer] = field(default_factory=dict)  # variant -> scorer
-    ablation: dict[str, tuple[int, PathScorer]] = field(default_factory=dict)  # name -> (columns read, scorer)
+    ablation: dict[str, tuple[list[int], PathScorer]] = field(default_factory=dict)  # name -> (columns, scorer)
     ensemble_comb: dict[str, LogisticCombiner] = field(default_factory=dict)
     lid_comb: dict[str, LogisticCombiner] = field(default_factory=dict)
 
@@ -130,21 +130,19 @@ class Suite:
         pri = list(prior) + [0.0] * (len(fams) - len(prior))
         for name, cols in self.ablation_columns().items():
             sc = self.path_refit[ALL]
-            if cols < clean_f.shape[1]:  # fewer families than the served score reads: refit on those columns
+            if len(cols) < clean_f.shape[1]:  # fewer families than the served score reads: refit on those columns
                 sc = PathScorer.fit(
-                    clean_f[:, :cols], {a: r[:, :cols] for a, r in rows.items()}, fams, pri, tree_params=tree_params
+                    clean_f[:, cols], {a: r[:, cols] for a, r in rows.items()}, fams, pri, tree_params=tree_params
                 )
             self.ablation[name] = (cols, sc)
 
-    def ablation_columns(self) -> dict[str, int]:
-        """How many leading columns of the served inputs each ablation detector reads: the path features, then the
-        consistency block (detector/inputs.py lays them out in that order, confidence last)."""
+    def ablation_columns(self) -> dict[str, list[int]]:
+        """The columns of the served inputs each ablation detector reads: the path features alone, and with the
+        consistency block."""
         p = self.det.profiles
         n_path = feature_count([f.shape[1] for f in p.freq], p.gate_mean is not None)
-        return {
-            "path_only": n_path,
-            "path_consistency": n_path + FeatureSpec(p.spec.transforms).extra_columns(len(p.freq)),
-        }
+        reads = {"path_only": FeatureSpec(), "path_consistency": FeatureSpec(p.spec.transforms)}
+        return {name: spec.columns_in(p.spec, n_path, len(p.freq)) for name, spec in reads.items()}
 
     def scores(self, v: View, variant: str = ALL) -> dict[str, Tensor]:
         """Every detector's score (higher = more suspicious) for the images of `v`."""
@@ -167,7 +165,7 @@ class Suite:
         if self.path_refit:
             out["path_refit"] = self.path_refit[variant].score(self.path_features(v))
             for name, (cols, sc) in self.ablation.items():  # fitted on all known attacks, whatever the variant
-                out[name] = sc.score(self.path_features(v)[:, :cols])
+                out[name] = sc.score(self.path_features(v)[:, cols])
             out["maha_mix"] = self.ensemble_comb[variant](self.ensemble.distances(v.pooled))
             out["lid"] = self.lid_comb[variant](v.lid.numpy())
         return {k: t.float() for k, t in out.items()}

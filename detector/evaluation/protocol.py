@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ..adaptive import robust_report
 from ..api import Detector
 from ..attacks import ATTACKS, AttackSet, load_attack_set, run_attack, save_attack_set
+from ..baselines.lee import EPS_GRID, cross_fit_per_attack, lee_distances
 from ..bundle import load_model
 from ..calibration import CalibrationConfig, fit_attack
 from ..corruptions import CORRUPTIONS, corrupt, random_corruptions
@@ -115,6 +116,10 @@ def evaluate(
     attacks = [*cfg.known, *cfg.selection, *cfg.unseen]
     source = load_model(cfg.source, det.device) if any(ATTACKS[a].transfer for a in attacks) else None
     xo, yo = ev_x[ok], ev_y[ok]
+    lee_clean = None
+    if cfg.lee_limit > 0:  # the upper bound's negatives: a class-balanced part of the same clean images
+        lee_idx = balanced_subset(torch.arange(len(yo)), yo, cfg.lee_limit, k)
+        lee_clean = lee_distances(det.model, suite.ensemble, xo[lee_idx], device=det.device)
     for name in tqdm(attacks, desc="evaluation attacks", unit="attack"):
         sub = balanced_subset(torch.arange(len(yo)), yo, cfg.slow_limit if name in cfg.slow else 0, k)
         s = cache.attack_set(
@@ -138,6 +143,8 @@ def evaluate(
             "detectors": figs,
             "linf_max": round(float((s.x_adv - s.x_clean).abs().max()), 5),
         }
+        if lee_clean is not None and len(pos_view) > 1:
+            report["attacks"][name]["lee_upper_bound"] = lee_figures(det, suite, lee_clean, s, cfg)
         if name in fit_views:  # a known attack the refits saw: score them once more without it
             variant = f"without:{name}"
             neg[variant] = neg.get(variant) or suite.scores(neg_view, variant)
@@ -154,6 +161,19 @@ def evaluate(
     if is_main():  # under torchrun every process computes the report; process 0 writes it
         write_report(report, curves, out)
     return report
+
+
+def lee_figures(det: Detector, suite: Suite, clean: Tensor, s: AttackSet, cfg: EvalConfig) -> dict[str, Any]:
+    """The Lee-faithful Mahalanobis upper bound on one attack (baselines/lee.py): fitted and its noise magnitude chosen
+    on that attack itself, two-fold, each image scored by the fold that did not see it, at that fold's own 5%-FPR
+    threshold."""
+    adv = s.x_adv[s.success]
+    pick = torch.randperm(len(adv), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.lee_limit]
+    attacked = lee_distances(det.model, suite.ensemble, adv[pick], device=det.device)
+    target = det.profiles.meta.get("target_fpr", 0.05)
+    s_c, s_a, chosen = cross_fit_per_attack(clean, attacked, target, cfg.seed)
+    figs = _strip(detection_figures(torch.from_numpy(s_c), torch.from_numpy(s_a), 0.0, cfg.bootstrap, cfg.seed))
+    return figs | {"eps_chosen": [EPS_GRID[e] for e in chosen]}
 
 
 def check_unseen(unseen: tuple[str, ...], cal: dict[str, Any], selection: tuple[str, ...] = ()) -> None:

@@ -4,10 +4,10 @@ On a class-balanced part of the calibration half's *fit* images (never the evalu
 the calibration's random corruptions, as negatives), the fit's attacks at the recipe's radii, the selection attacks
 (attacks in no fit, e.g. PGD-L2) and every evaluation corruption. Every candidate (path features alone, or with path
 consistency under some transforms, with or without output confidence) is cross-fitted on two halves of the images
-(each image's attacks stay in its half): gradient-boosted trees, one model per attack family as the served recipe
-has, fitted without sample weights (scikit-learn's weighted binning costs ~30 ms per feature; the ranking is what
-is used here). Each candidate gets, per attack, the AUROC and the share flagged at a threshold that flags 5% of the
-clean held-out images, and per corruption the share of its still correctly classified images flagged.
+(each image's attacks stay in its half): gradient-boosted trees, one model per attack family, fitted as the served
+scorer's are (trees.fit_family_trees). Each candidate gets, per attack, the AUROC and the share flagged at a
+threshold that flags 5% of the clean held-out images, and per corruption the share of its still correctly classified
+images flagged.
 
 The choice: among candidates with at most `max_transforms` transforms (each costs one more forward of the batch)
 whose worst corruption flags at most `max_shift_flagged` of clean shifted images, the best worst-case AUROC over all
@@ -35,6 +35,7 @@ from ..data import load_split, to_unit_float
 from ..features import feature_count
 from ..inputs import inputs_of_images
 from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test
+from ..trees import TREE_PARAMS, fit_family_trees
 
 CANDIDATES: tuple[tuple[tuple[str, ...], bool], ...] = (
     ((), False),
@@ -68,19 +69,6 @@ def _auroc(neg: Tensor, pos: Tensor) -> float:
     return float(roc_auc_score(y, torch.cat([neg, pos]).numpy()))
 
 
-def columns(spec: FeatureSpec, n_path: int, layers: int) -> list[int]:
-    """Columns of the all-transforms, with-confidence inputs that `spec` reads."""
-    per = 2 * layers + 2
-    cols = list(range(n_path))
-    for t in spec.transforms:
-        k = list(TRANSFORMS).index(t)
-        cols += range(n_path + k * per, n_path + (k + 1) * per)
-    if spec.confidence:
-        start = n_path + len(TRANSFORMS) * per
-        cols += range(start, start + 4)
-    return cols
-
-
 def cross_fit(
     sets: dict[str, tuple[Tensor, Tensor]],
     cols: list[int],
@@ -90,25 +78,19 @@ def cross_fit(
 ) -> dict[str, Tensor]:
     """Held-out scores of every set (name -> (inputs, image index)) under trees fitted per family on the other fold's
     'clean' + 'augmented' negatives and the family's attacks."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
     scores = {k: torch.zeros(len(v[1])) for k, v in sets.items()}
+    params = {**TREE_PARAMS, "max_iter": iterations}
     for f in (0, 1):
         neg = torch.cat([sets[k][0][fold[sets[k][1]] == f] for k in ("clean", "augmented")])[:, cols]
-        models = []
-        for fam in families:
-            pos = torch.cat([sets[a][0][fold[sets[a][1]] == f] for a in fam])[:, cols]
-            if not len(pos):  # a family whose attacks never succeeded on this fold has nothing to fit
-                continue
-            x = torch.cat([neg, pos]).numpy()
-            y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
-            params = {"learning_rate": 0.1, "max_leaf_nodes": 31, "early_stopping": False, "random_state": 0}
-            models.append(HistGradientBoostingClassifier(max_iter=iterations, **params).fit(x, y))
+        pos = [torch.cat([sets[a][0][fold[sets[a][1]] == f] for a in fam])[:, cols] for fam in families]
+        pos = [p for p in pos if len(p)]  # a family whose attacks never succeeded on this fold has nothing to fit
+        if not pos:
+            continue
+        trees = fit_family_trees(neg, pos, params)  # the served recipe's tree fit (PathScorer.fit)
         for k, (x, idx) in sets.items():
             held = fold[idx] != f
-            if held.any() and models:
-                raw = [torch.from_numpy(m.decision_function(x[held][:, cols].numpy())) for m in models]
-                scores[k][held] = torch.logsumexp(torch.stack(raw, 1), 1).float()
+            if held.any():
+                scores[k][held] = torch.logsumexp(trees.raw(x[held][:, cols]), 1).float()
     return scores
 
 
@@ -154,7 +136,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     rows = []
     for transforms, confidence in tqdm(CANDIDATES, desc="candidates", unit="candidate"):
         spec = FeatureSpec(transforms, confidence)
-        sc = cross_fit(sets, columns(spec, n_path, layers), families, fold, cfg.tree_iterations)
+        sc = cross_fit(sets, spec.columns_in(everything, n_path, layers), families, fold, cfg.tree_iterations)
         clean = sc["clean"]
         thr = float(torch.quantile(clean.double(), 0.95))
         att = {  # attacks that never succeeded have nothing to score

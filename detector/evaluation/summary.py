@@ -110,6 +110,25 @@ def ablation_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def lee_table(r: dict[str, Any]) -> str:
+    """Per attack: the served `path` beside the Lee-faithful Mahalanobis upper bound (fitted on that very attack,
+    noise magnitude chosen on it, two-fold): AUROC [95%] and the share flagged at each one's 5%-FPR threshold.
+    Empty for a report without it."""
+    head = ["attack", "group", "`path` AUROC / flagged", "Lee upper bound AUROC [95%] / flagged", "noise chosen"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, v in r["attacks"].items():
+        lee, p = v.get("lee_upper_bound"), v["detectors"]["path"]
+        if lee is None or lee.get("auroc") is None:
+            continue
+        ahead, served = p["auroc"] >= lee["auroc"], f"{p['auroc']:.3f}"
+        lines.append(
+            f"| {name} | {GROUPS[role_of(r, name)]} | {_bold(served, ahead)} / "
+            f"{pct(p['tpr_at_threshold'])} | {_bold(interval(lee['auroc'], lee['auroc_ci']), not ahead)} / "
+            f"{pct(lee['tpr_at_threshold'])} | {', '.join(f'{e:g}' for e in lee['eps_chosen'])} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def group_worst(r: dict[str, Any], role: str) -> dict[str, Any] | None:
     """The served `path`'s worst AUROC and worst share flagged at the threshold over the attacks of one role
     ("known": in the fit; "selection": in no fit, but used in a recipe choice; "unseen": in no fit and no choice),

@@ -48,6 +48,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="calibration images the supervised detectors are refitted on (0 = the whole fit part)",
     )
     p.add_argument(
+        "--lee-limit",
+        type=count,
+        default=e.lee_limit,
+        help="clean and adversarial images per attack for the Lee-faithful Mahalanobis upper bound (0 = skip it)",
+    )
+    p.add_argument(
         "--adaptive-limit",
         type=count,
         default=e.adaptive_limit,
@@ -116,6 +122,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         limit=a.limit,
         slow_limit=a.slow_limit,
         fit_limit=a.fit_limit,
+        lee_limit=a.lee_limit,
         adaptive_limit=a.adaptive_limit,
         adaptive=AdaptiveConfig(
             eps=tuple(float(v) for v in a.adaptive_eps.split(",") if v.strip()),
