@@ -72,11 +72,11 @@ def lee_distances(
 
 def cross_fit_per_attack(
     clean: Tensor, attacked: Tensor, target_fpr: float = 0.05, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, list[float]]:
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Lee's per-attack fit, two-fold: clean (E, N0, L) and attacked (E, N1, L) distances under each eps. On each fold
     a logistic regression per eps (baselines.combiner) is fitted on the other fold; the eps with the best AUROC there
     is kept, and the held-out fold is scored minus the fitting fold's threshold at `target_fpr` (so that 0 is each
-    fold's own threshold). Returns the held-out (clean, attacked) scores, and the eps chosen on each fold."""
+    fold's own threshold). Returns the held-out (clean, attacked) scores, and per fold the chosen eps's index."""
     from sklearn.metrics import roc_auc_score
 
     from .combiner import LogisticCombiner
