@@ -224,6 +224,11 @@ def test_a_new_network_takes_its_data_s_classes_and_other_data_is_refused(
     assert main(["train", "--data", str(own), "--out", str(out), *args]) == 0
     cfg = json.loads((out / "config.json").read_text())["model"]
     assert cfg["classes"] == ["apple", "pear", "plum"] and cfg["num_classes"] == 3
+    from detector.data import load_split, to_unit_float
+
+    x = to_unit_float(load_split(own, "train").x).double()
+    assert cfg["mean"] == pytest.approx(x.mean((0, 2, 3)).tolist(), abs=1e-4)  # the data's statistics, not CIFAR-10's
+    assert cfg["std"] == pytest.approx(x.std((0, 2, 3)).tolist(), abs=1e-4)
     assert load_model(out)(torch.rand(2, 3, 32, 32)).shape == (2, 3)
     capsys.readouterr()
     for argv in (

@@ -94,6 +94,13 @@ def load_data(data: str | Path, cfg: TrainConfig, dev: torch.device) -> tuple[Sp
     return train_set, test_set, to_unit_float(x_train.to(dev)), y_train.to(dev)
 
 
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of images x (N, C, H, W) in [0, 1], to 4 places: what the model normalises its input
+    by (it is recorded in the bundle; CIFAR-10's copy here gives ~(0.491, 0.482, 0.447) / (0.247, 0.243, 0.261))."""
+    m, sd = x.double().mean((0, 2, 3)), x.double().std((0, 2, 3))
+    return tuple(round(float(v), 4) for v in m), tuple(round(float(v), 4) for v in sd.clamp_min(1e-3))
+
+
 def init_weights(model: CifarResNet, src: CifarResNet, init_dir: Path) -> None:
     """Start from a bundle's model `src`: a dense one gives every non-gate weight (the gates are the only new
     parameters; for a dense `model`, everything); a decoupled one gives everything, strictly (a further stage)."""
@@ -127,8 +134,11 @@ def build_run(
     check_classes(test_set, train_set.classes, "the test split of --data")
     if init is not None:  # a bundle's network keeps its labels: the data must name the same classes
         check_classes(train_set, model_cfg.classes, f"--data against the --init bundle {init}")
-    else:  # a new network is trained on, and labels with, the data's classes
-        model_cfg = replace(model_cfg, classes=tuple(train_set.classes), num_classes=len(train_set.classes))
+    else:  # a new network is trained on, labels with, and normalises by the statistics of the data
+        mean, std = channel_stats(x_train)
+        model_cfg = replace(
+            model_cfg, classes=tuple(train_set.classes), num_classes=len(train_set.classes), mean=mean, std=std
+        )
     model = build_model(model_cfg)
     src = load_model(Path(init)) if init is not None else None
     if src is not None:  # dense --init: a warm restart (new LR cycle) from those weights; --decouple: the fine-tune
