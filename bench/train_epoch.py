@@ -34,7 +34,7 @@ from timing import alternating
 
 from detector.config import ModelConfig
 from detector.losses import DecouplingLoss
-from detector.model import build_model
+from detector.networks import build_model
 from detector.runtime import tune_malloc
 from detector.stats import dense_macs
 from dnd.training.config import TrainConfig, make_config, saved_config

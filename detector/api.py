@@ -1,7 +1,7 @@
 """The one public entry point: `load_detector(bundle)` -> Detector, used by the CLI, the evaluation and the service.
 
 det = load_detector("models/resnet20-decoupled")
-out = det.predict(x)          # x: float (N, 3, 32, 32) in [0, 1]
+out = det.predict(x)          # x: float (N, 3, S, S) in [0, 1]; S = det.image_shape[1] (32 here)
 out.labels, out.probs, out.scores, out.is_adversarial, out.per_layer
 """
 
@@ -21,7 +21,7 @@ from .bundle import CONFIG, METRICS, file_sha256, load_model, read_config
 from .consistency import TRANSFORMS, stack
 from .features import PathLikelihood
 from .inputs import StackedOutput, score_inputs
-from .model import CifarResNet
+from .networks import GatedNetwork
 from .profiles import PROFILES, PathProfiles, load_profiles
 
 
@@ -66,13 +66,13 @@ class Prediction:
         return Prediction(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
 
 
-def check_images(x: Tensor) -> None:
-    """Refuse anything but float images (N, 3, 32, 32) in [0, 1] with an error naming what was found (TypeError or
+def check_images(x: Tensor, size: int) -> None:
+    """Refuse anything but float images (N, 3, size, size) in [0, 1] with an error naming what was found (TypeError or
     ValueError). `Detector.predict` calls it; the service calls it per request, before the images join a batch."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"expected a torch.Tensor of shape (N, 3, 32, 32), found {type(x).__name__}")
-    if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
-        raise ValueError(f"expected images of shape (N, 3, 32, 32), found {tuple(x.shape)}")
+        raise TypeError(f"expected a torch.Tensor of shape (N, 3, {size}, {size}), found {type(x).__name__}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != (3, size, size):
+        raise ValueError(f"expected images of shape (N, 3, {size}, {size}), found {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"expected float images in [0, 1], found dtype {x.dtype} (divide uint8 images by 255)")
     if len(x):
@@ -88,7 +88,7 @@ class Detector:
 
     def __init__(
         self,
-        model: CifarResNet,
+        model: GatedNetwork,
         profiles: PathProfiles,
         bundle: Path,
         threshold: float | None = None,
@@ -126,11 +126,18 @@ class Detector:
     def name(self) -> str:
         return self.bundle.name
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(3, S, S): what predict takes (S = the network's input size; the service resizes images to it)."""
+        size = self.model.cfg.input_size
+        return (3, size, size)
+
     def info(self) -> dict[str, Any]:
         """What a client needs to know about the loaded bundle (served as /v1/model)."""
         return {
             "name": self.name,
             "classes": self.classes,
+            "input_shape": list(self.image_shape),
             "threshold": self.threshold,
             "calibrated_threshold": self.calibrated_threshold,
             "target_fpr": self.profiles.meta.get("target_fpr"),
@@ -168,7 +175,7 @@ class Detector:
 
             with torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings about list outputs
-                example = torch.rand(8, 3, 32, 32, device=self.device)
+                example = torch.rand(8, *self.image_shape, device=self.device)
                 self._traced = _TRACED[key] = torch.jit.trace(net, example, check_trace=False)
             return self
         traced = copy.deepcopy(template)
@@ -193,9 +200,10 @@ class Detector:
 
     @torch.inference_mode()
     def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
-        """Classify and score float images x (N, 3, 32, 32) in [0, 1]. Results do not depend on batch_size, up to float
-        rounding: a gate logit within ~1e-5 of 0 may open or close its filter in a batch of another size."""
-        check_images(x)
+        """Classify and score float images x (N, 3, S, S) in [0, 1] (S = image_shape[1]). Results do not depend on
+        batch_size, up to float rounding: a gate logit within ~1e-5 of 0 may open or close its filter in a batch of
+        another size."""
+        check_images(x, self.model.cfg.input_size)
         if any(m.training for m in self._modules):  # e.g. a caller trained det.model, or put one gate in train mode
             self.model.eval()
         parts = [self._predict_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)] or [
@@ -242,7 +250,7 @@ _TRACED: dict[tuple[Any, str], torch.jit.ScriptModule] = {}
 class _Paths(torch.nn.Module):
     """forward_paths as a plain (logits, features, z, s) tuple, which torch.jit.trace can record."""
 
-    def __init__(self, model: CifarResNet) -> None:
+    def __init__(self, model: GatedNetwork) -> None:
         super().__init__()
         self.model = model
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
-from .model import CifarResNet, build_model
+from .networks import GatedNetwork, build_model
 from .runtime import check_device
 
 WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
@@ -53,7 +53,7 @@ def state_to_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_bundle(model: CifarResNet, out_dir: str | os.PathLike, extra: dict[str, Any]) -> Path:
+def save_bundle(model: GatedNetwork, out_dir: str | os.PathLike, extra: dict[str, Any]) -> Path:
     """Write weights and config.json. `extra` (training hyper-parameters, seed, data fingerprint...) is stored as is."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(p.read_text())
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> CifarResNet:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> GatedNetwork:
     """Load a bundle's model in eval mode, its conv weights in channels_last (NHWC) layout. Keys must match the
     architecture in config.json exactly.
 

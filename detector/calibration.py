@@ -21,7 +21,7 @@ from .consistency import TRANSFORMS, FeatureSpec
 from .corruptions import random_corruptions
 from .data import to_unit_float
 from .inputs import inputs_of_images
-from .model import CifarResNet
+from .networks import GatedNetwork
 from .profiles import PathProfiles
 from .scorer import PathScorer, calibrate_threshold
 from .splits import SPLIT_SEED, balanced_subset, fit_threshold_split
@@ -119,7 +119,7 @@ class CalibrationConfig:
 
 
 def path_feature_set(
-    model: CifarResNet, profiles: PathProfiles, x: Tensor, y: Tensor | None = None, device: str | torch.device = "cpu"
+    model: GatedNetwork, profiles: PathProfiles, x: Tensor, y: Tensor | None = None, device: str | torch.device = "cpu"
 ) -> tuple[Tensor, Tensor]:
     """Scorer inputs of images x (detector/inputs.py: one stacked forward per batch). With labels y, only the
     correctly classified images count. Returns (kept: (N,) bool, inputs of the kept images)."""
@@ -133,7 +133,7 @@ FitSet = tuple[Tensor, Tensor, list[str]]  # correctly classified images, labels
 
 
 def fit_sets(
-    model: CifarResNet,
+    model: GatedNetwork,
     profiles: PathProfiles,
     x: Tensor,
     y: Tensor,
@@ -175,7 +175,7 @@ def fit_sets(
 
 
 def fit_attack(
-    model: CifarResNet, name: str, x: Tensor, y: Tensor, cfg: CalibrationConfig, device: str | torch.device
+    model: GatedNetwork, name: str, x: Tensor, y: Tensor, cfg: CalibrationConfig, device: str | torch.device
 ) -> tuple[Tensor, Tensor]:
     """(successful adversarial images, success mask) of `name` on x; Linf attacks at cfg.linf_eps, each image at one
     radius (a seeded random split of x into len(linf_eps) parts)."""
@@ -194,7 +194,7 @@ def fit_attack(
 
 
 def attack_rows(
-    model: CifarResNet, profiles: PathProfiles, sets: list[FitSet], cfg: CalibrationConfig, device: str | torch.device
+    model: GatedNetwork, profiles: PathProfiles, sets: list[FitSet], cfg: CalibrationConfig, device: str | torch.device
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Per attack name, the path features of its successful adversarial images over every set, and its success rate."""
     rows: dict[str, list[Tensor]] = {}
@@ -213,7 +213,7 @@ def attack_rows(
 
 
 def calibrate(
-    model: CifarResNet,
+    model: GatedNetwork,
     profiles: PathProfiles,
     x: Tensor,
     y: Tensor,

@@ -24,14 +24,21 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a (possibly decoupled) CIFAR ResNet.
+    """Architecture of a (possibly decoupled) network, what it labels and how it reads images.
 
-    depth = 6 * blocks_per_stage + 2; ResNet-20 is blocks_per_stage=3, widths (16, 32, 64).
+    `arch` picks the family in detector/networks/registry.py, or names a user's builder as "package.module:function"
+    (called with num_classes=K; it returns a dense nn.Module CNN that decouple() gates). The registry's names
+    (resnet20 ... resnet110, vgg11 ... vgg19) are presets of these fields.
+    - cifar_resnet: widths per stage (3), blocks_per_stage; depth = 6 * blocks_per_stage + 2 (ResNet-20: 3).
+    - vgg: widths per stage, stage_depths convs per stage, a 2x2 max-pool between stages (VGG-19: 2, 2, 4, 4, 4).
     """
 
+    arch: str = "cifar_resnet"
     num_classes: int = 10
-    widths: tuple[int, int, int] = (16, 32, 64)
+    widths: tuple[int, ...] = (16, 32, 64)
     blocks_per_stage: int = 3
+    stage_depths: tuple[int, ...] = ()
+    input_size: int = 32  # square side in pixels the network reads; images of other sizes are resized to it
     decoupled: bool = False
     # Gate (architecture controlling module): GAP -> FC(C_in -> C_in/r) -> ReLU -> FC(-> C_out).
     gate_reduction: int = 4
@@ -46,6 +53,9 @@ class ModelConfig:
 
     @property
     def depth(self) -> int:
+        """Weighted layers on the longest path (the number in the name: ResNet-56, VGG-19)."""
+        if self.arch == "vgg":
+            return sum(self.stage_depths) + 1
         return 6 * self.blocks_per_stage + 2
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,7 +70,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Tensor], Tensor], str, bool]] = {  # fn, 
     "jpeg": (lambda x: jpeg(x, 20), "JPEG re-compression at quality 20", True),
     "brightness": (lambda x: brightness(x, 1.3), "brightness x 1.3", True),
     "contrast": (lambda x: contrast(x, 0.4), "contrast x 0.4", True),
-    "pixelate": (lambda x: pixelate(x, 16), "pixelation (16 x 16, then back to 32 x 32)", False),
+    "pixelate": (lambda x: pixelate(x, x.shape[-1] // 2), "pixelation (half the side, then back)", False),
     "saturate": (lambda x: saturate(x, 2.0), "saturation x 2", False),
 }
 

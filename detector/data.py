@@ -4,6 +4,8 @@ Layouts accepted for `--data ROOT`:
   (a) torchvision CIFAR-10: ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch}  (or ROOT is that folder)
   (b) torchvision CIFAR-100: ROOT/cifar-100-python/{train,test,meta}  (or ROOT is that folder); the 100 fine labels
   (c) image folder: ROOT/train/<class>/*.{jpg,png}, ROOT/test/<class>/*, any classes  (what ../shared/data unpacks to)
+Images come back square, (N, 3, S, S): at `size` when one is asked for (a bundle's input size; others are resized,
+bilinear with antialiasing, as the service resizes what it is sent), else at the data's own size (CIFAR: 32).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class DataLayoutError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # (N, 3, 32, 32) uint8
+    x: torch.Tensor  # (N, 3, S, S) uint8
     y: torch.Tensor  # (N,) int64
     classes: tuple[str, ...]
     fingerprint: str  # sha256 of the decoded pixels and labels, independent of layout or file order on disk
@@ -104,7 +106,15 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("DND_CACHE_DIR", Path.home() / ".cache" / "dnd"))
 
 
-def _load_folder(d: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images (N, 3, H, W) -> (N, 3, size, size), bilinear with antialiasing (as Pillow's resize)."""
+    if x.shape[2:] == (size, size):
+        return x
+    t = torch.nn.functional.interpolate(torch.from_numpy(x).float(), (size, size), mode="bilinear", antialias=True)
+    return t.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _load_folder(d: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     classes = tuple(sorted(p.name for p in d.iterdir() if p.is_dir()))
     files = [(c, p) for c in classes for p in sorted((d / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
@@ -114,18 +124,34 @@ def _load_folder(d: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     for c, p in files:
         st = p.stat()
         key.update(f"{c}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    if size is not None:  # (the key of a folder read at its own size stays what it was)
+        key.update(f"size={size}".encode())
     cache = _cache_dir() / f"folder-{key.hexdigest()[:20]}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             return z["x"], z["y"], tuple(str(c) for c in z["classes"])
-    x = np.empty((len(files), 3, 32, 32), dtype=np.uint8)
+    if size is None:  # the data's own size: every image must have it
+        with Image.open(files[0][1]) as im:
+            w, h = im.size
+        if w != h:
+            raise DataLayoutError(f"{files[0][1]} is {w}x{h}: for images that are not square, pass a size (--size)")
+        size, strict = w, True
+    else:
+        strict = False
+    x = np.empty((len(files), 3, size, size), dtype=np.uint8)
     y = np.empty(len(files), dtype=np.int64)
     index = {c: i for i, c in enumerate(classes)}
     for k, (c, p) in enumerate(tqdm(files, desc=f"decoding {d.name}", unit="img", leave=False)):
         with Image.open(p) as im:
-            a = np.asarray(im.convert("RGB"))
-        if a.shape != (32, 32, 3):
-            raise DataLayoutError(f"{p}: expected a 32x32 RGB image, found {a.shape[1]}x{a.shape[0]}")
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                if strict:
+                    raise DataLayoutError(
+                        f"{p}: expected a {size}x{size} image like {files[0][1].name}, found {im.size[0]}x"
+                        f"{im.size[1]}; pass a size (--size) to resize every image to it"
+                    )
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            a = np.asarray(im)
         x[k] = a.transpose(2, 0, 1)
         y[k] = index[c]
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -144,8 +170,9 @@ def check_classes(split: Split, classes: tuple[str, ...] | list[str], what: str)
         )
 
 
-def load_split(root: str | os.PathLike, split: str) -> Split:
-    """Load the 'train' or 'test' split from ROOT (any layout of the module docstring)."""
+def load_split(root: str | os.PathLike, split: str, size: int | None = None) -> Split:
+    """Load the 'train' or 'test' split from ROOT (any layout of the module docstring), as size x size images when
+    `size` is given (a bundle's cfg.input_size), else at the data's own size."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root)
@@ -157,10 +184,12 @@ def load_split(root: str | os.PathLike, split: str) -> Split:
     elif tv is not None:
         x, y, classes = _load_torchvision(tv, split)
     elif (root / split).is_dir():
-        x, y, classes = _load_folder(root / split)
+        x, y, classes = _load_folder(root / split, size)
     else:
         found = sorted(p.name for p in root.iterdir())[:10]
         raise DataLayoutError(
             f"data root {root} has no '{split}/' folder and no cifar-10-batches-py/ (found {found}); {LAYOUT_HELP}"
         )
+    if size is not None:
+        x = _resize(x, size)
     return Split(torch.from_numpy(x), torch.from_numpy(y), classes, _fingerprint(x, y))

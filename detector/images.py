@@ -8,8 +8,8 @@ TGA or PCX). Every image becomes the RGB a person would see:
   conversion clips them to 255 (all white) or truncates them (all black);
 - transparent pixels (alpha, or a palette / greyscale transparency key) are composited on white (`BACKGROUND`), the
   page colour a browser shows them on, instead of being classified on their hidden RGB.
-Images that are not 32 x 32 are then resized to 32 x 32 with Pillow's bilinear filter (antialiased when shrinking);
-the caller reports the original size.
+Images that are not S x S (the network's input size, 32 for the CIFAR bundles) are then resized to it with Pillow's
+bilinear filter (antialiased when shrinking); the caller reports the original size.
 
 Every failure is an `ImageError` with a stable `code`; the service maps codes to HTTP statuses.
 """
@@ -27,7 +27,6 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-SIZE = 32
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 BACKGROUND = (255, 255, 255)
 
@@ -67,8 +66,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int) -> tuple[Tensor, list[int] | None]:
-    """Encoded image bytes -> ((3, 32, 32) float in [0, 1], original [width, height] if resized else None)."""
+def decode_image(data: bytes, max_pixels: int, size: int) -> tuple[Tensor, list[int] | None]:
+    """Encoded image bytes -> ((3, size, size) float in [0, 1], original [width, height] if resized else None)."""
     if not data:
         raise ImageError("empty_body", "expected an image, found an empty body")
     try:
@@ -93,9 +92,9 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[Tensor, list[int] | None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # truncated or corrupt data
         raise ImageError("corrupt_image", f"the image could not be decoded: {e}") from None
     resized = None
-    if im.size != (SIZE, SIZE):
+    if im.size != (size, size):
         resized = [w, h]
-        im = im.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
     x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
     return x, resized
 

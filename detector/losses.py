@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import PathOutput
+from .networks import PathOutput
 
 _EPS = 1e-4
 

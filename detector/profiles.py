@@ -25,7 +25,7 @@ from torch import Tensor
 from .bundle import WEIGHTS, file_sha256, publish
 from .consistency import FeatureSpec
 from .features import feature_count
-from .model import CifarResNet
+from .networks import GatedNetwork
 from .scorer import PathScorer
 from .stats import collect_gate_paths
 
@@ -55,7 +55,7 @@ class PathProfiles:
 
 
 def build_profiles(
-    model: CifarResNet,
+    model: GatedNetwork,
     x: Tensor,
     y: Tensor,
     batch_size: int = 500,

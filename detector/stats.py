@@ -1,10 +1,5 @@
-"""Cost and filter statistics of a (decoupled) model: MACs per image, filter states, pruned parameters.
-
-MACs of a 3x3 conv = active_in * active_out * 9 * H_out * W_out. A gated conv's active outputs are its open
-filters; the second conv of a block also sees only the first conv's open filters as input. The first block
-conv reads the residual stream, which is always dense. The stem conv and the FC are always counted in full.
-Gate MACs (GAP + two small FCs) are reported separately, so the DND FLOPs ratio stays comparable to the paper.
-"""
+"""Cost and filter statistics of a (decoupled) model on a set of images: accuracy, MACs per image (networks/macs.py),
+filter states (activated / silent / dynamic), parameters once silent filters are removed."""
 
 from __future__ import annotations
 
@@ -14,51 +9,13 @@ import torch
 from torch import Tensor
 
 from .data import to_unit_float
-from .model import INPUT_HW, CifarResNet
-
-
-def _fixed_macs(model: CifarResNet) -> int:
-    stem = model.stem[0]
-    return stem.in_channels * stem.out_channels * 9 * INPUT_HW * INPUT_HW + model.fc.in_features * model.fc.out_features
-
-
-def dense_macs(model: CifarResNet) -> int:
-    """MACs of the same network with every filter open (gates not counted)."""
-    return _fixed_macs(model) + sum(u.cin * u.cout * 9 * u.out_hw**2 for u in model.units())
-
-
-def gate_macs(model: CifarResNet) -> int:
-    """MACs of the gates themselves (FCs; pooling counted as one add per input element)."""
-    total = 0
-    for u in model.units():
-        if u.gate is not None:
-            hw_in = (u.out_hw * u.conv.stride[0]) ** 2
-            total += (
-                u.cin * hw_in
-                + u.gate.fc1.in_features * u.gate.fc1.out_features
-                + u.gate.fc2.in_features * u.gate.fc2.out_features
-            )
-    return total
-
-
-def macs_per_sample(model: CifarResNet, z: list[Tensor]) -> Tensor:
-    """Conv + FC MACs for each sample, (N,) float64 on z's device, from the per-layer open-filter masks z
-    (L x (N, C_l)).
-    Stays on that device: in a GPU training step a host copy per layer would stall the launch queue 18 times."""
-    units = model.units()
-    if len(z) != len(units):
-        raise ValueError(f"expected {len(units)} path layers, found {len(z)}")
-    total = torch.full((z[0].shape[0],), float(_fixed_macs(model)), dtype=torch.float64, device=z[0].device)
-    for i in range(0, len(units), 2):  # (unit1, unit2) of each block
-        u1, u2 = units[i], units[i + 1]
-        n1, n2 = z[i].double().sum(1), z[i + 1].double().sum(1)
-        total += u1.cin * n1 * 9 * u1.out_hw**2 + n1 * n2 * 9 * u2.out_hw**2
-    return total
+from .networks import GatedNetwork
+from .networks.macs import dense_macs, gate_macs, macs_per_sample, pruned_parameters
 
 
 @torch.inference_mode()
 def collect_gate_paths(
-    model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+    model: GatedNetwork, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """Eval-mode logits (N, K), binary paths L x (N, C_l) (bool) and gate logits L x (N, C_l) (float32; z = 1(s > 0))
     for uint8 or [0,1] float images x."""
@@ -80,7 +37,7 @@ def collect_gate_paths(
 
 
 def collect_paths(
-    model: CifarResNet, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+    model: GatedNetwork, x: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
 ) -> tuple[Tensor, list[Tensor]]:
     """Eval-mode logits (N, K) and binary paths L x (N, C_l) (bool) for uint8 or [0,1] float images x."""
     logits, z, _ = collect_gate_paths(model, x, batch_size, device)
@@ -95,25 +52,10 @@ def filter_states(z: list[Tensor]) -> dict[str, int]:
     return {"activated": act, "silent": sil, "dynamic": tot - act - sil, "total": tot}
 
 
-def pruned_parameters(model: CifarResNet, z: list[Tensor]) -> int:
-    """Parameter count after physically removing silent filters: their conv kernels, BN affine and gate row; for a
-    block's first conv also the second conv's input kernels and its gate's LayerNorm/FC inputs that read them."""
-    total = sum(p.numel() for p in model.parameters())
-    units = model.units()
-    for i, (u, zl) in enumerate(zip(units, z)):
-        silent = int((~zl.any(0)).sum())
-        removed = u.cin * 9 + 2 + (u.gate.fc2.in_features + 1 if u.gate is not None else 0)
-        if i % 2 == 0:  # a block's first conv feeds only the second conv (and that conv's gate)
-            nxt = units[i + 1]
-            removed += nxt.cout * 9 + (2 + nxt.gate.fc1.out_features if nxt.gate is not None else 0)
-        total -= silent * removed
-    return total
-
-
 def compute_stats(
-    model: CifarResNet, x: Tensor, y: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
+    model: GatedNetwork, x: Tensor, y: Tensor, batch_size: int = 500, device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
-    """Everything `dnd stats` reports, on images x (N,3,32,32) uint8 or float and labels y (N,)."""
+    """Everything `dnd stats` reports, on images x (N, 3, S, S) uint8 or float and labels y (N,)."""
     logits, z = collect_paths(model, x, batch_size, device)
     acc = float((logits.argmax(1) == y).float().mean())
     dense = dense_macs(model)

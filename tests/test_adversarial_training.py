@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from detector.config import ModelConfig
-from detector.model import build_model
+from detector.networks import build_model
 from dnd.training.adversarial import PIXEL, catastrophic_overfitting, perturb, robust_accuracy, step_size
 
 from .conftest import write_image_folder

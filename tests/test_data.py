@@ -51,13 +51,30 @@ def test_incomplete_torchvision_root(torchvision_root: Path) -> None:
         load_split(torchvision_root, "train")
 
 
-def test_non_cifar_sized_image_is_refused(tmp_path: Path) -> None:
+def test_a_folder_of_mixed_sizes_is_refused_at_its_own_size_and_resized_at_a_given_one(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path, n_train=1, n_test=1)
     from PIL import Image
 
-    Image.new("RGB", (40, 30)).save(root / "test" / "cat" / "big.png")
-    with pytest.raises(DataLayoutError, match="expected a 32x32 RGB image, found 40x30"):
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "test" / "cat" / "big.png")
+    with pytest.raises(DataLayoutError, match="expected a 32x32 image like .*, found 40x30; pass a size"):
         load_split(root, "test")
+    for size in (32, 48):
+        split = load_split(root, "test", size)
+        assert split.x.shape[1:] == (3, size, size) and split.x.dtype == torch.uint8
+        big = split.x[[i for i, c in enumerate(split.y.tolist()) if split.classes[c] == "cat"][-1]]  # big.png: last
+        assert big[0].float().mean() > 150 and big[1].float().mean() < 40  # the red image, resized, not cropped
+
+
+def test_a_folder_at_another_square_size_loads_at_that_size(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("ant", "bee", "cow"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 20), (i * 90, 40, 40)).save(tmp_path / split / c / f"{i}.png")
+    s = load_split(tmp_path, "train")
+    assert s.x.shape == (6, 3, 20, 20) and s.classes == ("ant", "bee", "cow")
 
 
 def write_cifar100_root(root: Path, n_train: int = 2, n_test: int = 1) -> Path:

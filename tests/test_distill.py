@@ -22,7 +22,7 @@ def test_distillation_from_the_init_bundle(trained_dense: Path, tiny_data: Path,
 
     from detector.config import ModelConfig
     from detector.losses import DecouplingLoss
-    from detector.model import build_model
+    from detector.networks import build_model
     from dnd.training.config import TrainConfig
     from dnd.training.step import make_optimizers, train_step
 
@@ -51,7 +51,7 @@ def test_distillation_from_the_init_bundle(trained_dense: Path, tiny_data: Path,
 
 def test_bf16_teacher_gives_float32_logits_close_to_fp32() -> None:
     from detector.config import ModelConfig
-    from detector.model import build_model
+    from detector.networks import build_model
     from dnd.training.distill import teacher_forward, teacher_logits
 
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) ->
     import copy
 
     from detector.config import ModelConfig
-    from detector.model import build_model
+    from detector.networks import build_model
     from dnd.training.distill import frozen_teacher
 
     torch.manual_seed(0)
@@ -100,7 +100,7 @@ def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) ->
 
 def test_offline_distillation_targets_and_run(trained_dense: Path, tiny_data: Path, tmp_path: Path) -> None:
     from detector.config import ModelConfig
-    from detector.model import build_model
+    from detector.networks import build_model
     from dnd.training.distill import teacher_logits
 
     torch.manual_seed(0)

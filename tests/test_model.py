@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from detector.config import ModelConfig
 from detector.gates import semhash, soft_gate
 from detector.losses import DecouplingLoss, path_kl
-from detector.model import build_model
+from detector.networks import build_model
 
 
 def _decoupled(seed: int = 0) -> torch.nn.Module:
@@ -162,7 +162,7 @@ def test_reused_pooled_input_equals_pooling_the_real_input() -> None:
 
 
 def test_spatial_mean_matches_mean_and_keeps_the_gradient_layout() -> None:
-    import detector.model as dm
+    import detector.networks.resnet_cifar as dm
 
     torch.manual_seed(0)
     for fmt in (torch.channels_last, torch.contiguous_format):
@@ -181,7 +181,7 @@ def test_spatial_mean_matches_mean_and_keeps_the_gradient_layout() -> None:
 def test_spatial_mean_in_bf16_equals_mean_on_the_networks_sizes() -> None:
     # bf16 pools by sum / (H * W) (Tensor.mean copies to float32 first); on the power-of-two maps the network
     # pools (32², 16², 8²) the values are exactly mean's, with and without autograd, and so is the gradient.
-    import detector.model as dm
+    import detector.networks.resnet_cifar as dm
 
     torch.manual_seed(0)
     for hw in (32, 16, 8):
@@ -197,7 +197,7 @@ def test_spatial_mean_in_bf16_equals_mean_on_the_networks_sizes() -> None:
 
 
 def test_option_a_shortcut_matches_pad_of_subsample_in_value_gradient_and_layout() -> None:
-    import detector.model as dm
+    import detector.networks.resnet_cifar as dm
 
     torch.manual_seed(0)
     for fmt in (torch.channels_last, torch.contiguous_format):
@@ -214,7 +214,7 @@ def test_option_a_shortcut_matches_pad_of_subsample_in_value_gradient_and_layout
 def test_training_gradients_equal_those_through_plain_mean(monkeypatch) -> None:
     # The layout-friendly mean changes how gradients are stored, not their values: a decoupled training step's
     # gradients equal those with autograd's own mean backward.
-    import detector.model as dm
+    import detector.networks.resnet_cifar as dm
 
     grads = []
     for plain in (False, True):

@@ -1,7 +1,7 @@
 import torch
 
 from detector.config import ModelConfig
-from detector.model import build_model
+from detector.networks import build_model
 from detector.stats import collect_paths, compute_stats, dense_macs, filter_states, macs_per_sample, pruned_parameters
 
 

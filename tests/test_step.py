@@ -10,7 +10,7 @@ def test_bf16_step_keeps_float32_losses_and_gradients_reach_every_parameter(deco
 
     from detector.config import ModelConfig
     from detector.losses import DecouplingLoss
-    from detector.model import build_model
+    from detector.networks import build_model
     from detector.stats import dense_macs
     from dnd.training.config import make_config
     from dnd.training.step import step_loss
@@ -45,7 +45,7 @@ def test_compiled_step_matches_eager() -> None:
 
     from detector.config import ModelConfig
     from detector.losses import DecouplingLoss
-    from detector.model import build_model
+    from detector.networks import build_model
     from dnd.training.config import TrainConfig
     from dnd.training.step import compiled_step_loss, step_loss
 

@@ -15,16 +15,16 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..model import CifarResNet, spatial_mean
+from ..networks import GatedNetwork, spatial_mean
 from .mahalanobis import MahalanobisEnsemble
 
 EPS_GRID = (0.0, 0.0005, 0.001, 0.002, 0.004)
 
 
-def _pooled_with_grad(model: CifarResNet, x: Tensor) -> list[Tensor]:
-    """L x (N, C_l) pooled activations of the stem and each block, recorded with autograd."""
+def _pooled_with_grad(model: GatedNetwork, x: Tensor) -> list[Tensor]:
+    """L x (N, C_l) pooled activations of model.stages(), recorded with autograd."""
     acts: list[Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: acts.append(out)) for m in (model.stem, *model.blocks)]
+    hooks = [m.register_forward_hook(lambda _m, _i, out: acts.append(out)) for m in model.stages()]
     try:
         model(x)
     finally:
@@ -41,7 +41,7 @@ def _closest(g: object, f: Tensor) -> Tensor:
 
 
 def lee_distances(
-    model: CifarResNet,
+    model: GatedNetwork,
     ensemble: MahalanobisEnsemble,
     x: Tensor,
     eps_grid: tuple[float, ...] = EPS_GRID,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..model import CifarResNet
+from ..networks import GatedNetwork
 from .activations import layer_activations
 
 
@@ -26,12 +26,12 @@ class LID:
     k: int = 20
 
     @classmethod
-    def fit_reference(cls, model: CifarResNet, x_ref: Tensor, k: int = 20) -> LID:
+    def fit_reference(cls, model: GatedNetwork, x_ref: Tensor, k: int = 20) -> LID:
         """Reference activations of clean images x_ref (R, 3, 32, 32); R > k."""
         _, acts = layer_activations(model, x_ref)
         return cls([a.flatten(1).float() for a in acts], k)
 
-    def estimates(self, model: CifarResNet, x: Tensor, batch_size: int = 250) -> np.ndarray:
+    def estimates(self, model: GatedNetwork, x: Tensor, batch_size: int = 250) -> np.ndarray:
         """Images x -> (N, L) per-layer LID estimates."""
         out = []
         for i in range(0, len(x), batch_size):

@@ -49,7 +49,8 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     k = len(det.classes)
-    train, test = load_split(data, "train"), load_split(data, "test")
+    size = det.model.cfg.input_size
+    train, test = load_split(data, "train", size), load_split(data, "test", size)
     for split in (train, test):
         check_classes(split, det.classes, f"--data against the bundle {det.bundle}")
     cal_record = det.profiles.meta.get("calibration", {})

@@ -99,7 +99,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     k = len(det.classes)
-    test = load_split(data, "test")
+    test = load_split(data, "test", det.model.cfg.input_size)
     cal = det.profiles.meta.get("calibration", {})
     ccfg = CalibrationConfig.from_record(cal)
     cal_idx, _ = split_test(test.y, k, cal.get("split_seed", SPLIT_SEED))

@@ -20,7 +20,7 @@ import torchattacks
 from torch import Tensor
 
 from ..data import load_split, to_unit_float
-from ..model import CifarResNet
+from ..networks import GatedNetwork
 from ..splits import balanced_subset, shuffled_per_class
 from ..stats import collect_gate_paths
 from .paths import class_paths, filter_extremes, linear_heads, mean_path, parting_layer
@@ -40,7 +40,7 @@ def _save(out: Path, name: str, data: dict[str, Any], fig: Any) -> None:
 
 
 def figures(
-    model: CifarResNet,
+    model: GatedNetwork,
     data: str | Path,
     out: str | Path,
     limit: int = 2000,
@@ -52,7 +52,7 @@ def figures(
     are used for the clean paths; attacks run on up to a quarter of them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    test = load_split(data, "test")
+    test = load_split(data, "test", model.cfg.input_size)
     classes = list(model.cfg.classes)
     k = len(classes)
     idx = balanced_subset(torch.cat(shuffled_per_class(test.y, k, seed)), test.y, limit, k)
@@ -103,7 +103,7 @@ def figures(
 
 
 def adversarial_groups(
-    model: CifarResNet, x: Tensor, y: Tensor, z: list[Tensor], source: int, target: int, seed: int
+    model: GatedNetwork, x: Tensor, y: Tensor, z: list[Tensor], source: int, target: int, seed: int
 ) -> dict[str, Any]:
     """Images of class `source` attacked (untargeted PGD 8/255) to whatever they become, and images of every other
     class attacked (targeted PGD 8/255) to `target`: their mean paths beside the clean class paths."""
@@ -149,7 +149,7 @@ def adversarial_groups(
     }
 
 
-def embeddings(model: CifarResNet, x: Tensor, y: Tensor, z: list[Tensor], seed: int) -> dict[str, Any]:
+def embeddings(model: GatedNetwork, x: Tensor, y: Tensor, z: list[Tensor], seed: int) -> dict[str, Any]:
     """t-SNE of the binary path at a shallow, a middle and a deep layer: clean images and PGD-attacked ones."""
     from sklearn.manifold import TSNE
     from sklearn.metrics import silhouette_score

@@ -218,7 +218,8 @@ def cmd_profiles(a: argparse.Namespace) -> None:
 
     cfg = calibration_config(a)
     model = load_model(a.model, a.device)
-    train, test = load_split(a.data, "train"), load_split(a.data, "test")
+    size = model.cfg.input_size
+    train, test = load_split(a.data, "train", size), load_split(a.data, "test", size)
     for split in (train, test):
         check_classes(split, model.cfg.classes, f"--data against the bundle {a.model}")
     profiles = build_profiles(model, train.x, train.y, device=a.device, gate_logits=cfg.gate_logits)
@@ -251,7 +252,7 @@ def cmd_attack(a: argparse.Namespace) -> None:
     from detector.splits import balanced_subset, split_test
 
     model = load_model(a.model, a.device)
-    test = load_split(a.data, "test")
+    test = load_split(a.data, "test", model.cfg.input_size)
     check_classes(test, model.cfg.classes, f"--data against the bundle {a.model}")
     cal_idx, ev_idx = split_test(test.y, model.cfg.num_classes)
     idx = balanced_subset(

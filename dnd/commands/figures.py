@@ -62,7 +62,7 @@ def cmd_samples(a: argparse.Namespace) -> None:
 
     model = load_model(a.model, a.device)
     classes = model.cfg.classes
-    test = load_split(a.data, "test")
+    test = load_split(a.data, "test", model.cfg.input_size)
     check_classes(test, classes, f"--data against the bundle {a.model}")
     _, ev = split_test(test.y, len(classes))
     idx = ev[torch.randperm(len(ev), generator=torch.Generator().manual_seed(3))[: 20 * a.n]]

@@ -62,7 +62,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     model = det.model if det else load_model(a.model, a.device)
     for path in a.images:
         try:
-            x, resized = decode_image(Path(path).read_bytes(), 4096 * 4096)
+            x, resized = decode_image(Path(path).read_bytes(), 4096 * 4096, model.cfg.input_size)
         except ImageError as e:
             raise ValueError(f"{path}: {e}") from None
         if det:

@@ -18,9 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train a dense CIFAR ResNet (ResNet-20 by default), or its decoupled fine-tune (--decouple --init DIR)",
+        help="train a dense network (ResNet-20 by default; --arch), or its decoupled fine-tune (--decouple --init DIR)",
     )
-    p.add_argument("--data", required=True, help="CIFAR-10 root: torchvision layout or train/ + test/ image folders")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a torchvision CIFAR-10 / CIFAR-100 root, or train/<class>/ + test/<class>/ image folders (any classes)",
+    )
     p.add_argument("--out", required=True, help="bundle directory to write (checkpoints go to OUT/checkpoint)")
     p.add_argument("--decouple", action="store_true", help="add gates and fine-tune from --init")
     p.add_argument(
@@ -31,12 +35,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint")
     arch = p.add_argument_group("architecture of a run without --init (with it, the --init bundle's)")
     arch.add_argument(
+        "--arch",
+        default="resnet20",
+        help="resnet20, resnet32, resnet44, resnet56, resnet110 (CIFAR ResNets), vgg11, vgg13, vgg16, vgg19 (the "
+        "network-slimming VGG), or package.module:function, your own builder: called with num_classes=K, it returns "
+        "a dense nn.Module CNN ending in an nn.Linear, which --decouple gates (default resnet20)",
+    )
+    arch.add_argument(
         "--blocks-per-stage",
         type=int,
-        default=3,
-        help="basic blocks per stage: depth 6n + 2 (3: ResNet-20, 5: 32, 7: 44, 9: 56, 18: 110)",
+        help="CIFAR ResNets: basic blocks per stage, depth 6n + 2 (3: ResNet-20, 5: 32, 7: 44, 9: 56, 18: 110)",
     )
-    arch.add_argument("--widths", default="16,32,64", help="channels of the three stages (default 16,32,64)")
+    arch.add_argument(
+        "--widths", help="channels per stage, comma-separated (resnet: 16,32,64; vgg: 64,128,256,512,512)"
+    )
+    arch.add_argument(
+        "--size",
+        type=int,
+        help="side in pixels the network reads; every image is resized to it (default: the data's own, which must "
+        "then be one square size)",
+    )
     add_device(p)
     p.add_argument(
         "--compile",
@@ -81,19 +99,32 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
 
 def model_config(a: argparse.Namespace):
     """The architecture a parsed `dnd train` command line asks for; None with --init (the bundle's own is used)."""
-    from detector.config import ModelConfig
+    from dataclasses import replace
 
-    widths = tuple(int(w) for w in a.widths.split(",") if w.strip())
-    if len(widths) != 3 or min(widths) < 1 or a.blocks_per_stage < 1:
-        raise ValueError(
-            f"expected --widths as three positive channel counts and --blocks-per-stage >= 1, "
-            f"found {a.widths!r} and {a.blocks_per_stage}"
-        )
-    cfg = ModelConfig(widths=widths, blocks_per_stage=a.blocks_per_stage)
+    from detector.networks import arch_config
+
+    shaped = a.arch != "resnet20" or a.widths is not None or a.blocks_per_stage is not None or a.size is not None
     if a.init:
-        if (cfg.widths, cfg.blocks_per_stage) != (ModelConfig().widths, ModelConfig().blocks_per_stage):
-            raise ValueError("--widths / --blocks-per-stage shape a new network: with --init the bundle's is used")
+        if shaped:
+            raise ValueError("--arch / --widths / --blocks-per-stage / --size shape a new network: --init's is used")
         return None
+    cfg = arch_config(a.arch)
+    if a.widths is not None:
+        widths = tuple(int(w) for w in a.widths.split(",") if w.strip())
+        if len(widths) != len(cfg.widths) or min(widths) < 1:
+            raise ValueError(
+                f"--widths: expected {len(cfg.widths)} positive channel counts for {a.arch}, found {a.widths!r}"
+            )
+        cfg = replace(cfg, widths=widths)
+    if a.blocks_per_stage is not None:
+        if cfg.arch != "cifar_resnet" or a.blocks_per_stage < 1:
+            raise ValueError(
+                f"--blocks-per-stage: a positive count, for the CIFAR ResNets only "
+                f"(found {a.blocks_per_stage} for {a.arch})"
+            )
+        cfg = replace(cfg, blocks_per_stage=a.blocks_per_stage)
+    if a.size is not None and a.size < 8:
+        raise ValueError(f"--size: expected at least 8 pixels, found {a.size}")
     return cfg
 
 
@@ -110,6 +141,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         device=a.device,
         model_cfg=model_config(a),
         compile_step=a.compile,
+        size=a.size,
     )
 
 
@@ -120,7 +152,7 @@ def cmd_stats(a: argparse.Namespace) -> None:
     from dnd.training.plots import plot_filter_states
 
     model = load_model(a.model, a.device)
-    test = load_split(a.data, "test")
+    test = load_split(a.data, "test", model.cfg.input_size)
     check_classes(test, model.cfg.classes, f"--data against the bundle {a.model}")
     stats = {
         "model": str(a.model),

@@ -119,8 +119,11 @@ def _is_image_type(ctype: str) -> bool:
     return ctype.startswith("image/") or ctype == "application/octet-stream"
 
 
-def parse_payload(content_type: str, body: bytes, s: Settings) -> tuple[torch.Tensor, list[list[int] | None]]:
-    """The decode threads' part: body -> ((n, 3, 32, 32) float in [0, 1], per image its original size if resized)."""
+def parse_payload(
+    content_type: str, body: bytes, s: Settings, size: int
+) -> tuple[torch.Tensor, list[list[int] | None]]:
+    """The decode threads' part: body -> ((n, 3, size, size) float in [0, 1], per image its original size if
+    resized)."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         data, ftype = multipart_file(body, content_type)
@@ -145,12 +148,14 @@ def parse_payload(content_type: str, body: bytes, s: Settings) -> tuple[torch.Te
             "unsupported_media_type",
             f"expected an image/* body, multipart/form-data or application/json, found {ctype or 'no content type'}",
         )
-    decoded = [decode_image(r, s.max_image_pixels) for r in raws]  # one at a time: one decoded image in memory
+    decoded = [decode_image(r, s.max_image_pixels, size) for r in raws]  # one at a time: one decoded image in memory
     return torch.stack([x for x, _ in decoded]), [r for _, r in decoded]
 
 
-async def parse_images(request: Request, s: Settings, pool: Executor) -> tuple[torch.Tensor, list[list[int] | None]]:
-    """Read the body here, parse and decode it in `pool`."""
+async def parse_images(
+    request: Request, s: Settings, pool: Executor, size: int
+) -> tuple[torch.Tensor, list[list[int] | None]]:
+    """Read the body here, parse and decode it in `pool`, images resized to size x size (the served network's)."""
     body = await read_body(request, s.body_limit, s.body_timeout_s)
     if not body:
         raise ApiError(
@@ -159,4 +164,4 @@ async def parse_images(request: Request, s: Settings, pool: Executor) -> tuple[t
             "expected an image (raw, multipart field `file`, or JSON base64 list), found an empty body",
         )
     ctype = request.headers.get("content-type", "")
-    return await asyncio.get_running_loop().run_in_executor(pool, parse_payload, ctype, body, s)
+    return await asyncio.get_running_loop().run_in_executor(pool, parse_payload, ctype, body, s, size)

@@ -144,7 +144,9 @@ def parse_infer(
             raise bad(f"data does not hold {inp.shape} numbers: {e}") from None
     x = torch.from_numpy(arr.astype(np.float32).reshape(inp.shape).copy())
     try:
-        check_images(x)  # here, not in the batch: one bad request must not fail the others batched with it
+        check_images(
+            x, image_shape[1]
+        )  # here, not in the batch: one bad request must not fail the others batched with it
     except ValueError as e:
         raise bad(str(e)) from None
     return InferRequest(x, req.id or "", requested_outputs(req))

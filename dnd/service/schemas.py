@@ -14,7 +14,7 @@ IMAGE_BODY: dict[str, Any] = {
         "description": (
             "One image (PNG, JPEG, BMP, GIF, TIFF or WebP) as the raw body or as multipart field `file`, or a JSON "
             "batch of "
-            "base64 images. Images that are not 32 x 32 are resized."
+            "base64 images. Images of another size than the network's (GET /v1/model: input_shape) are resized."
         ),
         "content": {
             "image/png": _BINARY,

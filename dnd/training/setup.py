@@ -15,7 +15,7 @@ from detector.bundle import WEIGHTS, load_model
 from detector.config import ModelConfig
 from detector.data import Split, check_classes, load_split, to_unit_float
 from detector.losses import DecouplingLoss
-from detector.model import CifarResNet, build_model
+from detector.networks import GatedNetwork, build_model
 
 from .checkpoint import META, load_checkpoint
 from .config import TrainConfig, check_config, saved_config
@@ -34,10 +34,10 @@ class Run:
     x_train: torch.Tensor  # (N, 3, 32, 32) float in [0, 1], on the device
     y_train: torch.Tensor  # (N,) on the device
     test: Split
-    model: CifarResNet
+    model: GatedNetwork
     loss_mod: DecouplingLoss | None
     optimizers: list[torch.optim.Optimizer]
-    teacher: CifarResNet | None = None
+    teacher: GatedNetwork | None = None
     t_logits: torch.Tensor | None = None  # (2, N, K) offline distillation targets: [plain, mirrored]
     loss_fn: Any = step_loss
     start_epoch: int = 0
@@ -80,9 +80,13 @@ def check_request(
         )
 
 
-def load_data(data: str | Path, cfg: TrainConfig, dev: torch.device) -> tuple[Split, Split, torch.Tensor, torch.Tensor]:
-    """(train split, test split (maybe limited), training images on the device as float, their labels)."""
-    train_set, test_set = load_split(data, "train"), load_split(data, "test")
+def load_data(
+    data: str | Path, cfg: TrainConfig, dev: torch.device, size: int | None = None
+) -> tuple[Split, Split, torch.Tensor, torch.Tensor]:
+    """(train split, test split (maybe limited), training images on the device as float, their labels); images at
+    `size` (default: the training data's own size)."""
+    train_set = load_split(data, "train", size)
+    test_set = load_split(data, "test", train_set.x.shape[-1])
     x_train, y_train = train_set.x, train_set.y
     if cfg.limit:
         idx = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit]
@@ -102,7 +106,7 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(round(m, 4) for m, _ in stats), tuple(round(max(sd, 1e-3), 4) for _, sd in stats)
 
 
-def init_weights(model: CifarResNet, src: CifarResNet, init_dir: Path) -> None:
+def init_weights(model: GatedNetwork, src: GatedNetwork, init_dir: Path) -> None:
     """Start from a bundle's model `src`: a dense one gives every non-gate weight (the gates are the only new
     parameters; for a dense `model`, everything); a decoupled one gives everything, strictly (a further stage)."""
     if src.cfg.decoupled or not model.cfg.decoupled:
@@ -127,18 +131,21 @@ def build_run(
     dev: torch.device,
     compile_step: bool,
     dist: Dist = Dist(),
+    size: int | None = None,
 ) -> tuple[Run, Split]:
     """Data, model (from --init where given), decoupling losses, distillation teacher and optimizers; under torchrun
     the network with global-batch BatchNorm and, with the heads, wrapped in DistributedDataParallel."""
     torch.manual_seed(cfg.seed)
-    train_set, test_set, x_train, y_train = load_data(data, cfg, dev)
+    size = model_cfg.input_size if init is not None else size  # a bundle reads the size it was trained at
+    train_set, test_set, x_train, y_train = load_data(data, cfg, dev, size)
     check_classes(test_set, train_set.classes, "the test split of --data")
     if init is not None:  # a bundle's network keeps its labels: the data must name the same classes
         check_classes(train_set, model_cfg.classes, f"--data against the --init bundle {init}")
     else:  # a new network is trained on, labels with, and normalises by the statistics of the data
         mean, std = channel_stats(x_train)
+        k, side = len(train_set.classes), train_set.x.shape[-1]
         model_cfg = replace(
-            model_cfg, classes=tuple(train_set.classes), num_classes=len(train_set.classes), mean=mean, std=std
+            model_cfg, classes=tuple(train_set.classes), num_classes=k, mean=mean, std=std, input_size=side
         )
     model = build_model(model_cfg)
     src = load_model(Path(init)) if init is not None else None
@@ -187,7 +194,11 @@ def resume_from(run: Run, ckpt_dir: Path) -> None:
     """Continue from OUT/checkpoint: module and optimizer state, lambda_s, history; the settings must be the same."""
     meta = load_checkpoint(ckpt_dir, run.modules, run.optimizers, run.dev)
     now = json.loads(json.dumps({"train": run.cfg.to_dict(), "model": run.model_cfg.to_dict()}))  # tuples -> lists
-    then = {"train": saved_config(meta["train"]), "model": meta["model"]}
+    # the model record through ModelConfig: a field the checkpoint lacks reads as its default
+    then = {
+        "train": saved_config(meta["train"]),
+        "model": json.loads(json.dumps(ModelConfig.from_dict(meta["model"]).to_dict())),
+    }
     if then != now:
         diff = [
             f"{part} {k}: checkpoint {then[part].get(k, '(absent)')!r}, this command {now[part].get(k, '(absent)')!r}"

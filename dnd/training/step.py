@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from detector.losses import DecouplingLoss
-from detector.model import CifarResNet, PathOutput
-from detector.stats import macs_per_sample
+from detector.networks import GatedNetwork, PathOutput
+from detector.networks.macs import macs_per_sample
 
 from .adversarial import perturb
 from .config import TrainConfig
 from .distill import distill_loss, teacher_forward
 
-Teacher = CifarResNet | torch.Tensor | None  # a network run on the batch, or its precomputed logits (B, K)
+Teacher = GatedNetwork | torch.Tensor | None  # a network run on the batch, or its precomputed logits (B, K)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -27,7 +27,7 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
-def make_optimizers(model: CifarResNet, loss: DecouplingLoss | None, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+def make_optimizers(model: GatedNetwork, loss: DecouplingLoss | None, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """SGD for the network (weight decay on conv/FC weights only); Adam for gates and MI heads, if any. Each param
     group carries its peak LR ("peak"); the schedule scales it every step."""
     decay, no_decay, gates = [], [], []
@@ -61,7 +61,7 @@ def float_paths(res: PathOutput) -> PathOutput:
 
 
 def step_loss(
-    model: CifarResNet,
+    model: GatedNetwork,
     loss_mod: DecouplingLoss | None,
     xb: torch.Tensor,
     yb: torch.Tensor,
@@ -107,7 +107,7 @@ def compiled_step_loss() -> Callable[..., tuple[torch.Tensor, dict[str, torch.Te
 
 
 def train_step(
-    model: CifarResNet,
+    model: GatedNetwork,
     loss_mod: DecouplingLoss | None,
     optimizers: list[torch.optim.Optimizer],
     xb: torch.Tensor,

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from detector.bundle import WEIGHTS, file_sha256, read_config, save_bundle, write_json
 from detector.config import ModelConfig
 from detector.data import Split
-from detector.model import CifarResNet
+from detector.networks import GatedNetwork
 from detector.stats import collect_paths, dense_macs, filter_states, macs_per_sample
 
 from .adversarial import catastrophic_overfitting, pgd_test_accuracy
@@ -55,8 +55,9 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
         set_lr(run.optimizers, frac)
         idx = perm[it * cfg.batch_size : (it + 1) * cfg.batch_size]
         # the global batch's draws on every process, then this process's slice (training/distributed.py)
-        ij, flip = crop_flip_params(len(idx), gen)
-        centres = cutout_params(len(idx), gen) if cfg.cutout else None  # drawn only when on: the stream stays
+        size = run.x_train.shape[-1]
+        ij, flip = crop_flip_params(len(idx), gen, size)
+        centres = cutout_params(len(idx), gen, size) if cfg.cutout else None  # drawn only when on: the stream stays
         mine = run.dist.shard(torch.arange(len(idx)))
         idx, ij, flip = idx[mine.to(dev)], ij[mine], flip[mine]
         xb = augment(run.x_train[idx], ij.to(dev, non_blocking=True), flip.to(dev, non_blocking=True))
@@ -90,7 +91,7 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     }
 
 
-def evaluate(model: CifarResNet, test: Split, device: torch.device, cfg: TrainConfig | None = None) -> dict[str, Any]:
+def evaluate(model: GatedNetwork, test: Split, device: torch.device, cfg: TrainConfig | None = None) -> dict[str, Any]:
     """Test accuracy (and, decoupled, FLOPs ratio, per-layer density, filter states; adversarial, the PGD-10
     robust accuracy on the first adv_eval_limit test images)."""
     logits, z = collect_paths(model, test.x, 500, device)
@@ -180,18 +181,20 @@ def train(
     device: str = "cpu",
     model_cfg: ModelConfig | None = None,
     compile_step: bool = False,
+    size: int | None = None,
 ) -> Path:
     """Train and write a bundle to `out` (weights, config.json, train_history.json, training.png). Returns `out`.
 
     compile_step: run the forward + losses through torch.compile (an execution setting like `device`, so a run may be
-    resumed with or without it)."""
+    resumed with or without it). size: the side a new network reads, every image resized to it (default: the data's
+    own size; an --init bundle keeps its own)."""
     dist, device = init_distributed(device)
     out, dev = Path(out), torch.device(device)
     check_request(out, cfg, decouple, init, resume, dist.world)
     if model_cfg is None:  # the --init bundle's architecture (gated with --decouple), else ResNet-20
         base = ModelConfig.from_dict(read_config(init)["model"]) if init else ModelConfig()
         model_cfg = replace(base, decoupled=True) if decouple else base
-    run, train_set = build_run(data, cfg, model_cfg, decouple, init, dev, compile_step, dist)
+    run, train_set = build_run(data, cfg, model_cfg, decouple, init, dev, compile_step, dist, size)
     model_cfg = run.model.cfg  # with the data's class names (a new network) or the --init bundle's
     ckpt_dir = out / "checkpoint"
     if resume and (ckpt_dir / META).exists():

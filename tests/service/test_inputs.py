@@ -102,7 +102,7 @@ def test_formats_outside_the_list_are_refused_by_name(client: TestClient, fmt: s
 
 
 def _pixels(data: bytes) -> torch.Tensor:
-    return decode_image(data, 4096 * 4096)[0]
+    return decode_image(data, 4096 * 4096, 32)[0]
 
 
 def test_16_bit_and_float_images_look_like_their_8_bit_copy() -> None:

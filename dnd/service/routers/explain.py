@@ -30,7 +30,7 @@ router = APIRouter(tags=["explain"])
 async def explain(
     request: Request, st: State = Depends(get_state), batcher: MicroBatcher = Depends(ready_batcher)
 ) -> Response:
-    x, _ = await parse_images(request, st.settings, st.decode_pool)
+    x, _ = await parse_images(request, st.settings, st.decode_pool, batcher.detector.image_shape[1])
     pred, det = await batcher.submit(x[:1])
     c = int(pred.labels[0])
     svg = path_svg(

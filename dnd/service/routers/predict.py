@@ -54,7 +54,8 @@ def records(p: Prediction, det: Detector, resized: list, fields: str, explain: b
 
 
 async def answer(request: Request, st: State, batcher: MicroBatcher, fields: str, explain: bool) -> JSONResponse:
-    x, resized = await parse_images(request, st.settings, st.decode_pool)
+    size = batcher.detector.image_shape[1]
+    x, resized = await parse_images(request, st.settings, st.decode_pool, size)
     pred, det = await batcher.submit(x)
     st.metrics.images.inc(len(x))
     st.metrics.flagged.inc(int(pred.is_adversarial.sum()))

@@ -1,7 +1,7 @@
-"""KServe Open Inference Protocol v2 over HTTP/REST: server and model metadata, health, infer on FP32
-[N, 3, 32, 32] tensors in [0, 1], with JSON or binary tensor data (dnd/service/oip.py) both ways. A model's only
-version is its weights' hash, also served under /versions/{version}. Errors answer as the protocol says:
-{"error": "message"}."""
+"""KServe Open Inference Protocol v2 over HTTP/REST: server and model metadata, health, infer on FP32 [N, 3, S, S]
+tensors in [0, 1] (S: the network's input size, in the model metadata), with JSON or binary tensor data
+(dnd/service/oip.py) both ways. A model's only version is its weights' hash, also served under /versions/{version}.
+Errors answer as the protocol says: {"error": "message"}."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from ..inputs import read_body
 from ..oip import EXTENSIONS, HEADER_LENGTH, OipRequest, OipResponse, encode_outputs, parse_infer
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-IMAGE_SHAPE = (3, 32, 32)  # what the detector takes (detector.api.check_images)
 OIP_BODY = {
     "requestBody": {
         "required": True,
@@ -86,7 +85,7 @@ async def metadata(name: str, b: MicroBatcher = Depends(served)) -> dict[str, An
         "name": name,
         "versions": [b.detector.weights_sha256[:12]],
         "platform": "pytorch_torchscript",
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *IMAGE_SHAPE]}],
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *b.detector.image_shape]}],
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(b.detector.classes)]},
             {"name": "class_index", "datatype": "INT64", "shape": [-1]},
@@ -121,7 +120,12 @@ async def infer(
     body = await read_body(request, st.settings.body_limit, st.settings.body_timeout_s)
     loop = asyncio.get_running_loop()
     req = await loop.run_in_executor(
-        st.decode_pool, parse_infer, body, request.headers.get(HEADER_LENGTH), st.settings.max_images, IMAGE_SHAPE
+        st.decode_pool,
+        parse_infer,
+        body,
+        request.headers.get(HEADER_LENGTH),
+        st.settings.max_images,
+        b.detector.image_shape,
     )
     pred, det = await b.submit(req.images)
     st.metrics.images.inc(len(req.images))
