@@ -36,14 +36,21 @@ def _images(n_per_class: int, seed: int, k: int = 10) -> tuple[np.ndarray, np.nd
 
 
 def write_image_folder(
-    root: Path, n_train: int = 30, n_test: int = 10, fmt: str = "png", classes: tuple[str, ...] = CIFAR10_CLASSES
+    root: Path,
+    n_train: int = 30,
+    n_test: int = 10,
+    fmt: str = "png",
+    classes: tuple[str, ...] = CIFAR10_CLASSES,
+    size: int = 32,
 ) -> Path:
+    """train/<class>/ and test/<class>/ of generated size x size images (drawn at 32 x 32, resized)."""
     for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
         x, y = _images(n, seed, len(classes))
         for k, (img, c) in enumerate(zip(x, y)):
             d = root / split / classes[c]
             d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{k:04d}.{fmt}")
+            im = Image.fromarray(img)
+            (im if size == 32 else im.resize((size, size), Image.Resampling.BILINEAR)).save(d / f"{k:04d}.{fmt}")
     return root
 
 

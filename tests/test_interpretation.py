@@ -33,8 +33,9 @@ def test_filter_states_density_and_parting_layer_on_hand_built_paths() -> None:
     z = [torch.tensor([[1, 0, 1], [1, 0, 0]], dtype=torch.bool)]
     assert filter_states(z)[0].tolist() == [2, 0, 1]  # activated, silent, dynamic
     zs = [torch.tensor([[1, 1], [0, 1]], dtype=torch.bool)] * 18
-    cp = class_paths(zs, torch.tensor([0, 1]), ["a", "b"])
+    cp = class_paths(zs, torch.tensor([0, 1]), ["a", "b"], list(range(0, 18, 2)))
     assert cp["density"] == {"a": 1.0, "b": 0.5} and cp["thickest"] == "a" and cp["thinnest"] == "b"
+    assert [l["layer"] for l in cp["layers"]] == list(range(0, 18, 2))
     adv, src, tgt = (
         [torch.tensor([0.5])] * 4,
         [torch.tensor([0.4])] * 4,
@@ -56,3 +57,18 @@ def test_figures_write_every_figure_and_its_data(tmp_path: Path) -> None:
         json.loads((out / f"{name}.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"class_paths", "adversarial_paths", "path_embeddings", "filter_class", "filter_images"}
+
+
+@pytest.mark.parametrize(
+    "name, firsts, stages",
+    [
+        ("resnet20", list(range(0, 18, 2)), [0, 6, 12]),  # a basic block's first conv; a stage's first block
+        ("vgg11", list(range(6)), [0, 1, 3, 5]),  # a plain chain: every gated conv; each new resolution
+    ],
+)
+def test_the_layers_figures_show_follow_the_architecture(name: str, firsts: list[int], stages: list[int]) -> None:
+    from detector import arch_config, build_model
+    from detector.interpretation.paths import first_convs, stage_starts
+
+    costs = build_model(arch_config(name)).costs()
+    assert first_convs(costs) == firsts and stage_starts(costs) == stages

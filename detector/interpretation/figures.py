@@ -23,7 +23,7 @@ from ..data import load_split, to_unit_float
 from ..networks import GatedNetwork
 from ..splits import balanced_subset, shuffled_per_class
 from ..stats import collect_gate_paths
-from .paths import class_paths, filter_extremes, linear_heads, mean_path, parting_layer
+from .paths import class_paths, filter_extremes, first_convs, linear_heads, mean_path, parting_layer, stage_starts
 from .plots import _plt, plot_adversarial, plot_class_paths, plot_embeddings, plot_filter_class, plot_filter_images
 
 
@@ -62,7 +62,7 @@ def figures(
     x, y, z, s = x[ok], y[ok], [t[ok] for t in z], [t[ok] for t in s]
     summary = {}
 
-    cp = class_paths(z, y, classes)
+    cp = class_paths(z, y, classes, first_convs(model.costs()))
     summary["class_paths"] = (
         f"{cp['thickest']} takes the thickest path ({cp['density'][cp['thickest']]:.3f} of filters "
         f"open on average) and {cp['thinnest']} the thinnest ({cp['density'][cp['thinnest']]:.3f})."
@@ -86,7 +86,7 @@ def figures(
     )
     _save(out, "filter_class", fc, plot_filter_class(fc))
 
-    ext = filter_extremes(s, z)
+    ext = filter_extremes(s, z, stage_starts(model.costs()))
     summary["filter_images"] = f"{len(ext)} dynamic filters, their 8 most opening and 8 most shutting test images."
     _save(
         out,
@@ -145,6 +145,7 @@ def adversarial_groups(
         "one_to_many": one_to_many,
         "many_to_one": many_to_one,
         "clean": {str(c): [t.tolist() for t in p] for c, p in clean.items()},
+        "shown_layers": first_convs(model.costs()),
         "sentence": sentence,
     }
 

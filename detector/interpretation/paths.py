@@ -1,9 +1,10 @@
 """The numbers behind the interpretation figures (Li et al., "Interpretable Neural Network Decoupling"), computed
 from a bundle and test images; each function returns plain data that figures.py draws and writes as JSON / CSV.
 
-Layers are the gated convs in forward order (18 for ResNet-20, 54 for ResNet-56); a basic block holds two, so "the
-first conv of each block" are layers 0, 2, 4, ... A filter is activated (open for every image), silent (never open)
-or dynamic (the rest), over the images given.
+Layers are the gated convs in forward order (18 for ResNet-20, 54 for ResNet-56, 14 for VGG-19). The figures show
+"the first conv of each block": a ResNet's basic block holds two, so layers 0, 2, 4, ...; in a plain chain (VGG) every
+gated conv is its own block. A filter is activated (open for every image), silent (never open) or dynamic (the rest),
+over the images given.
 """
 
 from __future__ import annotations
@@ -13,10 +14,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..networks import Cost
 
-def first_convs(n_layers: int) -> range:
-    """The first gated conv of each basic block among n_layers (two per block)."""
-    return range(0, n_layers, 2)
+
+def _units(costs: list[Cost]) -> list[Cost]:
+    return sorted((c for c in costs if c.unit is not None), key=lambda c: c.unit)
+
+
+def first_convs(costs: list[Cost]) -> list[int]:
+    """The first gated conv of each block: the units that read no other unit's output (a ResNet block's first conv
+    reads the residual stream). In a plain chain only the first unit does, and every unit is shown."""
+    units = _units(costs)
+    firsts = [c.unit for c in units if c.source is None]
+    return firsts if len(firsts) > 1 else [c.unit for c in units]
+
+
+def stage_starts(costs: list[Cost]) -> list[int]:
+    """The first gated conv at each spatial resolution (ResNet-20: layers 0, 6, 12)."""
+    units = _units(costs)
+    return [c.unit for i, c in enumerate(units) if i == 0 or c.out_area != units[i - 1].out_area]
 
 
 def filter_states(z: list[Tensor]) -> list[Tensor]:
@@ -24,13 +40,14 @@ def filter_states(z: list[Tensor]) -> list[Tensor]:
     return [torch.where(zl.all(0), 2, torch.where(zl.any(0), 1, 0)) for zl in z]
 
 
-def class_paths(z: list[Tensor], labels: Tensor, classes: list[str]) -> dict[str, Any]:
-    """Per class, the firing frequency of every dynamic filter in the first conv of each block (paper Figs. 4, 9),
-    and each class's mean path density over all layers (which classes take thin or thick paths)."""
+def class_paths(z: list[Tensor], labels: Tensor, classes: list[str], shown: list[int]) -> dict[str, Any]:
+    """Per class, the firing frequency of every dynamic filter in the layers `shown` (first_convs: the first conv of
+    each block; paper Figs. 4, 9), and each class's mean path density over all layers (which classes take thin or thick
+    paths)."""
     states = filter_states(z)
     k = len(classes)
     layers = []
-    for l in first_convs(len(z)):
+    for l in shown:
         dyn = torch.nonzero(states[l] == 1).flatten()
         freq = torch.stack([z[l][labels == c][:, dyn].float().mean(0) for c in range(k)])  # (K, D_l)
         layers.append({"layer": l, "filters": dyn.tolist(), "freq": freq.tolist()})
@@ -74,12 +91,15 @@ def linear_heads(z: list[Tensor], labels: Tensor, k: int) -> list[Tensor]:
     return out
 
 
-def filter_extremes(s: list[Tensor], z: list[Tensor], per_stage: int = 2, n: int = 8) -> list[dict[str, Any]]:
-    """For the `per_stage` most variable dynamic filters of each stage's first conv (layers 0, 6, 12), the indices
-    of the n images with the highest and the lowest gate logit: what opens and what shuts the filter (Fig. 6)."""
+def filter_extremes(
+    s: list[Tensor], z: list[Tensor], stages: list[int], per_stage: int = 2, n: int = 8
+) -> list[dict[str, Any]]:
+    """For the `per_stage` most variable dynamic filters of each stage's first conv (`stages`: stage_starts), the
+    indices of the n images with the highest and the lowest gate logit: what opens and what shuts the
+    filter (Fig. 6)."""
     states = filter_states(z)
     picks = []
-    for l in (0, 6, 12):
+    for l in stages:
         dyn = torch.nonzero(states[l] == 1).flatten()
         if not len(dyn):
             continue

@@ -6,8 +6,6 @@ from typing import Any
 
 from torch import Tensor
 
-from .paths import first_convs
-
 
 def _plt():
     import matplotlib
@@ -25,6 +23,10 @@ def plot_class_paths(cp: dict[str, Any]) -> Any:
     plt = _plt()
     mat = np.concatenate([np.array(layer["freq"]) for layer in cp["layers"]], 1)
     fig, ax = plt.subplots(figsize=(14, 4))
+    if mat.shape[1] == 0:  # every filter of the shown layers activated or silent on these images
+        ax.text(0.5, 0.5, "no dynamic filters in these layers", ha="center", va="center", transform=ax.transAxes)
+        ax.set(xticks=[], yticks=[])
+        return fig
     im = ax.imshow(mat, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     edges = np.cumsum([len(layer["filters"]) for layer in cp["layers"]])[:-1]
     for e in edges:
@@ -74,7 +76,7 @@ def plot_adversarial(adv: dict[str, Any], classes: list[str]) -> Any:
         ax.text(0.5, 0.5, "no successful attacks", ha="center", va="center", transform=ax.transAxes)
 
     def block_starts(path: list) -> np.ndarray:
-        return np.concatenate([np.array(path[l]) for l in first_convs(len(path))])
+        return np.concatenate([np.array(path[l]) for l in adv["shown_layers"]])
 
     width = len(block_starts(m["path"]))
     t = classes[adv["target"]]
@@ -116,13 +118,17 @@ def plot_filter_class(fc: dict[str, Any]) -> Any:
 
     plt = _plt()
     layers = fc["weights"]
-    fig, axes = plt.subplots(3, 6, figsize=(15, 6))
+    cols = min(6, len(layers))
+    rows = -(-len(layers) // cols)  # ResNet-20: 3 x 6; ResNet-56: 9 x 6
+    fig, axes = plt.subplots(rows, cols, figsize=(15, 2 * rows), squeeze=False)
+    for ax in axes.flat[len(layers) :]:
+        ax.axis("off")
     for ax, (l, w) in zip(axes.flat, enumerate(layers)):
         w = np.array(w)
         lim = np.abs(w).max() or 1
         ax.imshow(w, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
         ax.set(title=f"layer {l}", xticks=[], yticks=range(len(fc["classes"])))
-        ax.set_yticklabels(fc["classes"] if l % 6 == 0 else [], fontsize=6)
+        ax.set_yticklabels(fc["classes"] if l % cols == 0 else [], fontsize=6)
     fig.suptitle(
         "Filter-class relation: weights of a linear classifier from each layer's path to the class "
         "(red: the filter's opening votes for the class)",
@@ -135,7 +141,8 @@ def plot_filter_class(fc: dict[str, Any]) -> Any:
 def plot_filter_images(ext: list[dict[str, Any]], x: Tensor, y: Tensor, classes: list[str]) -> Any:
     plt = _plt()
     n = len(ext[0]["most_open"]) if ext else 1
-    fig, axes = plt.subplots(len(ext), 2 * n + 1, figsize=(2 * n * 0.9 + 1, 1.0 * max(len(ext), 1)), squeeze=False)
+    rows = max(len(ext), 1)  # (a network with no dynamic filter at a stage's start has nothing to show: one empty row)
+    fig, axes = plt.subplots(rows, 2 * n + 1, figsize=(2 * n * 0.9 + 1, 1.0 * rows), squeeze=False)
     for r, f in enumerate(ext):
         row = axes[r]
         row[n].axis("off")

@@ -19,8 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="reports/interpretation")
     p.add_argument("--limit", type=count, default=2000, help="test images (class-balanced) for the clean paths")
-    p.add_argument("--source", type=int, default=0, help="class index attacked to others (default 0, airplane)")
-    p.add_argument("--target", type=int, default=8, help="class index others are attacked to (default 8, ship)")
+    p.add_argument(
+        "--source", type=int, default=0, help="class index attacked to others (default 0; CIFAR-10: airplane)"
+    )
+    p.add_argument(
+        "--target",
+        type=int,
+        help="class index others are attacked to (default 8, CIFAR-10's ship; the last class if fewer)",
+    )
     add_device(p)
     p.set_defaults(handler=cmd_figures, out_is_dir=True)
 
@@ -44,7 +50,13 @@ def cmd_figures(a: argparse.Namespace) -> None:
     model = load_model(a.model, a.device)
     if not model.cfg.decoupled:
         raise ValueError(f"{a.model} is a dense bundle: calculation paths need a decoupled one (with gates)")
-    summary = figures(model, a.data, a.out, a.limit, a.source, a.target)
+    k = model.cfg.num_classes
+    target = min(8, k - 1) if a.target is None else a.target
+    if not (0 <= a.source < k and 0 <= target < k and a.source != target):
+        raise ValueError(
+            f"--source and --target: two different class indices in 0..{k - 1}, found {a.source}, {target}"
+        )
+    summary = figures(model, a.data, a.out, a.limit, a.source, target)
     for name, sentence in summary.items():
         print(f"{name}: {sentence}")
     print(f"wrote {a.out}/*.png, *.json")
