@@ -5,7 +5,8 @@ DATA    ?= .data
 SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
-.PHONY: serve run test test-all lint data train-dense train-decoupled train-robust stats select profiles profiles-robust \
+.PHONY: serve run test test-all lint data train-dense train-decoupled train-robust train-resnet56 train-vgg stats select \
+	profiles profiles-robust \
 	evaluate evaluate-robust figures samples docs wheel bench bench-serve bench-inference bench-distributed \
 	docker-test clean
 
@@ -69,6 +70,17 @@ train-decoupled: $(VENV_OK) data
 train-robust: $(VENV_OK) data
 	$(call train_dense,models/resnet20-dense-robust,--init models/resnet20-dense --epochs 25 --lr 0.1 --warmup-epochs 1 --bf16 --adv-eps 8 --adv-alpha 8)
 	$(call train_decoupled,models/resnet20-decoupled-robust,models/resnet20-dense-robust,--epochs 15 --hard-epochs 4 --target-flops 0.69 --adv-eps 8 --adv-alpha 8 --bf16)
+# The paper's Table 1 networks on CIFAR-10 (docs/networks.md), recipes sized for 2 CPU cores from the per-epoch costs
+# of `bench/train_epoch.py --arch ... --bf16`: ResNet-56 100 dense epochs (~3.4 h) + a 30-epoch decoupling fine-tune
+# (~2.1 h); VGG-19 60 dense epochs (~4.8 h) + 20 decoupled at a FLOPs target of 0.5 (~2.3 h). Then `dnd stats`.
+train-resnet56: $(VENV_OK) data
+	$(call train_dense,models/resnet56-dense,--arch resnet56 --epochs 100 --bf16 --cutout 16)
+	$(call train_decoupled,models/resnet56-decoupled,models/resnet56-dense,--epochs 30 --target-flops 0.69 --hard-epochs 6 --bf16)
+	for m in dense decoupled; do $(DND) stats --model models/resnet56-$$m --data $(DATA) || exit 1; done
+train-vgg: $(VENV_OK) data
+	$(call train_dense,models/vgg19-dense,--arch vgg19 --epochs 60 --bf16 --cutout 16)
+	$(call train_decoupled,models/vgg19-decoupled,models/vgg19-dense,--epochs 20 --target-flops 0.5 --hard-epochs 4 --bf16)
+	for m in dense decoupled; do $(DND) stats --model models/vgg19-$$m --data $(DATA) || exit 1; done
 stats: $(VENV_OK) data
 	for m in dense decoupled dense-robust decoupled-robust; do $(DND) stats --model models/resnet20-$$m --data $(DATA) || exit 1; done
 

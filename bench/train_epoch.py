@@ -10,6 +10,7 @@ fine-tune in the amortised ratio).
 --recipes times the two shipped recipes instead, as the bundles' config.json record them (batch size, bf16,
 distillation and its teacher precision, torch.compile; by default models/resnet20-dense and models/resnet20-decoupled).
 --bf16 adds dense and decoupled+kd steps with the trained network's own forward under bf16 autocast (dnd train --bf16).
+--arch NAME times another network of the registry (resnet56, vgg19, ...; default resnet20), teacher of the same arch.
 Prints median ms/step, the projected CIFAR-10 epoch (50,000 images), and the ratios (target <= 1.5x).
 --compile adds the same five setups with the forward + losses through torch.compile (`dnd train --compile`),
 timed in the same alternating rounds; their ratios are taken against the faster dense step.
@@ -26,7 +27,7 @@ import functools
 import json
 import statistics
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -34,9 +35,9 @@ from timing import alternating
 
 from detector.config import ModelConfig
 from detector.losses import DecouplingLoss
-from detector.networks import build_model
+from detector.networks import arch_config, build_model
+from detector.networks.macs import dense_macs
 from detector.runtime import tune_malloc
-from detector.stats import dense_macs
 from dnd.training.config import TrainConfig, make_config, saved_config
 from dnd.training.distill import frozen_teacher, teacher_forward
 from dnd.training.step import compiled_step_loss, make_optimizers, step_loss, train_step
@@ -45,6 +46,7 @@ from dnd.training.step import compiled_step_loss, make_optimizers, step_loss, tr
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--arch", default="resnet20", help="a --arch name of dnd train (default resnet20)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5, help="steps per round and model")
     ap.add_argument("--threads", type=int, default=0)
@@ -102,7 +104,8 @@ def main() -> None:
     torch.manual_seed(0)
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)  # kernels run async: time to completion
-    teacher = frozen_teacher(build_model(ModelConfig()), dev)  # as dnd train builds it (BN folded into the convs)
+    base = arch_config(a.arch)
+    teacher = frozen_teacher(build_model(base), dev)  # as dnd train builds it (a ResNet's BN folded into the convs)
     offline_logits = torch.randn(a.batch_size, 10, device=dev)
     modes = [("", step_loss)] + ([(" compiled", compiled_step_loss())] if a.compile else [])
     setups = {}
@@ -125,7 +128,7 @@ def main() -> None:
                     **({"bf16": True} if name.endswith("bf16") else {}),
                 },
             )
-            model = build_model(ModelConfig(decoupled=decouple)).to(dev, memory_format=torch.channels_last).train()
+            model = build_model(replace(base, decoupled=decouple)).to(dev, memory_format=torch.channels_last).train()
             loss = DecouplingLoss([u.cout for u in model.units()], 10).to(dev) if decouple else None
             # offline: the step reads precomputed teacher logits (B, K); their one-off cost is timed below
             teach = (offline_logits if cfg.kd_offline else teacher) if kd else None
