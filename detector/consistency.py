@@ -26,13 +26,24 @@ from torch import Tensor
 
 from .corruptions import jpeg
 
+# The 19 compare-exchanges that leave the median of 9 values in position 4 (Paeth's network, as in Devillard's
+# opt_med9): each is an element-wise min / max over whole images.
+_MEDIAN9 = (
+    (1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8), (0, 3),
+    (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2),
+)  # fmt: skip
+
 
 def median3(x: Tensor) -> Tensor:
-    """3 x 3 median filter per channel, reflect-padded: (N, C, H, W) -> same. Differentiable (through the median).
-    The nine shifted views stacked on a last axis: F.unfold took ~40x longer for 250 CIFAR images on 2 cores."""
+    """3 x 3 median filter per channel, reflect-padded: (N, C, H, W) -> same. Differentiable (through min / max).
+    A sorting network over the nine shifted views: the same values as stacking them and taking torch.median (a test
+    checks it), ~15x faster on 2 cores (0.23 ms per CIFAR image that way, a tenth of `det.predict` at batch 64)."""
     h, w = x.shape[-2:]
     xp = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    return torch.stack([xp[..., i : i + h, j : j + w] for i in range(3) for j in range(3)], -1).median(-1).values
+    v = [xp[..., i : i + h, j : j + w] for i in range(3) for j in range(3)]
+    for a, b in _MEDIAN9:
+        v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
+    return v[4]
 
 
 @functools.cache

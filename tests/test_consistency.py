@@ -27,13 +27,18 @@ def test_transforms_are_deterministic_images_of_the_same_shape() -> None:
 
 
 def test_median3_is_the_median_of_each_reflect_padded_neighbourhood() -> None:
-    x = torch.rand(2, 3, 5, 6, generator=torch.Generator().manual_seed(1))
-    xp = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-    want = torch.empty_like(x)
-    for i in range(5):
-        for j in range(6):
-            want[..., i, j] = xp[..., i : i + 3, j : j + 3].reshape(2, 3, 9).median(-1).values
-    assert torch.equal(median3(x), want)
+    g = torch.Generator().manual_seed(1)
+    # continuous values, and values on a coarse grid (many ties: 8-bit pixels are full of them)
+    for x in (torch.rand(2, 3, 5, 6, generator=g), (4 * torch.rand(2, 3, 5, 6, generator=g)).round() / 4):
+        xp = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        want = torch.empty_like(x)
+        for i in range(5):
+            for j in range(6):
+                want[..., i, j] = xp[..., i : i + 3, j : j + 3].reshape(2, 3, 9).median(-1).values
+        assert torch.equal(median3(x), want)
+    x = torch.rand(1, 1, 4, 4, generator=g, requires_grad=True)
+    (g_x,) = torch.autograd.grad(median3(x).sum(), x)
+    assert g_x.sum() == pytest.approx(16) and (g_x >= 0).all()  # each output pixel's gradient lands on its inputs
 
 
 def test_bpda_passes_the_identity_gradient_through_jpeg() -> None:
