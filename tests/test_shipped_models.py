@@ -75,3 +75,25 @@ def test_shipped_detector_threshold_transfers_to_unseen_clean_images(name: str, 
     assert target - 0.025 <= fpr <= target + 0.025, f"clean FPR {fpr:.3f} on the evaluation half, target {target}"
     assert r["clean_accuracy"] == pytest.approx(float(ok.float().mean()), abs=2e-4)
     assert r["clean_fpr_at_threshold"] == pytest.approx(fpr, abs=2e-4)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_shipped_bundles_load_through_the_registry_with_the_same_outputs(bundle: Path) -> None:
+    """tests/data/shipped-outputs.safetensors holds each bundle's logits, paths and gate logits on 16 seeded random
+    images, written by the code of commit 978935e, before the networks moved behind GatedNetwork and the registry.
+    Loading today gives the same numbers: the same paths, logits and gate logits to float rounding (equal on the
+    machine that wrote them)."""
+    from safetensors.torch import load_file
+
+    ref = load_file(str(REPO / "tests" / "data" / "shipped-outputs.safetensors"))
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(20261205))
+    with torch.no_grad():
+        out = load_model(bundle).forward_paths(x)
+    torch.testing.assert_close(out.logits, ref[f"{bundle.name}.logits"], rtol=0, atol=1e-5)
+    if f"{bundle.name}.z" not in ref:
+        assert out.z == []
+        return
+    s = torch.cat(out.s, 1)
+    torch.testing.assert_close(s, ref[f"{bundle.name}.s"], rtol=0, atol=1e-5)
+    firm = ref[f"{bundle.name}.s"].abs() > 1e-4  # a gate logit at 0 may flip with the summation order
+    assert torch.equal(torch.cat(out.z, 1).to(torch.uint8)[firm], ref[f"{bundle.name}.z"][firm])
