@@ -75,3 +75,23 @@ def test_a_bundle_refuses_data_of_other_classes_naming_both(fruit: Path, tmp_pat
     assert main(["stats", "--model", str(dense), "--data", str(other), "--robust-eps", "0"]) == 2
     err = capsys.readouterr().err
     assert "apple" in err and "ant" in err
+
+
+@pytest.mark.slow
+def test_the_evaluation_protocol_runs_on_a_users_own_network(fruit: Path, tmp_path: Path) -> None:
+    """`dnd evaluate` end to end (every attack group, the corruptions, the baselines including the Lee upper bound,
+    the adaptive attack through straight-through gates) on a user's CNN at 20 x 20: ~7 min on 2 cores, so `slow`."""
+    dense = dnd_train(fruit, tmp_path / "dense", "--epochs", "6", "--lr", "0.05", *TINY, *ARCHS["user"])
+    dec = dnd_train(
+        fruit, tmp_path / "dec", "--decouple", "--init", str(dense), "--epochs", "2", "--lambda-kd", "0", *TINY
+    )
+    assert main(["profiles", "--model", str(dec), "--data", str(fruit), "--calib-limit", "0", *CHEAP]) == 0
+    out = tmp_path / "report"
+    # the tiny evaluation flags of tests/test_evaluation.py
+    tiny = "--slow-limit 10 --adaptive-limit 10 --adaptive-eps 4,8 --adaptive-steps 3 --adaptive-restarts 2"
+    tiny += " --square-queries 10 --no-autoattack --lee-limit 20 --bootstrap 20"
+    args = ["--attacks", "fgsm,pgd,cw", "--selection", "pgdl2,transfer", "--unseen", "eadl1", "--source", str(dense)]
+    args += ["--corruptions", "gaussian_noise,pixelate", *tiny.split(), "--out", str(out)]
+    assert main(["evaluate", "--model", str(dec), "--data", str(fruit), *args]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer", "eadl1"] and 0 <= r["clean_accuracy"] <= 1
