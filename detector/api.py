@@ -113,7 +113,7 @@ class Detector:
         self._modules = list(model.modules())  # predict checks their modes: model.eval() itself costs ~0.3 ms a call
         self._traced: torch.jit.ScriptModule | None = None
         # "masked": the network computes every filter and masks the closed ones; "sparse": only the open ones
-        # (detector/sparse.py). Same numbers; which is faster is measured by bench/inference.py.
+        # (open_filters_engine). Same numbers; which is faster is measured by bench/inference.py.
         if engine not in ("masked", "sparse"):
             raise ValueError(f"engine: expected masked or sparse, got {engine!r}")
         self.engine = engine
@@ -186,10 +186,8 @@ class Detector:
     def _network(self) -> torch.nn.Module:
         """The forward the detector runs: (logits, features, z, s) from images."""
         if self.engine == "sparse":
-            from .sparse import SparseNet
-
             if self._sparse is None:
-                self._sparse = SparseNet(self.model.eval())
+                self._sparse = open_filters_engine(self.model.eval())
             return self._sparse
         return _Paths(self.model.eval())
 
@@ -245,6 +243,22 @@ class Detector:
 
 # (model config, device) -> the first traced graph of that architecture in this process (see Detector.trace)
 _TRACED: dict[tuple[Any, str], torch.jit.ScriptModule] = {}
+
+
+def open_filters_engine(model: GatedNetwork) -> torch.nn.Module:
+    """The forward that computes only open filters: the hand-written one of the CIFAR ResNets (detector/sparse.py),
+    the graph rewrite of any decouple()d network (detector/networks/open_filters.py)."""
+    from .networks import CifarResNet, GatedNet
+
+    if isinstance(model, CifarResNet):
+        from .sparse import SparseNet
+
+        return SparseNet(model)
+    if isinstance(model, GatedNet):
+        from .networks.open_filters import OpenFilterNet
+
+        return OpenFilterNet(model)
+    raise ValueError(f"no open-filters engine for {type(model).__name__}; use engine='masked'")
 
 
 class _Paths(torch.nn.Module):

@@ -47,6 +47,11 @@ def test_a_network_trains_profiles_and_serves_on_its_own_data(family: str, fruit
     assert pred.probs.shape == (4, 3) and len(pred.paths) == len(det.model.units())
     with pytest.raises(ValueError, match=f"expected images of shape \\(N, 3, {SIZE}, {SIZE}\\)"):
         det.predict(torch.rand(1, 3, 32, 32))
+    # the open-filters-only engine, traced as the service runs it: the same detector outputs
+    fast = load_detector(dec, engine="sparse").trace().predict(x := torch.rand(6, 3, SIZE, SIZE))
+    slow = det.predict(x)
+    torch.testing.assert_close(fast.logits, slow.logits, rtol=0, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(fast.paths, slow.paths))
 
     assert main(["stats", "--model", str(dec), "--data", str(fruit), "--robust-eps", "0"]) == 0
     stats = json.loads((dec / "metrics.json").read_text())

@@ -136,3 +136,34 @@ def test_every_family_runs_at_another_input_size(name: str) -> None:
     out = m.forward_paths(torch.rand(2, 3, 48, 48))
     assert out.logits.shape == (2, 3) and len(out.z) == len(m.units())
     assert dense_macs(m) > dense_macs(build_model(replace(cfg, input_size=32)))  # costs follow the size
+
+
+@pytest.mark.parametrize("family", ["vgg", "user"])
+def test_the_open_filters_engine_gives_the_masked_networks_outputs(family: str) -> None:
+    """Closed filters not computed, BatchNorm folded, compact channels through ReLU / pooling into the next conv's
+    sliced weight, the full tensor back before a residual sum: the same logits and paths, at batch 1 and 5."""
+    from detector.networks.open_filters import OpenFilterNet
+
+    torch.manual_seed(0)
+    if family == "vgg":
+        m = build_model(replace(arch_config("vgg11"), decoupled=True, widths=(8, 16, 16, 32, 32)))
+    else:
+        m = _decoupled_small()
+    with torch.no_grad():
+        for u in m.units():  # some filters open, some closed
+            u.gate.fc2.bias.uniform_(-2, 2)
+        for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):  # BatchNorm that folding must honour
+            bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2), bn.bias.uniform_(-0.3, 0.3)
+    m.eval()
+    engine, size = OpenFilterNet(m), m.cfg.input_size
+    assert any(isinstance(x, nn.Module) and type(x).__name__ == "SlicedConv" for x in engine.modules())
+    for n in (1, 5):
+        x = torch.rand(n, 3, size, size)
+        with torch.no_grad():
+            ref = m.forward_paths(x)
+        logits, feats, z, _ = engine(x)
+        torch.testing.assert_close(logits, ref.logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(feats, ref.features, rtol=0, atol=1e-5)
+        assert all(torch.equal(a, b) for a, b in zip(z, ref.z)) and 0 < sum(int(a.sum()) for a in z) < sum(
+            a.numel() for a in z
+        )
