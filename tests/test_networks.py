@@ -139,9 +139,11 @@ def test_every_family_runs_at_another_input_size(name: str) -> None:
 
 
 @pytest.mark.parametrize("family", ["vgg", "user"])
-def test_the_open_filters_engine_gives_the_masked_networks_outputs(family: str) -> None:
+@pytest.mark.parametrize("everywhere", [True, False])
+def test_the_open_filters_engine_gives_the_masked_networks_outputs(family: str, everywhere: bool) -> None:
     """Closed filters not computed, BatchNorm folded, compact channels through ReLU / pooling into the next conv's
-    sliced weight, the full tensor back before a residual sum: the same logits and paths, at batch 1 and 5."""
+    sliced weight, the full tensor back before a residual sum: the same logits and paths, at batch 1 and 5; with
+    gathers on every map (everywhere) and with the default thresholds (which skip them on small maps)."""
     from detector.networks.open_filters import OpenFilterNet
 
     torch.manual_seed(0)
@@ -155,8 +157,10 @@ def test_the_open_filters_engine_gives_the_masked_networks_outputs(family: str) 
         for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):  # BatchNorm that folding must honour
             bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2), bn.bias.uniform_(-0.3, 0.3)
     m.eval()
-    engine, size = OpenFilterNet(m), m.cfg.input_size
-    assert any(isinstance(x, nn.Module) and type(x).__name__ == "SlicedConv" for x in engine.modules())
+    engine, size = (OpenFilterNet(m, 0, 0) if everywhere else OpenFilterNet(m)), m.cfg.input_size
+    units = [x for x in engine.modules() if type(x).__name__ == "OpenUnit"]
+    assert len(units) == len(m.units()) and (all(u.gather for u in units) or not everywhere)
+    assert any(type(x).__name__ == "SlicedConv" for x in engine.modules()) == everywhere
     for n in (1, 5):
         x = torch.rand(n, 3, size, size)
         with torch.no_grad():

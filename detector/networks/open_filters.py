@@ -21,8 +21,17 @@ import operator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from .decouple import _ZERO_KEEPING_FUNCTIONS, _ZERO_KEEPING_METHODS, _ZERO_KEEPING_MODULES, GatedNet, _is_module
+
+# Gathering the open filters' weights costs memory traffic, which only pays on large maps: on VGG-19's 2 x 2 and 4 x 4
+# maps at batch 1, the gathers (index_select) took more time than the whole dense convolutions they replaced, 9 of the
+# engine's 16 ms (torch.profiler, `bench/inference.py --arch vgg19`). So a gated conv computes only its open filters
+# when its output map has at least GATHER_MIN_AREA pixels (else every filter, then the mask), and a conv reads only
+# the open channels of its input when the input map has at least SLICE_MIN_AREA pixels.
+GATHER_MIN_AREA = 64
+SLICE_MIN_AREA = 256
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:
@@ -35,12 +44,14 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:
 
 
 class OpenUnit(nn.Module):
-    """A gated conv computing only open filters: (x, cin) -> (y (N, k, H', W'), their indices (k,), s, z)."""
+    """A gated conv computing only open filters: (x, cin) -> (y (N, k, H', W'), their indices (k,), s, z). With
+    gather=False it computes every filter and masks (y (N, C_out, H', W'), an empty index)."""
 
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, gate: nn.Module) -> None:
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, gate: nn.Module, gather: bool) -> None:
         super().__init__()
+        self.gather = gather
         w, b = _fold(conv, bn)
-        self.register_buffer("w", w.contiguous(memory_format=torch.channels_last))
+        self.register_buffer("w", w.contiguous())
         self.register_buffer("b", b)
         self.stride, self.padding, self.dilation, self.cin = conv.stride, conv.padding, conv.dilation, conv.in_channels
         self.gate = gate
@@ -53,11 +64,12 @@ class OpenUnit(nn.Module):
             pooled = pooled.new_zeros(x.shape[0], self.cin).index_copy(1, cin, pooled)
         s = self.gate(pooled)
         z = s > 0
+        w = self.w if cin is None else self.w.index_select(1, cin)
+        if not self.gather:
+            y = F.conv2d(x, w, self.b, self.stride, self.padding, self.dilation) * z[:, :, None, None].to(x.dtype)
+            return y, z.new_zeros(0, dtype=torch.long), s, z.to(x.dtype)
         idx = torch.nonzero(z.any(0)).flatten()
-        w = self.w.index_select(0, idx)
-        if cin is not None:
-            w = w.index_select(1, cin)
-        y = F.conv2d(x, w, self.b.index_select(0, idx), self.stride, self.padding, self.dilation)
+        y = F.conv2d(x, w.index_select(0, idx), self.b.index_select(0, idx), self.stride, self.padding, self.dilation)
         y = y * z.index_select(1, idx)[:, :, None, None].to(y.dtype)
         return y, idx, s, z.to(x.dtype)
 
@@ -94,7 +106,9 @@ class OpenFilterNet(nn.Module):
     """`forward(x)` -> (logits (N, K), penultimate features (N, C), z L x (N, C_l), s L x (N, C_l)), the tuple the
     detector reads, from [0, 1] images; built from a decoupled GatedNet (eval mode), whose gates it shares."""
 
-    def __init__(self, model: GatedNet) -> None:
+    def __init__(
+        self, model: GatedNet, gather_min_area: int = GATHER_MIN_AREA, slice_min_area: int = SLICE_MIN_AREA
+    ) -> None:
         super().__init__()
         if not model.cfg.decoupled:
             raise ValueError("the open-filters engine needs a decoupled network (with gates)")
@@ -102,11 +116,18 @@ class OpenFilterNet(nn.Module):
         self.register_buffer("mean", model.mean)
         self.register_buffer("std", model.std)
         gm = copy.deepcopy(model.net)
-        self.net = self._rewrite(gm)
+        self.net = self._rewrite(gm, model.cfg.input_size, gather_min_area, slice_min_area)
 
     @staticmethod
-    def _rewrite(gm: fx.GraphModule) -> fx.GraphModule:
+    def _rewrite(gm: fx.GraphModule, size: int, gather_min_area: int, slice_min_area: int) -> fx.GraphModule:
         g = gm.graph
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(1, 3, size, size))
+
+        def area(n: fx.Node) -> int:
+            shape = n.meta["tensor_meta"].shape
+            return shape[2] * shape[3]
+
         compact: dict[fx.Node, tuple[fx.Node, int]] = {}  # node -> (its channel indices, full channel count)
         for call in [n for n in g.nodes if n.op == "call_module" and str(n.target).startswith("gated.")]:
             front, x_in = call.args
@@ -116,7 +137,8 @@ class OpenFilterNet(nn.Module):
                 raise ValueError(f"the open-filters engine slices channels of ungrouped convs only ({conv.target})")
             bn = None if front is conv else gm.get_submodule(str(front.target))
             name = "open_" + str(call.target).replace(".", "_")
-            gm.add_submodule(name, OpenUnit(conv_m, bn, gm.get_submodule(str(call.target)).gate))
+            gather = area(conv) >= gather_min_area
+            gm.add_submodule(name, OpenUnit(conv_m, bn, gm.get_submodule(str(call.target)).gate, gather))
             with g.inserting_after(call):
                 unit = g.call_module(name, (x_in, None))
             parts, last = [], unit
@@ -128,7 +150,8 @@ class OpenFilterNet(nn.Module):
             for user in list(call.users):  # getitems 0, 1, 2: the masked output, z, s (3, the energy: dropped below)
                 if user.args[1] != 3:
                     user.replace_all_uses_with({0: y, 1: z, 2: s}[user.args[1]])
-            compact[y] = (idx, conv_m.out_channels)
+            if gather:
+                compact[y] = (idx, conv_m.out_channels)
         # the energies (the training loss's) are not computed here; the replaced gated convs, their convs and
         # BatchNorms lose their last users and go at the end
         out = next(n for n in g.nodes if n.op == "output")
@@ -141,17 +164,18 @@ class OpenFilterNet(nn.Module):
             first = n.args[0] if n.args else None
             if first in compact and len(args) == 1 and _keeps_zeros(gm, n):
                 compact[n] = compact[first]
-            elif n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), OpenUnit) and first in compact:
+            elif n.op == "call_module" and str(n.target).startswith("open_") and area(first) >= slice_min_area:
                 n.args = (first, compact[first][0])
+                continue
             elif first in compact and len(args) == 1 and _is_module(gm, n, nn.Conv2d):
                 conv_m = gm.get_submodule(str(n.target))
-                if conv_m.groups == 1:
+                if conv_m.groups == 1 and area(first) >= slice_min_area:
                     name = "sliced_" + str(n.target).replace(".", "_")
                     gm.add_submodule(name, SlicedConv(conv_m))
                     n.target, n.args = name, (first, compact[first][0])
                     continue
                 args = [first]
-            if n not in compact and not (n.op == "call_module" and str(n.target).startswith("open_")):
+            if n not in compact:
                 for a in args:  # the full tensor back for anything that is not channel-wise
                     idx, channels = compact[a]
                     with g.inserting_before(n):
