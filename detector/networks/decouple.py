@@ -14,8 +14,6 @@ builder loads into the decoupled network; only `net.gated.*.gate.*` is new).
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 
 import torch
@@ -25,7 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..config import ModelConfig
 from ..gates import Gate, semhash
-from .layers import KeepInputLayout, PathOutput, spatial_mean
+from .layers import GateControls, KeepInputLayout, PathOutput, spatial_mean
 from .protocol import Cost
 
 # Ops that map a zero channel to a zero channel, so a conv behind them still reads only the open filters of the unit
@@ -127,7 +125,7 @@ def _source(gm: fx.GraphModule, node: fx.Node) -> int | None:
         node = node.args[0]
 
 
-class GatedNet(nn.Module):
+class GatedNet(GateControls, nn.Module):
     """A user's CNN, decoupled (or dense, with the same units but no gates): satisfies GatedNetwork. Takes [0, 1]
     images and normalises them by cfg.mean / cfg.std before the user's module sees them."""
 
@@ -187,25 +185,6 @@ class GatedNet(nn.Module):
             for n in self.net.graph.nodes
             if n.op == "call_module" and str(n.target).startswith("gated.")
         ]
-
-    def set_gate_training(self, noise_std: float, p_hard: float) -> None:
-        for u in self.units():
-            u.noise_std, u.p_hard = noise_std, p_hard
-
-    @contextmanager
-    def relaxed_paths(self, relax: str | float) -> Iterator[None]:
-        """As CifarResNet.relaxed_paths: eval-mode gates pass a gradient ("st", or a temperature)."""
-        units = self.units()
-        for u in units:
-            u.relax = relax
-        try:
-            yield
-        finally:
-            for u in units:
-                u.relax = None
-
-    def straight_through_paths(self) -> AbstractContextManager[None]:
-        return self.relaxed_paths("st")
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor, tuple, tuple, tuple]:
         if torch.is_grad_enabled() and x.requires_grad:

@@ -3,6 +3,8 @@ input-layout guard for attacks, and PathOutput, what one forward pass knows abou
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,3 +115,30 @@ class PathOutput:
     # L x (N, C_l): spatial mean of relu(BN output), unmasked; only for forward_paths(x, energy=True) (the KL loss),
     # None otherwise: a ReLU unit has it for free, the others (one per block) would pay a ReLU + mean over their output
     energy: list[Tensor] | None = None
+
+
+class GateControls:
+    """The gate settings every family shares, over its units(): SemHash in training, gradients through the gates in
+    eval mode for adaptive attackers."""
+
+    def set_gate_training(self, noise_std: float, p_hard: float) -> None:
+        """SemHash settings used in training mode (eval mode is always z = 1(s > 0))."""
+        for u in self.units():
+            u.noise_std, u.p_hard = noise_std, p_hard
+
+    @contextmanager
+    def relaxed_paths(self, relax: str | float) -> Iterator[None]:
+        """Within this block, eval-mode gates pass a gradient: "st" keeps z's exact binary value and passes v1's
+        gradient (straight-through); a temperature T makes z = sigmoid(s / T) (see gates.semhash)."""
+        units = self.units()
+        for u in units:
+            u.relax = relax
+        try:
+            yield
+        finally:
+            for u in units:
+                u.relax = None
+
+    def straight_through_paths(self) -> AbstractContextManager[None]:
+        """relaxed_paths("st"): the exact eval-time paths, with v1's gradient."""
+        return self.relaxed_paths("st")

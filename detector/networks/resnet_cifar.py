@@ -8,16 +8,13 @@ engine (detector/sparse.py) knows the block structure; it satisfies GatedNetwork
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..gates import Gate, semhash
-from .layers import KeepInputLayout, PathOutput, option_a_shortcut, spatial_mean
+from .layers import GateControls, KeepInputLayout, PathOutput, option_a_shortcut, spatial_mean
 from .protocol import Cost
 
 
@@ -72,7 +69,7 @@ class BasicBlock(nn.Module):
         return F.relu(h + sc)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(GateControls, nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -110,28 +107,6 @@ class CifarResNet(nn.Module):
     def stages(self) -> list[nn.Module]:
         """The stem and every block: the layers the feature-space baselines read."""
         return [self.stem, *self.blocks]
-
-    def set_gate_training(self, noise_std: float, p_hard: float) -> None:
-        """SemHash settings used in training mode (eval mode is always z = 1(s > 0))."""
-        for u in self.units():
-            u.noise_std, u.p_hard = noise_std, p_hard
-
-    @contextmanager
-    def relaxed_paths(self, relax: str | float) -> Iterator[None]:
-        """Within this block, eval-mode gates pass a gradient: "st" keeps z's exact binary value and passes v1's
-        gradient (straight-through); a temperature T makes z = sigmoid(s / T) (see gates.semhash)."""
-        units = self.units()
-        for u in units:
-            u.relax = relax
-        try:
-            yield
-        finally:
-            for u in units:
-                u.relax = None
-
-    def straight_through_paths(self) -> AbstractContextManager[None]:
-        """relaxed_paths("st"): the exact eval-time paths, with v1's gradient."""
-        return self.relaxed_paths("st")
 
     def _run(self, x: Tensor, rec: PathOutput | None) -> tuple[Tensor, Tensor]:
         if torch.is_grad_enabled() and x.requires_grad:  # attacks: the input gradient in the input's layout
