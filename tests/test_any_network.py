@@ -67,6 +67,7 @@ def test_a_network_trains_profiles_and_serves_on_its_own_data(family: str, fruit
         assert p["label"] in CLASSES and p["resized_from"] == [37, 29]
         svg = c.post("/explain", content=png(seed=3), headers={"content-type": "image/png"})
         assert svg.status_code == 200 and f"&quot;{p['label']}&quot;" in svg.text
+        assert c.get("/v1/model").json()["input_shape"] == [3, SIZE, SIZE]
         meta = c.get(f"/v2/models/{dec.name}").json()
         assert meta["inputs"][0]["shape"] == [-1, 3, SIZE, SIZE] and meta["outputs"][0]["shape"] == [-1, 3]
     finally:
