@@ -81,9 +81,9 @@ ATTACKS: dict[str, AttackSpec] = {
 class AttackSet:
     name: str
     params: dict[str, Any]
-    x_clean: Tensor  # (N, 3, 32, 32) float in [0, 1]: correctly classified clean images
+    x_clean: Tensor  # (N, 3, S, S) float in [0, 1]: correctly classified clean images
     y: Tensor  # (N,) their true labels
-    x_adv: Tensor  # (N, 3, 32, 32) float in [0, 1]: attacked versions
+    x_adv: Tensor  # (N, 3, S, S) float in [0, 1]: attacked versions
     success: Tensor  # (N,) bool: the attacked image is misclassified
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -139,7 +139,7 @@ def run_attack(
     source: torch.nn.Module | None = None,
     **overrides: Any,
 ) -> AttackSet:
-    """Attack the correctly classified images among x (N, 3, 32, 32; uint8 or [0,1] float) with labels y (N,).
+    """Attack the correctly classified images among x (N, 3, S, S; uint8 or [0,1] float) with labels y (N,).
     A transfer attack (ATTACKS[name].transfer) is crafted on `source` and judged on `model`."""
     spec = ATTACKS.get(name)
     if spec is not None and spec.transfer and source is None:
@@ -207,7 +207,7 @@ def write_pngs(
     idx = torch.nonzero(s.success).flatten()
     if not len(idx):
         return 0, 0
-    x8 = to_uint8(s.x_adv[idx])  # (M, 3, 32, 32) uint8
+    x8 = to_uint8(s.x_adv[idx])  # (M, 3, S, S) uint8
     # uncached: the rounded images are used once, and the cache would keep them alive for the process's lifetime
     pred = _predict.__wrapped__(model.to(device).eval(), x8.float() / 255, device)
     written = 0

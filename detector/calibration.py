@@ -221,7 +221,7 @@ def calibrate(
     train: tuple[Tensor, Tensor] | None = None,
     device: str | torch.device = "cpu",
 ) -> PathProfiles:
-    """Fit the `path` scorer and its threshold on calibration images x (N, 3, 32, 32), y (N,); `train` = (x, y)
+    """Fit the `path` scorer and its threshold on calibration images x (N, 3, S, S), y (N,); `train` = (x, y)
     training images to add to the fit data (cfg.train_images of them are expected; the caller samples them).
     Returns the profiles with scorer, threshold and a record of what was used."""
     cfg.check()

@@ -62,7 +62,7 @@ def build_profiles(
     device: str | torch.device = "cpu",
     gate_logits: bool = True,
 ) -> PathProfiles:
-    """Profiles from images x (N, 3, 32, 32) (uint8 or [0,1] float) with labels y (N,); only the correctly
+    """Profiles from images x (N, 3, S, S) (uint8 or [0,1] float) with labels y (N,); only the correctly
     classified ones count, so a profile describes how the model *succeeds* on a class. gate_logits=False leaves out
     the class means of the gate logits (the scorer then reads z only)."""
     if not model.cfg.decoupled:

@@ -119,7 +119,7 @@ def attacks_at(det: Detector, eps: float, cfg: AdaptiveConfig, top: bool = False
 
 
 def robust_report(det: Detector, x: Tensor, y: Tensor, cfg: AdaptiveConfig = AdaptiveConfig()) -> dict[str, Any]:
-    """x (N, 3, 32, 32) clean test images (all of them, correct or not), labels y (N,)."""
+    """x (N, 3, S, S) clean test images (all of them, correct or not), labels y (N,)."""
     clean = det.predict(x)
     clean_ok = clean.labels == y
     base = clean_ok | clean.is_adversarial

@@ -30,7 +30,7 @@ class DetectorObjective:
         self.threshold = det.threshold if sc.trees is None or sc.surrogate_threshold is None else sc.surrogate_threshold
 
     def __call__(self, x: Tensor, target: Tensor, relax: str | float) -> tuple[Tensor, Tensor]:
-        """Images x (N, 3, 32, 32) -> logits (N, K) and surrogate score minus its threshold (N,), both
+        """Images x (N, 3, S, S) -> logits (N, K) and surrogate score minus its threshold (N,), both
         differentiable in x, the path judged against the profile of class `target` (N,). The consistency
         features see x and its transforms in one stacked forward, as the detector does; a transform without a
         gradient (JPEG, bit depth) passes the identity's (BPDA)."""

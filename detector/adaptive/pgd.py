@@ -42,7 +42,7 @@ def adaptive_pgd(
     seed: int = 0,
     batch_size: int = 250,
 ) -> Tensor:
-    """x (N, 3, 32, 32) in [0, 1], true labels y (N,) -> adversarial images in the Linf eps-ball (eps in [0, 1])."""
+    """x (N, 3, S, S) in [0, 1], true labels y (N,) -> adversarial images in the Linf eps-ball (eps in [0, 1])."""
     dev = obj.det.device
 
     def one(b: int) -> Tensor:

@@ -27,7 +27,7 @@ class LID:
 
     @classmethod
     def fit_reference(cls, model: GatedNetwork, x_ref: Tensor, k: int = 20) -> LID:
-        """Reference activations of clean images x_ref (R, 3, 32, 32); R > k."""
+        """Reference activations of clean images x_ref (R, 3, S, S); R > k."""
         _, acts = layer_activations(model, x_ref)
         return cls([a.flatten(1).float() for a in acts], k)
 

@@ -91,7 +91,7 @@ class KeepInputLayout(torch.autograd.Function):
     """Identity whose backward hands the gradient back in the input's own memory layout. Without it, the gradient
     w.r.t. an NCHW-contiguous image comes back channels_last (it flows from the channels_last stem conv), and attack
     code that calls .view on it fails (torchattacks.PGDL2: "view size is not compatible with input tensor's size and
-    stride"). One (N, 3, 32, 32) copy per backward."""
+    stride"). One (N, 3, S, S) copy per backward."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:

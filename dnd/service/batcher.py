@@ -49,7 +49,7 @@ class MicroBatcher:
         self.detector = detector
 
     async def submit(self, x: Tensor) -> tuple[Prediction, Detector]:
-        """x (n, 3, 32, 32) -> its Prediction and the detector that made it (for threshold/model in responses)."""
+        """x (n, 3, S, S) -> its Prediction and the detector that made it (for threshold/model in responses)."""
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         await self._queue.put((x, fut))
         return await fut

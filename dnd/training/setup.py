@@ -31,7 +31,7 @@ class Run:
     cfg: TrainConfig
     model_cfg: ModelConfig
     dev: torch.device
-    x_train: torch.Tensor  # (N, 3, 32, 32) float in [0, 1], on the device
+    x_train: torch.Tensor  # (N, 3, S, S) float in [0, 1], on the device
     y_train: torch.Tensor  # (N,) on the device
     test: Split
     model: GatedNetwork
