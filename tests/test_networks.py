@@ -171,3 +171,12 @@ def test_the_open_filters_engine_gives_the_masked_networks_outputs(family: str, 
         assert all(torch.equal(a, b) for a, b in zip(z, ref.z)) and 0 < sum(int(a.sum()) for a in z) < sum(
             a.numel() for a in z
         )
+
+
+def test_the_open_filters_engine_shares_the_networks_gates() -> None:
+    from detector.networks.open_filters import OpenFilterNet
+
+    m = _decoupled_small().eval()
+    engine = OpenFilterNet(m)
+    gates = {id(u.gate) for u in m.units()}
+    assert {id(x.gate) for x in engine.modules() if type(x).__name__ == "OpenUnit"} == gates

@@ -116,10 +116,13 @@ class OpenFilterNet(nn.Module):
         self.register_buffer("mean", model.mean)
         self.register_buffer("std", model.std)
         gm = copy.deepcopy(model.net)
-        self.net = self._rewrite(gm, model.cfg.input_size, gather_min_area, slice_min_area)
+        self.net = self._rewrite(gm, model.units(), model.cfg.input_size, gather_min_area, slice_min_area)
 
     @staticmethod
-    def _rewrite(gm: fx.GraphModule, size: int, gather_min_area: int, slice_min_area: int) -> fx.GraphModule:
+    def _rewrite(
+        gm: fx.GraphModule, units: list[nn.Module], size: int, gather_min_area: int, slice_min_area: int
+    ) -> fx.GraphModule:
+        """gm: a copy of the GatedNet's graph module; units: the GatedNet's own gated convs, whose gates are shared."""
         g = gm.graph
         with torch.no_grad():
             ShapeProp(gm).propagate(torch.zeros(1, 3, size, size))
@@ -138,7 +141,8 @@ class OpenFilterNet(nn.Module):
             bn = None if front is conv else gm.get_submodule(str(front.target))
             name = "open_" + str(call.target).replace(".", "_")
             gather = area(conv) >= gather_min_area
-            gm.add_submodule(name, OpenUnit(conv_m, bn, gm.get_submodule(str(call.target)).gate, gather))
+            gate = units[int(str(call.target).split(".")[1])].gate  # the network's own, not the copy's
+            gm.add_submodule(name, OpenUnit(conv_m, bn, gate, gather))
             with g.inserting_after(call):
                 unit = g.call_module(name, (x_in, None))
             parts, last = [], unit
