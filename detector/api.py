@@ -113,11 +113,12 @@ class Detector:
         self._modules = list(model.modules())  # predict checks their modes: model.eval() itself costs ~0.3 ms a call
         self._traced: torch.jit.ScriptModule | None = None
         # "masked": the network computes every filter and masks the closed ones; "sparse": only the open ones
-        # (open_filters_engine). Same numbers; which is faster is measured by bench/inference.py.
-        if engine not in ("masked", "sparse"):
-            raise ValueError(f"engine: expected masked or sparse, got {engine!r}")
+        # (open_filters_engine). Same numbers; which is faster depends on the network (detector/engines.py).
+        self._check_engine(engine)
         self.engine = engine
+        self.engine_timing: dict[str, Any] | None = None  # set by engines.pick_engine: what the choice measured
         self._sparse: torch.nn.Module | None = None
+        self._traced_by_engine: dict[str, torch.jit.ScriptModule] = {}
         # the bundle's metrics and training record as loaded (GET /v1/model serves them without touching the disk)
         self._metrics = read_json_or_none(bundle / METRICS)
         self._training = training_summary(read_json_or_none(bundle / CONFIG) or {})
@@ -146,6 +147,7 @@ class Detector:
             "profiles_created": self.profiles.meta.get("created"),
             "calibration": self.profiles.meta.get("calibration"),
             "score_reads": self.score_reads(),
+            "engine": {"name": self.engine, "traced": self._traced is not None, "timing": self.engine_timing},
             "metrics": copy.deepcopy(self._metrics),
             "training": copy.deepcopy(self._training),
         }
@@ -160,6 +162,32 @@ class Detector:
             "features": int(self.profiles.scorer.mean.numel()) if self.profiles.scorer is not None else 0,
         }
 
+    @staticmethod
+    def _check_engine(engine: str) -> None:
+        if engine not in ("masked", "sparse"):
+            raise ValueError(f"engine: expected masked or sparse, got {engine!r}")
+
+    def supports(self, engine: str) -> bool:
+        """Whether this detector's network can run `engine` (every family but a foreign GatedNetwork has both)."""
+        self._check_engine(engine)
+        if engine == "masked":
+            return True
+        try:
+            self._sparse = self._sparse or open_filters_engine(self.model.eval())
+        except ValueError:
+            return False
+        return True
+
+    def use_engine(self, engine: str) -> Detector:
+        """Run `engine` from now on (traced if the detector is traced; each engine is traced once)."""
+        self._check_engine(engine)
+        if engine != self.engine:
+            self.engine = engine
+            if self._traced is not None:
+                self._traced = None
+                self.trace()
+        return self
+
     def trace(self) -> Detector:
         """Run the forward pass through TorchScript (torch.jit.trace) from now on. Same numbers (a test checks it);
         the point is serving: TorchScript runs without holding Python's GIL, so the HTTP event loop keeps parsing
@@ -167,6 +195,9 @@ class Detector:
         torch.jit.trace keeps ~8 MB per call for the life of the process (its compilation unit is never freed;
         measured over 25 calls), so each architecture is traced once per process and later detectors deep-copy that
         graph and load their own weights into it: a service reloading its bundle stays flat in memory."""
+        if self.engine in self._traced_by_engine:
+            self._traced = self._traced_by_engine[self.engine]
+            return self
         net = self._network()
         key = (self.model.cfg, str(self.device), self.engine)
         template = _TRACED.get(key)
@@ -177,10 +208,10 @@ class Detector:
                 warnings.simplefilter("ignore")  # TracerWarnings about list outputs
                 example = torch.rand(8, *self.image_shape, device=self.device)
                 self._traced = _TRACED[key] = torch.jit.trace(net, example, check_trace=False)
-            return self
-        traced = copy.deepcopy(template)
-        traced.load_state_dict(net.state_dict(), strict=True)
-        self._traced = traced
+        else:
+            self._traced = copy.deepcopy(template)
+            self._traced.load_state_dict(net.state_dict(), strict=True)
+        self._traced_by_engine[self.engine] = self._traced
         return self
 
     def _network(self) -> torch.nn.Module:

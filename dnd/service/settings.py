@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,9 @@ class Settings(BaseSettings):
     )  # for batches >= parallel_min_batch
     parallel_min_batch: int = Field(16, ge=1)  # smaller batches run on a single thread
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")  # refused at start-up, not when the model loads
+    # which forward serves: "auto" times the masked network and the open-filters engine on the bundle at start and
+    # keeps the faster (detector/engines.py; GET /v1/model says which and what it measured)
+    engine: Literal["auto", "masked", "sparse"] = "auto"
     trace: bool = True  # TorchScript forward (releases the GIL while a batch runs); see Detector.trace
     # Request bodies are parsed and decoded in this many threads, off the event loop: a request of 64 large images
     # then delays other requests by its queue position, not /healthz by its decoding time.

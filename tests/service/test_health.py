@@ -37,3 +37,15 @@ def test_metrics_and_model_info(client: TestClient) -> None:
     assert info["training"]["adversarial"] is None and "standard training" in info["training"]["trade_off"]
     # what the served score reads: the test bundle's profiles name no consistency or confidence family
     assert info["score_reads"]["families"] == ["path"] and info["score_reads"]["transforms"] == {}
+    # which forward serves: by default the faster of the two engines, timed on this bundle at start
+    engine = info["engine"]
+    assert engine["traced"] and engine["name"] == engine["timing"]["engine"]
+    assert set(engine["timing"]["median_ms"]) == {"masked", "sparse"}
+
+
+def test_the_engine_can_be_fixed(bundle: Path) -> None:
+    c = client_for(Settings(model_dir=bundle, engine="sparse", threads=1))
+    assert c.get("/v1/model").json()["engine"] == {"name": "sparse", "traced": True, "timing": None}
+    r = c.post("/predict", content=png(), headers={"content-type": "image/png"})
+    assert r.status_code == 200
+    c.__exit__(None, None, None)
