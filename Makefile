@@ -71,11 +71,11 @@ train-robust: $(VENV_OK) data
 	$(call train_dense,models/resnet20-dense-robust,--init models/resnet20-dense --epochs 25 --lr 0.1 --warmup-epochs 1 --bf16 --adv-eps 8 --adv-alpha 8)
 	$(call train_decoupled,models/resnet20-decoupled-robust,models/resnet20-dense-robust,--epochs 15 --hard-epochs 4 --target-flops 0.69 --adv-eps 8 --adv-alpha 8 --bf16)
 # The paper's Table 1 networks on CIFAR-10 (docs/networks.md), recipes sized for 2 CPU cores from the per-epoch costs
-# of `bench/train_epoch.py --arch ... --bf16`: ResNet-56 100 dense epochs (~3.4 h) + a 30-epoch decoupling fine-tune
-# (~2.1 h); VGG-19 60 dense epochs (~4.8 h) + 20 decoupled at a FLOPs target of 0.5 (~2.3 h). Then `dnd stats`.
+# of `bench/train_epoch.py --arch ... --bf16`: ResNet-56 60 dense epochs (~1.8 h) + a 20-epoch decoupling fine-tune
+# (~1.4 h); VGG-19 60 dense epochs (~4.8 h) + 20 decoupled at a FLOPs target of 0.5 (~2.3 h). Then `dnd stats`.
 train-resnet56: $(VENV_OK) data
-	$(call train_dense,models/resnet56-dense,--arch resnet56 --epochs 100 --bf16 --cutout 16)
-	$(call train_decoupled,models/resnet56-decoupled,models/resnet56-dense,--epochs 30 --target-flops 0.69 --hard-epochs 6 --bf16)
+	$(call train_dense,models/resnet56-dense,--arch resnet56 --epochs 60 --bf16 --cutout 16)
+	$(call train_decoupled,models/resnet56-decoupled,models/resnet56-dense,--epochs 20 --target-flops 0.69 --hard-epochs 4 --bf16)
 	for m in dense decoupled; do $(DND) stats --model models/resnet56-$$m --data $(DATA) || exit 1; done
 train-vgg: $(VENV_OK) data
 	$(call train_dense,models/vgg19-dense,--arch vgg19 --epochs 60 --bf16 --cutout 16)

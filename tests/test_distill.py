@@ -98,6 +98,34 @@ def test_frozen_teacher_folds_batchnorm_and_keeps_the_logits(decoupled: bool) ->
     assert all(torch.equal(a, b) for a, b in zip(got.z, ref.z))  # the gates read the conv input: same paths
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("arch", ["vgg11", "tests.user_cnn:small_cnn"])
+def test_frozen_teacher_folds_batchnorm_in_any_family(arch: str, decoupled: bool) -> None:
+    """VGG and a user's CNN: the BatchNorms are found in the fx graph and folded, the logits and paths stay."""
+    import copy
+
+    from detector.config import ModelConfig
+    from detector.networks import arch_config, build_model
+    from dnd.training.distill import frozen_teacher
+
+    torch.manual_seed(0)
+    cfg = arch_config(arch)
+    widths = (4, 8, 8, 16, 16) if arch == "vgg11" else cfg.widths
+    net = build_model(ModelConfig.from_dict({**cfg.__dict__, "widths": widths, "decoupled": decoupled})).train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(32, 3, 32, 32) * 2)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        ref = net.eval().forward_paths(x)
+        teacher = frozen_teacher(copy.deepcopy(net), torch.device("cpu"))
+        got = teacher.forward_paths(x.contiguous(memory_format=torch.channels_last))
+    assert n_bn > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(got.z, ref.z))
+
+
 def test_offline_distillation_targets_and_run(trained_dense: Path, tiny_data: Path, tmp_path: Path) -> None:
     from detector.config import ModelConfig
     from detector.networks import build_model

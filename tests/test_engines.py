@@ -21,7 +21,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_probe_images_are_smooth_and_in_range() -> None:
     x = probe_images(2, 24)
-    assert x.shape == (2, 3, 24, 24) and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (2, 3, 24, 24) and x.min() >= 0 and x.max() <= 1
     # neighbouring pixels differ far less than independent uniform pixels would (mean |diff| 1/3)
     assert (x[..., 1:] - x[..., :-1]).abs().mean() < 0.05
 
@@ -67,9 +67,7 @@ def test_one_candidate_is_used_without_timing(bundle: Path) -> None:
     assert choice.engine == det.engine == "masked" and choice.ms == {}
 
 
-def test_a_network_without_an_open_filters_engine_serves_masked(
-    bundle: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_network_without_an_open_filters_engine_serves_masked(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def none(model: torch.nn.Module) -> torch.nn.Module:
         raise ValueError("no open-filters engine")
 

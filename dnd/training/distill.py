@@ -2,26 +2,59 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from detector.networks import CifarResNet, GatedNetwork
+from detector.networks import CifarResNet, GatedNet, GatedNetwork
 
 
 def frozen_teacher(src: GatedNetwork, device: torch.device) -> GatedNetwork:
-    """The distillation teacher: `src` in eval mode, frozen, channels_last, with every BatchNorm folded into the conv
-    before it (W' = W * g / sqrt(v + eps), b' = beta - mu * g / sqrt(v + eps)), which eval-mode BN allows. The logits
-    are the same up to float rounding (a test checks), and the teacher's forward skips every BatchNorm. Modifies
-    `src`. The folding needs to know where each BatchNorm sits: a CIFAR ResNet's are folded, other families run their
-    BatchNorms (same logits)."""
+    """The distillation teacher: `src` in eval mode, frozen, channels_last, with every BatchNorm that directly follows
+    a conv folded into it (W' = W * g / sqrt(v + eps), b' = beta - mu * g / sqrt(v + eps)), which eval-mode BN allows.
+    The logits are the same up to float rounding (a test checks), and the teacher's forward skips those BatchNorms.
+    Modifies `src`; its class and forward stay (a folded BatchNorm becomes nn.Identity)."""
     src = src.eval().requires_grad_(False)
     if isinstance(src, CifarResNet):
         src.stem[0], src.stem[1] = fuse_conv_bn_eval(src.stem[0], src.stem[1]), nn.Identity()
         for u in src.units():
             u.conv, u.bn = fuse_conv_bn_eval(u.conv, u.bn), nn.Identity()
+    else:  # a decouple()d network's rewritten graph is fx already; it calls its gates in Python control flow
+        fold_batchnorms(src.net if isinstance(src, GatedNet) else src)
     return src.to(device, memory_format=torch.channels_last).requires_grad_(False)
+
+
+def fold_batchnorms(model: nn.Module) -> int:
+    """Fold each eval-mode BatchNorm2d whose input is a Conv2d's output and nothing else's into that conv, in place;
+    the number folded. Where they sit comes from the module's torch.fx graph; a module fx cannot trace, or a conv or
+    BatchNorm called more than once, is left as it is (same logits, just slower)."""
+    try:
+        graph = model.graph if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model).graph
+    except Exception:  # fx raises many types for untraceable Python; unfolded is still correct
+        return 0
+    mods = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    folded = 0
+    for node in graph.nodes:
+        bn = mods.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or bn.training or not node.args:
+            continue
+        prev = node.args[0]
+        conv = mods.get(prev.target) if isinstance(prev, fx.Node) and prev.op == "call_module" else None
+        if (
+            type(conv) is nn.Conv2d
+            and len(prev.users) == 1
+            and calls[prev.target] == 1
+            and calls[node.target] == 1
+            and bn.track_running_stats
+        ):
+            model.set_submodule(prev.target, fuse_conv_bn_eval(conv, bn))
+            model.set_submodule(node.target, nn.Identity())
+            folded += 1
+    return folded
 
 
 def teacher_forward(teacher: GatedNetwork, x: torch.Tensor, bf16: bool) -> torch.Tensor:
