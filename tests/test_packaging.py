@@ -1,5 +1,5 @@
 """The installed package (a wheel built from the tracked files, as `make wheel` and the Docker image build it):
-every file the code reads at run time (the web page and its samples, besides the modules), only the top-level names
+every file the code reads at run time (the web page, besides the modules), only the top-level names
 the project declares, and, opt-in (`slow`), a fresh venv outside the repository that serves /predict from it."""
 
 import json
@@ -111,7 +111,7 @@ def test_wheel_in_a_fresh_venv_serves_predict(wheel: Path, tmp_path: Path) -> No
                     break
             except OSError:
                 time.sleep(0.1)
-        img = (ROOT / "dnd" / "service" / "static" / "samples" / "clean-cat.png").read_bytes()
+        img = (ROOT / "models" / "resnet20-decoupled" / "samples" / "clean-cat.png").read_bytes()
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/predict", data=img, headers={"content-type": "image/png"}, method="POST"
         )

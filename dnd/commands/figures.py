@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..args import add_device, count
@@ -32,15 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "samples",
-        help="sample images for the web page: clean test images and PGD-attacked ones "
-        "(8-bit PNG, still misclassified once rounded)",
+        help="the bundle's sample images for the web page, into MODEL/samples: clean test images and PGD-attacked "
+        "ones made on its weights (8-bit PNG, still misclassified once rounded)",
     )
     p.add_argument("--model", default="models/resnet20-decoupled")
     p.add_argument("--data", required=True)
-    p.add_argument("--out", default="dnd/service/static/samples")
     p.add_argument("--n", type=count, default=4, help="images of each kind")
     add_device(p)
-    p.set_defaults(handler=cmd_samples, out_is_dir=True)
+    p.set_defaults(handler=cmd_samples)
 
 
 def cmd_figures(a: argparse.Namespace) -> None:
@@ -65,11 +63,11 @@ def cmd_figures(a: argparse.Namespace) -> None:
 def cmd_samples(a: argparse.Namespace) -> None:
     import torch
     import torchattacks
-    from PIL import Image
 
     from detector.attacks import to_uint8
     from detector.bundle import load_model
     from detector.data import check_classes, load_split, to_unit_float
+    from detector.samples import write_samples
     from detector.splits import split_test
 
     model = load_model(a.model, a.device)
@@ -86,20 +84,13 @@ def cmd_samples(a: argparse.Namespace) -> None:
     adv = to_uint8(torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10)(x, y))
     with torch.no_grad():
         fooled = model(adv.float() / 255).argmax(1)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest, seen = [], set()
-    for i in range(len(y)):  # distinct classes first, n clean images, then n attacked ones
-        c = int(y[i])
-        if len([m for m in manifest if m["kind"] == "clean"]) < a.n and c not in seen:
-            seen.add(c)
-            Image.fromarray(to_uint8(x[i]).permute(1, 2, 0).numpy()).save(out / f"clean-{classes[c]}.png")
-            manifest.append({"file": f"clean-{classes[c]}.png", "kind": "clean", "caption": f"clean {classes[c]}"})
+    clean, attacked, seen = [], [], set()
+    for i in range(len(y)):  # n clean images of distinct classes, then n attacked ones
+        if len(clean) < a.n and int(y[i]) not in seen:
+            seen.add(int(y[i]))
+            clean.append((to_uint8(x[i]), classes[int(y[i])]))
     for i in range(len(y)):
-        c, f = int(y[i]), int(fooled[i])
-        if len([m for m in manifest if m["kind"] == "attacked"]) < a.n and f != c:
-            name = f"attacked-{classes[c]}-as-{classes[f]}.png"
-            Image.fromarray(adv[i].permute(1, 2, 0).numpy()).save(out / name)
-            manifest.append({"file": name, "kind": "attacked", "caption": f"{classes[c]}, attacked"})
-    (out / "samples.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"wrote {len(manifest)} samples to {out}")
+        if len(attacked) < a.n and fooled[i] != y[i]:
+            attacked.append((adv[i], classes[int(y[i])], classes[int(fooled[i])]))
+    out = write_samples(Path(a.model), clean, attacked)
+    print(f"wrote {len(clean)} clean and {len(attacked)} attacked samples to {out}")

@@ -75,7 +75,17 @@ def batch_count(c: TestClient) -> float:
 
 @pytest.fixture(scope="package")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_detector_bundle(tmp_path_factory.mktemp("svc") / "tiny")
+    """The tiny synthetic bundle, with two clean and two "attacked" sample images for the page (random pixels: what
+    is tested is how the service serves a bundle's samples; `dnd samples` itself is tested in test_samples.py)."""
+    import torch
+
+    from detector.samples import write_samples
+
+    out = write_detector_bundle(tmp_path_factory.mktemp("svc") / "tiny")
+    g = torch.Generator().manual_seed(0)
+    img = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g) for _ in range(4)]
+    write_samples(out, [(img[0], "c0"), (img[1], "c1")], [(img[2], "c2", "c3"), (img[3], "c4", "c5")])
+    return out
 
 
 @pytest.fixture(scope="package")

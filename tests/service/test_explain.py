@@ -22,10 +22,12 @@ def test_explain_draws_the_path_against_the_class_signature(client: TestClient) 
 def test_page_and_its_files_are_served_without_external_references(client: TestClient) -> None:
     html = client.get("/")
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
-    for ref in ("/static/app.js", "/static/style.css", "/static/samples/samples.json"):
+    for ref in ("/static/app.js", "/static/style.css", "/v1/samples"):
         assert client.get(ref).status_code == 200
     text = html.text + client.get("/static/app.js").text + client.get("/static/style.css").text
     assert "http://" not in text and "https://" not in text  # no CDN, no web font
-    samples = client.get("/static/samples/samples.json").json()
+    samples = client.get("/v1/samples").json()["samples"]
     assert {s["kind"] for s in samples} == {"clean", "attacked"}
-    assert all(client.get(f"/static/samples/{s['file']}").status_code == 200 for s in samples)
+    for s in samples:
+        r = client.get(s["url"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"

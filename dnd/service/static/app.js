@@ -26,15 +26,17 @@ async function loadModel() {
 }
 
 async function loadSamples() {
-  const res = await fetch("/static/samples/samples.json");
+  const res = await fetch("/v1/samples");
   if (!res.ok) return;
-  for (const s of await res.json()) {
+  const { samples } = await res.json();
+  $("samples-hint").hidden = samples.length === 0;
+  for (const s of samples) {
     const b = document.createElement("button");
     b.type = "button";
     b.dataset.kind = s.kind;
-    b.innerHTML = `<img src="/static/samples/${s.file}" alt="">${s.caption}`;
+    b.innerHTML = `<img src="${s.url}" alt="">${s.caption}`;
     b.addEventListener("click", async () => {
-      const blob = await (await fetch(`/static/samples/${s.file}`)).blob();
+      const blob = await (await fetch(s.url)).blob();
       classify(blob, "image/png");
     });
     $("samples").appendChild(b);
