@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .bundle import CONFIG, METRICS, file_sha256, load_model, read_config
-from .consistency import TRANSFORMS, stack
+from .consistency import PRECISIONS, TRANSFORMS, run_stacked, stack
 from .features import PathLikelihood
 from .inputs import StackedOutput, score_inputs
 from .networks import GatedNetwork
@@ -118,7 +118,9 @@ class Detector:
         self.engine = engine
         self.engine_timing: dict[str, Any] | None = None  # set by engines.pick_engine: what the choice measured
         self._sparse: torch.nn.Module | None = None
-        self._traced_by_engine: dict[str, torch.jit.ScriptModule] = {}
+        # engine -> (float32 graph, bfloat16 graph of the transformed copies or None); see trace()
+        self._traced_by_engine: dict[str, tuple[torch.jit.ScriptModule, torch.jit.ScriptModule | None]] = {}
+        self._traced_low: torch.jit.ScriptModule | None = None
         # the bundle's metrics and training record as loaded (GET /v1/model serves them without touching the disk)
         self._metrics = read_json_or_none(bundle / METRICS)
         self._training = training_summary(read_json_or_none(bundle / CONFIG) or {})
@@ -159,6 +161,7 @@ class Detector:
             "families": spec.families(),
             "transforms": {t: TRANSFORMS[t][2] for t in spec.transforms},
             "confidence": spec.confidence,
+            "transform_precision": spec.precision,
             "features": int(self.profiles.scorer.mean.numel()) if self.profiles.scorer is not None else 0,
         }
 
@@ -194,25 +197,32 @@ class Detector:
         requests while a batch runs. Not frozen: torch.jit.freeze changed results at other batch sizes (measured).
         torch.jit.trace keeps ~8 MB per call for the life of the process (its compilation unit is never freed;
         measured over 25 calls), so each architecture is traced once per process and later detectors deep-copy that
-        graph and load their own weights into it: a service reloading its bundle stays flat in memory."""
-        if self.engine in self._traced_by_engine:
-            self._traced = self._traced_by_engine[self.engine]
-            return self
-        net = self._network()
-        key = (self.model.cfg, str(self.device), self.engine)
-        template = _TRACED.get(key)
-        if template is None:
-            import warnings
-
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TracerWarnings about list outputs
-                example = torch.rand(8, *self.image_shape, device=self.device)
-                self._traced = _TRACED[key] = torch.jit.trace(net, example, check_trace=False)
-        else:
-            self._traced = copy.deepcopy(template)
-            self._traced.load_state_dict(net.state_dict(), strict=True)
-        self._traced_by_engine[self.engine] = self._traced
+        graph and load their own weights into it: a service reloading its bundle stays flat in memory.
+        Profiles whose transformed copies run in bfloat16 get a second graph, traced under autocast: it records the
+        casts, so it runs in bfloat16 by itself (the same values as eager autocast, measured)."""
+        if self.engine not in self._traced_by_engine:
+            net = self._network()
+            low = PRECISIONS[self.spec.precision] if self.spec.transforms else None
+            main = self._trace_one(net, None)
+            self._traced_by_engine[self.engine] = (main, self._trace_one(net, low) if low is not None else None)
+        self._traced, self._traced_low = self._traced_by_engine[self.engine]
         return self
+
+    def _trace_one(self, net: torch.nn.Module, dtype: torch.dtype | None) -> torch.jit.ScriptModule:
+        key = (self.model.cfg, str(self.device), self.engine, dtype)
+        template = _TRACED.get(key)
+        if template is not None:
+            traced = copy.deepcopy(template)
+            traced.load_state_dict(net.state_dict(), strict=True)
+            return traced
+        import warnings
+
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about list outputs
+            example = torch.rand(8, *self.image_shape, device=self.device)
+            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                _TRACED[key] = torch.jit.trace(net, example, check_trace=False)
+        return _TRACED[key]
 
     def _network(self) -> torch.nn.Module:
         """The forward the detector runs: (logits, features, z, s) from images."""
@@ -244,12 +254,9 @@ class Detector:
         n = len(xb)
         xs = stack(xb.to(self.device, torch.float32), self.spec)  # the images, then each transform of them
         if self._traced is not None:
-            logits, features, z_float, s = self._traced(xs)
-        elif self.engine == "sparse":
-            logits, features, z_float, s = self._network()(xs)
+            logits, features, z_float, s = run_stacked(self._traced, xs, n, self.spec, self._traced_low)
         else:
-            out = self.model.forward_paths(xs)
-            logits, features, z_float, s = out.logits, out.features, out.z, out.s
+            logits, features, z_float, s = run_stacked(self._network(), xs, n, self.spec)
         z = [zl.bool() for zl in z_float]
         inputs = self.score_inputs(StackedOutput(n, logits, features, z, s))
         logits, features, z, s = logits[:n], features[:n], [zl[:n] for zl in z], [sl[:n] for sl in s]
@@ -272,8 +279,9 @@ class Detector:
         )
 
 
-# (model config, device) -> the first traced graph of that architecture in this process (see Detector.trace)
-_TRACED: dict[tuple[Any, str], torch.jit.ScriptModule] = {}
+# (model config, device, engine, autocast dtype) -> the first traced graph of that architecture in this process
+# (see Detector.trace)
+_TRACED: dict[tuple[Any, ...], torch.jit.ScriptModule] = {}
 
 
 def open_filters_engine(model: GatedNetwork) -> torch.nn.Module:

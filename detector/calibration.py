@@ -65,6 +65,7 @@ class CalibrationConfig:
     # (clean images are JPEG q75 files, so re-encoding them is nearly lossless and any change at all stands out).
     transforms: tuple[str, ...] = ("median", "shift")
     confidence: bool = True
+    transform_precision: str = "float32"  # the transformed copies' forward (FeatureSpec.precision)
     # Attacks in no fit whose calibration-half figures chose the settings above (radii: pgdl2 and transfer;
     # transforms: pgdl2). Recorded, so that `dnd evaluate` never reports them as unseen.
     selection_attacks: tuple[str, ...] = ("pgdl2", "transfer")
@@ -72,7 +73,7 @@ class CalibrationConfig:
 
     @property
     def spec(self) -> FeatureSpec:
-        return FeatureSpec(self.transforms, self.confidence)
+        return FeatureSpec(self.transforms, self.confidence, self.transform_precision)
 
     def attacks_run(self) -> list[str]:
         """Every attack the scorer is fitted against, in order of first use."""

@@ -92,6 +92,10 @@ class FeatureSpec:
 
     transforms: tuple[str, ...] = ()  # consistency under these TRANSFORMS, in order
     confidence: bool = False  # the 4 output-confidence columns
+    # The transformed copies' forward: "float32", or "bfloat16" autocast (the images themselves always run in float32,
+    # so labels and paths are the network's own). bfloat16 runs the copies ~2.5x faster where the CPU has native
+    # bf16 matrix units (AMX); the features then include its rounding, so profiles built one way serve only that way.
+    precision: str = "float32"
 
     def check(self) -> None:
         unknown = [t for t in self.transforms if t not in TRANSFORMS]
@@ -99,6 +103,8 @@ class FeatureSpec:
             raise ValueError(
                 f"transforms {','.join(self.transforms)}: expected distinct names among {', '.join(TRANSFORMS)}"
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
 
     def extra_columns(self, layers: int) -> int:
         """Columns after the path features: per transform 2 L + 2, then 4 for confidence."""
@@ -129,7 +135,12 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, d: dict[str, object] | None) -> FeatureSpec:
         d = d or {}
-        return cls(tuple(d.get("transforms", ())), bool(d.get("confidence", False)))  # type: ignore[arg-type]
+        # profiles written before `precision` existed ran everything in float32
+        return cls(
+            tuple(d.get("transforms", ())),  # type: ignore[arg-type]
+            bool(d.get("confidence", False)),
+            str(d.get("precision", "float32")),
+        )
 
 
 def stack(x: Tensor, spec: FeatureSpec, bpda: bool = False) -> Tensor:
@@ -137,6 +148,38 @@ def stack(x: Tensor, spec: FeatureSpec, bpda: bool = False) -> Tensor:
     if not spec.transforms:
         return x
     return torch.cat([x, *(transform(t, x, bpda) for t in spec.transforms)])
+
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def run_stacked(
+    forward: Callable[[Tensor], tuple],
+    xs: Tensor,
+    n: int,
+    spec: FeatureSpec,
+    forward_low: Callable[[Tensor], tuple] | None = None,
+) -> tuple:
+    """forward(xs) for the stacked batch xs (N (1 + T) rows, the images first): one call in float32, or with
+    spec.precision bfloat16 two calls, the N images in float32 and the N T transformed copies under bfloat16
+    autocast (or through `forward_low`, a graph traced under it). `forward` returns (logits, features, z list,
+    s list); what comes back is that, in float32, rows in xs's order."""
+    low = PRECISIONS[spec.precision]
+    if low is None or len(xs) == n:
+        return forward(xs)
+    head = forward(xs[:n])
+    if forward_low is not None:
+        tail = forward_low(xs[n:])
+    else:
+        with torch.autocast(xs.device.type, dtype=low):
+            tail = forward(xs[n:])
+
+    def cat(a: Tensor | list[Tensor], b: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+        if isinstance(a, list):
+            return [torch.cat([u, v.to(u.dtype)]) for u, v in zip(a, b)]
+        return torch.cat([a, b.to(a.dtype)])
+
+    return tuple(cat(a, b) for a, b in zip(head, tail))
 
 
 def consistency_features(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .consistency import FeatureSpec, extra_features, stack
+from .consistency import FeatureSpec, extra_features, run_stacked, stack
 from .data import to_unit_float
 from .features import PathLikelihood, path_features
 from .profiles import PathProfiles
@@ -59,8 +59,13 @@ def score_inputs(
 
 def forward_stacked(model: torch.nn.Module, x: Tensor, spec: FeatureSpec, bpda: bool = False) -> StackedOutput:
     """model.forward_paths on x (N, 3, H, W) stacked with its spec transforms."""
-    o = model.forward_paths(stack(x, spec, bpda))
-    return StackedOutput(len(x), o.logits, o.features, o.z, o.s)
+
+    def forward(xs: Tensor) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        o = model.forward_paths(xs)
+        return o.logits, o.features, o.z, o.s
+
+    logits, features, z, s = run_stacked(forward, stack(x, spec, bpda), len(x), spec)
+    return StackedOutput(len(x), logits, features, z, s)
 
 
 @torch.inference_mode()

@@ -56,6 +56,10 @@ def test_spec_counts_and_checks() -> None:
     assert FeatureSpec.from_dict(spec.to_dict()) == spec and FeatureSpec.from_dict(None) == FeatureSpec()
     with pytest.raises(ValueError, match="expected distinct names"):
         FeatureSpec(("jpeg75", "jpeg75")).check()
+    with pytest.raises(ValueError, match="precision 'float16'"):
+        FeatureSpec(("median",), precision="float16").check()
+    # profiles written before the precision field read as float32
+    assert FeatureSpec.from_dict({"transforms": ["median"]}).precision == "float32"
 
 
 def test_confidence_columns() -> None:
@@ -112,6 +116,39 @@ def test_traced_and_sparse_engines_score_the_stacked_batch_alike(tmp_path) -> No
         got = det.predict(x)
         assert torch.equal(got.labels, want.labels) and torch.allclose(got.inputs, want.inputs, atol=1e-4)
         assert torch.allclose(got.scores, want.scores, atol=1e-4)
+
+
+def test_bfloat16_copies_keep_the_images_own_outputs_and_do_not_depend_on_batch_or_trace(tmp_path) -> None:
+    """precision bfloat16: the images run in float32 (labels, paths, path features and confidence exactly as with
+    float32), only the transformed copies in bfloat16; eager, traced and sparse, batched or not, give the same."""
+    from detector import load_detector
+
+    spec = {"transforms": ["median", "shift"], "confidence": True}
+    b32 = write_detector_bundle(tmp_path / "f32", features=spec)
+    b16 = write_detector_bundle(tmp_path / "bf16", features={**spec, "precision": "bfloat16"})
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    full, low = load_detector(b32).predict(x), load_detector(b16).predict(x)
+    widths = [f.shape[1] for f in load_detector(b32).profiles.freq]
+    n_path = feature_count(widths, True)
+    assert torch.equal(low.labels, full.labels)
+    torch.testing.assert_close(low.logits, full.logits, rtol=0, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(low.paths, full.paths))
+    torch.testing.assert_close(low.inputs[:, :n_path], full.inputs[:, :n_path], rtol=0, atol=1e-5)  # batch rounding
+    torch.testing.assert_close(low.inputs[:, -4:], full.inputs[:, -4:], rtol=0, atol=1e-5)  # confidence
+    assert not torch.equal(low.inputs, full.inputs)  # the copies really ran in bfloat16
+    assert load_detector(b16).info()["score_reads"]["transform_precision"] == "bfloat16"
+    for det in (load_detector(b16).trace(), load_detector(b16)):
+        got = det.predict(x)
+        one = torch.cat([det.predict(x[i : i + 1]).inputs for i in range(len(x))])
+        torch.testing.assert_close(got.inputs, low.inputs, rtol=0, atol=1e-4)
+        torch.testing.assert_close(one, low.inputs, rtol=0, atol=1e-4)
+    # the open-filters engine folds BatchNorm into the convs, which bfloat16 rounds otherwise: batch-independent
+    # itself, and within bfloat16 rounding of the masked network
+    sparse = load_detector(b16, engine="sparse").trace()
+    got = sparse.predict(x)
+    one = torch.cat([sparse.predict(x[i : i + 1]).inputs for i in range(len(x))])
+    torch.testing.assert_close(one, got.inputs, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got.inputs, low.inputs, rtol=0, atol=1e-2)
 
 
 def test_a_narrower_spec_reads_its_own_inputs_out_of_a_wider_ones_layout(tmp_path) -> None:

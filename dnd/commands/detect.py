@@ -105,6 +105,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'' = none)",
     )
     p.add_argument(
+        "--transform-precision",
+        choices=("float32", "bfloat16"),
+        default=d.transform_precision,
+        help="the transformed copies' forward: bfloat16 autocast runs them ~2.5x faster on CPUs with bf16 matrix "
+        "units; the images themselves always run in float32 (default %(default)s)",
+    )
+    p.add_argument(
         "--no-confidence",
         action="store_true",
         help="leave out the output-confidence columns (max softmax, energy, logit margin, feature norm)",
@@ -196,6 +203,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         clean_augment=not a.no_clean_augment,
         transforms=tuple(t.strip() for t in a.transforms.split(",") if t.strip()),
         confidence=not a.no_confidence,
+        transform_precision=a.transform_precision,
     )
     try:
         cfg.spec.check()
