@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from detector.evaluation.paper import PAPER, paper_table
 from detector.evaluation.summary import (
     ablation_table,
     adaptive_table,
@@ -45,12 +46,18 @@ def _calibration(root: Path, bundle: str) -> tuple[dict, int]:
     return meta.get("calibration", {}), n
 
 
+def _metrics_or_none(root: Path, bundle: str) -> dict | None:
+    path = root / "models" / bundle / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _reports(root: Path) -> dict[str, dict]:
     return {name: _json(root, f"{d}/report.json") for name, d in REPORTS.items()}
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "bundles": lambda root: bundles_table({b: _json(root, f"models/{b}/metrics.json") for b in BUNDLES}),
+    "paper": lambda root: paper_table({b: _metrics_or_none(root, b) for r in PAPER for b in r.ours}),
     "worst-cases": lambda root: worst_case_table(_reports(root)),
     "detection": lambda root: detection_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
     "detection-robust": lambda root: detection_table(

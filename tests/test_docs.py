@@ -69,3 +69,21 @@ def test_a_changed_figure_makes_its_table_stale(copy: Path, rel: str, change: tu
     for md in docs.markdown_files(copy):  # what `make docs` does, then nothing is stale
         md.write_text(docs.rewrite(md.read_text(), copy))
     assert docs.stale(copy) == []
+
+
+def test_the_paper_table_fills_in_once_a_bundle_is_trained(copy: Path) -> None:
+    """docs/networks.md's table against the paper's Tables 1 and 2 reads models/*/metrics.json: a row says what to
+    run until both of its bundles exist, then gives their accuracies, FLOPs reduction and filter states."""
+    docs = docs_module()
+    text = (copy / "docs" / "networks.md").read_text()
+    assert "not trained here yet (`resnet56-dense` and `resnet56-decoupled`" in text
+    for name, src in (("resnet56-dense", "resnet20-dense"), ("resnet56-decoupled", "resnet20-decoupled")):
+        (copy / "models" / name).mkdir()
+        shutil.copy(copy / "models" / src / "metrics.json", copy / "models" / name / "metrics.json")
+    assert "docs/networks.md:paper" in docs.stale(copy)
+    table = docs.rewrite(text, copy)
+    dense = json.loads((copy / "models" / "resnet20-dense" / "metrics.json").read_text())
+    dec = json.loads((copy / "models" / "resnet20-decoupled" / "metrics.json").read_text())
+    row = next(line for line in table.splitlines() if line.startswith("| Table 1 | ResNet-56, CIFAR-10"))
+    assert f"{100 * dense['test_accuracy']:.2f}% → {100 * dec['test_accuracy']:.2f}%" in row
+    assert f"({1 / dec['flops_ratio']:.2f}x)" in row and f"{dec['filter_states']['dynamic']} / " in row
