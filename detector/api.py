@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .features import PathLikelihood
 from .inputs import StackedOutput, score_inputs
 from .networks import GatedNetwork
 from .profiles import PROFILES, PathProfiles, load_profiles
+from .runtime import native_bf16
 
 
 @dataclass
@@ -121,6 +123,12 @@ class Detector:
         # engine -> (float32 graph, bfloat16 graph of the transformed copies or None); see trace()
         self._traced_by_engine: dict[str, tuple[torch.jit.ScriptModule, torch.jit.ScriptModule | None]] = {}
         self._traced_low: torch.jit.ScriptModule | None = None
+        if self.spec.transforms and self.spec.precision == "bfloat16" and not native_bf16(self.device):
+            warnings.warn(
+                f"{bundle / PROFILES} runs the consistency copies in bfloat16, which {self.device} emulates: scoring "
+                "is slower here than with float32 profiles (`dnd profiles --transform-precision float32`)",
+                stacklevel=2,
+            )
         # the bundle's metrics and training record as loaded (GET /v1/model serves them without touching the disk)
         self._metrics = read_json_or_none(bundle / METRICS)
         self._training = training_summary(read_json_or_none(bundle / CONFIG) or {})
@@ -215,8 +223,6 @@ class Detector:
             traced = copy.deepcopy(template)
             traced.load_state_dict(net.state_dict(), strict=True)
             return traced
-        import warnings
-
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about list outputs
             example = torch.rand(8, *self.image_shape, device=self.device)

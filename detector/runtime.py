@@ -64,3 +64,17 @@ def check_device(name: str | torch.device, what: str = "device") -> torch.device
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"{what} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 convolutions natively: a CUDA GPU, or a CPU with AVX512-BF16 / AMX that oneDNN
+    uses. Elsewhere bfloat16 is emulated and slower than float32 (profiles built with `--transform-precision
+    bfloat16` then serve slower than float32 ones would)."""
+    import torch
+
+    if device.type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # torch's own check, used by its CPU autocast tests
+    except (AttributeError, RuntimeError):
+        return False

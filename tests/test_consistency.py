@@ -174,3 +174,18 @@ def test_a_narrower_spec_reads_its_own_inputs_out_of_a_wider_ones_layout(tmp_pat
         assert torch.allclose(everything[:, cols], inputs(narrow), atol=1e-5)
     with pytest.raises(ValueError, match="does not lay out"):
         FeatureSpec(("jpeg75",), True).columns_in(FeatureSpec(("jpeg75",)), n_path, TINY_LAYERS)
+
+
+def test_bfloat16_profiles_warn_where_the_device_emulates_it(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detector import load_detector
+
+    b16 = write_detector_bundle(tmp_path / "b", features={"transforms": ["median"], "precision": "bfloat16"})
+    monkeypatch.setattr("detector.api.native_bf16", lambda device: False)
+    with pytest.warns(UserWarning, match="emulates"):
+        load_detector(b16)
+    monkeypatch.setattr("detector.api.native_bf16", lambda device: True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_detector(b16)
