@@ -89,9 +89,11 @@ stats: $(VENV_OK) data
 select: $(VENV_OK) data
 	$(DND) select --model models/resnet20-decoupled --data $(DATA) --out reports/selection --images 600 \
 	    --device $(DEVICE)
-# Detector: profiles + calibrated scorer into the bundle, then the full evaluation report.
+# Detector: profiles + calibrated scorer into the bundle, then the full evaluation report. The accurate bundle's
+# consistency copies run in bfloat16 (same AUROCs within 0.002 as float32 in its report; ~2x cheaper at batch 64 on
+# CPUs with AMX, docs/benchmarks.md); the robust bundle's profiles were built in float32.
 profiles: $(VENV_OK) data
-	$(call profile,models/resnet20-decoupled)
+	$(call profile,models/resnet20-decoupled) --transform-precision bfloat16
 # The adaptive attacks run on 100 evaluation images at full strength (100 steps, 5 restarts): on 2 CPU cores each
 # budget costs ~10 min per 100 images that survive the attack's first steps. The costly attacks (CW, DeepFool,
 # APGD, Square, EAD, Pixle) run on 600 images each, which leaves 450-600 successful ones per attack. `--adaptive-limit 500` (the default of

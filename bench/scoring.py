@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baseline-profiles", help="profiles.safetensors of the same weights to compare det.predict with")
+    ap.add_argument("--trace", action="store_true", help="compare both detectors traced, as the service runs them")
     ap.add_argument(
         "--default-malloc",
         action="store_true",
@@ -68,7 +69,7 @@ def main() -> None:
     for k, v in stages.items():
         print(f"  stage {k}: {v * 1e3:6.2f} ms per batch ({v / med['plain']:+.1%} of plain)")
     if a.baseline_profiles:
-        compare(det, a.model, a.baseline_profiles, a.rounds)
+        compare(det, a.model, a.baseline_profiles, a.rounds, a.trace)
     # the explain picture (POST /explain, `dnd predict --explain`) at batch 1: one predict, then the SVG of its path
     x1 = x[:1]
 
@@ -94,8 +95,9 @@ def main() -> None:
         )
 
 
-def compare(det, model: str, baseline_profiles: str, rounds: int) -> None:
-    """det.predict under the served profiles and under `baseline_profiles` (same weights), at batch 1 and 64."""
+def compare(det, model: str, baseline_profiles: str, rounds: int, trace: bool = False) -> None:
+    """det.predict under the served profiles and under `baseline_profiles` (same weights), at batch 1 and 64;
+    `trace`: both through TorchScript, as the service runs them (Detector.trace)."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -105,7 +107,10 @@ def compare(det, model: str, baseline_profiles: str, rounds: int) -> None:
         shutil.copytree(model, other)
         shutil.copyfile(baseline_profiles, other / "profiles.safetensors")
         base = load_detector(other)
-        print(f"served reads {det.score_reads()['families']}, baseline reads {base.score_reads()['families']}")
+        if trace:
+            det, base = load_detector(model).trace(), base.trace()
+        reads = det.score_reads()["families"], base.score_reads()["families"]
+        print(f"traced: {trace}; served reads {reads[0]}, baseline reads {reads[1]}")
         for n in (1, 64):
             xb = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
             fns = {"baseline": lambda xb=xb: base.predict(xb), "served": lambda xb=xb: det.predict(xb)}
