@@ -66,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="DND adversarial-example detector",
         version="0.2.0",
         lifespan=lifespan,
-        description="Classifies CIFAR-10 images and flags adversarial ones from their calculation paths.",
+        description="Classifies images with the loaded bundle's network and flags adversarial ones from their "
+        "calculation paths (GET /v1/model: its classes and input size).",
     )
     app.state.dnd = State(settings)
     app.add_middleware(RequestContext, metrics=app.state.dnd.metrics)
