@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from detector.api import Detector, load_detector
 from detector.engines import pick_engine
 
 from .settings import Settings
+
+# (architecture, score spec, device) -> the engine "auto" chose and what it measured, for this process. A reload of
+# the same architecture (new weights, new profiles) reuses the choice instead of tracing and timing both engines
+# again: every traced graph stays in the process (Detector.trace), so re-timing grew resident memory at each reload.
+_CHOSEN: dict[tuple[Any, ...], dict[str, Any]] = {}
 
 
 def load(settings: Settings) -> Detector:
@@ -17,5 +24,10 @@ def load(settings: Settings) -> Detector:
     if settings.trace:
         det.trace()
     if settings.engine == "auto":
-        pick_engine(det)
+        key = (det.model.cfg, det.spec, str(det.device), settings.trace)
+        if key in _CHOSEN:
+            det.use_engine(_CHOSEN[key]["engine"])
+            det.engine_timing = {**_CHOSEN[key], "reused": True}
+        else:
+            _CHOSEN[key] = pick_engine(det).as_dict()
     return det

@@ -49,3 +49,18 @@ def test_reloads_return_their_memory(bundle: Path) -> None:
         assert c.post("/admin/reload", headers={"x-api-key": "k"}).status_code == 200
     assert rss_mb() - before < 20
     c.__exit__(None, None, None)
+
+
+def test_a_reload_of_the_same_architecture_reuses_the_engine_choice(bundle: Path, tmp_path: Path) -> None:
+    """ "auto" times both engines once per architecture in a process; a reload with new weights keeps that choice
+    (re-timing traced both engines again at every reload, and traced graphs stay in the process)."""
+    from dnd.service.loading import load
+
+    live = shutil.copytree(bundle, tmp_path / "live")
+    first = load(Settings(model_dir=live)).info()["engine"]
+    write_detector_bundle(live, seed=1)
+    again = load(Settings(model_dir=live)).info()["engine"]
+    assert again["name"] == first["name"] and again["timing"]["reused"] is True
+    assert again["timing"]["median_ms"] == first["timing"]["median_ms"]
+    fixed = load(Settings(model_dir=live, engine="sparse")).info()["engine"]
+    assert fixed == {"name": "sparse", "traced": True, "timing": None}
