@@ -36,14 +36,15 @@ def _json(root: Path, path: str) -> dict:
     return json.loads((root / path).read_text())
 
 
-def _calibration(root: Path, bundle: str) -> tuple[dict, int]:
-    """A bundle's profiles' calibration record and its scorer's feature count, from the safetensors header."""
+def _calibration(root: Path, bundle: str) -> tuple[dict, int, str]:
+    """A bundle's profiles' calibration record, its scorer's feature count and the precision its consistency copies
+    run in (profiles written before that field ran them in float32), from the safetensors header."""
     from safetensors import safe_open
 
     with safe_open(str(root / "models" / bundle / "profiles.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["dnd_profiles"])
         n = f.get_slice("scorer.mean").get_shape()[0]
-    return meta.get("calibration", {}), n
+    return meta.get("calibration", {}), n, (meta.get("features") or {}).get("precision", "float32")
 
 
 def _metrics_or_none(root: Path, bundle: str) -> dict | None:

@@ -87,3 +87,13 @@ def test_the_paper_table_fills_in_once_a_bundle_is_trained(copy: Path) -> None:
     row = next(line for line in table.splitlines() if line.startswith("| Table 1 | ResNet-56, CIFAR-10"))
     assert f"{100 * dense['test_accuracy']:.2f}% → {100 * dec['test_accuracy']:.2f}%" in row
     assert f"({1 / dec['flops_ratio']:.2f}x)" in row and f"{dec['filter_states']['dynamic']} / " in row
+
+
+def test_the_score_reads_table_says_what_precision_the_copies_run_in() -> None:
+    from detector.evaluation.summary import score_reads_table
+
+    cal = {"features": {"families": ["path", "consistency"], "transforms": {"median": "3 x 3 median filter"}}}
+    table = score_reads_table({"a": (cal, 10, "bfloat16"), "b": ({}, 7, "float32")})
+    rows = table.splitlines()[2:]
+    assert rows[0] == "| `a` | path, consistency | 3 x 3 median filter | bfloat16 | 10 |"
+    assert rows[1] == "| `b` | path | — | — | 7 |"  # no transforms: no copies to run

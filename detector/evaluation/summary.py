@@ -217,14 +217,17 @@ def bundles_table(metrics: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def score_reads_table(calibrations: dict[str, dict[str, Any]]) -> str:
-    """Per bundle, from its profiles' calibration record: the feature families its served score reads, the
-    consistency transforms, and how many features in all."""
-    head = ["bundle", "the served score reads", "consistency transforms", "features"]
+def score_reads_table(calibrations: dict[str, tuple[dict[str, Any], int, str]]) -> str:
+    """Per bundle, from its profiles: the feature families its served score reads, the consistency transforms, the
+    precision its transformed copies run in, and how many features in all. Values: (calibration record, feature
+    count, copies' precision)."""
+    head = ["bundle", "the served score reads", "consistency transforms", "copies run in", "features"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, (cal, n) in calibrations.items():
+    for name, (cal, n, precision) in calibrations.items():
         f = cal.get("features") or {"families": ["path"], "transforms": {}}
+        transforms = ", ".join(f["transforms"].values())
         lines.append(
-            f"| `{name}` | {', '.join(f['families'])} | {', '.join(f['transforms'].values()) or '—'} | {n:,} |"
+            f"| `{name}` | {', '.join(f['families'])} | {transforms or '—'} | {precision if transforms else '—'} "
+            f"| {n:,} |"
         )
     return "\n".join(lines)
