@@ -184,7 +184,7 @@ class Detector:
         if engine == "masked":
             return True
         try:
-            self._sparse = self._sparse or open_filters_engine(self.model.eval())
+            self._network("sparse")
         except ValueError:
             return False
         return True
@@ -230,9 +230,10 @@ class Detector:
                 _TRACED[key] = torch.jit.trace(net, example, check_trace=False)
         return _TRACED[key]
 
-    def _network(self) -> torch.nn.Module:
-        """The forward the detector runs: (logits, features, z, s) from images."""
-        if self.engine == "sparse":
+    def _network(self, engine: str | None = None) -> torch.nn.Module:
+        """The forward the detector runs (`engine`, else its own): (logits, features, z, s) from images. The
+        open-filters engine is built once, on first use."""
+        if (engine or self.engine) == "sparse":
             if self._sparse is None:
                 self._sparse = open_filters_engine(self.model.eval())
             return self._sparse
