@@ -70,6 +70,9 @@ TRANSFORMS: dict[str, tuple[Callable[[Tensor], Tensor], bool, str]] = {  # fn, d
     "noise": (lambda x: fixed_noise(x, 0.02), True, "a fixed Gaussian noise pattern, sigma 0.02"),
     "bits4": (lambda x: quantise(x, 4), False, "bit depth reduced to 4 bits"),
     "shift": (lambda x: torch.roll(x, (1, 1), (2, 3)), True, "1-pixel diagonal shift (wrap-around)"),
+    "shift2": (lambda x: torch.roll(x, (2, 2), (2, 3)), True, "2-pixel diagonal shift (wrap-around)"),
+    # the networks train on mirrored images (crop + flip), so a clean image's path should barely notice its mirror
+    "flip": (lambda x: x.flip(3), True, "horizontal mirror"),
 }
 
 

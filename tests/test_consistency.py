@@ -189,3 +189,24 @@ def test_bfloat16_profiles_warn_where_the_device_emulates_it(tmp_path, monkeypat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_detector(b16)
+
+
+def test_an_image_its_transform_leaves_unchanged_has_nothing_moved(tmp_path) -> None:
+    """A mirror-symmetric image under `flip`, a constant one under `shift`: the path, the gate logits and the
+    softmax do not move (those 2 L + 1 columns are 0) and the margin is the image's own; a generic image moves."""
+    from detector import load_detector
+
+    layers = TINY_LAYERS
+    for name, make in (
+        ("flip", lambda x: (x + x.flip(3)) / 2),
+        ("shift", lambda x: x.mean((2, 3), keepdim=True).expand_as(x).contiguous()),
+    ):
+        det = load_detector(write_detector_bundle(tmp_path / name, features={"transforms": [name]}))
+        x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+        n_path = det.predict(x).inputs.shape[1] - (2 * layers + 2)
+        still, moved = det.predict(make(x)), det.predict(x)
+        cols = still.inputs[:, n_path:]
+        assert torch.equal(cols[:, : 2 * layers + 1], torch.zeros(4, 2 * layers + 1)), name
+        top2 = still.logits.topk(2, 1).values
+        torch.testing.assert_close(cols[:, -1], top2[:, 0] - top2[:, 1], rtol=0, atol=1e-5)
+        assert float(moved.inputs[:, n_path : n_path + 2 * layers + 1].abs().sum()) > 0, name

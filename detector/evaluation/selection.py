@@ -46,6 +46,11 @@ CANDIDATES: tuple[tuple[tuple[str, ...], bool], ...] = (
     (("median", "noise"), True),
     (("shift", "noise"), True),
     (("median", "shift", "noise"), True),
+    (("median", "flip"), True),
+    (("shift", "flip"), True),
+    (("median", "shift2"), True),
+    (("shift2", "flip"), True),
+    (("median", "shift", "flip"), True),
 )
 
 
