@@ -137,15 +137,17 @@ def test_an_unseen_attack_in_the_fit_record_is_refused_before_any_attack(
 
 
 def test_select_ranks_candidates_on_the_calibration_half(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
-    """`dnd select`: every candidate gets a row with per-attack AUROC and shift flag rates; the chosen one respects
-    the limits and has the best worst case among those that do."""
+    """`dnd select`: every candidate gets a row with per-attack AUROC and shift flag rates, the calibration's
+    selection attacks included (a transfer from the dense bundle); the chosen one respects the limits and has the
+    best worst case among those that do."""
     from detector.evaluation.selection import CANDIDATES
 
     out = tmp_path / "sel"
     args = ["select", "--model", str(tiny_bundle), "--data", str(tiny_data), "--out", str(out)]
+    args += ["--source", str(tiny_bundle.parent / "dense")]
     assert main([*args, "--images", "60", "--tree-iterations", "5"]) == 0
     r = json.loads((out / "report.json").read_text())
-    assert len(r["candidates"]) == len(CANDIDATES) and "pgdl2" in r["attacks"]
+    assert len(r["candidates"]) == len(CANDIDATES) and {"pgdl2", "transfer"} <= set(r["attacks"])
     succeeded = {a for a, n in r["attacks"].items() if n}  # on the tiny network some attacks never succeed
     ok = [c for c in r["candidates"] if len(c["transforms"]) <= 2 and c["worst_shift_flagged"] <= 0.15]
     for c in r["candidates"]:

@@ -93,6 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=",".join(c.selection_attacks),
         help="attacks in no fit whose figures count in the choice (they belong in `dnd evaluate --selection`)",
     )
+    p.add_argument("--source", default=c.source, help="bundle the transfer attacks are crafted on")
     p.add_argument("--tree-iterations", type=count, default=c.tree_iterations)
     add_device(p)
     p.set_defaults(handler=cmd_select, out_is_dir=True)
@@ -171,7 +172,10 @@ def cmd_select(a: argparse.Namespace) -> None:
     from detector.evaluation.selection import SelectConfig, select
 
     cfg = SelectConfig(
-        images=a.images, selection_attacks=_names_or_none(a.selection_attacks), tree_iterations=a.tree_iterations
+        images=a.images,
+        selection_attacks=_names_or_none(a.selection_attacks),
+        source=a.source,
+        tree_iterations=a.tree_iterations,
     )
     r = select(load_detector(a.model, a.device), a.data, a.out, cfg)
     chosen = r["chosen"]
