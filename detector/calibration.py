@@ -62,10 +62,9 @@ class CalibrationConfig:
     # confidence columns. Chosen on the calibration half (`make select`, reports/selection) by the worst AUROC over
     # fgsm, pgd, cw, deepfool and the held-out pgdl2 and transfer: the median filter and the 2-pixel shift, tied with
     # the median filter and the 1-pixel shift (0.862, both worst on transfer) and flagging fewer noisy clean images.
-    # Pairs with the horizontal mirror scored best on the white-box attacks but worst on transfer (0.74-0.81): the
-    # mirror undoes little of a perturbation crafted on another network. JPEG re-encoding at the data's own quality
-    # 75 was left out: it flagged every noisy clean image (clean images are JPEG q75 files, so re-encoding them is
-    # nearly lossless and any change at all stands out).
+    # Pairs with the horizontal mirror scored best on the white-box attacks but worst on transfer (0.74-0.81). JPEG
+    # re-encoding at the data's own quality 75 was left out: it flagged every noisy clean image (clean images are JPEG
+    # q75 files, so re-encoding them is nearly lossless and any change at all stands out).
     transforms: tuple[str, ...] = ("median", "shift2")
     confidence: bool = True
     # The transformed copies' forward (FeatureSpec.precision). float32 runs anywhere at the same cost; `make profiles`

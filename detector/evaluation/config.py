@@ -13,7 +13,7 @@ class EvalConfig:
     # attacks whose family the `path` scorer is fitted on, at their evaluation parameters (detector/attacks.py)
     known: tuple[str, ...] = ("fgsm", "pgd", "cw", "deepfool")
     # attacks in no fit that informed a recipe choice on the calibration half (pgdl2 and transfer chose the Linf
-    # radii, pgdl2 the consistency transforms) or share the fit's Linf budgets (apgd-dlr at 4/255, square at 8/255)
+    # radii and the consistency transforms) or share the fit's Linf budgets (apgd-dlr at 4/255, square at 8/255)
     selection: tuple[str, ...] = ("pgdl2", "transfer", "apgd-dlr", "square")
     # attacks no fit and no choice ever touched: another norm (L1) and another threat model (L0 black box)
     unseen: tuple[str, ...] = ("eadl1", "pixle")

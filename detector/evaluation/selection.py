@@ -36,6 +36,7 @@ from ..features import feature_count
 from ..inputs import inputs_of_images
 from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test
 from ..trees import TREE_PARAMS, fit_family_trees
+from .config import EvalConfig
 
 CANDIDATES: tuple[tuple[tuple[str, ...], bool], ...] = (
     ((), False),
@@ -58,10 +59,10 @@ CANDIDATES: tuple[tuple[tuple[str, ...], bool], ...] = (
 class SelectConfig:
     images: int = 1000  # calibration fit-part images (class-balanced)
     # attacks in no fit whose figures count in the choice: the calibration's selection group, so that the attacks the
-    # evaluation reports as "used in selection" are the ones every recipe choice weighed (with median + shift chosen
-    # on pgdl2 alone, the horizontal mirror later scored far worse on the transferred attack than the study knew)
+    # evaluation reports as "used in selection" are the ones every recipe choice weighed (on pgdl2 alone, pairs with
+    # the horizontal mirror rank first; with transfer, last: reports/selection)
     selection_attacks: tuple[str, ...] = CalibrationConfig().selection_attacks
-    source: str = "models/resnet20-dense"  # the network transfer attacks are crafted on (as in `dnd evaluate`)
+    source: str = EvalConfig.source  # the network transfer attacks are crafted on, as in `dnd evaluate`
     max_transforms: int = 2
     max_shift_flagged: float = 0.15
     tree_iterations: int = 100
