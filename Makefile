@@ -57,7 +57,7 @@ DND := .venv/bin/dnd
 train_dense     = $(DND) train --data $(DATA) --out $(1) $(2) --device $(DEVICE) --resume
 train_decoupled = $(DND) train --data $(DATA) --out $(1) --decouple --init $(2) $(3) --device $(DEVICE) --resume
 profile         = $(DND) profiles --model $(1) --data $(DATA) --device $(DEVICE)
-evaluate_to     = $(DND) evaluate --model $(1) --data $(DATA) --attacks fgsm,pgd,cw,deepfool --out $(2) --device $(DEVICE)
+evaluate_to     = $(DND) evaluate --model $(1) --data $(DATA) --out $(2) --device $(DEVICE)
 
 # The shipped bundles, exactly as they were produced: dense 200 epochs with bf16 autocast and Cutout 16 (≈ 3.0 h on
 # 2 CPU cores); the fine-tune 50 epochs at a FLOPs target of 0.69 with the last 10 on eval-time paths (≈ 2 h).
@@ -91,23 +91,27 @@ select: $(VENV_OK) data
 	    --device $(DEVICE)
 # Detector: profiles + calibrated scorer into the bundle, then the full evaluation report. The accurate bundle's
 # consistency copies run in bfloat16 (same AUROCs within 0.002 as float32 in its report; ~2x cheaper at batch 64 on
-# CPUs with AMX, docs/benchmarks.md); the robust bundle's profiles were built in float32.
+# CPUs with AMX, docs/benchmarks.md); the fit's transferred PGD is crafted on the dense ResNet-20. The robust
+# bundle's profiles were built in float32 with the recipe before transferred PGD joined the fit (the flags below).
 profiles: $(VENV_OK) data
-	$(call profile,models/resnet20-decoupled) --transform-precision bfloat16
+	$(call profile,models/resnet20-decoupled) --transform-precision bfloat16 --source models/resnet20-dense
 # The adaptive attacks run on 100 evaluation images at full strength (100 steps, 5 restarts): on 2 CPU cores each
 # budget costs ~10 min per 100 images that survive the attack's first steps. The costly attacks (CW, DeepFool,
 # APGD, Square, EAD, Pixle) run on 600 images each, which leaves 450-600 successful ones per attack. `--adaptive-limit 500` (the default of
 # `dnd evaluate`) narrows the intervals where more time or a GPU is at hand.
 evaluate: $(VENV_OK) data
 	$(call evaluate_to,models/resnet20-decoupled,reports/evaluation) --adaptive-limit 100 --slow-limit 600
+ROBUST_RECIPE := --transforms median,shift --calib-attacks fgsm,pgd,cw,deepfool \
+    --calib-train-subset-attacks cw,deepfool --families fgsm+pgd,cw+deepfool
 profiles-robust: $(VENV_OK) data
-	$(call profile,models/resnet20-decoupled-robust)
+	$(call profile,models/resnet20-decoupled-robust) $(ROBUST_RECIPE)
 # The robust bundle on fewer images (1,000; 300 for the costly attacks; refits on 600; the adaptive attacks, at full
 # strength, on 100 at 2, 4 and 8/255 as for the accurate bundle): most of its images survive every attack step, so
 # each attack costs several times the accurate bundle's.
 evaluate-robust: $(VENV_OK) data
 	$(call evaluate_to,models/resnet20-decoupled-robust,reports/evaluation-robust) --limit 1000 --slow-limit 300 \
-	    --fit-limit 600 --adaptive-limit 100
+	    --fit-limit 600 --adaptive-limit 100 --attacks fgsm,pgd,cw,deepfool \
+	    --selection pgdl2,transfer,apgd-dlr,square --unseen eadl1,pixle
 
 # A wheel of the project (dist/): `pip install dist/dnd_detector-*.whl -c constraints.txt` gives `dnd` and
 # `load_detector` anywhere; the bundles stay folders passed by path.

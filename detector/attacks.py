@@ -2,9 +2,9 @@
 
 Positives for detection are the *successful* attacks; negatives the clean, correctly classified images.
 The model is attacked as is (logits from [0, 1] input; eval mode, so paths are the deterministic z = 1(s > 0)).
-`ATTACKS` names every attack the project runs: those the `path` scorer is fitted on (FGSM, PGD, CW, DeepFool), those
-that informed a recipe choice or share a budget with the fit, and two that nothing ever looked at before the
-evaluation (another norm, another threat model).
+`ATTACKS` names every attack the project runs: those the `path` scorer is fitted on (FGSM, PGD, CW, DeepFool and PGD
+transferred from another network), those that informed a recipe choice or share a budget with the fit, and three that
+nothing ever looked at before the evaluation (another norm, another threat model, another transfer method).
 """
 
 from __future__ import annotations
@@ -61,6 +61,21 @@ ATTACKS: dict[str, AttackSpec] = {
         "Linf 8/255, 20-step PGD crafted on the dense network, transferred",
         transfer=True,
     ),
+    # Transfer attacks built to transfer better: momentum (MI-FGSM, Dong et al. 2018), and momentum with random
+    # resizing and translation-invariant (Gaussian-smoothed, 5 x 5 at 32 px) gradients (TI-DIM, Dong et al. 2019),
+    # whose low-frequency perturbations look least like the PGD the fit sees.
+    "transfer-mi": AttackSpec(
+        "MIFGSM",
+        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "decay": 1.0},
+        "Linf 8/255, MI-FGSM (momentum) crafted on the dense network, transferred",
+        transfer=True,
+    ),
+    "transfer-ti": AttackSpec(
+        "TIFGSM",
+        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "decay": 1.0, "len_kernel": 5, "nsig": 3},
+        "Linf 8/255, TI-DIM (smoothed gradients, random resizing, momentum) crafted on the dense network, transferred",
+        transfer=True,
+    ),
     # Two families no recipe choice ever looked at: another norm (L1, sparse) and another threat model (L0 patches,
     # black box). EAD from an initial constant of 0.1, 4 x 50 steps: every image broken on the calibration check, at
     # a median L1 of ~3 (vs ~0 from torchattacks' default 0.001 within that budget).
@@ -75,6 +90,11 @@ ATTACKS: dict[str, AttackSpec] = {
         "Pixle: score-based black box that moves patches of pixels, 5 x 10 iterations (L0, no gradient)",
     ),
 }
+
+
+def is_transfer(name: str) -> bool:
+    """Whether attack `name` is crafted on another network (run_attack's `source`)."""
+    return name in ATTACKS and ATTACKS[name].transfer
 
 
 @dataclass

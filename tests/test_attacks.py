@@ -31,6 +31,23 @@ def test_linf_attacks_stay_in_eps_ball_and_unit_box(model_and_data, name: str) -
         assert torch.equal(s.success, m(s.x_adv).argmax(1) != s.y)
 
 
+@pytest.mark.parametrize("name", ["transfer", "transfer-mi", "transfer-ti"])
+def test_transfer_attacks_are_crafted_on_the_source_and_judged_on_the_model(model_and_data, name: str) -> None:
+    m, x, y = model_and_data
+    torch.manual_seed(1)
+    source = build_model(ModelConfig()).eval()  # another (dense) network
+    with pytest.raises(ValueError, match="crafted on another network: pass source="):
+        run_attack(m, name, x, y)
+    s = run_attack(m, name, x, y, batch_size=8, source=source)
+    assert len(s.y) == 20 and s.x_adv.min() >= 0 and s.x_adv.max() <= 1
+    assert (s.x_adv - s.x_clean).abs().max() <= 8 / 255 + 1e-6 and (s.x_adv != s.x_clean).any()
+    with torch.no_grad():
+        assert torch.equal(s.success, m(s.x_adv).argmax(1) != s.y)  # judged on the attacked model
+    # crafted on the source, not on the model: the same attack on the model itself gives other images
+    own = run_attack(m, name, x, y, batch_size=8, source=m)
+    assert not torch.equal(own.x_adv, s.x_adv)
+
+
 @pytest.mark.parametrize("name,kw", [("cw", {"steps": 3}), ("deepfool", {"steps": 2})])
 def test_l2_attacks_run_and_stay_in_unit_box(model_and_data, name: str, kw: dict) -> None:
     m, x, y = model_and_data

@@ -1,5 +1,6 @@
 """`dnd profiles` and its recipe (detector/calibration.py): what the scorer is fitted on, recorded, refused."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(
     assert cal["families"] == [["fgsm", "pgd"], ["deepfool"]] and before["families"] == [["fgsm", "pgd"]]
     from detector.calibration import CalibrationConfig
 
-    default_prior = list(CalibrationConfig().family_log_prior)
+    default_prior = list(CalibrationConfig().family_log_prior)[:2]  # those of the two families that ran
     assert cal["family_log_prior"] == default_prior and before["family_log_prior"] == [0.0]
     sc = load_profiles(b).scorer
     assert sc.trees is not None and len(sc.trees.baseline) == 2 and sc.log_prior.tolist() == default_prior
@@ -109,9 +110,10 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     from dnd.cli import build_parser
 
     a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d"])
-    assert a.calib_attacks == "fgsm,pgd,cw,deepfool" and a.calib_train == 30000 and a.calib_train_subset is None
-    assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool"
-    assert a.families == "fgsm+pgd,cw+deepfool" and a.family_log_prior is None  # -> the default families' priors
+    assert a.calib_attacks == "fgsm,pgd,cw,deepfool,transfer" and a.calib_train == 30000
+    assert a.calib_train_subset is None and a.source == ""  # `make profiles` passes the dense bundle
+    assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool,transfer"
+    assert a.families == "fgsm+pgd,cw+deepfool,transfer" and a.family_log_prior is None  # -> the default priors
     d = CalibrationConfig()
     assert _profiles_config() == d and d.train_subset == 2000
     sub = lambda *f: _profiles_config(*f).train_subset  # noqa: E731
@@ -121,9 +123,42 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
         sub("--calib-train", "0", "--calib-train-subset", "5")
     shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
     assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
-    assert shipped["extra_subset_images"] == d.train_subset and shipped["extra_subset_attacks"] == ["cw", "deepfool"]
-    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"]]
-    assert shipped["family_log_prior"] == list(d.family_log_prior) == [0.0, 0.0]
+    assert shipped["extra_subset_images"] == d.train_subset
+    assert shipped["extra_subset_attacks"] == ["cw", "deepfool", "transfer"]
+    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"], ["transfer"]]
+    assert shipped["transfer_source"] == "models/resnet20-dense"
+    assert shipped["family_log_prior"] == list(d.family_log_prior) == [0.0, 0.0, 0.0]
+
+
+def test_transferred_attacks_run_only_with_a_source() -> None:
+    from detector.calibration import CalibrationConfig
+
+    d = CalibrationConfig()
+    assert "transfer" not in d.attacks_run() and "transfer" in d.attacks
+    assert replace(d, source="some/dense").attacks_run() == ["fgsm", "pgd", "cw", "deepfool", "transfer"]
+    with pytest.raises(ValueError, match="--source 'nowhere': expected a model bundle"):
+        _profiles_config("--source", "nowhere")
+
+
+def test_profiles_fit_transferred_pgd_crafted_on_the_source(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """--source: the fit's transferred PGD is crafted on the dense bundle at the fit's radii, joins its family's tree
+    model, and the record names it and its source."""
+    import shutil
+
+    other = tmp_path / "with-transfer"
+    shutil.copytree(tiny_bundle, other)
+    dense = str(tiny_bundle.parent / "dense")
+    flags = ["--calib-attacks", "fgsm,pgd,transfer", "--calib-train-subset", "0", "--tree-iterations", "30"]
+    assert main(["profiles", "--model", str(other), "--data", str(tiny_data), *flags, "--source", dense]) == 0
+    c = load_profiles(other).meta["calibration"]
+    assert c["attacks"] == ["fgsm", "pgd", "transfer"] and c["transfer_source"] == dense
+    assert 0 <= c["attack_success_rates"]["transfer"] <= 1
+    if c["attack_success_rates"]["transfer"] > 0:
+        assert ["transfer"] in c["families"]
+    # without a source the same command fits no transferred attack, and the record says so
+    assert main(["profiles", "--model", str(other), "--data", str(tiny_data), *flags]) == 0
+    c = load_profiles(other).meta["calibration"]
+    assert c["attacks"] == ["fgsm", "pgd"] and "transfer_source" not in c
 
 
 def test_families_must_cover_every_attack_once() -> None:
@@ -149,7 +184,7 @@ def test_profiles_without_gate_logits_still_score(tiny_bundle: Path, tiny_data: 
     p, q = load_profiles(other), load_profiles(tiny_bundle)
     assert p.gate_mean is None and q.gate_mean is not None
     widths, extra = [f.shape[1] for f in p.freq], p.spec.extra_columns(len(p.freq))
-    assert p.spec == q.spec and extra > 0  # the default recipe's consistency and confidence columns
+    assert p.spec == q.spec and extra > 0  # the default recipe's consistency columns
     assert p.scorer.mean.numel() == feature_count(widths) + extra
     assert q.scorer.mean.numel() == feature_count(widths, True) + extra
     det = load_detector(other)

@@ -23,7 +23,7 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
         "--selection",
         "pgdl2,transfer",
         "--unseen",
-        "eadl1",
+        "eadl1,transfer-ti",
         "--source",
         str(tiny_bundle.parent / "dense"),
         "--corruptions",
@@ -52,9 +52,9 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
     from detector.evaluation import DETECTORS
 
     r = json.loads((out / "report.json").read_text())
-    assert list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer", "eadl1"]
+    assert list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer", "eadl1", "transfer-ti"]
     assert 0 <= r["clean_accuracy"] <= 1
-    assert [a["role"] for a in r["attacks"].values()] == ["known"] * 3 + ["selection"] * 2 + ["unseen"]
+    assert [a["role"] for a in r["attacks"].values()] == ["known"] * 3 + ["selection"] * 2 + ["unseen"] * 2
     for name, a in r["attacks"].items():
         assert {"success_rate", "n_adv", "detectors", "what", "params"} <= set(a)
         assert set(a["detectors"]) == set(DETECTORS)
@@ -63,7 +63,7 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
                 assert 0 <= d["auroc"] <= 1 and d["auroc_ci"][0] <= d["auroc"] <= d["auroc_ci"][1]
             else:
                 assert d["auroc"] is None
-        if name in ("fgsm", "pgd", "transfer"):
+        if name in ("fgsm", "pgd", "transfer", "transfer-ti"):
             assert a["linf_max"] <= 8 / 255 + 1e-6
         if a["n_adv"] > 1:  # the Lee-faithful upper bound, fitted on this attack, two-fold
             lee = a["lee_upper_bound"]
@@ -140,14 +140,14 @@ def test_select_ranks_candidates_on_the_calibration_half(tiny_bundle: Path, tiny
     """`dnd select`: every candidate gets a row with per-attack AUROC and shift flag rates, the calibration's
     selection attacks included (a transfer from the dense bundle); the chosen one respects the limits and has the
     best worst case among those that do."""
-    from detector.evaluation.selection import CANDIDATES
+    from detector.evaluation.selection import CANDIDATES, FAMILY_LAYOUTS
 
     out = tmp_path / "sel"
     args = ["select", "--model", str(tiny_bundle), "--data", str(tiny_data), "--out", str(out)]
     args += ["--source", str(tiny_bundle.parent / "dense")]
     assert main([*args, "--images", "60", "--tree-iterations", "5"]) == 0
     r = json.loads((out / "report.json").read_text())
-    assert len(r["candidates"]) == len(CANDIDATES) and {"pgdl2", "transfer"} <= set(r["attacks"])
+    assert len(r["candidates"]) == len(CANDIDATES) and {"pgdl2", "transfer-mi", "transfer"} <= set(r["attacks"])
     succeeded = {a for a, n in r["attacks"].items() if n}  # on the tiny network some attacks never succeed
     ok = [c for c in r["candidates"] if len(c["transforms"]) <= 2 and c["worst_shift_flagged"] <= 0.15]
     for c in r["candidates"]:
@@ -156,4 +156,13 @@ def test_select_ranks_candidates_on_the_calibration_half(tiny_bundle: Path, tiny
     if ok:
         best = max(ok, key=lambda c: c["worst_auroc"])
         assert r["chosen"] == {"transforms": best["transforms"], "confidence": best["confidence"]}
+        # the chosen features under each layout of the fit's families, judged on the selection attacks alone
+        assert [row["families"] for row in r["family_layouts"]] == [list(map(list, f)) for f in FAMILY_LAYOUTS]
+        for row in r["family_layouts"]:
+            held = [row["attacks"][a]["auroc"] for a in ("pgdl2", "transfer-mi") if a in row["attacks"]]
+            assert not held or row["worst_selection_auroc"] == min(held)
+        fits = [row for row in r["family_layouts"] if row["worst_shift_flagged"] <= 0.15]
+        if fits:
+            assert r["chosen_layout"] == max(fits, key=lambda row: row["worst_selection_auroc"])["families"]
+    assert r["families"] == [list(f) for f in FAMILY_LAYOUTS[0]]  # the layout the candidates are compared under
     assert (out / "report.md").read_text().startswith("# Feature selection")

@@ -11,12 +11,14 @@ from ..adaptive import AdaptiveConfig
 @dataclass(frozen=True)
 class EvalConfig:
     # attacks whose family the `path` scorer is fitted on, at their evaluation parameters (detector/attacks.py)
-    known: tuple[str, ...] = ("fgsm", "pgd", "cw", "deepfool")
-    # attacks in no fit that informed a recipe choice on the calibration half (pgdl2 and transfer chose the Linf
-    # radii and the consistency transforms) or share the fit's Linf budgets (apgd-dlr at 4/255, square at 8/255)
-    selection: tuple[str, ...] = ("pgdl2", "transfer", "apgd-dlr", "square")
-    # attacks no fit and no choice ever touched: another norm (L1) and another threat model (L0 black box)
-    unseen: tuple[str, ...] = ("eadl1", "pixle")
+    known: tuple[str, ...] = ("fgsm", "pgd", "cw", "deepfool", "transfer")
+    # attacks in no fit that informed a recipe choice on the calibration half (pgdl2 and MI-FGSM transferred chose
+    # the consistency transforms and the families) or share the fit's Linf budgets (apgd-dlr at 4/255, square at
+    # 8/255)
+    selection: tuple[str, ...] = ("pgdl2", "transfer-mi", "apgd-dlr", "square")
+    # attacks no fit and no choice ever touched: another norm (L1), another threat model (L0 black box) and another
+    # transfer method (TI-DIM's smoothed perturbations)
+    unseen: tuple[str, ...] = ("eadl1", "pixle", "transfer-ti")
     # common corruptions of clean images (detector/corruptions.py): false positives on shifted images; the last two
     # are kinds the calibration's clean augmentation never applies
     corruptions: tuple[str, ...] = (

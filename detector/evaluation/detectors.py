@@ -9,7 +9,8 @@ LID estimates). `Suite` fits them:
   (leave-one-out, variant "without:NAME");
 - `path` is the served scorer as the bundle's profiles hold it (fitted on the larger calibration recipe);
 - the ablation: the `path_refit` recipe on the same images but reading fewer families, `path_only` (path features
-  alone) and `path_consistency` (path features and path consistency, no output confidence).
+  alone), `path_consistency` (path features and path consistency, no output confidence) and `path_all` (all three
+  families, whichever the served score reads).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from ..baselines import (
     msp_score,
     pooled_activations,
 )
-from ..consistency import FeatureSpec
+from ..consistency import FeatureSpec, confidence_features
 from ..features import feature_count
 from ..scorer import PathScorer
 from ..trees import TREE_PARAMS
 
 UNSUPERVISED = ("path_hamming", "path_hamming_std", "path_jaccard_std", "msp", "energy", "mahalanobis")
-ABLATION = ("path_only", "path_consistency")  # the path_refit recipe reading fewer families (fitted on ALL only)
+# the path_refit recipe reading fewer or more families than the served score (fitted on ALL only)
+ABLATION = ("path_only", "path_consistency", "path_all")
 SUPERVISED = ("path", "path_refit", *ABLATION, "maha_mix", "lid")
 DETECTORS = SUPERVISED + UNSUPERVISED
 REFITTED = ("path_refit", "maha_mix", "lid")  # the ones a leave-one-out variant refits
@@ -99,6 +101,13 @@ class Suite:
         """What the served scorer reads of these images (path features and the profiles' other families)."""
         return v.pred.inputs
 
+    def all_features(self, v: View) -> Tensor:
+        """The served inputs plus the output-confidence columns where the served score leaves them out (they are
+        computed from the image's own logits and features, last in every layout): the `path_all` ablation's."""
+        if self.det.profiles.spec.confidence:
+            return v.pred.inputs
+        return torch.cat([v.pred.inputs, confidence_features(v.pred.logits, v.pred.features)], 1)
+
     def fit_supervised(self, clean: View, attacked: dict[str, View]) -> None:
         """The supervised detectors on clean vs all attacks, and once more without each attack in turn."""
         self.layer_stats = {
@@ -110,8 +119,9 @@ class Suite:
         prior = cal.get("family_log_prior") or [0.0] * len(families)
         # the served recipe's tree settings (profiles fitted before the setting was recorded used the default)
         tree_params = {**TREE_PARAMS, "max_iter": cal.get("tree_iterations", TREE_PARAMS["max_iter"])}
-        clean_f = self.path_features(clean)
+        clean_f, clean_all = self.path_features(clean), self.all_features(clean)
         rows = {a: self.path_features(v) for a, v in attacked.items()}
+        rows_all = {a: self.all_features(v) for a, v in attacked.items()}
         for variant in [ALL, *(f"without:{a}" for a in attacked)]:
             kept = [a for a in attacked if variant != f"without:{a}"]
             fams = [[a for a in f if a in kept] for f in families]
@@ -128,21 +138,27 @@ class Suite:
         fams = [[a for a in f if a in attacked] for f in families]
         fams += [[a] for a in attacked if not any(a in f for f in fams)]
         pri = list(prior) + [0.0] * (len(fams) - len(prior))
+        served = self.columns(self.det.profiles.spec)
         for name, cols in self.ablation_columns().items():
             sc = self.path_refit[ALL]
-            if len(cols) < clean_f.shape[1]:  # fewer families than the served score reads: refit on those columns
+            if cols != served:  # other families than the served score reads: refit on those columns
                 sc = PathScorer.fit(
-                    clean_f[:, cols], {a: r[:, cols] for a, r in rows.items()}, fams, pri, tree_params=tree_params
+                    clean_all[:, cols], {a: r[:, cols] for a, r in rows_all.items()}, fams, pri, tree_params=tree_params
                 )
             self.ablation[name] = (cols, sc)
 
-    def ablation_columns(self) -> dict[str, list[int]]:
-        """The columns of the served inputs each ablation detector reads: the path features alone, and with the
-        consistency block."""
+    def columns(self, spec: FeatureSpec) -> list[int]:
+        """The columns of all_features() that a score reading `spec`'s families reads."""
         p = self.det.profiles
         n_path = feature_count([f.shape[1] for f in p.freq], p.gate_mean is not None)
-        reads = {"path_only": FeatureSpec(), "path_consistency": FeatureSpec(p.spec.transforms)}
-        return {name: spec.columns_in(p.spec, n_path, len(p.freq)) for name, spec in reads.items()}
+        return spec.columns_in(FeatureSpec(p.spec.transforms, True), n_path, len(p.freq))
+
+    def ablation_columns(self) -> dict[str, list[int]]:
+        """The columns of all_features() each ablation detector reads: the path features alone, with the consistency
+        block, and with confidence too."""
+        t = self.det.profiles.spec.transforms
+        reads = {"path_only": FeatureSpec(), "path_consistency": FeatureSpec(t), "path_all": FeatureSpec(t, True)}
+        return {name: self.columns(spec) for name, spec in reads.items()}
 
     def scores(self, v: View, variant: str = ALL) -> dict[str, Tensor]:
         """Every detector's score (higher = more suspicious) for the images of `v`."""
@@ -164,8 +180,9 @@ class Suite:
         }
         if self.path_refit:
             out["path_refit"] = self.path_refit[variant].score(self.path_features(v))
+            full = self.all_features(v)
             for name, (cols, sc) in self.ablation.items():  # fitted on all known attacks, whatever the variant
-                out[name] = sc.score(self.path_features(v)[:, cols])
+                out[name] = sc.score(full[:, cols])
             out["maha_mix"] = self.ensemble_comb[variant](self.ensemble.distances(v.pooled))
             out["lid"] = self.lid_comb[variant](v.lid.numpy())
         return {k: t.float() for k, t in out.items()}

@@ -68,12 +68,16 @@ def evaluate(
         det, to_unit_float(train.x[gauss_idx]), train.y[gauss_idx], to_unit_float(train.x[lid_idx])
     )
     cache = Cache(out / "attacks", cfg.seed, save_attacks, det.weights_sha256)
+    attacks = [*cfg.known, *cfg.selection, *cfg.unseen]
+    source = load_model(cfg.source, det.device) if any(ATTACKS[a].transfer for a in attacks) else None
     # supervised detectors on the calibration fit part: clean against the known attacks (the calibration recipe)
     fit_x, fit_y = correct(det, x_of(fit_idx), test.y[fit_idx])
     fit_views = {}
     for name in tqdm(cfg.known, desc="fit attacks", unit="attack"):
         adv = cache.images(
-            f"fit-{name}", len(fit_x), lambda n=name: fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device)[0]
+            f"fit-{name}",
+            len(fit_x),
+            lambda n=name: fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device, source)[0],
         )
         if len(adv):  # an attack that never succeeds on the fit part has nothing to teach the refits
             fit_views[name] = suite.view(adv)
@@ -114,8 +118,6 @@ def evaluate(
     }
     report["clean_fpr_at_threshold"] = report["clean_fpr"]["path"]["rate"]
     curves: dict[str, dict[str, Any]] = {}
-    attacks = [*cfg.known, *cfg.selection, *cfg.unseen]
-    source = load_model(cfg.source, det.device) if any(ATTACKS[a].transfer for a in attacks) else None
     xo, yo = ev_x[ok], ev_y[ok]
     lee_clean = None
     if cfg.lee_limit > 0:  # the upper bound's negatives: a class-balanced part of the same clean images
@@ -206,8 +208,12 @@ def fitted_on(cal: dict[str, Any]) -> str:
     """One sentence: what the served scorer saw when it was fitted."""
     eps = cal.get("config", {}).get("linf_eps")
     text = f"clean images against the successful attacks {', '.join(cal.get('attacks', []))}"
-    if eps:
-        text += f" (FGSM and PGD at Linf {', '.join(f'{e:g}' for e in eps)} / 255)"
+    radial = {"fgsm": "FGSM", "pgd": "PGD", "transfer": "transferred PGD"}
+    linf = [radial[a] for a in radial if a in {*cal.get("attacks", []), *cal.get("extra_subset_attacks", [])}]
+    if eps and linf:
+        text += f" ({', '.join(linf)} at Linf {', '.join(f'{e:g}' for e in eps)} / 255)"
+    if cal.get("transfer_source"):
+        text += f", transferred ones crafted on {cal['transfer_source']},"
     text += f" on {cal.get('fit_images', '?')} calibration test images"
     if cal.get("extra_fit_images"):
         text += f" and {cal['extra_fit_images']} training images with {', '.join(cal.get('extra_attacks', []))}"

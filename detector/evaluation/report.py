@@ -66,10 +66,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"evaluation images it flags {cfr['rate']:.4f} [{cfr['ci'][0]:.4f}, {cfr['ci'][1]:.4f}].",
         "",
         f"`path` (served) reads {reads_text(r)} and was fitted on {r['fitted_on']}. The other supervised detectors "
-        f"(`path_refit`, the same recipe and families; `path_only` and `path_consistency`, the same recipe on fewer "
-        f"families; `maha_mix`; `lid`) were fitted on {r['refit_images']} clean calibration images against the known "
-        "attacks on them, without the served score's training images; unsupervised ones never saw an attack. "
-        "Cells: AUROC [bootstrap 95% interval].",
+        f"(`path_refit`, the same recipe and families; `path_only`, `path_consistency` and `path_all`, the same "
+        f"recipe on other families; `maha_mix`; `lid`) were fitted on {r['refit_images']} clean calibration images "
+        "against the known attacks on them, without the served score's training images; unsupervised ones never saw "
+        "an attack. Cells: AUROC [bootstrap 95% interval].",
         "",
         "## Served `path` per group of attacks",
         "",

@@ -9,9 +9,13 @@ scorer's are (trees.fit_family_trees). Each candidate gets, per attack, the AURO
 threshold that flags 5% of the clean held-out images, and per corruption the share of its still correctly classified
 images flagged.
 
-The choice: among candidates with at most `max_transforms` transforms (each costs one more forward of the batch)
-whose worst corruption flags at most `max_shift_flagged` of clean shifted images, the best worst-case AUROC over all
-attacks. The attacks named here move to the evaluation's "used in selection" group.
+The recipe studied is `dnd profiles`' default (CalibrationConfig(): its attacks and radii), with transferred attacks
+crafted on `source`; the candidates are compared under the first of FAMILY_LAYOUTS. The choice: among candidates
+with at most `max_transforms` transforms (each costs one more forward of the batch) whose worst corruption flags at
+most `max_shift_flagged` of clean shifted images, the best worst-case AUROC over all attacks. Then, for the chosen
+features, each of FAMILY_LAYOUTS (which attacks share a tree model, and whether transferred PGD is in the fit at all)
+within the same corruption limit, by its worst AUROC over the selection attacks, which no layout fits. The attacks
+named here move to the evaluation's "used in selection" group.
 """
 
 from __future__ import annotations
@@ -54,13 +58,19 @@ CANDIDATES: tuple[tuple[tuple[str, ...], bool], ...] = (
     (("median", "shift", "flip"), True),
 )
 
+# Which fit attacks share a tree model; the candidates are compared under the first
+FAMILY_LAYOUTS: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (("fgsm", "pgd", "transfer"), ("cw", "deepfool")),
+    (("fgsm", "pgd"), ("cw", "deepfool"), ("transfer",)),
+    (("fgsm", "pgd"), ("cw", "deepfool")),  # transferred PGD in no fit
+)
+
 
 @dataclass(frozen=True)
 class SelectConfig:
     images: int = 1000  # calibration fit-part images (class-balanced)
     # attacks in no fit whose figures count in the choice: the calibration's selection group, so that the attacks the
-    # evaluation reports as "used in selection" are the ones every recipe choice weighed (on pgdl2 alone, pairs with
-    # the horizontal mirror rank first; with transfer, last: reports/selection)
+    # evaluation reports as "used in selection" are the ones every recipe choice weighed
     selection_attacks: tuple[str, ...] = CalibrationConfig().selection_attacks
     source: str = EvalConfig.source  # the network transfer attacks are crafted on, as in `dnd evaluate`
     max_transforms: int = 2
@@ -104,6 +114,55 @@ def cross_fit(
     return scores
 
 
+def candidate_row(
+    sets: dict[str, tuple[Tensor, Tensor]],
+    cols: list[int],
+    families: list[list[str]],
+    attacks: list[str],
+    fold: Tensor,
+    iterations: int,
+) -> dict[str, Any]:
+    """Cross-fitted figures of one candidate: per attack AUROC and share flagged at a threshold flagging 5% of the
+    held-out clean images, per corruption the share flagged, and the worst of each."""
+    sc = cross_fit(sets, cols, families, fold, iterations)
+    clean = sc["clean"]
+    thr = float(torch.quantile(clean.double(), 0.95))
+    att = {  # attacks that never succeeded have nothing to score
+        a: {"auroc": round(_auroc(clean, sc[a]), 4), "flagged": round(float((sc[a] > thr).float().mean()), 4)}
+        for a in attacks
+        if len(sc[a])
+    }
+    shift = {k.split(":", 1)[1]: round(float((v > thr).float().mean()), 4) for k, v in sc.items() if ":" in k}
+    return {
+        "attacks": att,
+        "worst_auroc": min(v["auroc"] for v in att.values()),
+        "worst_flagged": min(v["flagged"] for v in att.values()),
+        "shift_flagged": shift,
+        "worst_shift_flagged": max(shift.values()),
+    }
+
+
+def family_layouts(
+    sets: dict[str, tuple[Tensor, Tensor]],
+    chosen: dict[str, Any],
+    everything: FeatureSpec,
+    n_path: int,
+    layers: int,
+    fold: Tensor,
+    cfg: SelectConfig,
+) -> list[dict[str, Any]]:
+    """The chosen features under each of FAMILY_LAYOUTS, judged by the worst AUROC over the selection attacks."""
+    cols = FeatureSpec(tuple(chosen["transforms"]), chosen["confidence"]).columns_in(everything, n_path, layers)
+    fit_names = list(dict.fromkeys(n for layout in FAMILY_LAYOUTS for f in layout for n in f))
+    rows = []
+    for layout in tqdm(FAMILY_LAYOUTS, desc="family layouts", unit="layout"):
+        fams = [list(f) for f in layout]
+        r = candidate_row(sets, cols, fams, [*fit_names, *cfg.selection_attacks], fold, cfg.tree_iterations)
+        held = [r["attacks"][a]["auroc"] for a in cfg.selection_attacks if a in r["attacks"]]
+        rows.append({"families": fams, **r, "worst_selection_auroc": min(held) if held else float("nan")})
+    return rows
+
+
 def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig = SelectConfig()) -> dict[str, Any]:
     """Run the study; write OUT/report.json and OUT/report.md. Returns the report."""
     out = Path(out)
@@ -111,7 +170,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     k = len(det.classes)
     test = load_split(data, "test", det.model.cfg.input_size)
     cal = det.profiles.meta.get("calibration", {})
-    ccfg = CalibrationConfig.from_record(cal)
+    ccfg = replace(CalibrationConfig(), source=cfg.source)  # the default recipe, on the profiles' calibration split
     cal_idx, _ = split_test(test.y, k, cal.get("split_seed", SPLIT_SEED))
     fit_rel, _ = fit_threshold_split(test.y[cal_idx], k, ccfg.seed, ccfg.threshold_share)
     idx = balanced_subset(cal_idx[fit_rel], test.y, cfg.images, k)
@@ -131,12 +190,12 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         xc = corrupt(c, x)
         keep = det.predict(xc).labels == y
         sets[f"corruption:{c}"], still[c] = (inputs(xc[keep]), every[keep]), int(keep.sum())
-    fit_names = list(dict.fromkeys(n for f in ccfg.families for n in f))
-    transfer = any(ATTACKS[a].transfer for a in cfg.selection_attacks if a in ATTACKS)
+    fit_names = list(dict.fromkeys(n for layout in FAMILY_LAYOUTS for f in layout for n in f))
+    transfer = any(ATTACKS[a].transfer for a in [*fit_names, *cfg.selection_attacks] if a in ATTACKS)
     source = load_model(cfg.source, det.device) if transfer else None
     for name in tqdm([*fit_names, *cfg.selection_attacks], desc="attacks", unit="attack"):
         if name in fit_names:
-            adv, success = fit_attack(det.model, name, x, y, ccfg, det.device)
+            adv, success = fit_attack(det.model, name, x, y, ccfg, det.device, source)
         else:
             s = run_attack(det.model, name, x, y, seed=cfg.seed, device=det.device, source=source)
             adv, success = s.x_adv[s.success], s.success
@@ -144,36 +203,20 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     fold = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed + 1)) % 2
     n_path = feature_count([f.shape[1] for f in det.profiles.freq], det.profiles.gate_mean is not None)
     layers = len(det.profiles.freq)
-    families = [list(f) for f in ccfg.families]
+    families = [list(f) for f in FAMILY_LAYOUTS[0]]
     rows = []
     for transforms, confidence in tqdm(CANDIDATES, desc="candidates", unit="candidate"):
-        spec = FeatureSpec(transforms, confidence)
-        sc = cross_fit(sets, spec.columns_in(everything, n_path, layers), families, fold, cfg.tree_iterations)
-        clean = sc["clean"]
-        thr = float(torch.quantile(clean.double(), 0.95))
-        att = {  # attacks that never succeeded have nothing to score
-            a: {"auroc": round(_auroc(clean, sc[a]), 4), "flagged": round(float((sc[a] > thr).float().mean()), 4)}
-            for a in [*fit_names, *cfg.selection_attacks]
-            if len(sc[a])
-        }
-        shift = {c: round(float((sc[f"corruption:{c}"] > thr).float().mean()), 4) for c in CORRUPTIONS}
-        rows.append(
-            {
-                "transforms": list(transforms),
-                "confidence": confidence,
-                "attacks": att,
-                "worst_auroc": min(v["auroc"] for v in att.values()),
-                "worst_flagged": min(v["flagged"] for v in att.values()),
-                "shift_flagged": shift,
-                "worst_shift_flagged": max(shift.values()),
-            }
-        )
+        cols = FeatureSpec(transforms, confidence).columns_in(everything, n_path, layers)
+        scored = candidate_row(sets, cols, families, [*fit_names, *cfg.selection_attacks], fold, cfg.tree_iterations)
+        rows.append({"transforms": list(transforms), "confidence": confidence, **scored})
     ok_rows = [
         r
         for r in rows
         if len(r["transforms"]) <= cfg.max_transforms and r["worst_shift_flagged"] <= cfg.max_shift_flagged
     ]
     chosen = max(ok_rows, key=lambda r: r["worst_auroc"]) if ok_rows else None
+    layouts = [] if chosen is None else family_layouts(sets, chosen, everything, n_path, layers, fold, cfg)
+    fits = [r for r in layouts if r["worst_shift_flagged"] <= cfg.max_shift_flagged]
     report = {
         "model": det.name,
         "config": cfg.to_dict(),
@@ -182,10 +225,18 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         "attacks": {a: len(sets[a][1]) for a in [*fit_names, *cfg.selection_attacks]},
         "candidates": rows,
         "chosen": None if chosen is None else {"transforms": chosen["transforms"], "confidence": chosen["confidence"]},
+        "families": families,
+        "family_layouts": layouts,
+        "chosen_layout": max(fits, key=lambda r: r["worst_selection_auroc"])["families"] if fits else None,
     }
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render(report))
     return report
+
+
+def _cell(row: dict[str, Any], attack: str) -> str:
+    v = row["attacks"].get(attack)
+    return "n/a" if v is None else f"{v['auroc']:.3f} / {100 * v['flagged']:.0f}%"
 
 
 def render(r: dict[str, Any]) -> str:
@@ -198,18 +249,14 @@ def render(r: dict[str, Any]) -> str:
         f"attacks {', '.join(f'{a} ({n} adversarial)' for a, n in r['attacks'].items())}. Cells: AUROC / share "
         "flagged at a threshold flagging 5% of held-out clean images. Chosen: the best worst-case AUROC among "
         f"candidates with at most {c['max_transforms']} transforms that flag at most "
-        f"{100 * c['max_shift_flagged']:.0f}% of any corruption's clean images.",
+        f"{100 * c['max_shift_flagged']:.0f}% of any corruption's clean images. Families: "
+        f"{' | '.join('+'.join(f) for f in r.get('families', []))} (one tree model each).",
         "",
         "| transforms | confidence | " + " | ".join(names) + " | worst AUROC | most shifted images flagged |",
         "|---|---|" + "---|" * len(names) + "---|---|",
     ]
     for row in r["candidates"]:
-        cells = [
-            f"{row['attacks'][a]['auroc']:.3f} / {100 * row['attacks'][a]['flagged']:.0f}%"
-            if a in row["attacks"]
-            else "n/a"
-            for a in names
-        ]
+        cells = [_cell(row, a) for a in names]
         worst_shift = max(row["shift_flagged"], key=row["shift_flagged"].get)
         chosen = r["chosen"] == {"transforms": row["transforms"], "confidence": row["confidence"]}
         name = ", ".join(row["transforms"]) or "none"
@@ -218,5 +265,27 @@ def render(r: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {row['worst_auroc']:.3f} | {100 * row['worst_shift_flagged']:.0f}% ({worst_shift}) |"
         )
+    if r.get("family_layouts"):
+        sel = ", ".join(c["selection_attacks"])
+        lines += [
+            "",
+            "## Which attacks share a tree model",
+            "",
+            f"The chosen features under each layout of the fit's attacks (`|` between tree models; an attack in no "
+            f"layout's family is in no fit), judged by the worst AUROC over the selection attacks ({sel}), which no "
+            "layout fits.",
+            "",
+            "| families | " + " | ".join(names) + " | worst selection AUROC | most shifted images flagged |",
+            "|---|" + "---|" * len(names) + "---|---|",
+        ]
+        for row in r["family_layouts"]:
+            cells = [_cell(row, a) for a in names]
+            name = " \\| ".join("+".join(f) for f in row["families"])
+            bold = row["families"] == r["chosen_layout"]
+            lines.append(
+                f"| {'**' + name + '**' if bold else name} | "
+                + " | ".join(cells)
+                + f" | {row['worst_selection_auroc']:.3f} | {100 * row['worst_shift_flagged']:.0f}% |"
+            )
     lines += ["", "Regenerate: `make select`.", ""]
     return "\n".join(lines)

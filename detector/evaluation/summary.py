@@ -97,14 +97,15 @@ def reads_text(r: dict[str, Any]) -> str:
 
 def ablation_table(r: dict[str, Any]) -> str:
     """Per attack: AUROC and share flagged at each detector's own threshold of the `path_refit` recipe reading path
-    features only, + consistency, + confidence (all families), fitted on the same images."""
-    dets = {"path_only": "path only", "path_consistency": "+ consistency", "path_refit": "+ confidence"}
+    features only, + consistency, + confidence (all families), fitted on the same images. Reports written before
+    `path_all` existed read the served families off `path_refit`, which then read all three."""
+    dets = {"path_only": "path only", "path_consistency": "+ consistency", "path_all": "+ confidence"}
     head = ["attack", "group", *(f"{t}: AUROC / flagged" for t in dets.values())]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in r["attacks"].items():
         cells = []
         for d in dets:
-            f = v["detectors"].get(d, {})
+            f = v["detectors"].get(d) or (v["detectors"].get("path_refit", {}) if d == "path_all" else {})
             cells.append("n/a" if f.get("auroc") is None else f"{f['auroc']:.3f} / {pct(f['tpr_at_threshold'])}")
         lines.append(f"| {name} | {GROUPS[role_of(r, name)]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

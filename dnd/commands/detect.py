@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from detector.attacks import ATTACKS
     from detector.calibration import CalibrationConfig
     from detector.consistency import TRANSFORMS
 
@@ -64,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--calib-train-subset-attacks", default=",".join(d.train_subset_attacks))
     p.add_argument(
+        "--source",
+        default=d.source,
+        help="bundle the fit's transferred attacks (transfer) are crafted on; without it the fit runs none "
+        "(`make profiles` passes the shipped dense ResNet-20)",
+    )
+    p.add_argument(
         "--families",
         default=fams,
         help=f"attack families, one tree model each, '+'-joined within and "
@@ -79,8 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--linf-eps",
         default=",".join(f"{e:g}" for e in d.linf_eps),
-        help="radii (in 1/255) the fit's FGSM and PGD run at, each image at one of them: generic perturbations rather "
-        f"than only the evaluated 8/255 (default {','.join(f'{e:g}' for e in d.linf_eps)}; '' = 8/255 only)",
+        help="radii (in 1/255) the fit's FGSM, PGD and transferred PGD run at, each image at one of them: generic "
+        "perturbations rather than only the evaluated 8/255 "
+        f"(default {','.join(f'{e:g}' for e in d.linf_eps)}; '' = 8/255 only)",
     )
     p.add_argument(
         "--no-clean-augment",
@@ -112,9 +120,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "units; the images themselves always run in float32 (default %(default)s)",
     )
     p.add_argument(
-        "--no-confidence",
-        action="store_true",
-        help="leave out the output-confidence columns (max softmax, energy, logit margin, feature norm)",
+        "--confidence",
+        action=argparse.BooleanOptionalAction,
+        default=d.confidence,
+        help="also read the output-confidence columns (max softmax, energy, logit margin, feature norm); "
+        "default %(default)s, the calibration-half choice",
     )
     add_device(p)
     p.set_defaults(handler=cmd_profiles, out_is_dir=True)
@@ -125,8 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attack",
         default="fgsm,pgd,cw,deepfool",
-        help="comma-separated names from detector/attacks.py: "
-        "fgsm, pgd, cw, deepfool, pgdl2, apgd-dlr, square, transfer",
+        help=f"comma-separated names from detector/attacks.py: {', '.join(ATTACKS)}",
     )
     p.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
     p.add_argument("--limit", type=count, default=0, help="class-balanced number of images (0 = the whole split)")
@@ -202,9 +211,12 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         linf_eps=_radii(a.linf_eps),
         clean_augment=not a.no_clean_augment,
         transforms=tuple(t.strip() for t in a.transforms.split(",") if t.strip()),
-        confidence=not a.no_confidence,
+        confidence=a.confidence,
         transform_precision=a.transform_precision,
+        source=a.source,
     )
+    if cfg.source and not (Path(cfg.source) / "config.json").is_file():
+        raise ValueError(f"--source {cfg.source!r}: expected a model bundle folder (with config.json)")
     try:
         cfg.spec.check()
     except ValueError as e:

@@ -184,5 +184,5 @@ def cmd_select(a: argparse.Namespace) -> None:
         if chosen is None
         else f"chosen: transforms {','.join(chosen['transforms']) or 'none'}, confidence {chosen['confidence']} "
         f"(`dnd profiles --transforms {','.join(chosen['transforms'])}"
-        f"{'' if chosen['confidence'] else ' --no-confidence'}`); table in {a.out}/report.md"
+        f" --{'' if chosen['confidence'] else 'no-'}confidence`); table in {a.out}/report.md"
     )
