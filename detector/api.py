@@ -120,6 +120,7 @@ class Detector:
         self.engine = engine
         self.engine_timing: dict[str, Any] | None = None  # set by engines.pick_engine: what the choice measured
         self._sparse: torch.nn.Module | None = None
+        self._paths: _Paths | None = None  # the masked forward as a tuple, built once (see _network)
         # engine -> (float32 graph, bfloat16 graph of the transformed copies or None); see trace()
         self._traced_by_engine: dict[str, tuple[torch.jit.ScriptModule, torch.jit.ScriptModule | None]] = {}
         self._traced_low: torch.jit.ScriptModule | None = None
@@ -233,11 +234,15 @@ class Detector:
     def _network(self, engine: str | None = None) -> torch.nn.Module:
         """The forward the detector runs (`engine`, else its own): (logits, features, z, s) from images. The
         open-filters engine is built once, on first use."""
+        if any(m.training for m in self._modules):  # model.eval() walks every module: ~1 ms at batch 1, so only here
+            self.model.eval()
         if (engine or self.engine) == "sparse":
             if self._sparse is None:
-                self._sparse = open_filters_engine(self.model.eval())
+                self._sparse = open_filters_engine(self.model)
             return self._sparse
-        return _Paths(self.model.eval())
+        if self._paths is None:
+            self._paths = _Paths(self.model)
+        return self._paths
 
     def score_inputs(self, out: StackedOutput) -> Tensor:
         """The scorer's inputs (N, F) from one forward of the stacked batch (detector/inputs.py), against this
@@ -250,8 +255,6 @@ class Detector:
         batch_size, up to float rounding: a gate logit within ~1e-5 of 0 may open or close its filter in a batch of
         another size."""
         check_images(x, self.model.cfg.input_size)
-        if any(m.training for m in self._modules):  # e.g. a caller trained det.model, or put one gate in train mode
-            self.model.eval()
         parts = [self._predict_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)] or [
             self._predict_batch(x)
         ]
