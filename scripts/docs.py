@@ -28,7 +28,13 @@ from detector.evaluation.summary import (
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ("README.md", "docs/*.md")
-BUNDLES = ("resnet20-dense", "resnet20-decoupled", "resnet20-dense-robust", "resnet20-decoupled-robust")
+BUNDLES = (
+    "resnet20-dense",
+    "resnet20-decoupled",
+    "resnet20-dense-robust",
+    "resnet20-decoupled-robust",
+    "resnet56-dense",
+)
 REPORTS = {"resnet20-decoupled": "reports/evaluation", "resnet20-decoupled-robust": "reports/evaluation-robust"}
 
 

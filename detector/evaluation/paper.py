@@ -51,9 +51,9 @@ def paper_table(metrics: dict[str, dict[str, Any] | None]) -> str:
         if dense is None or dec is None:
             missing = " and ".join(f"`{b}`" for b, m in zip(r.ours, (dense, dec)) if m is None)
             have = f"{100 * dense['test_accuracy']:.2f}% → " if dense is not None else ""
-            params = f"{dense['parameters']:,}" if dense is not None else ""
+            params = f" {dense['parameters']:,} |" if dense is not None else " |"
             lines.append(
-                "| " + " | ".join(paper) + f" | {have}not trained here yet ({missing}: {r.recipe}) | | {params} | |"
+                "| " + " | ".join(paper) + f" | {have}not trained here yet ({missing}: {r.recipe}) | |{params} |"
             )
             continue
         fs = dec["filter_states"]
