@@ -194,7 +194,7 @@ def main() -> None:
         help="server torch threads for large batches (DND_THREADS; 0 = its default, all cores)",
     )
     ap.add_argument("--parallel-min-batch", type=int, default=0, help="DND_PARALLEL_MIN_BATCH (0 = server default)")
-    ap.add_argument("--max-wait-ms", type=float, default=2.0, help="server micro-batch wait (DND_MAX_WAIT_MS)")
+    ap.add_argument("--max-wait-ms", type=float, default=0.0, help="server micro-batch wait (DND_MAX_WAIT_MS)")
     ap.add_argument(
         "--soak",
         type=int,
