@@ -8,7 +8,6 @@ out.labels, out.probs, out.scores, out.is_adversarial, out.per_layer
 from __future__ import annotations
 
 import copy
-import json
 import os
 import warnings
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .bundle import CONFIG, METRICS, file_sha256, load_model, read_config
+from .bundle import CONFIG, METRICS, file_sha256, load_model, read_config, read_json_or_none, training_summary
 from .consistency import PRECISIONS, TRANSFORMS, run_stacked, stack
 from .features import PathLikelihood
 from .inputs import StackedOutput, score_inputs
@@ -264,10 +263,6 @@ class _Paths(torch.nn.Module):
         return out.logits, out.features, out.z, out.s
 
 
-def read_json_or_none(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def load_detector(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -287,22 +282,3 @@ def load_detector(
 
 
 __all__ = ["Detector", "Prediction", "check_images", "load_detector"]
-
-
-def training_summary(config: dict[str, Any]) -> dict[str, Any]:
-    """How the served network was trained, from its config.json, and the trade-off that makes: an adversarially
-    trained network gives up clean accuracy for accuracy under attack, which the detector alone cannot give."""
-    t = config.get("train", {})
-    adv = float(t.get("adv_eps", 0) or 0) > 0
-    return {
-        "phase": config.get("phase"),
-        "init": (config.get("init") or {}).get("path"),
-        "adversarial": {"eps": t["adv_eps"], "steps": t.get("adv_steps"), "alpha": t.get("adv_alpha")} if adv else None,
-        "trade_off": (
-            f"adversarially trained (Linf {t['adv_eps']:g}/255): lower clean accuracy, keeps part of its accuracy "
-            "against attackers who know the model and the detector"
-            if adv
-            else "standard training: the highest clean accuracy; the detector flags attacks made without knowledge "
-            "of it, and an attacker who knows it evades it"
-        ),
-    }

@@ -104,3 +104,26 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> G
         )
     model.load_state_dict(state, strict=True)
     return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def read_json_or_none(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def training_summary(config: dict[str, Any]) -> dict[str, Any]:
+    """How the served network was trained, from its config.json, and the trade-off that makes: an adversarially
+    trained network gives up clean accuracy for accuracy under attack, which the detector alone cannot give."""
+    t = config.get("train", {})
+    adv = float(t.get("adv_eps", 0) or 0) > 0
+    return {
+        "phase": config.get("phase"),
+        "init": (config.get("init") or {}).get("path"),
+        "adversarial": {"eps": t["adv_eps"], "steps": t.get("adv_steps"), "alpha": t.get("adv_alpha")} if adv else None,
+        "trade_off": (
+            f"adversarially trained (Linf {t['adv_eps']:g}/255): lower clean accuracy, keeps part of its accuracy "
+            "against attackers who know the model and the detector"
+            if adv
+            else "standard training: the highest clean accuracy; the detector flags attacks made without knowledge "
+            "of it, and an attacker who knows it evades it"
+        ),
+    }

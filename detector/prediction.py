@@ -40,14 +40,6 @@ class Prediction:
 
         return Prediction(**{f.name: cat(f.name) for f in fields(Prediction)})
 
-    def select(self, idx: Tensor | slice) -> Prediction:
-        """The rows `idx` (bool mask, index tensor or slice) of every field."""
-
-        def take(v: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
-            return [t[idx] for t in v] if isinstance(v, list) else v[idx]
-
-        return Prediction(**{f.name: take(getattr(self, f.name)) for f in fields(self)})
-
 
 def check_images(x: Tensor, size: int) -> None:
     """Refuse anything but float images (N, 3, size, size) in [0, 1] with an error naming what was found (TypeError or

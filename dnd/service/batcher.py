@@ -94,4 +94,4 @@ class MicroBatcher:
                 sl = slice(start, start + len(x))
                 start += len(x)
                 if not fut.done():  # the client may have gone away
-                    fut.set_result((pred.select(sl), det))
+                    fut.set_result((pred[sl], det))
