@@ -2,12 +2,12 @@
 filters (detector/sparse.py), side by side in alternating rounds, at batch 1, 8 and 64 on 1 and 2 threads.
 
 Rows (median ms per batch, img/s):
-  dense              the dense ResNet-20's forward (models/resnet20-dense), TorchScript-traced
+  dense              the dense network's forward (--dense, models/resnet20-dense), TorchScript-traced
   masked             the decoupled network's forward_paths (logits + paths), traced: what the service runs
   sparse             SparseNet (open filters only, BatchNorm folded), traced
   dense eager, masked eager       the same two forwards without tracing (`det.model(x)` as a user calls it)
   dense compiled, masked compiled the same through torch.compile (inductor), with --compile
-  masked+detect      Detector.predict on the masked forward (paths scored, threshold)
+  masked+detect      Detector.predict on the masked forward (paths scored, threshold; bundles with profiles only)
   sparse+detect      Detector.predict on the sparse forward
 Ratios: dense / X (above 1 = X faster than dense) and masked / sparse; the FLOPs ratio of the decoupled model
 (measured on the images) is the bound computing only open filters could reach on the convolutions.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from pathlib import Path
 
 import torch
 from timing import alternating, medians
@@ -30,6 +31,7 @@ from timing import alternating, medians
 from detector import arch_config, build_model, load_detector, load_model
 from detector.api import open_filters_engine
 from detector.data import load_split, to_unit_float
+from detector.profiles import PROFILES
 from detector.runtime import tune_malloc
 from detector.sparse import SparseNet
 from detector.stats import compute_stats
@@ -71,15 +73,28 @@ def main() -> None:
     test = load_split(a.data, "test")
     x_all = to_unit_float(test.x[torch.randperm(len(test.y), generator=torch.Generator().manual_seed(0))[:512]])
     dense = load_model(a.dense).eval()
-    det = load_detector(a.model).trace()
-    det_sparse = load_detector(a.model, engine="sparse").trace()
-    flops = compute_stats(det.model, x_all, test.y[:0].new_zeros(len(x_all)))["flops_ratio"]
-    sp = SparseNet(det.model)
+    # a bundle without profiles (a network not yet profiled) is timed without the +detect rows
+    detect = (Path(a.model) / PROFILES).is_file()
+    gated = load_model(a.model).eval()
+    dets = (
+        {
+            "masked+detect": load_detector(a.model).trace(),
+            "sparse+detect": load_detector(a.model, engine="sparse").trace(),
+        }
+        if detect
+        else {}
+    )
+    flops = compute_stats(gated, x_all, test.y[:0].new_zeros(len(x_all)))["flops_ratio"]
     nets = {
         "dense": traced(dense, x_all[:8]),
-        "masked": traced(_Paths(det.model), x_all[:8]),
-        "sparse": traced(sp, x_all[:8]),
+        "masked": traced(_Paths(gated), x_all[:8]),
+        "sparse": traced(SparseNet(gated), x_all[:8]),
+        "dense eager": dense,
+        "masked eager": _Paths(gated),
     }
+    if a.compile:  # inductor compiles once per batch size, on the first call (the warm-up rounds)
+        nets["dense compiled"] = torch.compile(dense)
+        nets["masked compiled"] = torch.compile(_Paths(gated))
     print(f"decoupled FLOPs ratio on these images: {flops:.3f} (bound on the conv speed-up: {1 / flops:.2f}x)")
     for threads in map(int, a.threads.split(",")):
         torch.set_num_threads(threads)
@@ -88,12 +103,11 @@ def main() -> None:
             xs = [x_all[(i * b) % 512 : (i * b) % 512 + b] for i in range(calls)]
             fns = {
                 **{k: (lambda n=n, xs=xs: [n(x) for x in xs]) for k, n in nets.items()},
-                "masked+detect": lambda xs=xs: [det.predict(x) for x in xs],
-                "sparse+detect": lambda xs=xs: [det_sparse.predict(x) for x in xs],
+                **{k: (lambda d=d, xs=xs: [d.predict(x) for x in xs]) for k, d in dets.items()},
             }
             with torch.inference_mode():
                 # ms per image batch: each function makes `calls` forward calls
-                med = {k: v / calls * 1e3 for k, v in medians(alternating(fns, a.rounds)[0]).items()}
+                med = {k: v / calls * 1e3 for k, v in medians(alternating(fns, a.rounds, warmup=2)[0]).items()}
             print(
                 f"threads {threads} batch {b}: "
                 + ", ".join(f"{k} {v:.2f} ms ({b / v * 1e3:.0f} img/s)" for k, v in med.items())
@@ -101,8 +115,8 @@ def main() -> None:
             print(
                 f"    dense/masked {med['dense'] / med['masked']:.2f}x, "
                 f"dense/sparse {med['dense'] / med['sparse']:.2f}x, "
-                f"masked/sparse {med['masked'] / med['sparse']:.2f}x, detect masked/sparse "
-                f"{med['masked+detect'] / med['sparse+detect']:.2f}x"
+                f"masked/sparse {med['masked'] / med['sparse']:.2f}x"
+                + (f", detect masked/sparse {med['masked+detect'] / med['sparse+detect']:.2f}x" if detect else "")
             )
 
 
