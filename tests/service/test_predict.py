@@ -2,10 +2,14 @@
 
 import base64
 import io
+import json
+import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -85,3 +89,24 @@ def test_200_concurrent_requests_are_micro_batched_and_correct(bundle: Path) -> 
     assert all(r.json()["predictions"][0]["class_index"] == expected[i % 20] for i, r in enumerate(rs))
     assert batch_count(c) - batches_before < 200  # some requests shared a forward pass
     c.__exit__(None, None, None)
+
+
+def test_the_readme_example_is_what_the_service_answers() -> None:
+    """README's `curl POST /predict` example is the shipped bundle's answer for that test image, to the digits shown
+    (it goes stale when the bundle or its profiles change)."""
+    repo = Path(__file__).resolve().parents[2]
+    image = Path(os.environ.get("DND_TEST_DATA", repo / ".data")) / "test" / "cat" / "0000.jpg"
+    if not image.is_file():
+        pytest.skip(f"{image} not unpacked (run `make data` or set DND_TEST_DATA)")
+    shown = re.search(
+        r'"label":"(\w+)","class_index":(\d+),.*?"attack_score":(-?[\d.]+),"is_adversarial":(\w+),"threshold":([\d.]+)',
+        (repo / "README.md").read_text(),
+        re.S,
+    )
+    assert shown, "README has no POST /predict example"
+    c = client_for(Settings(model_dir=repo / "models" / "resnet20-decoupled", engine="masked"))
+    r = c.post("/predict", content=image.read_bytes(), headers={"content-type": "image/jpeg"})
+    c.__exit__(None, None, None)
+    p = r.json()["predictions"][0]
+    assert (p["label"], p["class_index"], json.dumps(p["is_adversarial"])) == (shown[1], int(shown[2]), shown[4])
+    assert (f"{p['attack_score']:.3f}", f"{p['threshold']:.3f}") == (shown[3], shown[5])
