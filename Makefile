@@ -85,7 +85,8 @@ train-vgg: $(VENV_OK) data
 	$(call train_decoupled,models/vgg19-decoupled,models/vgg19-dense,--epochs 20 --target-flops 0.5 --hard-epochs 4 --bf16)
 	for m in dense decoupled; do $(DND) stats --model models/vgg19-$$m --data $(DATA) || exit 1; done
 stats: $(VENV_OK) data
-	for m in resnet20-dense resnet20-decoupled resnet20-dense-robust resnet20-decoupled-robust resnet56-dense; do \
+	for m in resnet20-dense resnet20-decoupled resnet20-dense-robust resnet20-decoupled-robust \
+	    resnet56-dense resnet56-decoupled; do \
 	    $(DND) stats --model models/$$m --data $(DATA) || exit 1; done
 
 # Which feature families the score reads, chosen on the calibration half (reports/selection; ≈ 15 min on 2 CPU

@@ -34,6 +34,7 @@ BUNDLES = (
     "resnet20-dense-robust",
     "resnet20-decoupled-robust",
     "resnet56-dense",
+    "resnet56-decoupled",
 )
 REPORTS = {"resnet20-decoupled": "reports/evaluation", "resnet20-decoupled-robust": "reports/evaluation-robust"}
 

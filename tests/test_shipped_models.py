@@ -20,7 +20,7 @@ BUNDLES = [
     for n in ("resnet20-dense", "resnet20-decoupled", "resnet20-dense-robust", "resnet20-decoupled-robust")
 ]
 # every bundle with a metrics.json to reproduce; the ResNet-20s above also have reference outputs (see below)
-METRIC_BUNDLES = [*BUNDLES, REPO / "models" / "resnet56-dense"]
+METRIC_BUNDLES = [*BUNDLES, *(REPO / "models" / n for n in ("resnet56-dense", "resnet56-decoupled"))]
 # decoupled bundles with their detector, and the report `dnd evaluate` wrote for each
 DETECTORS = [("resnet20-decoupled", "evaluation"), ("resnet20-decoupled-robust", "evaluation-robust")]
 
