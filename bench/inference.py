@@ -4,7 +4,7 @@ filters (detector/sparse.py), side by side in alternating rounds, at batch 1, 8 
 Rows (median ms per batch, img/s):
   dense              the dense network's forward (--dense, models/resnet20-dense), TorchScript-traced
   masked             the decoupled network's forward_paths (logits + paths), traced: what the service runs
-  sparse             SparseNet (open filters only, BatchNorm folded), traced
+  sparse             the open-filters-only engine (detector/sparse.py for CIFAR ResNets, else the fx rewrite), traced
   dense eager, masked eager       the same two forwards without tracing (`det.model(x)` as a user calls it)
   dense compiled, masked compiled the same through torch.compile (inductor), with --compile
   masked+detect      Detector.predict on the masked forward (paths scored, threshold; bundles with profiles only)
@@ -33,7 +33,6 @@ from detector.api import open_filters_engine
 from detector.data import load_split, to_unit_float
 from detector.profiles import PROFILES
 from detector.runtime import tune_malloc
-from detector.sparse import SparseNet
 from detector.stats import compute_stats
 
 
@@ -88,7 +87,7 @@ def main() -> None:
     nets = {
         "dense": traced(dense, x_all[:8]),
         "masked": traced(_Paths(gated), x_all[:8]),
-        "sparse": traced(SparseNet(gated), x_all[:8]),
+        "sparse": traced(open_filters_engine(gated), x_all[:8]),
         "dense eager": dense,
         "masked eager": _Paths(gated),
     }
