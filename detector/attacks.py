@@ -33,12 +33,18 @@ class AttackSpec:
     params: dict[str, Any]  # Linf budgets in [0, 1] pixel units
     what: str  # norm, threat model and budget, for reports
     transfer: bool = False  # crafted on another network (run_attack's `source`), judged on the attacked one
+    # In a detector's fit, run at each of the generic radii CalibrationConfig.linf_eps (step a quarter of the radius)
+    # rather than at the budget above: the fit's Linf attacks, not the evaluation-only ones.
+    fit_radii: bool = False
 
 
 ATTACKS: dict[str, AttackSpec] = {
-    "fgsm": AttackSpec("FGSM", {"eps": 8 / 255}, "Linf 8/255, one gradient step"),
+    "fgsm": AttackSpec("FGSM", {"eps": 8 / 255}, "Linf 8/255, one gradient step", fit_radii=True),
     "pgd": AttackSpec(
-        "PGD", {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "random_start": True}, "Linf 8/255, 10 steps"
+        "PGD",
+        {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "random_start": True},
+        "Linf 8/255, 10 steps",
+        fit_radii=True,
     ),
     "cw": AttackSpec("CW", {"c": 1.0, "kappa": 0.0, "steps": 50, "lr": 0.01}, "L2 minimal (Carlini-Wagner), 50 steps"),
     "deepfool": AttackSpec("DeepFool", {"steps": 50, "overshoot": 0.02}, "L2 minimal (DeepFool), 50 steps"),
@@ -60,6 +66,7 @@ ATTACKS: dict[str, AttackSpec] = {
         {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "random_start": True},
         "Linf 8/255, 20-step PGD crafted on the dense network, transferred",
         transfer=True,
+        fit_radii=True,
     ),
     # Transfer attacks built to transfer better: momentum (MI-FGSM, Dong et al. 2018), and momentum with random
     # resizing and translation-invariant (Gaussian-smoothed, 5 x 5 at 32 px) gradients (TI-DIM, Dong et al. 2019),

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .attacks import is_transfer, run_attack
+from .attacks import ATTACKS, is_transfer, run_attack
 from .bundle import load_model
 from .consistency import TRANSFORMS, FeatureSpec
 from .corruptions import random_corruptions
@@ -193,17 +193,18 @@ def fit_attack(
     device: str | torch.device,
     source: torch.nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(successful adversarial images, success mask) of `name` on x; Linf attacks (FGSM, PGD, transferred PGD) at
+    """(successful adversarial images, success mask) of `name` on x; the fit's Linf attacks (AttackSpec.fit_radii) at
     cfg.linf_eps, each image at one radius (a seeded random split of x into len(linf_eps) parts). A transferred
     attack is crafted on `source`."""
-    if name not in ("fgsm", "pgd", "transfer") or not cfg.linf_eps:
+    spec = ATTACKS.get(name)
+    if spec is None or not spec.fit_radii or not cfg.linf_eps:
         s = run_attack(model, name, x, y, seed=cfg.seed, device=device, source=source)
         return s.x_adv[s.success], s.success
     part = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed)) % len(cfg.linf_eps)
     advs, success = [], torch.zeros(len(x), dtype=torch.bool)
     for k, eps in enumerate(cfg.linf_eps):
         idx = torch.nonzero(part == k).flatten()
-        over = {"eps": eps / 255} | ({"alpha": eps / 255 / 4} if name != "fgsm" else {})
+        over = {"eps": eps / 255} | ({"alpha": eps / 255 / 4} if "alpha" in spec.params else {})
         s = run_attack(model, name, x[idx], y[idx], seed=cfg.seed, device=device, source=source, **over)
         advs.append(s.x_adv[s.success])
         success[idx] = s.success  # the images are correctly classified already, so none is dropped

@@ -20,6 +20,7 @@ from detector.evaluation.summary import (
     ablation_table,
     adaptive_table,
     bundles_table,
+    depth_table,
     detection_table,
     lee_table,
     score_reads_table,
@@ -36,7 +37,19 @@ BUNDLES = (
     "resnet56-dense",
     "resnet56-decoupled",
 )
-REPORTS = {"resnet20-decoupled": "reports/evaluation", "resnet20-decoupled-robust": "reports/evaluation-robust"}
+# each shipped detector's report (`make evaluate`, `make evaluate-robust`, `make evaluate-resnet56`)
+REPORTS = {
+    "resnet20-decoupled": "reports/evaluation",
+    "resnet20-decoupled-robust": "reports/evaluation-robust",
+    "resnet56-decoupled": "reports/evaluation-resnet56",
+}
+# does a deeper path detect better: the served ResNet-20, the ResNet-20 on the ResNet-56's recipe (`make depth`), and
+# the ResNet-56
+DEPTH = {
+    "resnet20-decoupled": "reports/evaluation",
+    "resnet20-decoupled, ResNet-56 recipe": "reports/depth-resnet20",
+    "resnet56-decoupled": "reports/evaluation-resnet56",
+}
 
 
 def _json(root: Path, path: str) -> dict:
@@ -72,6 +85,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
         _json(root, f"{REPORTS['resnet20-decoupled-robust']}/report.json")
     ),
     "adaptive": lambda root: adaptive_table(_reports(root)),
+    "depth": lambda root: depth_table({name: _json(root, f"{d}/report.json") for name, d in DEPTH.items()}),
     "score-reads": lambda root: score_reads_table({b: _calibration(root, b) for b in REPORTS}),
     "ablation": lambda root: ablation_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
     "lee": lambda root: (

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from detector.config import CIFAR10_CLASSES
 from .pipeline import tiny_bundle, tiny_data, trained_dense  # noqa: F401
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real JPEG CIFAR-10 unpacked (`make data`), or DND_TEST_DATA=ROOT: tests that need it skip without it.
+REAL_DATA = Path(os.environ.get("DND_TEST_DATA", Path(__file__).resolve().parents[1] / ".data"))
 
 
 @pytest.fixture(autouse=True)

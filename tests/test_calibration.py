@@ -216,3 +216,26 @@ def test_interrupted_regenerate_leaves_old_profiles(
     load_detector(tiny_bundle)  # still loads
     for tmp in tiny_bundle.glob(f".{PROFILES}.tmp*"):
         tmp.unlink()
+
+
+def test_the_fits_linf_attacks_run_at_the_generic_radii_and_others_at_their_budget(tiny_bundle: Path) -> None:
+    """fit_attack splits the images among CalibrationConfig.linf_eps for the attacks marked fit_radii (FGSM, PGD,
+    transferred PGD), each image within its own radius; any other attack runs at its ATTACKS budget."""
+    from detector.attacks import ATTACKS
+    from detector.calibration import CalibrationConfig, fit_attack
+
+    assert {n for n, s in ATTACKS.items() if s.fit_radii} == {"fgsm", "pgd", "transfer"}
+    model = load_detector(tiny_bundle).model
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every image correctly classified, so an attack may succeed on each
+    cfg = CalibrationConfig(linf_eps=(1.0, 16.0))
+    part = torch.randperm(16, generator=torch.Generator().manual_seed(cfg.seed)) % 2  # fit_attack's seeded split
+    for name in ("fgsm", "pgd"):
+        adv, success = fit_attack(model, name, x, y, cfg, "cpu")
+        moved = (adv - x[success]).abs().flatten(1).amax(1)
+        radius = torch.tensor(cfg.linf_eps)[part[success]] / 255
+        assert len(adv) == int(success.sum()) and (moved <= radius + 1e-6).all(), name
+        assert (moved > 1.5 / 255).any(), f"{name}: no image used the 16/255 radius"
+    adv, success = fit_attack(model, "pgdl2", x, y, cfg, "cpu")  # L2 0.5: not swept
+    assert ((adv - x[success]).flatten(1).norm(dim=1) <= ATTACKS["pgdl2"].params["eps"] + 1e-4).all()

@@ -3,7 +3,6 @@ set. Every shipped bundle and report must be there (a missing one fails); only t
 each test skips saying so (`make data`, or DND_TEST_DATA=ROOT)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,10 @@ from detector import load_model
 from detector.data import load_split
 from detector.stats import compute_stats
 
+from .conftest import REAL_DATA
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("DND_TEST_DATA", REPO / ".data"))
+DATA = REAL_DATA
 BUNDLES = [
     REPO / "models" / n
     for n in ("resnet20-dense", "resnet20-decoupled", "resnet20-dense-robust", "resnet20-decoupled-robust")
@@ -22,7 +23,11 @@ BUNDLES = [
 # every bundle with a metrics.json to reproduce; the ResNet-20s above also have reference outputs (see below)
 METRIC_BUNDLES = [*BUNDLES, *(REPO / "models" / n for n in ("resnet56-dense", "resnet56-decoupled"))]
 # decoupled bundles with their detector, and the report `dnd evaluate` wrote for each
-DETECTORS = [("resnet20-decoupled", "evaluation"), ("resnet20-decoupled-robust", "evaluation-robust")]
+DETECTORS = [
+    ("resnet20-decoupled", "evaluation"),
+    ("resnet20-decoupled-robust", "evaluation-robust"),
+    ("resnet56-decoupled", "evaluation-resnet56"),
+]
 
 
 @pytest.fixture(scope="module")

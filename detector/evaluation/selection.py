@@ -64,6 +64,7 @@ FAMILY_LAYOUTS: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("fgsm", "pgd"), ("cw", "deepfool"), ("transfer",)),
     (("fgsm", "pgd"), ("cw", "deepfool")),  # transferred PGD in no fit
 )
+FIT_ATTACKS = tuple(dict.fromkeys(n for layout in FAMILY_LAYOUTS for f in layout for n in f))  # every layout's, once
 
 
 @dataclass(frozen=True)
@@ -153,11 +154,10 @@ def family_layouts(
 ) -> list[dict[str, Any]]:
     """The chosen features under each of FAMILY_LAYOUTS, judged by the worst AUROC over the selection attacks."""
     cols = FeatureSpec(tuple(chosen["transforms"]), chosen["confidence"]).columns_in(everything, n_path, layers)
-    fit_names = list(dict.fromkeys(n for layout in FAMILY_LAYOUTS for f in layout for n in f))
     rows = []
     for layout in tqdm(FAMILY_LAYOUTS, desc="family layouts", unit="layout"):
         fams = [list(f) for f in layout]
-        r = candidate_row(sets, cols, fams, [*fit_names, *cfg.selection_attacks], fold, cfg.tree_iterations)
+        r = candidate_row(sets, cols, fams, [*FIT_ATTACKS, *cfg.selection_attacks], fold, cfg.tree_iterations)
         held = [r["attacks"][a]["auroc"] for a in cfg.selection_attacks if a in r["attacks"]]
         rows.append({"families": fams, **r, "worst_selection_auroc": min(held) if held else float("nan")})
     return rows
@@ -190,7 +190,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         xc = corrupt(c, x)
         keep = det.predict(xc).labels == y
         sets[f"corruption:{c}"], still[c] = (inputs(xc[keep]), every[keep]), int(keep.sum())
-    fit_names = list(dict.fromkeys(n for layout in FAMILY_LAYOUTS for f in layout for n in f))
+    fit_names = list(FIT_ATTACKS)
     transfer = any(ATTACKS[a].transfer for a in [*fit_names, *cfg.selection_attacks] if a in ATTACKS)
     source = load_model(cfg.source, det.device) if transfer else None
     for name in tqdm([*fit_names, *cfg.selection_attacks], desc="attacks", unit="attack"):

@@ -232,3 +232,37 @@ def score_reads_table(calibrations: dict[str, tuple[dict[str, Any], int, str]]) 
             f"| {n:,} |"
         )
     return "\n".join(lines)
+
+
+def depth_table(reports: dict[str, dict[str, Any]]) -> str:
+    """The served `path` of several bundles side by side, one column each: what its score was fitted on, the clean
+    images it flags, then per attack evaluated in every report its AUROC [95%], the share flagged at its threshold and
+    the attack's group in that report (an attack in one bundle's fit may be unseen by another's)."""
+    names = list(reports)
+    lines = ["| | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+
+    def row(label: str, cells: list[str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    cal = [r["calibration"] for r in reports.values()]
+    row("fitted against", [", ".join(c["attacks"]) for c in cal])
+    row("training images in the fit", [f"{c.get('extra_fit_images', 0):,}" for c in cal])
+    row("evaluation images", [f"{r['evaluation_images']:,}" for r in reports.values()])
+    row("clean accuracy", [f"{100 * r['clean_accuracy']:.1f}%" for r in reports.values()])
+    row(
+        "clean images flagged",
+        [rate_interval(r["clean_fpr"]["path"]["rate"], r["clean_fpr"]["path"]["ci"]) for r in reports.values()],
+    )
+    first = reports[names[0]]["attacks"]
+    for attack in (a for a in first if all(a in r["attacks"] for r in reports.values())):
+        cells = []
+        for r in reports.values():
+            p = r["attacks"][attack]["detectors"]["path"]
+            cells.append(
+                "n/a"
+                if p.get("auroc") is None
+                else f"{interval(p['auroc'], p.get('auroc_ci'))} / {pct(p['tpr_at_threshold'])} "
+                f"({GROUPS[role_of(r, attack)]})"
+            )
+        row(f"{attack}: {first[attack]['what']}", cells)
+    return "\n".join(lines)

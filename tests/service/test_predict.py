@@ -3,7 +3,6 @@
 import base64
 import io
 import json
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 from detector import load_detector
 from dnd.service.settings import Settings
 
-from ..conftest import TINY_LAYERS
+from ..conftest import REAL_DATA, TINY_LAYERS
 from .conftest import batch_count, client_for, png
 
 
@@ -95,7 +94,7 @@ def test_the_readme_example_is_what_the_service_answers() -> None:
     """README's `curl POST /predict` example is the shipped bundle's answer for that test image, to the digits shown
     (it goes stale when the bundle or its profiles change)."""
     repo = Path(__file__).resolve().parents[2]
-    image = Path(os.environ.get("DND_TEST_DATA", repo / ".data")) / "test" / "cat" / "0000.jpg"
+    image = REAL_DATA / "test" / "cat" / "0000.jpg"
     if not image.is_file():
         pytest.skip(f"{image} not unpacked (run `make data` or set DND_TEST_DATA)")
     shown = re.search(
