@@ -5,7 +5,7 @@ DATA    ?= .data
 SHARED  ?= ../shared/data
 DEVICE  ?= cpu
 
-.PHONY: serve run test test-all lint data train-dense train-decoupled train-robust train-resnet56 train-vgg stats select \
+.PHONY: serve run test test-all lint data train-dense train-decoupled train-robust train-resnet56 train-vgg train-vgg-dense train-vgg-decoupled stats select \
 	profiles profiles-robust profiles-resnet56 \
 	evaluate evaluate-robust evaluate-resnet56 depth figures samples docs wheel bench bench-serve bench-inference bench-distributed \
 	docker-test clean
@@ -72,7 +72,8 @@ train-robust: $(VENV_OK) data
 	$(call train_decoupled,models/resnet20-decoupled-robust,models/resnet20-dense-robust,--epochs 15 --hard-epochs 4 --target-flops 0.69 --adv-eps 8 --adv-alpha 8 --bf16)
 # The paper's Table 1 networks on CIFAR-10 (docs/networks.md), recipes sized for 2 CPU cores from the per-epoch costs
 # of `bench/train_epoch.py --arch ... --bf16`: ResNet-56 60 dense epochs (~1.8 h) + a 20-epoch decoupling fine-tune
-# (~1.4 h); VGG-19 60 dense epochs (~4.8 h) + 20 decoupled at a FLOPs target of 0.5 (~2.3 h). Then `dnd stats`.
+# (~1.4 h); VGG-19 25 dense epochs (~2 h) + 15 decoupled (~1.8 h), two targets that each fit a 3-hour stretch on 2
+# cores. Then `dnd stats`.
 # The dense ResNet-56 ships (a finished bundle keeps no checkpoint): its step is skipped while the bundle is there.
 train-resnet56: $(VENV_OK) data
 	if [ -f models/resnet56-dense/model.safetensors ] && [ ! -d models/resnet56-dense/checkpoint ]; then \
@@ -80,10 +81,15 @@ train-resnet56: $(VENV_OK) data
 	else $(call train_dense,models/resnet56-dense,--arch resnet56 --epochs 60 --bf16 --cutout 16); fi
 	$(call train_decoupled,models/resnet56-decoupled,models/resnet56-dense,--epochs 20 --target-flops 0.69 --hard-epochs 4 --bf16)
 	for m in dense decoupled; do $(DND) stats --model models/resnet56-$$m --data $(DATA) || exit 1; done
-train-vgg: $(VENV_OK) data
-	$(call train_dense,models/vgg19-dense,--arch vgg19 --epochs 60 --bf16 --cutout 16)
-	$(call train_decoupled,models/vgg19-decoupled,models/vgg19-dense,--epochs 20 --target-flops 0.5 --hard-epochs 4 --bf16)
-	for m in dense decoupled; do $(DND) stats --model models/vgg19-$$m --data $(DATA) || exit 1; done
+# The FLOPs target sits 0.03 under the issue's 0.50: the fine-tunes' eval-time (hard) epochs opened filters, +0.02 to
+# +0.03 of the dense multiply-adds on ResNet-20 and ResNet-56 (their train_history.json).
+train-vgg: train-vgg-dense train-vgg-decoupled
+train-vgg-dense: $(VENV_OK) data
+	$(call train_dense,models/vgg19-dense,--arch vgg19 --epochs 25 --bf16 --cutout 16)
+	$(DND) stats --model models/vgg19-dense --data $(DATA)
+train-vgg-decoupled: $(VENV_OK) data
+	$(call train_decoupled,models/vgg19-decoupled,models/vgg19-dense,--epochs 15 --target-flops 0.47 --hard-epochs 4 --bf16)
+	$(DND) stats --model models/vgg19-decoupled --data $(DATA)
 stats: $(VENV_OK) data
 	for m in resnet20-dense resnet20-decoupled resnet20-dense-robust resnet20-decoupled-robust \
 	    resnet56-dense resnet56-decoupled; do \
