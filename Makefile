@@ -159,7 +159,8 @@ docs: $(VENV_OK)
 figures: $(VENV_OK) data
 	$(DND) figures --model models/resnet20-decoupled --data $(DATA) --out reports/interpretation --device $(DEVICE)
 samples: $(VENV_OK) data
-	for m in decoupled decoupled-robust; do $(DND) samples --model models/resnet20-$$m --data $(DATA) --device $(DEVICE) || exit 1; done
+	for m in resnet20-decoupled resnet20-decoupled-robust resnet56-decoupled; do \
+	    $(DND) samples --model models/$$m --data $(DATA) --device $(DEVICE) || exit 1; done
 
 # The product's benchmarks (bench/, on one timing loop: bench/timing.py): training epoch, scoring, inference.
 bench: $(VENV_OK)
