@@ -190,11 +190,11 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         xc = corrupt(c, x)
         keep = det.predict(xc).labels == y
         sets[f"corruption:{c}"], still[c] = (inputs(xc[keep]), every[keep]), int(keep.sum())
-    fit_names = list(FIT_ATTACKS)
-    transfer = any(ATTACKS[a].transfer for a in [*fit_names, *cfg.selection_attacks] if a in ATTACKS)
+    attacks = [*FIT_ATTACKS, *cfg.selection_attacks]  # the fit's, then the held-out ones the choice is judged on
+    transfer = any(ATTACKS[a].transfer for a in attacks if a in ATTACKS)
     source = load_model(cfg.source, det.device) if transfer else None
-    for name in tqdm([*fit_names, *cfg.selection_attacks], desc="attacks", unit="attack"):
-        if name in fit_names:
+    for name in tqdm(attacks, desc="attacks", unit="attack"):
+        if name in FIT_ATTACKS:
             adv, success = fit_attack(det.model, name, x, y, ccfg, det.device, source)
         else:
             s = run_attack(det.model, name, x, y, seed=cfg.seed, device=det.device, source=source)
@@ -207,7 +207,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     rows = []
     for transforms, confidence in tqdm(CANDIDATES, desc="candidates", unit="candidate"):
         cols = FeatureSpec(transforms, confidence).columns_in(everything, n_path, layers)
-        scored = candidate_row(sets, cols, families, [*fit_names, *cfg.selection_attacks], fold, cfg.tree_iterations)
+        scored = candidate_row(sets, cols, families, attacks, fold, cfg.tree_iterations)
         rows.append({"transforms": list(transforms), "confidence": confidence, **scored})
     ok_rows = [
         r
@@ -222,7 +222,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         "config": cfg.to_dict(),
         "images": len(y),
         "still_correct_under_corruption": still,
-        "attacks": {a: len(sets[a][1]) for a in [*fit_names, *cfg.selection_attacks]},
+        "attacks": {a: len(sets[a][1]) for a in attacks},
         "candidates": rows,
         "chosen": None if chosen is None else {"transforms": chosen["transforms"], "confidence": chosen["confidence"]},
         "families": families,
