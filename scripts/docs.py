@@ -46,9 +46,9 @@ REPORTS = {
 # does a deeper path detect better: the served ResNet-20, the ResNet-20 on the ResNet-56's recipe (`make depth`), and
 # the ResNet-56
 DEPTH = {
-    "resnet20-decoupled": "reports/evaluation",
-    "resnet20-decoupled, ResNet-56 recipe": "reports/depth-resnet20",
-    "resnet56-decoupled": "reports/evaluation-resnet56",
+    "ResNet-20, its served recipe": "reports/evaluation",
+    "ResNet-20, the ResNet-56 recipe": "reports/depth-resnet20",
+    "ResNet-56": "reports/evaluation-resnet56",
 }
 
 

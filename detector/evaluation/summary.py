@@ -239,7 +239,7 @@ def depth_table(reports: dict[str, dict[str, Any]]) -> str:
     images it flags, then per attack evaluated in every report its AUROC [95%], the share flagged at its threshold and
     the attack's group in that report (an attack in one bundle's fit may be unseen by another's)."""
     names = list(reports)
-    lines = ["| | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
 
     def row(label: str, cells: list[str]) -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
