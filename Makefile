@@ -79,10 +79,11 @@ train-resnet56: $(VENV_OK) data
 	if [ -f models/resnet56-dense/model.safetensors ] && [ ! -d models/resnet56-dense/checkpoint ]; then \
 	    echo "models/resnet56-dense is trained (remove it to retrain)"; \
 	else $(call train_dense,models/resnet56-dense,--arch resnet56 --epochs 60 --bf16 --cutout 16); fi
-	$(call train_decoupled,models/resnet56-decoupled,models/resnet56-dense,--epochs 20 --target-flops 0.69 --hard-epochs 4 --bf16)
+	$(call train_decoupled,models/resnet56-decoupled,models/resnet56-dense,--epochs 20 --target-flops 0.65 --hard-epochs 4 --bf16)
 	for m in dense decoupled; do $(DND) stats --model models/resnet56-$$m --data $(DATA) || exit 1; done
-# The FLOPs target sits 0.03 under the issue's 0.50: the fine-tunes' eval-time (hard) epochs opened filters, +0.02 to
-# +0.03 of the dense multiply-adds on ResNet-20 and ResNet-56 (their train_history.json).
+# The FLOPs targets sit 0.03-0.04 under the ratios aimed at (0.69 for ResNet-56, 0.50 for VGG): the fine-tunes'
+# eval-time (hard) epochs open filters, +0.02 to +0.04 of the dense multiply-adds (ResNet-56 at 0.65: 0.649 -> 0.687
+# on the test images, models/resnet56-decoupled/train_history.json).
 train-vgg: train-vgg-dense train-vgg-decoupled
 train-vgg-dense: $(VENV_OK) data
 	$(call train_dense,models/vgg19-dense,--arch vgg19 --epochs 25 --bf16 --cutout 16)
