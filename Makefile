@@ -72,7 +72,7 @@ train-robust: $(VENV_OK) data
 	$(call train_decoupled,models/resnet20-decoupled-robust,models/resnet20-dense-robust,--epochs 15 --hard-epochs 4 --target-flops 0.69 --adv-eps 8 --adv-alpha 8 --bf16)
 # The paper's Table 1 networks on CIFAR-10 (docs/networks.md), recipes sized for 2 CPU cores from the per-epoch costs
 # of `bench/train_epoch.py --arch ... --bf16`: ResNet-56 60 dense epochs (~1.8 h) + a 20-epoch decoupling fine-tune
-# (~1.4 h); VGG-19 25 dense epochs (~2 h) + 15 decoupled (~1.8 h), two targets that each fit a 3-hour stretch on 2
+# (~1.1 h); VGG-19 25 dense epochs (~2 h) + 15 decoupled (~1.8 h), two targets that each fit a 3-hour stretch on 2
 # cores. Then `dnd stats`.
 # The dense ResNet-56 ships (a finished bundle keeps no checkpoint): its step is skipped while the bundle is there.
 train-resnet56: $(VENV_OK) data
