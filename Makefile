@@ -97,7 +97,8 @@ stats: $(VENV_OK) data
 	    $(DND) stats --model models/$$m --data $(DATA) || exit 1; done
 
 # Which feature families the score reads, chosen on the calibration half (reports/selection; ≈ 15 min on 2 CPU
-# cores). Its choice is CalibrationConfig's default; its attacks are `dnd evaluate`'s "used in selection" group.
+# cores). Its choice is CalibrationConfig's default, but for the input residual it also chooses, which the shipped
+# profiles do not read yet (docs/detector.md); its attacks are `dnd evaluate`'s "used in selection" group.
 select: $(VENV_OK) data
 	$(DND) select --model models/resnet20-decoupled --data $(DATA) --out reports/selection --images 600 \
 	    --device $(DEVICE)

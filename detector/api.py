@@ -111,6 +111,7 @@ class Detector:
             "families": spec.families(),
             "transforms": {t: TRANSFORMS[t][2] for t in spec.transforms},
             "confidence": spec.confidence,
+            "residual": spec.residual,
             "transform_precision": spec.precision,
             "features": int(self.profiles.scorer.mean.numel()) if self.profiles.scorer is not None else 0,
         }
@@ -203,13 +204,14 @@ class Detector:
 
     def _predict_batch(self, xb: Tensor) -> Prediction:
         n = len(xb)
-        xs = stack(xb.to(self.device, torch.float32), self.spec)  # the images, then each transform of them
+        xb = xb.to(self.device, torch.float32)
+        xs = stack(xb, self.spec)  # the images, then each transform of them
         if self._traced is not None:
             logits, features, z_float, s = run_stacked(self._traced, xs, n, self.spec, self._traced_low)
         else:
             logits, features, z_float, s = run_stacked(self._network(), xs, n, self.spec)
         z = [zl.bool() for zl in z_float]
-        inputs = self.score_inputs(StackedOutput(n, logits, features, z, s))
+        inputs = self.score_inputs(StackedOutput(n, logits, features, z, s, xb))
         logits, features, z, s = logits[:n], features[:n], [zl[:n] for zl in z], [sl[:n] for sl in s]
         labels = logits.argmax(1)
         n_layers = len(z)

@@ -73,6 +73,10 @@ class CalibrationConfig:
     # images are JPEG q75 files, so re-encoding them is nearly lossless and any change at all stands out).
     transforms: tuple[str, ...] = ("median", "shift")
     confidence: bool = False
+    # The input's own median-filter residual (consistency.residual_features): 6 columns, no extra forward. The same
+    # study chooses it with the two transforms (0.910 against 0.890) and transferred PGD inside the FGSM + PGD model;
+    # the defaults stay the shipped profiles' recipe, which does not read it, until `make profiles` rebuilds them.
+    residual: bool = False
     # The transformed copies' forward (FeatureSpec.precision). float32 runs anywhere at the same cost; `make profiles`
     # passes bfloat16 for the shipped bundle: the same AUROCs within 0.002 on its evaluation report, and det.predict
     # at batch 64 1.95x path-only instead of 2.82x on this machine's AMX CPU (bench/scoring.py).
@@ -84,7 +88,7 @@ class CalibrationConfig:
 
     @property
     def spec(self) -> FeatureSpec:
-        return FeatureSpec(self.transforms, self.confidence, self.transform_precision)
+        return FeatureSpec(self.transforms, self.confidence, self.residual, self.transform_precision)
 
     def attacks_run(self) -> list[str]:
         """Every attack the scorer is fitted against, in order of first use; transferred ones only with a source."""

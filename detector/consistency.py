@@ -12,6 +12,11 @@ depend on its batch. JPEG has no gradient; `transform(..., bpda=True)` passes th
 
 Confidence: max softmax probability, energy (logsumexp), top-1 minus top-2 logit margin and the penultimate
 feature's norm: how sure the network is, which minimal attacks (CW, DeepFool) leave just across the boundary.
+
+Residual: quantiles of the image's own median-filter residual |x - median3(x)|, read from the input, not the network.
+An Linf attack moves nearly every pixel by up to its budget, flat regions included, where a clean (here JPEG q75)
+image carries almost no fine detail: the residual's low and middle quantiles rise. Noisy clean images raise them too,
+but leave the path where it was; the trees read the two together.
 """
 
 from __future__ import annotations
@@ -50,6 +55,19 @@ def median3(x: Tensor) -> Tensor:
 def _noise_pattern(c: int, h: int, w: int) -> Tensor:
     with torch.inference_mode(False):  # cached: may serve autograd later
         return torch.randn(c, h, w, generator=torch.Generator().manual_seed(0))
+
+
+RESIDUAL_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def residual_features(x: Tensor) -> Tensor:
+    """(N, 3, H, W) images in [0, 1] -> (N, 6): the 10, 25, 50, 75 and 90% quantiles and the mean of |x - median3(x)|
+    over each image's pixels and channels. Per image (batch-independent) and differentiable."""
+    r = (x.float() - median3(x.float())).abs().flatten(1)
+    if len(r) == 0:  # torch.quantile refuses an empty input
+        return r.new_zeros(0, len(RESIDUAL_QUANTILES) + 1)
+    q = torch.quantile(r, torch.tensor(RESIDUAL_QUANTILES, device=r.device), dim=1).T  # (N, 5)
+    return torch.cat([q, r.mean(1, keepdim=True)], 1)
 
 
 def fixed_noise(x: Tensor, sigma: float) -> Tensor:
@@ -95,6 +113,7 @@ class FeatureSpec:
 
     transforms: tuple[str, ...] = ()  # consistency under these TRANSFORMS, in order
     confidence: bool = False  # the 4 output-confidence columns
+    residual: bool = False  # the 6 median-residual columns of the input (residual_features)
     # The transformed copies' forward: "float32", or "bfloat16" autocast (the images themselves always run in float32,
     # so labels and paths are the network's own). bfloat16 runs the copies ~2.5x faster where the CPU has native
     # bf16 matrix units (AMX); the features then include its rounding, so profiles built one way serve only that way.
@@ -110,27 +129,39 @@ class FeatureSpec:
             raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
 
     def extra_columns(self, layers: int) -> int:
-        """Columns after the path features: per transform 2 L + 2, then 4 for confidence."""
-        return len(self.transforms) * (2 * layers + 2) + (4 if self.confidence else 0)
+        """Columns after the path features: per transform 2 L + 2, then 4 for confidence, then 6 for the residual."""
+        return len(self.transforms) * (2 * layers + 2) + (4 if self.confidence else 0) + (6 if self.residual else 0)
 
     def columns_in(self, wider: FeatureSpec, n_path: int, layers: int) -> list[int]:
         """Indices of the columns this spec reads within the inputs `wider` lays out: the n_path path features, then
-        2 L + 2 per transform in wider's order, then the 4 confidence columns. How a fit on fewer families (an
-        ablation, a candidate of the selection study) reads the inputs of a wider one."""
-        if any(t not in wider.transforms for t in self.transforms) or (self.confidence and not wider.confidence):
+        2 L + 2 per transform in wider's order, then the 4 confidence columns, then the 6 residual columns. How a fit
+        on fewer families (an ablation, a candidate of the selection study) reads the inputs of a wider one."""
+        if (
+            any(t not in wider.transforms for t in self.transforms)
+            or (self.confidence and not wider.confidence)
+            or (self.residual and not wider.residual)
+        ):
             raise ValueError(f"{self} reads families that {wider} does not lay out")
         per = 2 * layers + 2
         cols = list(range(n_path))
         for t in self.transforms:
             k = wider.transforms.index(t)
             cols += range(n_path + k * per, n_path + (k + 1) * per)
+        start = n_path + len(wider.transforms) * per
         if self.confidence:
-            start = n_path + len(wider.transforms) * per
             cols += range(start, start + 4)
+        if self.residual:
+            start += 4 if wider.confidence else 0
+            cols += range(start, start + 6)
         return cols
 
     def families(self) -> list[str]:
-        return ["path"] + (["consistency"] if self.transforms else []) + (["confidence"] if self.confidence else [])
+        return (
+            ["path"]
+            + (["consistency"] if self.transforms else [])
+            + (["confidence"] if self.confidence else [])
+            + (["residual"] if self.residual else [])
+        )
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -138,10 +169,11 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, d: dict[str, object] | None) -> FeatureSpec:
         d = d or {}
-        # profiles written before `precision` existed ran everything in float32
+        # profiles written before `precision` existed ran everything in float32; before `residual`, read none
         return cls(
             tuple(d.get("transforms", ())),  # type: ignore[arg-type]
             bool(d.get("confidence", False)),
+            bool(d.get("residual", False)),
             str(d.get("precision", "float32")),
         )
 
@@ -216,10 +248,22 @@ def confidence_features(logits: Tensor, features: Tensor) -> Tensor:
 
 
 def extra_features(
-    spec: FeatureSpec, z: list[Tensor], s: list[Tensor], logits: Tensor, features: Tensor, n: int, labels: Tensor
+    spec: FeatureSpec,
+    z: list[Tensor],
+    s: list[Tensor],
+    logits: Tensor,
+    features: Tensor,
+    n: int,
+    labels: Tensor,
+    x: Tensor | None = None,
 ) -> Tensor:
-    """The consistency and confidence columns (N, spec.extra_columns(L)) from one forward of stack(x, spec)."""
+    """The consistency, confidence and residual columns (N, spec.extra_columns(L)) from one forward of
+    stack(x, spec); x (N, 3, H, W), the images themselves, for the residual."""
     cols = [consistency_features(z, s, logits, n, labels, len(spec.transforms))] if spec.transforms else []
     if spec.confidence:
         cols.append(confidence_features(logits[:n], features[:n]))
+    if spec.residual:
+        if x is None:
+            raise ValueError("the residual columns read the images: pass x")
+        cols.append(residual_features(x).to(logits))
     return torch.cat(cols, 1) if cols else logits.new_zeros(n, 0)

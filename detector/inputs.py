@@ -27,6 +27,7 @@ class StackedOutput:
     features: Tensor  # (N (1 + T), D) penultimate
     z: list[Tensor]  # L x (N (1 + T), C_l), binary at eval (float or bool), soft under relaxed gates
     s: list[Tensor]  # L x (N (1 + T), C_l) gate logits
+    x: Tensor | None = None  # (N, 3, H, W) the images themselves, which the residual columns read
 
 
 def score_inputs(
@@ -51,9 +52,9 @@ def score_inputs(
         gm,
     )
     spec = profiles.spec
-    if not spec.transforms and not spec.confidence:
+    if not spec.transforms and not spec.confidence and not spec.residual:
         return path
-    extra = extra_features(spec, out.z, out.s, out.logits, out.features, n, lab.to(out.logits.device))
+    extra = extra_features(spec, out.z, out.s, out.logits, out.features, n, lab.to(out.logits.device), out.x)
     return torch.cat([path, extra.to(path)], 1)
 
 
@@ -65,7 +66,7 @@ def forward_stacked(model: torch.nn.Module, x: Tensor, spec: FeatureSpec, bpda: 
         return o.logits, o.features, o.z, o.s
 
     logits, features, z, s = run_stacked(forward, stack(x, spec, bpda), len(x), spec)
-    return StackedOutput(len(x), logits, features, z, s)
+    return StackedOutput(len(x), logits, features, z, s, x)
 
 
 @torch.inference_mode()

@@ -1,16 +1,24 @@
-"""Path consistency and output confidence (detector/consistency.py, detector/inputs.py): transforms, features that do
-not depend on the batch, and gradients the adaptive attack can follow."""
+"""Path consistency, output confidence and the input residual (detector/consistency.py, detector/inputs.py):
+transforms, features that do not depend on the batch, and gradients the adaptive attack can follow."""
 
 import pytest
 import torch
 
-from detector.consistency import TRANSFORMS, FeatureSpec, confidence_features, median3, transform
+from detector.consistency import (
+    RESIDUAL_QUANTILES,
+    TRANSFORMS,
+    FeatureSpec,
+    confidence_features,
+    median3,
+    residual_features,
+    transform,
+)
 from detector.corruptions import jpeg
 from detector.features import feature_count
 
 from .conftest import TINY_LAYERS, write_detector_bundle
 
-ALL = {"transforms": list(TRANSFORMS), "confidence": True}
+ALL = {"transforms": list(TRANSFORMS), "confidence": True, "residual": True}
 
 
 def test_transforms_are_deterministic_images_of_the_same_shape() -> None:
@@ -58,8 +66,36 @@ def test_spec_counts_and_checks() -> None:
         FeatureSpec(("jpeg75", "jpeg75")).check()
     with pytest.raises(ValueError, match="precision 'float16'"):
         FeatureSpec(("median",), precision="float16").check()
-    # profiles written before the precision field read as float32
+    # profiles written before the precision field read as float32, before the residual field read no residual
     assert FeatureSpec.from_dict({"transforms": ["median"]}).precision == "float32"
+    assert not FeatureSpec.from_dict({"transforms": ["median"]}).residual
+    both = FeatureSpec(("median",), True, True)
+    assert both.extra_columns(6) == (2 * 6 + 2) + 4 + 6 and both.families()[-1] == "residual"
+    assert FeatureSpec.from_dict(both.to_dict()) == both
+
+
+def test_residual_columns_are_quantiles_of_the_median_residual_and_see_a_sign_perturbation() -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(3, 3, 12, 12, generator=g)
+    f = residual_features(x)
+    r = (x - median3(x)).abs().flatten(1)
+    assert f.shape == (3, len(RESIDUAL_QUANTILES) + 1)
+    for i in range(3):
+        want = [float(torch.quantile(r[i], q)) for q in RESIDUAL_QUANTILES] + [float(r[i].mean())]
+        assert f[i].tolist() == pytest.approx(want, abs=1e-6)
+    assert torch.equal(residual_features(x[1:2]), f[1:2])  # per image
+    assert residual_features(x[:0]).shape == (0, len(RESIDUAL_QUANTILES) + 1)
+    # a flat image has none; under a random-sign Linf perturbation of 8/255 a pixel outvoted by its neighbourhood
+    # (P = 93/256: 5 or more of its 8 neighbours of the other sign) is 16/255 off its median, the others 0
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    sign = torch.randint(0, 2, flat.shape, generator=g).float() * 2 - 1
+    assert residual_features(flat).abs().max() == 0
+    f = residual_features(flat + 8 / 255 * sign)[0]
+    assert float(f[3]) == pytest.approx(16 / 255, abs=1e-6) and float(f[1]) == 0  # 75% and 25% quantiles
+    assert float(f[-1]) == pytest.approx(93 / 256 * 16 / 255, rel=0.1)
+    x.requires_grad_(True)
+    (g_x,) = torch.autograd.grad(residual_features(x).sum(), x)
+    assert float(g_x.abs().sum()) > 0  # the adaptive attack can descend it
 
 
 def test_confidence_columns() -> None:
@@ -77,25 +113,28 @@ def test_detector_reads_the_families_its_profiles_name_the_same_batched_and_per_
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     p = det.predict(x)
     widths = [f.shape[1] for f in det.profiles.freq]
-    assert p.inputs.shape == (5, feature_count(widths, True) + FeatureSpec(tuple(TRANSFORMS), True).extra_columns(6))
+    everything = FeatureSpec(tuple(TRANSFORMS), True, True)
+    assert p.inputs.shape == (5, feature_count(widths, True) + everything.extra_columns(6))
     assert torch.allclose(p.scores, det.profiles.scorer.score(p.inputs))
     one = torch.cat([det.predict(x[i : i + 1]).inputs for i in range(5)])
     assert torch.allclose(one, p.inputs, atol=1e-4), (one - p.inputs).abs().max()
     # the consistency block is not constant: the transforms moved some paths
     assert p.inputs[:, feature_count(widths, True) :].std(0).gt(0).any()
     reads = det.info()["score_reads"]
-    assert reads["families"] == ["path", "consistency", "confidence"] and list(reads["transforms"]) == list(TRANSFORMS)
+    assert reads["families"] == ["path", "consistency", "confidence", "residual"]
+    assert list(reads["transforms"]) == list(TRANSFORMS) and reads["residual"]
     assert len(det.profiles.freq) == TINY_LAYERS
 
 
 def test_surrogate_gradient_reaches_the_image_through_the_consistency_columns(tmp_path) -> None:
-    """Only the consistency columns weigh in the surrogate: its gradient in x is non-zero, through the differentiable
-    transforms and, by BPDA, through JPEG."""
+    """Only the consistency (or residual) columns weigh in the surrogate: its gradient in x is non-zero, through the
+    differentiable transforms and, by BPDA, through JPEG, and through the residual's quantiles."""
     from detector import load_detector
     from detector.adaptive.objective import DetectorObjective
 
-    for spec in ({"transforms": ["jpeg75"]}, {"transforms": ["median", "noise"]}):
-        det = load_detector(write_detector_bundle(tmp_path / spec["transforms"][0], features=spec))
+    for spec in ({"transforms": ["jpeg75"]}, {"transforms": ["median", "noise"]}, {"residual": True}):
+        name = "-".join(spec.get("transforms", ["residual"]))
+        det = load_detector(write_detector_bundle(tmp_path / name, features=spec))
         sc = det.profiles.scorer
         n_path = feature_count([f.shape[1] for f in det.profiles.freq], True)
         sc.coef[:n_path] = 0  # the path columns no longer count
@@ -161,7 +200,7 @@ def test_a_narrower_spec_reads_its_own_inputs_out_of_a_wider_ones_layout(tmp_pat
 
     det = load_detector(write_detector_bundle(tmp_path / "b", features=ALL))
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    wide = FeatureSpec(tuple(TRANSFORMS), True)
+    wide = FeatureSpec(tuple(TRANSFORMS), True, True)
     n_path = feature_count([f.shape[1] for f in det.profiles.freq], True)
 
     def inputs(spec: FeatureSpec) -> torch.Tensor:
@@ -169,11 +208,14 @@ def test_a_narrower_spec_reads_its_own_inputs_out_of_a_wider_ones_layout(tmp_pat
         return inputs_of_images(det.model, p, x)[1]
 
     everything = inputs(wide)
-    for narrow in (FeatureSpec(), FeatureSpec(("shift", "median")), FeatureSpec(("noise",), True)):
+    narrows = (FeatureSpec(), FeatureSpec(("shift", "median")), FeatureSpec(("noise",), True))
+    for narrow in (*narrows, FeatureSpec(("median",), residual=True), FeatureSpec(residual=True)):
         cols = narrow.columns_in(wide, n_path, TINY_LAYERS)
         assert torch.allclose(everything[:, cols], inputs(narrow), atol=1e-5)
     with pytest.raises(ValueError, match="does not lay out"):
         FeatureSpec(("jpeg75",), True).columns_in(FeatureSpec(("jpeg75",)), n_path, TINY_LAYERS)
+    with pytest.raises(ValueError, match="does not lay out"):
+        FeatureSpec(residual=True).columns_in(FeatureSpec(("jpeg75",), True), n_path, TINY_LAYERS)
 
 
 def test_bfloat16_profiles_warn_where_the_device_emulates_it(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -148,6 +148,7 @@ def test_select_ranks_candidates_on_the_calibration_half(tiny_bundle: Path, tiny
     assert main([*args, "--images", "60", "--tree-iterations", "5"]) == 0
     r = json.loads((out / "report.json").read_text())
     assert len(r["candidates"]) == len(CANDIDATES) and {"pgdl2", "transfer-mi", "transfer"} <= set(r["attacks"])
+    assert {c["residual"] for c in r["candidates"]} == {True, False}  # the input residual is a candidate family
     succeeded = {a for a, n in r["attacks"].items() if n}  # on the tiny network some attacks never succeed
     ok = [c for c in r["candidates"] if len(c["transforms"]) <= 2 and c["worst_shift_flagged"] <= 0.15]
     for c in r["candidates"]:
@@ -155,7 +156,7 @@ def test_select_ranks_candidates_on_the_calibration_half(tiny_bundle: Path, tiny
         assert c["worst_auroc"] == min(v["auroc"] for v in c["attacks"].values())
     if ok:
         best = max(ok, key=lambda c: c["worst_auroc"])
-        assert r["chosen"] == {"transforms": best["transforms"], "confidence": best["confidence"]}
+        assert r["chosen"] == {k: best[k] for k in ("transforms", "confidence", "residual")}
         # the chosen features under each layout of the fit's families, judged on the selection attacks alone
         assert [row["families"] for row in r["family_layouts"]] == [list(map(list, f)) for f in FAMILY_LAYOUTS]
         for row in r["family_layouts"]:

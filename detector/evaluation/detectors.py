@@ -8,9 +8,9 @@ LID estimates). `Suite` fits them:
   (`path_refit`), the Mahalanobis feature ensemble and LID; each also refitted without one attack at a time
   (leave-one-out, variant "without:NAME");
 - `path` is the served scorer as the bundle's profiles hold it (fitted on the larger calibration recipe);
-- the ablation: the `path_refit` recipe on the same images but reading fewer families, `path_only` (path features
-  alone), `path_consistency` (path features and path consistency, no output confidence) and `path_all` (all three
-  families, whichever the served score reads).
+- the ablation: the `path_refit` recipe on the same images but reading fewer or more families, `path_only` (path
+  features alone), `path_consistency` (and path consistency), `path_residual` (and the input's median-filter
+  residual) and `path_all` (and output confidence: all four families, whichever the served score reads).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from ..baselines import (
     msp_score,
     pooled_activations,
 )
-from ..consistency import FeatureSpec, confidence_features
+from ..consistency import FeatureSpec, confidence_features, residual_features
 from ..features import feature_count
 from ..scorer import PathScorer
 from ..trees import TREE_PARAMS
 
 UNSUPERVISED = ("path_hamming", "path_hamming_std", "path_jaccard_std", "msp", "energy", "mahalanobis")
 # the path_refit recipe reading fewer or more families than the served score (fitted on ALL only)
-ABLATION = ("path_only", "path_consistency", "path_all")
+ABLATION = ("path_only", "path_consistency", "path_residual", "path_all")
 SUPERVISED = ("path", "path_refit", *ABLATION, "maha_mix", "lid")
 DETECTORS = SUPERVISED + UNSUPERVISED
 REFITTED = ("path_refit", "maha_mix", "lid")  # the ones a leave-one-out variant refits
@@ -49,6 +49,7 @@ class View:
     pred: Prediction
     pooled: list[Tensor]  # L x (N, C_l): pooled activations of the stem and each block
     lid: Tensor  # (N, L') LID estimates
+    residual: Tensor  # (N, 6) the images' median-filter residual columns (consistency.residual_features)
 
     def __len__(self) -> int:
         return len(self.pred.labels)
@@ -59,6 +60,7 @@ def cat_views(views: list[View]) -> View:
         Prediction.concat([v.pred for v in views]),
         [torch.cat(p) for p in zip(*(v.pooled for v in views))],
         torch.cat([v.lid for v in views]),
+        torch.cat([v.residual for v in views]),
     )
 
 
@@ -90,11 +92,12 @@ class Suite:
     def view(self, x: Tensor) -> View:
         if len(x) == 0:  # an attack that never succeeded: an empty view of the right shapes, from one blank image
             v = self.view(torch.zeros(1, *x.shape[1:], dtype=x.dtype))
-            return View(v.pred[:0], [p[:0] for p in v.pooled], v.lid[:0])
+            return View(v.pred[:0], [p[:0] for p in v.pooled], v.lid[:0], v.residual[:0])
         return View(
             self.det.predict(x),
             pooled_activations(self.det.model, x)[1],
             torch.from_numpy(self.lid.estimates(self.det.model, x)).float(),
+            residual_features(x),
         )
 
     def path_features(self, v: View) -> Tensor:
@@ -102,11 +105,17 @@ class Suite:
         return v.pred.inputs
 
     def all_features(self, v: View) -> Tensor:
-        """The served inputs plus the output-confidence columns where the served score leaves them out (they are
-        computed from the image's own logits and features, last in every layout): the `path_all` ablation's."""
-        if self.det.profiles.spec.confidence:
-            return v.pred.inputs
-        return torch.cat([v.pred.inputs, confidence_features(v.pred.logits, v.pred.features)], 1)
+        """Every family's columns in the layout of `self.wider()`: the served path and consistency columns, then the
+        output-confidence and residual columns (computed from the image's own logits, features and pixels where the
+        served score leaves them out): the `path_all` ablation's."""
+        spec, inputs = self.det.profiles.spec, v.pred.inputs
+        n = inputs.shape[1] - (4 if spec.confidence else 0) - (6 if spec.residual else 0)
+        conf = inputs[:, n : n + 4] if spec.confidence else confidence_features(v.pred.logits, v.pred.features)
+        return torch.cat([inputs[:, :n], conf, v.residual.to(inputs)], 1)
+
+    def wider(self) -> FeatureSpec:
+        """The layout of all_features(): the served transforms, confidence and residual."""
+        return FeatureSpec(self.det.profiles.spec.transforms, True, True)
 
     def fit_supervised(self, clean: View, attacked: dict[str, View]) -> None:
         """The supervised detectors on clean vs all attacks, and once more without each attack in turn."""
@@ -151,13 +160,18 @@ class Suite:
         """The columns of all_features() that a score reading `spec`'s families reads."""
         p = self.det.profiles
         n_path = feature_count([f.shape[1] for f in p.freq], p.gate_mean is not None)
-        return spec.columns_in(FeatureSpec(p.spec.transforms, True), n_path, len(p.freq))
+        return spec.columns_in(self.wider(), n_path, len(p.freq))
 
     def ablation_columns(self) -> dict[str, list[int]]:
         """The columns of all_features() each ablation detector reads: the path features alone, with the consistency
-        block, and with confidence too."""
+        block, with the residual too, and with confidence as well."""
         t = self.det.profiles.spec.transforms
-        reads = {"path_only": FeatureSpec(), "path_consistency": FeatureSpec(t), "path_all": FeatureSpec(t, True)}
+        reads = {
+            "path_only": FeatureSpec(),
+            "path_consistency": FeatureSpec(t),
+            "path_residual": FeatureSpec(t, residual=True),
+            "path_all": FeatureSpec(t, True, True),
+        }
         return {name: self.columns(spec) for name, spec in reads.items()}
 
     def scores(self, v: View, variant: str = ALL) -> dict[str, Tensor]:

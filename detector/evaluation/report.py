@@ -66,8 +66,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"evaluation images it flags {cfr['rate']:.4f} [{cfr['ci'][0]:.4f}, {cfr['ci'][1]:.4f}].",
         "",
         f"`path` (served) reads {reads_text(r)} and was fitted on {r['fitted_on']}. The other supervised detectors "
-        f"(`path_refit`, the same recipe and families; `path_only`, `path_consistency` and `path_all`, the same "
-        f"recipe on other families; `maha_mix`; `lid`) were fitted on {r['refit_images']} clean calibration images "
+        f"(`path_refit`, the same recipe and families; `path_only`, `path_consistency`, `path_residual` and "
+        f"`path_all`, the same recipe on other families; `maha_mix`; `lid`) were fitted on {r['refit_images']} "
+        "clean calibration images "
         "against the known attacks on them, without the served score's training images; unsupervised ones never saw "
         "an attack. Cells: AUROC [bootstrap 95% interval].",
         "",

@@ -3,7 +3,8 @@
 On a class-balanced part of the calibration half's *fit* images (never the evaluation half): clean images (also under
 the calibration's random corruptions, as negatives), the fit's attacks at the recipe's radii, the selection attacks
 (attacks in no fit, e.g. PGD-L2) and every evaluation corruption. Every candidate (path features alone, or with path
-consistency under some transforms, with or without output confidence) is cross-fitted on two halves of the images
+consistency under some transforms, with or without output confidence, with or without the input's median-filter
+residual) is cross-fitted on two halves of the images
 (each image's attacks stay in its half): gradient-boosted trees, one model per attack family, fitted as the served
 scorer's are (trees.fit_family_trees). Each candidate gets, per attack, the AUROC and the share flagged at a
 threshold that flags 5% of the clean held-out images, and per corruption the share of its still correctly classified
@@ -42,20 +43,26 @@ from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_tes
 from ..trees import TREE_PARAMS, fit_family_trees
 from .config import EvalConfig
 
-CANDIDATES: tuple[tuple[tuple[str, ...], bool], ...] = (
-    ((), False),
-    ((), True),
-    *(((t,), True) for t in TRANSFORMS),
-    (("median", "shift"), False),
-    (("median", "shift"), True),
-    (("median", "noise"), True),
-    (("shift", "noise"), True),
-    (("median", "shift", "noise"), True),
-    (("median", "flip"), True),
-    (("shift", "flip"), True),
-    (("median", "shift2"), True),
-    (("shift2", "flip"), True),
-    (("median", "shift", "flip"), True),
+CANDIDATES: tuple[tuple[tuple[str, ...], bool, bool], ...] = (  # transforms, confidence, residual
+    ((), False, False),
+    ((), True, False),
+    ((), False, True),
+    *(((t,), True, False) for t in TRANSFORMS),
+    (("median",), False, True),
+    (("median", "shift"), False, False),
+    (("median", "shift"), True, False),
+    (("median", "shift"), False, True),
+    (("median", "shift"), True, True),
+    (("median", "noise"), True, False),
+    (("shift", "noise"), True, False),
+    (("median", "shift", "noise"), True, False),
+    (("median", "flip"), True, False),
+    (("median", "flip"), False, True),
+    (("shift", "flip"), True, False),
+    (("median", "shift2"), True, False),
+    (("median", "shift2"), False, True),
+    (("shift2", "flip"), True, False),
+    (("median", "shift", "flip"), True, False),
 )
 
 # Which fit attacks share a tree model; the candidates are compared under the first
@@ -153,7 +160,8 @@ def family_layouts(
     cfg: SelectConfig,
 ) -> list[dict[str, Any]]:
     """The chosen features under each of FAMILY_LAYOUTS, judged by the worst AUROC over the selection attacks."""
-    cols = FeatureSpec(tuple(chosen["transforms"]), chosen["confidence"]).columns_in(everything, n_path, layers)
+    spec = FeatureSpec(tuple(chosen["transforms"]), chosen["confidence"], chosen.get("residual", False))
+    cols = spec.columns_in(everything, n_path, layers)
     rows = []
     for layout in tqdm(FAMILY_LAYOUTS, desc="family layouts", unit="layout"):
         fams = [list(f) for f in layout]
@@ -177,7 +185,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     x, y = to_unit_float(test.x[idx]), test.y[idx]
     ok = det.predict(x).labels == y
     x, y = x[ok], y[ok]
-    everything = FeatureSpec(tuple(TRANSFORMS), True)
+    everything = FeatureSpec(tuple(TRANSFORMS), True, True)
     profiles = replace(det.profiles, meta={**det.profiles.meta, "features": everything.to_dict()})
 
     def inputs(xs: Tensor) -> Tensor:
@@ -205,10 +213,10 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     layers = len(det.profiles.freq)
     families = [list(f) for f in FAMILY_LAYOUTS[0]]
     rows = []
-    for transforms, confidence in tqdm(CANDIDATES, desc="candidates", unit="candidate"):
-        cols = FeatureSpec(transforms, confidence).columns_in(everything, n_path, layers)
+    for transforms, confidence, residual in tqdm(CANDIDATES, desc="candidates", unit="candidate"):
+        cols = FeatureSpec(transforms, confidence, residual).columns_in(everything, n_path, layers)
         scored = candidate_row(sets, cols, families, attacks, fold, cfg.tree_iterations)
-        rows.append({"transforms": list(transforms), "confidence": confidence, **scored})
+        rows.append({"transforms": list(transforms), "confidence": confidence, "residual": residual, **scored})
     ok_rows = [
         r
         for r in rows
@@ -224,7 +232,7 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         "still_correct_under_corruption": still,
         "attacks": {a: len(sets[a][1]) for a in attacks},
         "candidates": rows,
-        "chosen": None if chosen is None else {"transforms": chosen["transforms"], "confidence": chosen["confidence"]},
+        "chosen": None if chosen is None else {k: chosen[k] for k in ("transforms", "confidence", "residual")},
         "families": families,
         "family_layouts": layouts,
         "chosen_layout": max(fits, key=lambda r: r["worst_selection_auroc"])["families"] if fits else None,
@@ -252,16 +260,21 @@ def render(r: dict[str, Any]) -> str:
         f"{100 * c['max_shift_flagged']:.0f}% of any corruption's clean images. Families: "
         f"{' | '.join('+'.join(f) for f in r.get('families', []))} (one tree model each).",
         "",
-        "| transforms | confidence | " + " | ".join(names) + " | worst AUROC | most shifted images flagged |",
-        "|---|---|" + "---|" * len(names) + "---|---|",
+        "| transforms | confidence | residual | "
+        + " | ".join(names)
+        + " | worst AUROC | most shifted images flagged |",
+        "|---|---|---|" + "---|" * len(names) + "---|---|",
     ]
     for row in r["candidates"]:
         cells = [_cell(row, a) for a in names]
         worst_shift = max(row["shift_flagged"], key=row["shift_flagged"].get)
-        chosen = r["chosen"] == {"transforms": row["transforms"], "confidence": row["confidence"]}
+        residual = row.get("residual", False)  # reports written before the residual family read none
+        key = {"transforms": row["transforms"], "confidence": row["confidence"], "residual": residual}
+        chosen = r["chosen"] is not None and {"residual": False, **r["chosen"]} == key
         name = ", ".join(row["transforms"]) or "none"
         lines.append(
             f"| {'**' + name + '**' if chosen else name} | {'yes' if row['confidence'] else 'no'} | "
+            f"{'yes' if residual else 'no'} | "
             + " | ".join(cells)
             + f" | {row['worst_auroc']:.3f} | {100 * row['worst_shift_flagged']:.0f}% ({worst_shift}) |"
         )

@@ -92,14 +92,25 @@ def reads_text(r: dict[str, Any]) -> str:
         parts.append("path consistency under " + ", ".join(f["transforms"].values()))
     if "confidence" in f.get("families", []):
         parts.append("output confidence")
+    if "residual" in f.get("families", []):
+        parts.append("the input's median-filter residual")
     return " + ".join(parts)
 
 
 def ablation_table(r: dict[str, Any]) -> str:
     """Per attack: AUROC and share flagged at each detector's own threshold of the `path_refit` recipe reading path
-    features only, + consistency, + confidence (all families), fitted on the same images. Reports written before
-    `path_all` existed read the served families off `path_refit`, which then read all three."""
-    dets = {"path_only": "path only", "path_consistency": "+ consistency", "path_all": "+ confidence"}
+    features only, + consistency, + residual, + confidence (all families), fitted on the same images. Reports written
+    before `path_all` existed read the served families off `path_refit`, which then read all three; a column none of
+    the report's attacks has (`path_residual` before the residual family existed) is left out."""
+    dets = {
+        "path_only": "path only",
+        "path_consistency": "+ consistency",
+        "path_residual": "+ residual",
+        "path_all": "+ confidence",
+    }
+    dets = {
+        d: t for d, t in dets.items() if d != "path_residual" or any(d in v["detectors"] for v in r["attacks"].values())
+    }
     head = ["attack", "group", *(f"{t}: AUROC / flagged" for t in dets.values())]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in r["attacks"].items():

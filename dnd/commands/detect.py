@@ -126,6 +126,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also read the output-confidence columns (max softmax, energy, logit margin, feature norm); "
         "default %(default)s, the calibration-half choice",
     )
+    p.add_argument(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=d.residual,
+        help="also read the input's median-filter residual (quantiles of |x - median3(x)|: the fine detail an Linf "
+        "perturbation adds to flat regions); default %(default)s",
+    )
     add_device(p)
     p.set_defaults(handler=cmd_profiles, out_is_dir=True)
 
@@ -212,6 +219,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         clean_augment=not a.no_clean_augment,
         transforms=tuple(t.strip() for t in a.transforms.split(",") if t.strip()),
         confidence=a.confidence,
+        residual=a.residual,
         transform_precision=a.transform_precision,
         source=a.source,
     )
