@@ -58,6 +58,8 @@ def _noise_pattern(c: int, h: int, w: int) -> Tensor:
 
 
 RESIDUAL_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+CONFIDENCE_COLUMNS = 4  # confidence_features
+RESIDUAL_COLUMNS = len(RESIDUAL_QUANTILES) + 1  # residual_features: the quantiles, then the mean
 
 
 def residual_features(x: Tensor) -> Tensor:
@@ -65,7 +67,7 @@ def residual_features(x: Tensor) -> Tensor:
     over each image's pixels and channels. Per image (batch-independent) and differentiable."""
     r = (x.float() - median3(x.float())).abs().flatten(1)
     if len(r) == 0:  # torch.quantile refuses an empty input
-        return r.new_zeros(0, len(RESIDUAL_QUANTILES) + 1)
+        return r.new_zeros(0, RESIDUAL_COLUMNS)
     q = torch.quantile(r, torch.tensor(RESIDUAL_QUANTILES, device=r.device), dim=1).T  # (N, 5)
     return torch.cat([q, r.mean(1, keepdim=True)], 1)
 
@@ -130,7 +132,8 @@ class FeatureSpec:
 
     def extra_columns(self, layers: int) -> int:
         """Columns after the path features: per transform 2 L + 2, then 4 for confidence, then 6 for the residual."""
-        return len(self.transforms) * (2 * layers + 2) + (4 if self.confidence else 0) + (6 if self.residual else 0)
+        conf, res = CONFIDENCE_COLUMNS if self.confidence else 0, RESIDUAL_COLUMNS if self.residual else 0
+        return len(self.transforms) * (2 * layers + 2) + conf + res
 
     def columns_in(self, wider: FeatureSpec, n_path: int, layers: int) -> list[int]:
         """Indices of the columns this spec reads within the inputs `wider` lays out: the n_path path features, then
@@ -149,10 +152,10 @@ class FeatureSpec:
             cols += range(n_path + k * per, n_path + (k + 1) * per)
         start = n_path + len(wider.transforms) * per
         if self.confidence:
-            cols += range(start, start + 4)
+            cols += range(start, start + CONFIDENCE_COLUMNS)
         if self.residual:
-            start += 4 if wider.confidence else 0
-            cols += range(start, start + 6)
+            start += CONFIDENCE_COLUMNS if wider.confidence else 0
+            cols += range(start, start + RESIDUAL_COLUMNS)
         return cols
 
     def families(self) -> list[str]:

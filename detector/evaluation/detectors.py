@@ -30,7 +30,7 @@ from ..baselines import (
     msp_score,
     pooled_activations,
 )
-from ..consistency import FeatureSpec, confidence_features, residual_features
+from ..consistency import CONFIDENCE_COLUMNS, RESIDUAL_COLUMNS, FeatureSpec, confidence_features, residual_features
 from ..features import feature_count
 from ..scorer import PathScorer
 from ..trees import TREE_PARAMS
@@ -109,8 +109,13 @@ class Suite:
         output-confidence and residual columns (computed from the image's own logits, features and pixels where the
         served score leaves them out): the `path_all` ablation's."""
         spec, inputs = self.det.profiles.spec, v.pred.inputs
-        n = inputs.shape[1] - (4 if spec.confidence else 0) - (6 if spec.residual else 0)
-        conf = inputs[:, n : n + 4] if spec.confidence else confidence_features(v.pred.logits, v.pred.features)
+        tail = (CONFIDENCE_COLUMNS if spec.confidence else 0) + (RESIDUAL_COLUMNS if spec.residual else 0)
+        n = inputs.shape[1] - tail  # the path and consistency columns
+        conf = (
+            inputs[:, n : n + CONFIDENCE_COLUMNS]
+            if spec.confidence
+            else confidence_features(v.pred.logits, v.pred.features)
+        )
         return torch.cat([inputs[:, :n], conf, v.residual.to(inputs)], 1)
 
     def wider(self) -> FeatureSpec:
