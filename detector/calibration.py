@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .attack_cache import AttackCache, tensor_sha256
 from .attacks import ATTACKS, is_transfer, run_attack
 from .bundle import load_model
 from .consistency import TRANSFORMS, FeatureSpec
@@ -222,17 +223,29 @@ def attack_rows(
     cfg: CalibrationConfig,
     device: str | torch.device,
     source: torch.nn.Module | None = None,
+    cache: AttackCache | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Per attack name, the path features of its successful adversarial images over every set, and its success rate."""
+    """Per attack name, the path features of its successful adversarial images over every set, and its success rate.
+    With a cache, each (attack, image set) result is kept on disk and reused by a re-run of the same recipe."""
     rows: dict[str, list[Tensor]] = {}
     rates = {}
+    cache = cache or AttackCache(None, {})
     names = list(dict.fromkeys(n for _, _, ns in sets for n in ns))
     for name in tqdm(names, desc="calibration attacks", unit="attack"):
         ok = succ = 0
-        for xs, ys, ns in sets:
+        for i, (xs, ys, ns) in enumerate(sets):
             if name not in ns:
                 continue
-            adv, success = fit_attack(model, name, xs, ys, cfg, device, source)
+            t = cache.tensors(
+                f"{name}-set{i}",
+                lambda n=name, xs=xs, ys=ys: dict(
+                    zip(("x_adv", "success"), fit_attack(model, n, xs, ys, cfg, device, source), strict=True)
+                ),
+                images=tensor_sha256(xs),
+                labels=tensor_sha256(ys),
+                radii=",".join(map(str, cfg.linf_eps)),
+            )
+            adv, success = t["x_adv"], t["success"]
             ok, succ = ok + len(success), succ + int(success.sum())
             rows.setdefault(name, []).append(path_feature_set(model, profiles, adv, device=device)[1])
         rates[name] = round(succ / max(ok, 1), 4)
@@ -247,9 +260,11 @@ def calibrate(
     cfg: CalibrationConfig = CalibrationConfig(),
     train: tuple[Tensor, Tensor] | None = None,
     device: str | torch.device = "cpu",
+    cache: AttackCache | None = None,
 ) -> PathProfiles:
     """Fit the `path` scorer and its threshold on calibration images x (N, 3, S, S), y (N,); `train` = (x, y)
     training images to add to the fit data (cfg.train_images of them are expected; the caller samples them).
+    `cache` keeps the fit's attack results (most of the run's time) so that an interrupted run resumes.
     Returns the profiles with scorer, threshold and a record of what was used."""
     cfg.check()
     x = to_unit_float(x)
@@ -258,7 +273,7 @@ def calibrate(
     clean, sets, extra = fit_sets(model, profiles, x, y, fit_idx, cfg, train if cfg.train_images > 0 else None, device)
     transfer = any(is_transfer(n) for n in cfg.attacks_run())
     source = load_model(cfg.source, device) if transfer else None
-    rows, rates = attack_rows(model, profiles, sets, cfg, device, source)
+    rows, rates = attack_rows(model, profiles, sets, cfg, device, source, cache)
     # a family none of whose attacks ran (e.g. attacks=fgsm,pgd without the training subset) gets no model
     fams = [[n for n in f if n in rows] for f in cfg.families]
     trees = cfg.scorer == "trees"

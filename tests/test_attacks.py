@@ -161,27 +161,3 @@ def test_every_torchattacks_attack_runs_on_the_model_unwrapped(name: str) -> Non
         warnings.simplefilter("ignore")
         adv = attack(x, y)
     assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1 and torch.isfinite(adv).all()
-
-
-def test_evaluation_cache_attacks_again_for_other_weights(model_and_data, tmp_path: Path) -> None:
-    # a retrained bundle evaluated into the same OUT must not be scored on images that fooled the network before it
-    from detector.evaluation.protocol import Cache
-
-    m, x, y = model_and_data
-    calls = []
-
-    def attack() -> object:
-        calls.append(1)
-        return run_attack(m, "fgsm", x, y)
-
-    def images() -> torch.Tensor:
-        calls.append(1)
-        return x + 0.01
-
-    for sha, expected in [("a" * 64, 1), ("a" * 64, 1), ("b" * 64, 2), ("b" * 64, 2)]:
-        cache = Cache(tmp_path, 0, True, sha)
-        s = cache.attack_set("fgsm", len(x), attack)
-        cache.images("fit-fgsm", len(x), images)
-        assert len(calls) == 2 * expected and s.meta["model"] == sha
-    assert len(Cache(tmp_path, 1, True, "b" * 64).images("fit-fgsm", len(x), images)) == len(x)
-    assert len(calls) == 5  # another seed also attacks again

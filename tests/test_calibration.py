@@ -239,3 +239,38 @@ def test_the_fits_linf_attacks_run_at_the_generic_radii_and_others_at_their_budg
         assert (moved > 1.5 / 255).any(), f"{name}: no image used the 16/255 radius"
     adv, success = fit_attack(model, "pgdl2", x, y, cfg, "cpu")  # L2 0.5: not swept
     assert ((adv - x[success]).flatten(1).norm(dim=1) <= ATTACKS["pgdl2"].params["eps"] + 1e-4).all()
+
+
+def test_an_interrupted_profiles_run_resumes_without_attacking_again(
+    tiny_bundle: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fit's attacks are most of `dnd profiles`' time: they are kept under BUNDLE/checkpoint/profiles until the
+    profiles are written, so a re-run after a crash scores the kept images, and a finished bundle keeps nothing."""
+    import shutil
+
+    import detector.calibration as cal
+
+    b = shutil.copytree(tiny_bundle, tmp_path / "dec")
+    args = ["profiles", "--model", str(b), "--data", str(tiny_data), *CHEAP]
+    calls = []
+    attack = cal.fit_attack
+
+    def counted(*a, **k):
+        calls.append(a[1])
+        return attack(*a, **k)
+
+    def crash(*a, **k):  # dies after every attack ran, before the threshold
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cal, "fit_attack", counted)
+    with monkeypatch.context() as m:
+        m.setattr(cal, "calibrate_threshold", crash)
+        with pytest.raises(KeyboardInterrupt):
+            main(args)
+    ran = len(calls)
+    assert ran > 0 and set(calls) == {"fgsm", "pgd"} and list((b / "checkpoint" / "profiles").iterdir())
+    assert main(args) == 0
+    assert len(calls) == ran and not (b / "checkpoint" / "profiles").exists()  # resumed: no attack ran again
+    resumed = load_profiles(b).meta
+    assert main(args) == 0  # from scratch: the same recipe attacks again and fits the same scorer
+    assert len(calls) == 2 * ran and load_profiles(b).meta["threshold"] == resumed["threshold"]

@@ -16,7 +16,6 @@ Attack sets are kept under OUT/attacks/ and reused by a re-run with the same set
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ from tqdm import tqdm
 
 from ..adaptive import robust_report
 from ..api import Detector
-from ..attacks import ATTACKS, AttackSet, load_attack_set, run_attack, save_attack_set
+from ..attack_cache import AttackCache
+from ..attacks import ATTACKS, AttackSet, run_attack
 from ..baselines.lee import EPS_GRID, cross_fit_per_attack, lee_distances
 from ..bundle import load_model
 from ..calibration import CalibrationConfig, fit_attack
@@ -67,18 +67,21 @@ def evaluate(
     suite = Suite.unsupervised(
         det, to_unit_float(train.x[gauss_idx]), train.y[gauss_idx], to_unit_float(train.x[lid_idx])
     )
-    cache = Cache(out / "attacks", cfg.seed, save_attacks, det.weights_sha256)
+    # keyed by the seed and the network's weights: a retrained bundle evaluated into the same OUT attacks again
+    cache = AttackCache(
+        out / "attacks", {"seed": str(cfg.seed), "model": det.weights_sha256}, save_attacks and is_main()
+    )
     attacks = [*cfg.known, *cfg.selection, *cfg.unseen]
     source = load_model(cfg.source, det.device) if any(ATTACKS[a].transfer for a in attacks) else None
     # supervised detectors on the calibration fit part: clean against the known attacks (the calibration recipe)
     fit_x, fit_y = correct(det, x_of(fit_idx), test.y[fit_idx])
     fit_views = {}
     for name in tqdm(cfg.known, desc="fit attacks", unit="attack"):
-        adv = cache.images(
+        adv = cache.tensors(
             f"fit-{name}",
-            len(fit_x),
-            lambda n=name: fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device, source)[0],
-        )
+            lambda n=name: {"x_adv": fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device, source)[0]},
+            offered=str(len(fit_x)),
+        )["x_adv"]
         if len(adv):  # an attack that never succeeds on the fit part has nothing to teach the refits
             fit_views[name] = suite.view(adv)
     clean_fit = fit_x
@@ -269,41 +272,3 @@ def summary(r: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
 def _strip(f: dict[str, Any]) -> dict[str, Any]:
     f.pop("curve", None)
     return f
-
-
-class Cache:
-    """Attack results under DIR, reused by a re-run that asks for the same one: same name, seed, image count and
-    model weights (a retrained bundle evaluated into the same directory attacks again rather than reusing images that
-    were adversarial for another network)."""
-
-    def __init__(self, directory: Path, seed: int, save: bool, model_sha256: str) -> None:
-        self.dir, self.seed, self.save, self.model = directory, seed, save and is_main(), model_sha256
-
-    def attack_set(self, name: str, offered: int, run: Callable[[], AttackSet]) -> AttackSet:
-        path = self.dir / f"{name}.safetensors"
-        if path.is_file():
-            s = load_attack_set(path)
-            if (s.meta.get("seed"), s.meta.get("offered"), s.meta.get("model")) == (self.seed, offered, self.model):
-                return s
-        s = run()
-        s.meta["model"] = self.model
-        if self.save:
-            save_attack_set(s, path)
-        return s
-
-    def images(self, name: str, offered: int, run: Callable[[], Tensor]) -> Tensor:
-        """Adversarial images only (the fit attacks), keyed the same way."""
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
-        path = self.dir / f"{name}.safetensors"
-        key = {"seed": str(self.seed), "offered": str(offered), "model": self.model}
-        if path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                if f.metadata() == key:
-                    return f.get_tensor("x_adv")
-        x = run()
-        if self.save:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"x_adv": x.contiguous()}, str(path), metadata=key)
-        return x

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -237,7 +238,8 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
 
 
 def cmd_profiles(a: argparse.Namespace) -> None:
-    from detector.bundle import load_model
+    from detector.attack_cache import AttackCache
+    from detector.bundle import WEIGHTS, file_sha256, load_model
     from detector.calibration import calibrate
     from detector.data import check_classes, load_split
     from detector.parallel import is_main
@@ -257,10 +259,19 @@ def cmd_profiles(a: argparse.Namespace) -> None:
     if cfg.train_images > 0:
         tr_idx = train_sample(train.y, cfg.train_images, k)
         extra = (train.x[tr_idx], train.y[tr_idx])
-    profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], cfg, extra, a.device)
+    # The fit's attack results (most of the run) are kept under BUNDLE/checkpoint/profiles until the profiles are
+    # written, keyed by the seed and the weights of the network and of the transfer source: a re-run resumes there.
+    key = {"seed": str(cfg.seed), "model": file_sha256(Path(a.model) / WEIGHTS)}
+    key["source"] = file_sha256(Path(cfg.source) / WEIGHTS) if cfg.source else ""
+    cache_dir = Path(a.model) / "checkpoint" / "profiles"
+    cache = AttackCache(cache_dir, key, save=is_main())
+    profiles = calibrate(model, profiles, test.x[cal_idx], test.y[cal_idx], cfg, extra, a.device, cache)
     if not is_main():  # under torchrun: every process fitted the same profiles; process 0 writes them
         return
     path = save_profiles(profiles, a.model, f"train:{train.fingerprint} test:{test.fingerprint}")
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    if cache_dir.parent.is_dir() and not any(cache_dir.parent.iterdir()):  # a training checkpoint there stays
+        cache_dir.parent.rmdir()
     c = profiles.meta["calibration"]
     fams = f", families {' | '.join('+'.join(f) for f in c['families'])}" if "families" in c else ""
     print(
