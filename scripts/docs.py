@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from detector.evaluation.paper import PAPER, paper_table
+from detector.evaluation.selection_report import selection_summary
 from detector.evaluation.summary import (
     ablation_table,
     adaptive_table,
@@ -86,6 +87,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     ),
     "adaptive": lambda root: adaptive_table(_reports(root)),
     "depth": lambda root: depth_table({name: _json(root, f"{d}/report.json") for name, d in DEPTH.items()}),
+    "selection": lambda root: selection_summary(_json(root, "reports/selection/report.json")),
     "score-reads": lambda root: score_reads_table({b: _calibration(root, b) for b in REPORTS}),
     "ablation": lambda root: ablation_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
     "lee": lambda root: (

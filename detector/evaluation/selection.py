@@ -42,6 +42,7 @@ from ..inputs import inputs_of_images
 from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test
 from ..trees import TREE_PARAMS, fit_family_trees
 from .config import EvalConfig
+from .selection_report import render
 
 CANDIDATES: tuple[tuple[tuple[str, ...], bool, bool], ...] = (  # transforms, confidence, residual
     ((), False, False),
@@ -240,65 +241,3 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render(report))
     return report
-
-
-def _cell(row: dict[str, Any], attack: str) -> str:
-    v = row["attacks"].get(attack)
-    return "n/a" if v is None else f"{v['auroc']:.3f} / {100 * v['flagged']:.0f}%"
-
-
-def render(r: dict[str, Any]) -> str:
-    c = r["config"]
-    names = list(r["attacks"])
-    lines = [
-        f"# Feature selection: {r['model']}",
-        "",
-        f"{r['images']} correctly classified images of the calibration half's fit part, two-fold cross-fitted; "
-        f"attacks {', '.join(f'{a} ({n} adversarial)' for a, n in r['attacks'].items())}. Cells: AUROC / share "
-        "flagged at a threshold flagging 5% of held-out clean images. Chosen: the best worst-case AUROC among "
-        f"candidates with at most {c['max_transforms']} transforms that flag at most "
-        f"{100 * c['max_shift_flagged']:.0f}% of any corruption's clean images. Families: "
-        f"{' | '.join('+'.join(f) for f in r.get('families', []))} (one tree model each).",
-        "",
-        "| transforms | confidence | residual | "
-        + " | ".join(names)
-        + " | worst AUROC | most shifted images flagged |",
-        "|---|---|---|" + "---|" * len(names) + "---|---|",
-    ]
-    for row in r["candidates"]:
-        cells = [_cell(row, a) for a in names]
-        worst_shift = max(row["shift_flagged"], key=row["shift_flagged"].get)
-        residual = row.get("residual", False)  # reports written before the residual family read none
-        key = {"transforms": row["transforms"], "confidence": row["confidence"], "residual": residual}
-        chosen = r["chosen"] is not None and {"residual": False, **r["chosen"]} == key
-        name = ", ".join(row["transforms"]) or "none"
-        lines.append(
-            f"| {'**' + name + '**' if chosen else name} | {'yes' if row['confidence'] else 'no'} | "
-            f"{'yes' if residual else 'no'} | "
-            + " | ".join(cells)
-            + f" | {row['worst_auroc']:.3f} | {100 * row['worst_shift_flagged']:.0f}% ({worst_shift}) |"
-        )
-    if r.get("family_layouts"):
-        sel = ", ".join(c["selection_attacks"])
-        lines += [
-            "",
-            "## Which attacks share a tree model",
-            "",
-            f"The chosen features under each layout of the fit's attacks (`|` between tree models; an attack in no "
-            f"layout's family is in no fit), judged by the worst AUROC over the selection attacks ({sel}), which no "
-            "layout fits.",
-            "",
-            "| families | " + " | ".join(names) + " | worst selection AUROC | most shifted images flagged |",
-            "|---|" + "---|" * len(names) + "---|---|",
-        ]
-        for row in r["family_layouts"]:
-            cells = [_cell(row, a) for a in names]
-            name = " \\| ".join("+".join(f) for f in row["families"])
-            bold = row["families"] == r["chosen_layout"]
-            lines.append(
-                f"| {'**' + name + '**' if bold else name} | "
-                + " | ".join(cells)
-                + f" | {row['worst_selection_auroc']:.3f} | {100 * row['worst_shift_flagged']:.0f}% |"
-            )
-    lines += ["", "Regenerate: `make select`.", ""]
-    return "\n".join(lines)
