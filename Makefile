@@ -96,16 +96,17 @@ stats: $(VENV_OK) data
 	    resnet56-dense resnet56-decoupled; do \
 	    $(DND) stats --model models/$$m --data $(DATA) || exit 1; done
 
-# Which feature families the score reads, chosen on the calibration half (reports/selection; ≈ 15 min on 2 CPU
-# cores). Its choice is CalibrationConfig's default, but for the input residual it also chooses, which the shipped
-# profiles do not read yet (docs/detector.md); its attacks are `dnd evaluate`'s "used in selection" group.
+# Which feature families the score reads and which attacks share a tree model, chosen on the calibration half
+# (reports/selection; ≈ 15 min on 2 CPU cores). Its choice is CalibrationConfig's default; its attacks are `dnd
+# evaluate`'s "used in selection" group.
 select: $(VENV_OK) data
 	$(DND) select --model models/resnet20-decoupled --data $(DATA) --out reports/selection --images 600 \
 	    --device $(DEVICE)
 # Detector: profiles + calibrated scorer into the bundle, then the full evaluation report. The accurate bundle's
 # consistency copies run in bfloat16 (same AUROCs within 0.002 as float32 in its report; ~2x cheaper at batch 64 on
-# CPUs with AMX, docs/benchmarks.md); the fit's transferred PGD is crafted on the dense ResNet-20. The robust
-# bundle's profiles were built in float32 with the recipe before transferred PGD joined the fit (the flags below).
+# CPUs with AMX, docs/benchmarks.md); the fit's transferred PGD is crafted on the dense ResNet-20 (24 min on 2 CPU
+# cores, resumable). The robust bundle's profiles were built in float32 with the recipe before transferred PGD and
+# the input residual joined the fit (the flags below).
 profiles: $(VENV_OK) data
 	$(call profile,models/resnet20-decoupled) --transform-precision bfloat16 --source models/resnet20-dense
 # The adaptive attacks run on 100 evaluation images at full strength (100 steps, 5 restarts): on 2 CPU cores each
@@ -114,8 +115,8 @@ profiles: $(VENV_OK) data
 # `dnd evaluate`) narrows the intervals where more time or a GPU is at hand.
 evaluate: $(VENV_OK) data
 	$(call evaluate_to,models/resnet20-decoupled,reports/evaluation) --adaptive-limit 100 --slow-limit 600
-ROBUST_RECIPE := --transforms median,shift --calib-attacks fgsm,pgd,cw,deepfool \
-    --calib-train-subset-attacks cw,deepfool --families fgsm+pgd,cw+deepfool
+ROBUST_RECIPE := --transforms median,shift --confidence --no-residual --calib-attacks fgsm,pgd,cw,deepfool \
+    --calib-train-subset-attacks cw,deepfool --families fgsm+pgd,cw+deepfool --selection-attacks pgdl2,transfer
 profiles-robust: $(VENV_OK) data
 	$(call profile,models/resnet20-decoupled-robust) $(ROBUST_RECIPE)
 # The robust bundle on fewer images (1,000; 300 for the costly attacks; refits on 600; the adaptive attacks, at full
@@ -131,7 +132,7 @@ evaluate-robust: $(VENV_OK) data
 # ResNet-56 (16 min); the evaluation on 1,000 images (300 for the costly attacks, refits on 600), where CW and
 # DeepFool, in no fit of this detector, count as unseen; no Lee upper bound and no adaptive attacks (33 min): on 100
 # images those took 25 min at 2/255 and 12 min at 4/255 here, before 8/255 and its AutoAttack (`--adaptive-limit 100`).
-R56_PROFILES := --calib-train 0 --calib-attacks fgsm,pgd,transfer --families fgsm+pgd,transfer \
+R56_PROFILES := --calib-train 0 --calib-attacks fgsm,pgd,transfer --families fgsm+pgd,transfer --no-residual \
     --transform-precision bfloat16
 R56_EVALUATION := --limit 1000 --slow-limit 300 --fit-limit 600 --lee-limit 0 --adaptive-limit 0 \
     --attacks fgsm,pgd,transfer --unseen cw,deepfool,eadl1,pixle,transfer-ti

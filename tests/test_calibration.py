@@ -1,5 +1,6 @@
 """`dnd profiles` and its recipe (detector/calibration.py): what the scorer is fitted on, recorded, refused."""
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     assert a.calib_attacks == "fgsm,pgd,cw,deepfool,transfer" and a.calib_train == 30000
     assert a.calib_train_subset is None and a.source == ""  # `make profiles` passes the dense bundle
     assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool,transfer"
-    assert a.families == "fgsm+pgd,cw+deepfool,transfer" and a.family_log_prior is None  # -> the default priors
+    assert a.families == "fgsm+pgd+transfer,cw+deepfool" and a.family_log_prior is None  # -> the default priors
+    assert a.residual and a.transforms == "median,shift" and not a.confidence
     d = CalibrationConfig()
     assert _profiles_config() == d and d.train_subset == 2000
     sub = lambda *f: _profiles_config(*f).train_subset  # noqa: E731
@@ -125,9 +127,10 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
     assert shipped["extra_subset_images"] == d.train_subset
     assert shipped["extra_subset_attacks"] == ["cw", "deepfool", "transfer"]
-    assert shipped["families"] == [["fgsm", "pgd"], ["cw", "deepfool"], ["transfer"]]
+    assert shipped["families"] == [["fgsm", "pgd", "transfer"], ["cw", "deepfool"]]
     assert shipped["transfer_source"] == "models/resnet20-dense"
-    assert shipped["family_log_prior"] == list(d.family_log_prior) == [0.0, 0.0, 0.0]
+    assert shipped["family_log_prior"] == list(d.family_log_prior) == [0.0, 0.0]
+    assert shipped["config"]["residual"] and shipped["features"]["families"] == ["path", "consistency", "residual"]
 
 
 def test_transferred_attacks_run_only_with_a_source() -> None:
@@ -153,8 +156,8 @@ def test_profiles_fit_transferred_pgd_crafted_on_the_source(tiny_bundle: Path, t
     c = load_profiles(other).meta["calibration"]
     assert c["attacks"] == ["fgsm", "pgd", "transfer"] and c["transfer_source"] == dense
     assert 0 <= c["attack_success_rates"]["transfer"] <= 1
-    if c["attack_success_rates"]["transfer"] > 0:
-        assert ["transfer"] in c["families"]
+    if c["attack_success_rates"]["transfer"] > 0:  # the default layout: in the FGSM + PGD model
+        assert ["fgsm", "pgd", "transfer"] in c["families"]
     # without a source the same command fits no transferred attack, and the record says so
     assert main(["profiles", "--model", str(other), "--data", str(tiny_data), *flags]) == 0
     c = load_profiles(other).meta["calibration"]
@@ -216,6 +219,7 @@ def test_interrupted_regenerate_leaves_old_profiles(
     load_detector(tiny_bundle)  # still loads
     for tmp in tiny_bundle.glob(f".{PROFILES}.tmp*"):
         tmp.unlink()
+    shutil.rmtree(tiny_bundle / "checkpoint" / "profiles")  # the crashed run's attacks, kept for a resume
 
 
 def test_the_fits_linf_attacks_run_at_the_generic_radii_and_others_at_their_budget(tiny_bundle: Path) -> None:
@@ -251,6 +255,7 @@ def test_an_interrupted_profiles_run_resumes_without_attacking_again(
     import detector.calibration as cal
 
     b = shutil.copytree(tiny_bundle, tmp_path / "dec")
+    shutil.rmtree(b / "checkpoint" / "profiles", ignore_errors=True)  # no earlier run's attacks to resume from
     args = ["profiles", "--model", str(b), "--data", str(tiny_data), *CHEAP]
     calls = []
     attack = cal.fit_attack
@@ -274,3 +279,30 @@ def test_an_interrupted_profiles_run_resumes_without_attacking_again(
     resumed = load_profiles(b).meta
     assert main(args) == 0  # from scratch: the same recipe attacks again and fits the same scorer
     assert len(calls) == 2 * ran and load_profiles(b).meta["threshold"] == resumed["threshold"]
+
+
+def _make_profile_targets() -> dict[str, list[str]]:
+    """Each Makefile line `$(call profile,models/B) FLAGS` as {B: FLAGS}, make variables and line continuations
+    expanded."""
+    import re
+    import shlex
+
+    text = (Path(__file__).parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    variables = dict(re.findall(r"^([A-Z0-9_]+) := (.*)$", text, re.M))
+    expand = lambda s: re.sub(r"\$\(([A-Z0-9_]+)\)", lambda m: variables[m.group(1)], s)  # noqa: E731
+    return {b: shlex.split(expand(f)) for b, f in re.findall(r"\$\(call profile,models/([\w-]+)\)(.*)$", text, re.M)}
+
+
+def test_each_make_profiles_target_rebuilds_its_shipped_recipe() -> None:
+    """`make profiles`, `make profiles-robust` and `make profiles-resnet56` give, with today's defaults, the recipe
+    recorded in the profiles each ships: a default changed without a rebuild, or a flag left out, fails here."""
+    from detector.calibration import CalibrationConfig
+    from dnd.cli import build_parser
+    from dnd.commands.detect import calibration_config
+
+    targets = _make_profile_targets()
+    assert set(targets) == {"resnet20-decoupled", "resnet20-decoupled-robust", "resnet56-decoupled"}
+    for bundle, flags in targets.items():
+        a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d", *flags])
+        shipped = load_profiles(Path(__file__).parents[1] / "models" / bundle).meta["calibration"]
+        assert calibration_config(a) == CalibrationConfig.from_record(shipped), bundle

@@ -134,6 +134,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also read the input's median-filter residual (quantiles of |x - median3(x)|: the fine detail an Linf "
         "perturbation adds to flat regions); default %(default)s",
     )
+    p.add_argument(
+        "--selection-attacks",
+        default=",".join(d.selection_attacks),
+        help="attacks in no fit whose calibration-half figures chose this recipe (`dnd select`), recorded so that "
+        "`dnd evaluate` never reports them as unseen (default %(default)s)",
+    )
     add_device(p)
     p.set_defaults(handler=cmd_profiles, out_is_dir=True)
 
@@ -223,6 +229,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         residual=a.residual,
         transform_precision=a.transform_precision,
         source=a.source,
+        selection_attacks=tuple(attack_names(a.selection_attacks)) if a.selection_attacks.strip() else (),
     )
     if cfg.source and not (Path(cfg.source) / "config.json").is_file():
         raise ValueError(f"--source {cfg.source!r}: expected a model bundle folder (with config.json)")
