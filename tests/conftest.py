@@ -129,3 +129,20 @@ def write_detector_bundle(out: Path, seed: int = 0, features: dict | None = None
         meta["features"] = features
     save_profiles(PathProfiles(freq, torch.full((10,), 5), meta, scorer, gate_mean), out, "synthetic")
     return out
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    """An untrained decoupled ResNet-20 and 24 random images labelled with its predictions, 4 of them relabelled
+    so that they are misclassified (attacks skip those)."""
+    import torch
+
+    from detector import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(decoupled=True)).eval()
+    x = torch.rand(24, 3, 32, 32)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    y[:4] = (y[:4] + 1) % 10
+    return m, x, y

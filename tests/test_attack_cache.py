@@ -2,22 +2,10 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 
-from detector import ModelConfig, build_model
 from detector.attack_cache import AttackCache, tensor_sha256
 from detector.attacks import run_attack
-
-
-@pytest.fixture(scope="module")
-def model_and_data():
-    torch.manual_seed(0)
-    m = build_model(ModelConfig(decoupled=True)).eval()
-    x = torch.rand(8, 3, 32, 32)
-    with torch.no_grad():
-        y = m(x).argmax(1)
-    return m, x, y
 
 
 def test_attack_sets_are_attacked_again_for_other_weights_or_seed(model_and_data, tmp_path: Path) -> None:

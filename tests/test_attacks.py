@@ -7,17 +7,6 @@ from detector import ModelConfig, build_model
 from detector.attacks import load_attack_set, run_attack, save_attack_set
 
 
-@pytest.fixture(scope="module")
-def model_and_data():
-    torch.manual_seed(0)
-    m = build_model(ModelConfig(decoupled=True)).eval()
-    x = torch.rand(24, 3, 32, 32)
-    with torch.no_grad():
-        y = m(x).argmax(1)
-    y[:4] = (y[:4] + 1) % 10  # 4 misclassified images: never attacked
-    return m, x, y
-
-
 @pytest.mark.parametrize("name", ["fgsm", "pgd"])
 def test_linf_attacks_stay_in_eps_ball_and_unit_box(model_and_data, name: str) -> None:
     m, x, y = model_and_data
