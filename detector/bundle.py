@@ -53,17 +53,33 @@ def state_to_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def save_bundle(model: GatedNetwork, out_dir: str | os.PathLike, extra: dict[str, Any]) -> Path:
-    """Write weights and config.json. `extra` (training hyper-parameters, seed, data fingerprint...) is stored as is."""
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def save_bundle(
+    model: GatedNetwork, out_dir: str | os.PathLike, extra: dict[str, Any], weights_dtype: str = "float32"
+) -> Path:
+    """Write weights and config.json. `extra` (training hyper-parameters, seed, data fingerprint...) is stored as is.
+
+    `weights_dtype` "float16" stores the conv and linear weights (every float tensor of 2 or more dimensions) in half
+    precision: half the file, for networks whose float32 weights pass GitHub's 50 MB file warning (VGG-19: 80 MB).
+    They load back into float32 parameters (load_state_dict casts); biases and batch-norm statistics stay float32.
+    config.json records it, and `dnd stats` then measures the rounded weights."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = state_to_safetensors(model)
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights dtype: expected one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}")
+    half = WEIGHT_DTYPES[weights_dtype]
+    tensors = {
+        k: v.to(half) if v.is_floating_point() and v.dim() >= 2 else v for k, v in state_to_safetensors(model).items()
+    }
     tmp = out / f".{WEIGHTS}.tmp{os.getpid()}"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
     publish(tmp, out / WEIGHTS)
     config = {
         "model": model.cfg.to_dict(),
         "weights_sha256": file_sha256(out / WEIGHTS),
+        "weights_dtype": weights_dtype,
         "libraries": library_versions(),
         **extra,
     }

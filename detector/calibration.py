@@ -20,7 +20,7 @@ from .attack_cache import AttackCache, tensor_sha256
 from .attacks import ATTACKS, is_transfer, run_attack
 from .bundle import load_model
 from .consistency import TRANSFORMS, FeatureSpec
-from .corruptions import random_corruptions
+from .corruptions import AUGMENT, AUGMENT_KINDS, BASE_AUGMENT, random_corruptions
 from .data import to_unit_float
 from .inputs import inputs_of_images
 from .networks import GatedNetwork
@@ -61,10 +61,12 @@ class CalibrationConfig:
     # PGD) run at these radii in pixel steps, each image at one of them (seeded; PGD's step is eps / 4); () = at their
     # 8/255. Several radii teach the trees the direction of a perturbation rather than one size of it.
     linf_eps: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
-    # Clean negatives also under generic corruptions (detector/corruptions.py: noise, blur, JPEG, brightness or contrast
-    # at a random strength, one per image): trees fitted on pristine images only learn "any perturbation" and flag
-    # noisy but correctly classified clean images as attacks.
-    clean_augment: bool = True
+    # Clean negatives also under generic corruptions (detector/corruptions.py AUGMENT: one of these kinds per image, at
+    # a random strength; () = none): trees fitted on pristine images only learn "any perturbation" and flag noisy but
+    # correctly classified clean images as attacks. Noise, blur, JPEG, brightness and contrast: `make select` also
+    # tried torchvision's whole colour-jitter set (saturation and hue besides) on the calibration half, which flagged
+    # more noisy clean images and no fewer saturated ones (reports/selection).
+    clean_augment: tuple[str, ...] = BASE_AUGMENT
     # Beside the path features: path consistency under these transforms (detector/consistency.py), and the output
     # confidence columns. Chosen on the calibration half (`make select`, reports/selection) by the worst AUROC over
     # the fit's attacks and the held-out pgdl2 and MI-FGSM transferred: the median filter and the 1-pixel shift without
@@ -103,6 +105,8 @@ class CalibrationConfig:
         if self.tree_iterations < 1:
             raise ValueError(f"tree iterations: expected at least 1, got {self.tree_iterations}")
         self.spec.check()
+        if bad := [k for k in self.clean_augment if k not in AUGMENT]:
+            raise ValueError(f"clean augmentation: unknown kind(s) {bad}; expected some of {', '.join(AUGMENT_KINDS)}")
         if self.scorer not in ("trees", "linear"):
             raise ValueError(f"scorer: expected trees or linear, got {self.scorer!r}")
         ran, flat = self.attacks_run(), [n for f in self.families for n in f]
@@ -126,6 +130,8 @@ class CalibrationConfig:
         """The recipe a profiles' calibration record names ("config"; JSON lists back to tuples); defaults for
         fields it does not name."""
         conf = {"residual": False, **cal.get("config", {})}  # a record without it predates the residual: none read
+        if isinstance(conf.get("clean_augment"), bool):  # a yes/no record predates the kinds: the five, or none
+            conf["clean_augment"] = BASE_AUGMENT if conf["clean_augment"] else ()
         return cls(
             **{
                 f: tuple(map(tuple, v)) if f == "families" else tuple(v) if isinstance(v, list) else v
@@ -167,14 +173,18 @@ def fit_sets(
     record: dict[str, Any] = {}
     n_aug = 0
     if cfg.clean_augment:
-        aug = path_feature_set(model, profiles, random_corruptions(x[ok], cfg.seed), y[ok], device)[1]
+        aug = path_feature_set(model, profiles, random_corruptions(x[ok], cfg.seed, cfg.clean_augment), y[ok], device)[
+            1
+        ]
         clean, n_aug = torch.cat([clean, aug]), len(aug)
     if train is not None:
         tx, ty = to_unit_float(train[0]), train[1]
         t_kept, t_clean = path_feature_set(model, profiles, tx, ty, device)
         clean = torch.cat([clean, t_clean])
         if cfg.clean_augment:
-            aug = path_feature_set(model, profiles, random_corruptions(tx[t_kept], cfg.seed + 1), ty[t_kept], device)[1]
+            aug = path_feature_set(
+                model, profiles, random_corruptions(tx[t_kept], cfg.seed + 1, cfg.clean_augment), ty[t_kept], device
+            )[1]
             clean, n_aug = torch.cat([clean, aug]), n_aug + len(aug)
         names = [n for n in cfg.train_attacks if n in run]
         sets.append((tx[t_kept], ty[t_kept], names))

@@ -1,16 +1,18 @@
 """Clean but shifted images: common corruptions, with torchvision's functional transforms.
 
-`CORRUPTIONS` are the evaluation's fixed corruptions at a moderate severity, the middle (3 of 5) of CIFAR-10-C
+`CORRUPTIONS` are the evaluation's fixed shifts at a moderate severity, the middle (3 of 5) of CIFAR-10-C
 (Hendrycks & Dietterich 2019) where the transform is the same: Gaussian noise sigma 0.08, Gaussian blur sigma 1, JPEG
-quality 20, brightness x1.3, contrast x0.4; and two kinds the calibration never applies (pixelation, saturation).
-`random_corruptions` is the calibration's generic augmentation of clean images (one of noise, blur, JPEG,
-brightness, contrast per image, at a random strength): negatives that teach the scorer that a noisy or blurred
-photograph is not an attack. Every output is an image in [0, 1].
+quality 20, brightness x1.3, contrast x0.4, saturation x2 and pixelation; and three that no recipe choice ever weighed
+(`dnd select` never sees them) and no augmentation applies: speckle noise, sharpening and a zoom.
+`random_corruptions` is the calibration's generic augmentation of clean images (one of `AUGMENT` per image, at a
+random strength): negatives that teach the scorer that a noisy, blurred or recoloured photograph is not an attack.
+Every output is an image in [0, 1].
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -64,47 +66,87 @@ def saturate(x: Tensor, factor: float = 2.0) -> Tensor:
     return _v2().adjust_saturation(x, factor).clamp(0, 1)
 
 
-CORRUPTIONS: dict[str, tuple[Callable[[Tensor], Tensor], str, bool]] = {  # fn, description, in the fit's augmentation
-    "gaussian_noise": (lambda x: noise(x, 0.08), "additive Gaussian noise, sigma 0.08", True),
-    "gaussian_blur": (lambda x: blur(x, 1.0), "Gaussian blur, sigma 1 (5 x 5 kernel)", True),
-    "jpeg": (lambda x: jpeg(x, 20), "JPEG re-compression at quality 20", True),
-    "brightness": (lambda x: brightness(x, 1.3), "brightness x 1.3", True),
-    "contrast": (lambda x: contrast(x, 0.4), "contrast x 0.4", True),
-    "pixelate": (lambda x: pixelate(x, x.shape[-1] // 2), "pixelation (half the side, then back)", False),
-    "saturate": (lambda x: saturate(x, 2.0), "saturation x 2", False),
+def hue(x: Tensor, shift: float) -> Tensor:
+    """Hue rotated by `shift` of a full turn (-0.5 to 0.5)."""
+    return _v2().adjust_hue(x, shift).clamp(0, 1)
+
+
+def speckle(x: Tensor, sigma: float, seed: int = 0) -> Tensor:
+    """Multiplicative noise x (1 + sigma n), CIFAR-10-C's speckle noise."""
+    g = torch.Generator().manual_seed(seed)
+    return (x + x * sigma * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+def sharpen(x: Tensor, factor: float) -> Tensor:
+    return _v2().adjust_sharpness(x, factor).clamp(0, 1)
+
+
+def zoom(x: Tensor, crop: float) -> Tensor:
+    """The centre `crop` of the side, resized back: the object framed closer."""
+    f, side = _v2(), x.shape[-1]
+    return f.resize(f.center_crop(x, [round(side * crop)] * 2), list(x.shape[-2:]), antialias=True).clamp(0, 1)
+
+
+class Shift(NamedTuple):
+    fn: Callable[[Tensor], Tensor]
+    what: str
+    kind: str  # the AUGMENT_KINDS entry that covers it ("" = none does)
+    in_selection: bool  # weighed by `dnd select`'s limit on flagged shifted images; False = held out of every choice
+
+
+CORRUPTIONS: dict[str, Shift] = {
+    "gaussian_noise": Shift(lambda x: noise(x, 0.08), "additive Gaussian noise, sigma 0.08", "noise", True),
+    "gaussian_blur": Shift(lambda x: blur(x, 1.0), "Gaussian blur, sigma 1 (5 x 5 kernel)", "blur", True),
+    "jpeg": Shift(lambda x: jpeg(x, 20), "JPEG re-compression at quality 20", "jpeg", True),
+    "brightness": Shift(lambda x: brightness(x, 1.3), "brightness x 1.3", "brightness", True),
+    "contrast": Shift(lambda x: contrast(x, 0.4), "contrast x 0.4", "contrast", True),
+    "pixelate": Shift(lambda x: pixelate(x, x.shape[-1] // 2), "pixelation (half the side, then back)", "", True),
+    "saturate": Shift(lambda x: saturate(x, 2.0), "saturation x 2", "saturation", True),
+    "speckle_noise": Shift(lambda x: speckle(x, 0.12), "multiplicative (speckle) noise, sigma 0.12", "", False),
+    "sharpen": Shift(lambda x: sharpen(x, 3.0), "sharpness x 3", "", False),
+    "zoom": Shift(lambda x: zoom(x, 0.875), "zoom: the centre 7/8 resized back", "", False),
 }
+SELECTION_CORRUPTIONS = tuple(k for k, v in CORRUPTIONS.items() if v.in_selection)
 
 
 def corrupt(name: str, x: Tensor, batch_size: int = 1000) -> Tensor:
     """Images x (N, 3, H, W) in [0, 1] under corruption `name`, in [0, 1]."""
-    fn = CORRUPTIONS[name][0]
+    fn = CORRUPTIONS[name].fn
     return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x
 
 
-def random_corruptions(x: Tensor, seed: int = 0) -> Tensor:
-    """Each image of x under one corruption drawn at random (seeded): Gaussian noise sigma 0.01-0.12, blur sigma
-    0.5-1.5, JPEG quality 10-90, brightness x0.6-1.4 or contrast x0.3-1.0."""
+# The calibration's augmentation of clean images: kind -> (image, u in [0, 1)) -> image, its strength drawn from u.
+# BASE_AUGMENT is the first five; COLOUR_JITTER_AUGMENT adds saturation and hue, completing torchvision's ColorJitter.
+AUGMENT: dict[str, tuple[Callable[[Tensor, float], Tensor], str]] = {
+    "noise": (lambda x, u: noise(x, 0.01 + 0.11 * u), "Gaussian noise sigma 0.01-0.12"),
+    "blur": (lambda x, u: blur(x, 0.5 + u), "blur sigma 0.5-1.5"),
+    "jpeg": (lambda x, u: jpeg(x, int(10 + 80 * u)), "JPEG quality 10-90"),
+    "brightness": (lambda x, u: brightness(x, 0.6 + 0.8 * u), "brightness x0.6-1.4"),
+    "contrast": (lambda x, u: contrast(x, 0.3 + 0.7 * u), "contrast x0.3-1.0"),
+    "saturation": (lambda x, u: saturate(x, 2.5 * u), "saturation x0-2.5 (grey to vivid)"),
+    "hue": (lambda x, u: hue(x, 0.2 * u - 0.1), "hue rotated -0.1 to 0.1 of a turn"),
+}
+AUGMENT_KINDS = tuple(AUGMENT)
+BASE_AUGMENT, COLOUR_JITTER_AUGMENT = AUGMENT_KINDS[:5], AUGMENT_KINDS
+
+
+def random_corruptions(x: Tensor, seed: int = 0, kinds: tuple[str, ...] = BASE_AUGMENT) -> Tensor:
+    """Each image of x under one of `kinds` (AUGMENT) drawn at random, at a random strength (seeded)."""
+    bad = [k for k in kinds if k not in AUGMENT]
+    if bad or not kinds:
+        raise ValueError(f"augmentation kinds: expected some of {', '.join(AUGMENT_KINDS)}, got {list(kinds)}")
     g = torch.Generator().manual_seed(seed)
-    kind = torch.randint(0, 5, (len(x),), generator=g)
+    kind = torch.randint(0, len(kinds), (len(x),), generator=g)
     u = torch.rand(len(x), generator=g)
     out = x.clone()
-    for k in range(5):
+    for k, name in enumerate(kinds):
         idx = torch.nonzero(kind == k).flatten()
         if not len(idx):
             continue
         xs, us = x[idx], u[idx]
-        if k == 0:
+        if name == "noise":  # one call: a per-image sigma
             out[idx] = noise(xs, 0.01 + 0.11 * us, seed)
         else:
-            out[idx] = torch.cat([_one(k, xs[i : i + 1], float(us[i])) for i in range(len(idx))])
+            fn = AUGMENT[name][0]
+            out[idx] = torch.cat([fn(xs[i : i + 1], float(us[i])) for i in range(len(idx))])
     return out
-
-
-def _one(kind: int, x: Tensor, u: float) -> Tensor:
-    if kind == 1:
-        return blur(x, 0.5 + u)
-    if kind == 2:
-        return jpeg(x, int(10 + 80 * u))
-    if kind == 3:
-        return brightness(x, 0.6 + 0.8 * u)
-    return contrast(x, 0.3 + 0.7 * u)

@@ -23,3 +23,32 @@ def test_random_corruptions_are_seeded_and_mix_every_kind() -> None:
     assert float(a.min()) >= 0 and float(a.max()) <= 1
     changed = (a - x).flatten(1).abs().mean(1)
     assert bool((changed > 0).all())
+
+
+def test_each_augmentation_kind_changes_what_it_names_and_unknown_kinds_are_refused() -> None:
+    """Hue rotation keeps each pixel's brightest channel (HSV value); a saturation change keeps its grey level; the
+    fit's kinds are named, not guessed."""
+    from torchvision.transforms.v2.functional import rgb_to_grayscale
+
+    from detector.corruptions import AUGMENT, CORRUPTIONS
+
+    x = torch.rand(60, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 0.5 + 0.25  # no clamping at 0 or 1
+    hue = random_corruptions(x, 0, ("hue",))
+    assert torch.allclose(hue.amax(1), x.amax(1), atol=1e-5) and float((hue - x).abs().mean()) > 1e-3
+    sat = random_corruptions(x, 0, ("saturation",))
+    assert float((rgb_to_grayscale(sat) - rgb_to_grayscale(x)).abs().mean()) < 5e-3  # but where it clamps
+    assert float((sat - x).abs().mean()) > 1e-2
+    with pytest.raises(ValueError, match="expected some of"):
+        random_corruptions(x, 0, ("noise", "rain"))
+    assert all(v.kind in AUGMENT or v.kind == "" for v in CORRUPTIONS.values())
+
+
+def test_a_yes_no_augmentation_record_reads_as_the_five_base_kinds() -> None:
+    from detector.calibration import CalibrationConfig
+    from detector.corruptions import BASE_AUGMENT
+
+    assert CalibrationConfig.from_record({"config": {"clean_augment": True}}).clean_augment == BASE_AUGMENT
+    assert CalibrationConfig.from_record({"config": {"clean_augment": False}}).clean_augment == ()
+    assert CalibrationConfig.from_record({"config": {}}).clean_augment == BASE_AUGMENT
+    with pytest.raises(ValueError, match="unknown kind"):
+        CalibrationConfig(clean_augment=("fog",)).check()

@@ -47,6 +47,13 @@ def test_summary_puts_the_chosen_beside_the_best_eligible_without_each_family() 
     assert "path + median, shift |" in rows[1] and "0.890" in rows[1]  # not the jpeg or three-transform rows
     assert "path + residual" in rows[2] and "0.700 / 25%" in rows[2] and "| path |" in rows[3]
     assert lines[-1].endswith("fgsm+pgd+transfer 0.930 (chosen); fgsm+pgd | transfer 0.920.")
+    r["augmentations"] = [
+        {"kinds": ["noise", "blur"], **_row([], False, False, 0.91, shift=0.08)},
+        {"kinds": ["noise", "blur", "hue"], **_row([], False, False, 0.90, shift=0.12)},
+    ]
+    r["chosen_augmentation"] = ["noise", "blur"]
+    last = selection_summary(r).splitlines()[-1]
+    assert last.endswith("noise, blur 0.910 (8% gaussian_noise) (chosen); noise, blur, hue 0.900 (12% gaussian_noise).")
 
 
 def test_no_chosen_candidate_says_so_and_names_read_plainly() -> None:

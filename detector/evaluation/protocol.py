@@ -86,7 +86,7 @@ def evaluate(
             fit_views[name] = suite.view(adv)
     clean_fit = fit_x
     if ccfg.clean_augment:  # the same negatives as the recipe: clean images, also under generic corruptions
-        aug_x, _ = correct(det, random_corruptions(fit_x, ccfg.seed), fit_y)
+        aug_x, _ = correct(det, random_corruptions(fit_x, ccfg.seed, ccfg.clean_augment), fit_y)
         clean_fit = torch.cat([fit_x, aug_x])
     suite.fit_supervised(suite.view(clean_fit), fit_views)
 
@@ -158,7 +158,7 @@ def evaluate(
             report["leave_one_out"][name] = {
                 d: _strip(detection_figures(neg[variant][d], held[d], None, cfg.bootstrap, cfg.seed)) for d in REFITTED
             }
-    report["corruptions"] = corruption_figures(det, suite, xo, yo, thresholds, cfg)
+    report["corruptions"] = corruption_figures(det, suite, xo, yo, thresholds, cfg, ccfg.clean_augment)
     report["summary"] = summary(report, cfg)
     if cfg.adaptive_limit > 0:
         ad = balanced_subset(torch.arange(len(ev_y)), ev_y, cfg.adaptive_limit, k)
@@ -226,10 +226,17 @@ def fitted_on(cal: dict[str, Any]) -> str:
 
 
 def corruption_figures(
-    det: Detector, suite: Suite, x: Tensor, y: Tensor, thresholds: dict[str, float], cfg: EvalConfig
+    det: Detector,
+    suite: Suite,
+    x: Tensor,
+    y: Tensor,
+    thresholds: dict[str, float],
+    cfg: EvalConfig,
+    augment: tuple[str, ...],
 ) -> dict[str, Any]:
     """Per corruption: accuracy on corrupted, once correctly classified images, and each detector's flag rate on the
-    ones still correctly classified (false positives on clean but shifted images)."""
+    ones still correctly classified (false positives on clean but shifted images); whether the fit's clean augmentation
+    (`augment`, the recipe's kinds) covers it and whether `dnd select` weighed it."""
     res = {}
     for name in tqdm(cfg.corruptions, desc="corruptions", unit="corruption"):
         xc = corrupt(name, x)
@@ -237,8 +244,9 @@ def corruption_figures(
         still = v.pred.labels == y
         sc = suite.scores(v)
         res[name] = {
-            "what": CORRUPTIONS[name][1],
-            "in_fit_augmentation": CORRUPTIONS[name][2],
+            "what": CORRUPTIONS[name].what,
+            "in_fit_augmentation": CORRUPTIONS[name].kind in augment,
+            "in_selection": CORRUPTIONS[name].in_selection,
             "n": len(y),
             "accuracy": round(float(still.float().mean()), 4),
             "fpr": {d: flag_rate(s[still], thresholds[d], cfg.bootstrap) for d, s in sc.items()},

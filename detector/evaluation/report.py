@@ -150,12 +150,17 @@ def render_markdown(r: dict[str, Any]) -> str:
         "False-positive rate at each detector's threshold on corrupted images that stay correctly classified "
         "(clean: " + ", ".join(f"{d} {r['clean_fpr'][d]['rate']:.3f}" for d in ("path", "msp", "mahalanobis")) + ").",
         "",
-        "| corruption | accuracy | " + " | ".join(SHOWN) + " |",
-        "|---|---|" + "---|" * len(SHOWN),
+        "Augmented: the fit's clean augmentation applies this kind of change; selection: `dnd select` weighed it "
+        "(neither: a shift no fit and no choice ever saw).",
+        "",
+        "| corruption | augmented | selection | accuracy | " + " | ".join(SHOWN) + " |",
+        "|---|---|---|---|" + "---|" * len(SHOWN),
     ]
     for v in r["corruptions"].values():
+        yes = {True: "yes", False: "no", None: "—"}
         lines.append(
-            f"| {v['what']} | {v['accuracy']:.3f} | "
+            f"| {v['what']} | {yes[v.get('in_fit_augmentation')]} | {yes[v.get('in_selection')]} | "
+            f"{v['accuracy']:.3f} | "
             + " | ".join(
                 _cell(v["fpr"][d], "rate")
                 if "ci" not in v["fpr"][d]

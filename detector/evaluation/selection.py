@@ -15,12 +15,15 @@ crafted on `source`; the candidates are compared under the first of FAMILY_LAYOU
 with at most `max_transforms` transforms (each costs one more forward of the batch) whose worst corruption flags at
 most `max_shift_flagged` of clean shifted images, the best worst-case AUROC over all attacks. Then, for the chosen
 features, each of FAMILY_LAYOUTS (which attacks share a tree model, and whether transferred PGD is in the fit at all)
-within the same corruption limit, by its worst AUROC over the selection attacks, which no layout fits. The attacks
-named here move to the evaluation's "used in selection" group.
+within the same corruption limit, by its worst AUROC over the selection attacks, which no layout fits. Last, for the
+chosen features and layout, each of AUGMENTATIONS (the kinds of change the clean negatives are also shown under)
+within the same limit, by its worst AUROC over all attacks. The attacks named here move to the evaluation's "used in
+selection" group; the corruptions weighed are SELECTION_CORRUPTIONS, and the evaluation's others are held out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..api import Detector
+from ..attack_cache import AttackCache, tensor_sha256
 from ..attacks import ATTACKS, run_attack
-from ..bundle import load_model, write_json
+from ..bundle import WEIGHTS, file_sha256, load_model, write_json
 from ..calibration import CalibrationConfig, fit_attack
 from ..consistency import TRANSFORMS, FeatureSpec
-from ..corruptions import CORRUPTIONS, corrupt, random_corruptions
+from ..corruptions import BASE_AUGMENT, COLOUR_JITTER_AUGMENT, SELECTION_CORRUPTIONS, corrupt, random_corruptions
 from ..data import load_split, to_unit_float
 from ..features import feature_count
 from ..inputs import inputs_of_images
@@ -73,6 +77,9 @@ FAMILY_LAYOUTS: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("fgsm", "pgd"), ("cw", "deepfool")),  # transferred PGD in no fit
 )
 FIT_ATTACKS = tuple(dict.fromkeys(n for layout in FAMILY_LAYOUTS for f in layout for n in f))  # every layout's, once
+# The clean negatives' augmentation kinds (detector/corruptions.py AUGMENT), compared last under the chosen features
+# and layout; the candidates and layouts are compared under the first, the served recipe's
+AUGMENTATIONS: tuple[tuple[str, ...], ...] = (BASE_AUGMENT, COLOUR_JITTER_AUGMENT)
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,8 @@ class SelectConfig:
     selection_attacks: tuple[str, ...] = CalibrationConfig().selection_attacks
     source: str = EvalConfig.source  # the network transfer attacks are crafted on, as in `dnd evaluate`
     max_transforms: int = 2
-    max_shift_flagged: float = 0.15
+    # the most of any weighed corruption's clean images a candidate may flag: the product's target for shifted images
+    max_shift_flagged: float = 0.10
     tree_iterations: int = 100
     seed: int = 0
 
@@ -172,6 +180,26 @@ def family_layouts(
     return rows
 
 
+def augmentation_rows(
+    sets: dict[str, tuple[Tensor, Tensor]],
+    cols: list[int],
+    layout: list[list[str]],
+    augmented: Callable[[tuple[str, ...]], Tensor],
+    fold: Tensor,
+    cfg: SelectConfig,
+) -> list[dict[str, Any]]:
+    """The chosen features (`cols`) and layout with the clean negatives under each of AUGMENTATIONS (`augmented`:
+    kinds -> the inputs of the clean images so augmented): per attack AUROC, per weighed corruption the share
+    flagged. The choice: the best worst AUROC among the sets within the shift limit."""
+    rows = []
+    for kinds in tqdm(AUGMENTATIONS, desc="augmentations", unit="set"):
+        aug = (augmented(kinds), sets["clean"][1])
+        attacks = [*FIT_ATTACKS, *cfg.selection_attacks]
+        row = candidate_row({**sets, "augmented": aug}, cols, layout, attacks, fold, cfg.tree_iterations)
+        rows.append({"kinds": list(kinds), **row})
+    return rows
+
+
 def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig = SelectConfig()) -> dict[str, Any]:
     """Run the study; write OUT/report.json and OUT/report.md. Returns the report."""
     out = Path(out)
@@ -193,22 +221,35 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         return inputs_of_images(det.model, profiles, xs, device=det.device)[1]
 
     every = torch.arange(len(y))
-    sets = {"clean": (inputs(x), every), "augmented": (inputs(random_corruptions(x, cfg.seed)), every)}
+    sets = {
+        "clean": (inputs(x), every),
+        "augmented": (inputs(random_corruptions(x, cfg.seed, ccfg.clean_augment)), every),
+    }
     still = {}
-    for c in tqdm(CORRUPTIONS, desc="corruptions", unit="corruption"):
+    for c in tqdm(SELECTION_CORRUPTIONS, desc="corruptions", unit="corruption"):
         xc = corrupt(c, x)
         keep = det.predict(xc).labels == y
         sets[f"corruption:{c}"], still[c] = (inputs(xc[keep]), every[keep]), int(keep.sum())
     attacks = [*FIT_ATTACKS, *cfg.selection_attacks]  # the fit's, then the held-out ones the choice is judged on
     transfer = any(ATTACKS[a].transfer for a in attacks if a in ATTACKS)
     source = load_model(cfg.source, det.device) if transfer else None
-    for name in tqdm(attacks, desc="attacks", unit="attack"):
+    # attacks kept under OUT/attacks (git-ignored), so that a re-run with other limits or candidates attacks nothing
+    src = file_sha256(Path(cfg.source) / WEIGHTS) if transfer else ""
+    cache = AttackCache(
+        out / "attacks", {"seed": str(cfg.seed), "model": det.weights_sha256, "images": tensor_sha256(x)}
+    )
+
+    def attack(name: str) -> dict[str, Tensor]:
         if name in FIT_ATTACKS:
             adv, success = fit_attack(det.model, name, x, y, ccfg, det.device, source)
         else:
             s = run_attack(det.model, name, x, y, seed=cfg.seed, device=det.device, source=source)
             adv, success = s.x_adv[s.success], s.success
-        sets[name] = (inputs(adv), every[success])
+        return {"x_adv": adv, "success": success}
+
+    for name in tqdm(attacks, desc="attacks", unit="attack"):
+        got = cache.tensors(name, lambda n=name: attack(n), source=str(src), radii=str(ccfg.linf_eps))
+        sets[name] = (inputs(got["x_adv"]), every[got["success"]])
     fold = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed + 1)) % 2
     n_path = feature_count([f.shape[1] for f in det.profiles.freq], det.profiles.gate_mean is not None)
     layers = len(det.profiles.freq)
@@ -226,6 +267,18 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
     chosen = max(ok_rows, key=lambda r: r["worst_auroc"]) if ok_rows else None
     layouts = [] if chosen is None else family_layouts(sets, chosen, everything, n_path, layers, fold, cfg)
     fits = [r for r in layouts if r["worst_shift_flagged"] <= cfg.max_shift_flagged]
+    layout = max(fits, key=lambda r: r["worst_selection_auroc"])["families"] if fits else None
+    augmentations = []
+    if layout is not None:
+        spec = FeatureSpec(tuple(chosen["transforms"]), chosen["confidence"], chosen["residual"])
+        cols = spec.columns_in(everything, n_path, layers)
+        first = sets["augmented"][0]
+
+        def augmented(kinds: tuple[str, ...]) -> Tensor:
+            return first if kinds == ccfg.clean_augment else inputs(random_corruptions(x, cfg.seed, kinds))
+
+        augmentations = augmentation_rows(sets, cols, layout, augmented, fold, cfg)
+    within = [r for r in augmentations if r["worst_shift_flagged"] <= cfg.max_shift_flagged]
     report = {
         "model": det.name,
         "config": cfg.to_dict(),
@@ -236,7 +289,9 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         "chosen": None if chosen is None else {k: chosen[k] for k in ("transforms", "confidence", "residual")},
         "families": families,
         "family_layouts": layouts,
-        "chosen_layout": max(fits, key=lambda r: r["worst_selection_auroc"])["families"] if fits else None,
+        "chosen_layout": layout,
+        "augmentations": augmentations,
+        "chosen_augmentation": max(within, key=lambda r: r["worst_auroc"])["kinds"] if within else None,
     }
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render(report))

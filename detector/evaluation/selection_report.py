@@ -64,6 +64,30 @@ def render(r: dict[str, Any]) -> str:
                 + " | ".join(cells)
                 + f" | {row['worst_selection_auroc']:.3f} | {100 * row['worst_shift_flagged']:.0f}% |"
             )
+    if r.get("augmentations"):
+        shifts = list(r["augmentations"][0]["shift_flagged"])
+        lines += [
+            "",
+            "## What the clean negatives are shown under",
+            "",
+            "The chosen features and layout, with the clean images of the fit also under one random change of these "
+            "kinds each (detector/corruptions.py AUGMENT). Chosen: the best worst AUROC among the sets that flag at "
+            f"most {100 * c['max_shift_flagged']:.0f}% of any corruption's clean images. Cells: AUROC / share flagged; "
+            "shifted images: share flagged.",
+            "",
+            "| kinds | " + " | ".join(names) + " | worst AUROC | " + " | ".join(shifts) + " |",
+            "|---|" + "---|" * len(names) + "---|" + "---|" * len(shifts),
+        ]
+        for row in r["augmentations"]:
+            name = ", ".join(row["kinds"])
+            bold = row["kinds"] == r.get("chosen_augmentation")
+            lines.append(
+                f"| {'**' + name + '**' if bold else name} | "
+                + " | ".join(_cell(row, a) for a in names)
+                + f" | {row['worst_auroc']:.3f} | "
+                + " | ".join(f"{100 * row['shift_flagged'].get(k, float('nan')):.0f}%" for k in shifts)
+                + " |"
+            )
     lines += ["", "Regenerate: `make select`.", ""]
     return "\n".join(lines)
 
@@ -124,6 +148,19 @@ def selection_summary(r: dict[str, Any]) -> str:
                 f"{' | '.join('+'.join(f) for f in row['families'])} {row['worst_selection_auroc']:.3f}"
                 + (" (chosen)" if row["families"] == r["chosen_layout"] else "")
                 for row in layouts
+            )
+            + ".",
+        ]
+    if r.get("augmentations"):
+        lines += [
+            "",
+            "Clean negatives for the chosen features and layout, by the worst AUROC over every attack (worst shifted "
+            "images flagged): "
+            + "; ".join(
+                f"{', '.join(row['kinds'])} {row['worst_auroc']:.3f} ({100 * row['worst_shift_flagged']:.0f}% "
+                f"{max(row['shift_flagged'], key=row['shift_flagged'].get)})"
+                + (" (chosen)" if row["kinds"] == r.get("chosen_augmentation") else "")
+                for row in r["augmentations"]
             )
             + ".",
         ]

@@ -92,10 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(default {','.join(f'{e:g}' for e in d.linf_eps)}; '' = 8/255 only)",
     )
     p.add_argument(
-        "--no-clean-augment",
-        action="store_true",
-        help="fit on pristine clean images only, not also under generic corruptions (noise, blur, JPEG, brightness, "
-        "contrast)",
+        "--clean-augment",
+        default=",".join(d.clean_augment),
+        help="kinds of generic change the fit's clean negatives are also shown under, one per image at a random "
+        f"strength (detector/corruptions.py AUGMENT; default {','.join(d.clean_augment)}; '' = pristine images only)",
     )
     p.add_argument(
         "--scorer",
@@ -223,7 +223,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         tree_iterations=a.tree_iterations,
         gate_logits=not a.without_gate_logits,
         linf_eps=_radii(a.linf_eps),
-        clean_augment=not a.no_clean_augment,
+        clean_augment=tuple(k.strip() for k in a.clean_augment.split(",") if k.strip()),
         transforms=tuple(t.strip() for t in a.transforms.split(",") if t.strip()),
         confidence=a.confidence,
         residual=a.residual,

@@ -95,6 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--source", default=c.source, help="bundle the transfer attacks are crafted on")
     p.add_argument("--tree-iterations", type=count, default=c.tree_iterations)
+    p.add_argument(
+        "--max-shift-flagged",
+        type=float,
+        default=c.max_shift_flagged,
+        help=f"most of any weighed corruption's clean images a choice may flag (default {c.max_shift_flagged:g})",
+    )
     add_device(p)
     p.set_defaults(handler=cmd_select, out_is_dir=True)
 
@@ -176,13 +182,14 @@ def cmd_select(a: argparse.Namespace) -> None:
         selection_attacks=_names_or_none(a.selection_attacks),
         source=a.source,
         tree_iterations=a.tree_iterations,
+        max_shift_flagged=a.max_shift_flagged,
     )
     r = select(load_detector(a.model, a.device), a.data, a.out, cfg)
-    chosen = r["chosen"]
+    chosen, aug = r["chosen"], r.get("chosen_augmentation")
     print(
         "chosen: none passes the limits"
         if chosen is None
-        else f"chosen: transforms {','.join(chosen['transforms']) or 'none'}, confidence {chosen['confidence']} "
-        f"(`dnd profiles --transforms {','.join(chosen['transforms'])}"
-        f" --{'' if chosen['confidence'] else 'no-'}confidence`); table in {a.out}/report.md"
+        else f"chosen: transforms {','.join(chosen['transforms']) or 'none'}, confidence {chosen['confidence']}, "
+        f"residual {chosen['residual']}, families {' | '.join('+'.join(f) for f in r['chosen_layout'] or [])}, "
+        f"clean augmentation {','.join(aug) if aug else 'none within the limit'}; table in {a.out}/report.md"
     )

@@ -71,6 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             hp.add_argument(flag, type=type(f.default), default=None, dest=f"hp_{f.name}")
     p.set_defaults(handler=cmd_train, out_is_dir=True)
 
+    p = sub.add_parser(
+        "convert",
+        help="store a bundle's conv and linear weights in float16 (half the file; `dnd stats` again after)",
+    )
+    p.add_argument("--model", required=True, help="bundle to convert")
+    p.add_argument("--out", required=True, help="bundle to write (may be --model itself: replaced in place)")
+    p.add_argument("--weights-dtype", choices=("float16", "float32"), default="float16")
+    p.set_defaults(handler=cmd_convert, out_is_dir=True)
+
     p = sub.add_parser("stats", help="test accuracy, MACs, FLOPs ratio and filter states of a bundle -> metrics.json")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
@@ -143,6 +152,28 @@ def cmd_train(a: argparse.Namespace) -> None:
         compile_step=a.compile,
         size=a.size,
     )
+
+
+def cmd_convert(a: argparse.Namespace) -> None:
+    import torch
+
+    from detector.bundle import METRICS, load_model, read_config, save_bundle
+    from detector.profiles import PROFILES
+
+    if (Path(a.out) / PROFILES).is_file():
+        raise ValueError(
+            f"{a.out} has profiles of the weights it holds: convert into a new folder, then `dnd profiles`"
+        )
+    config = read_config(a.model)
+    if Path(a.out).resolve() == Path(a.model).resolve() and config.get("weights_dtype", "float32") == a.weights_dtype:
+        print(f"{a.model} already holds {a.weights_dtype} weights: nothing to do")
+        return
+    keep = {k: v for k, v in config.items() if k not in ("model", "weights_sha256", "weights_dtype", "libraries")}
+    keep["converted_from"] = {"weights_sha256": config["weights_sha256"], "weights_dtype": config.get("weights_dtype")}
+    model = load_model(a.model).to(memory_format=torch.contiguous_format)
+    out = save_bundle(model, a.out, keep, a.weights_dtype)
+    (out / METRICS).unlink(missing_ok=True)  # measured on the weights before: `dnd stats` measures these
+    print(f"wrote {out} ({a.weights_dtype} weights); run `dnd stats --model {out} --data DIR` to measure it")
 
 
 def cmd_stats(a: argparse.Namespace) -> None:
