@@ -306,3 +306,30 @@ def test_each_make_profiles_target_rebuilds_its_shipped_recipe() -> None:
         a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d", *flags])
         shipped = load_profiles(Path(__file__).parents[1] / "models" / bundle).meta["calibration"]
         assert calibration_config(a) == CalibrationConfig.from_record(shipped), bundle
+
+
+def test_a_shift_limit_raises_the_threshold_until_no_weighed_corruption_is_flagged_more(
+    tiny_bundle: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """Every profile records how many of its threshold images it flags under each weighed corruption (the held-out
+    shifts never); `--max-shift-flagged` raises the threshold until each share is within the limit."""
+    from detector.corruptions import SELECTION_CORRUPTIONS
+    from detector.shift_threshold import shift_bounded_threshold
+
+    before = load_profiles(tiny_bundle).meta
+    assert set(before["calibration"]["threshold_shift_flagged"]) == set(SELECTION_CORRUPTIONS)
+    assert before["calibration"]["threshold_bound_by"] == "clean"
+    b = shutil.copytree(tiny_bundle, tmp_path / "dec")
+    assert main(["profiles", "--model", str(b), "--data", str(tiny_data), "--max-shift-flagged", "0.1", *CHEAP]) == 0
+    after = load_profiles(b).meta
+    shares = after["calibration"]["threshold_shift_flagged"]
+    assert all(v <= 0.1 for v in shares.values()) and after["threshold"] >= before["threshold"]
+    assert after["calibration"]["fpr_achieved"] <= before["calibration"]["fpr_achieved"]
+    if after["calibration"]["threshold_bound_by"] != "clean":  # the limit bound: some share sits just at or under it
+        assert after["threshold"] > before["threshold"]
+    g = torch.Generator().manual_seed(0)
+    clean, noisy = torch.randn(1000, generator=g), torch.randn(1000, generator=g) + 1.0
+    t, by = shift_bounded_threshold(clean, {"gaussian_noise": noisy}, 0.05, 0.1)
+    assert by == "gaussian_noise" and int((noisy > t).sum()) <= 100 < int((noisy > t - 0.05).sum())  # just within
+    assert int((clean > t).sum()) < 50
+    assert shift_bounded_threshold(clean, {"gaussian_noise": noisy}, 0.05, 0.0)[1] == "clean"

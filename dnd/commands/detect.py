@@ -92,6 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(default {','.join(f'{e:g}' for e in d.linf_eps)}; '' = 8/255 only)",
     )
     p.add_argument(
+        "--max-shift-flagged",
+        type=rate,
+        default=d.max_shift_flagged,
+        help="also keep the share of the threshold images flagged under each weighed corruption (noise, blur, JPEG, "
+        "brightness, contrast, pixelation, saturation) at most this; raises the threshold where needed, so fewer "
+        f"than --fpr clean images and fewer attacks are flagged (default {d.max_shift_flagged:g} = off)",
+    )
+    p.add_argument(
         "--clean-augment",
         default=",".join(d.clean_augment),
         help="kinds of generic change the fit's clean negatives are also shown under, one per image at a random "
@@ -223,6 +231,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         tree_iterations=a.tree_iterations,
         gate_logits=not a.without_gate_logits,
         linf_eps=_radii(a.linf_eps),
+        max_shift_flagged=a.max_shift_flagged,
         clean_augment=tuple(k.strip() for k in a.clean_augment.split(",") if k.strip()),
         transforms=tuple(t.strip() for t in a.transforms.split(",") if t.strip()),
         confidence=a.confidence,
