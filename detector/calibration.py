@@ -180,18 +180,16 @@ def fit_sets(
     record: dict[str, Any] = {}
     n_aug = 0
     if cfg.clean_augment:
-        aug = path_feature_set(model, profiles, random_corruptions(x[ok], cfg.seed, cfg.clean_augment), y[ok], device)[
-            1
-        ]
+        augmented = random_corruptions(x[ok], cfg.seed, cfg.clean_augment)
+        aug = path_feature_set(model, profiles, augmented, y[ok], device)[1]
         clean, n_aug = torch.cat([clean, aug]), len(aug)
     if train is not None:
         tx, ty = to_unit_float(train[0]), train[1]
         t_kept, t_clean = path_feature_set(model, profiles, tx, ty, device)
         clean = torch.cat([clean, t_clean])
         if cfg.clean_augment:
-            aug = path_feature_set(
-                model, profiles, random_corruptions(tx[t_kept], cfg.seed + 1, cfg.clean_augment), ty[t_kept], device
-            )[1]
+            augmented = random_corruptions(tx[t_kept], cfg.seed + 1, cfg.clean_augment)
+            aug = path_feature_set(model, profiles, augmented, ty[t_kept], device)[1]
             clean, n_aug = torch.cat([clean, aug]), n_aug + len(aug)
         names = [n for n in cfg.train_attacks if n in run]
         sets.append((tx[t_kept], ty[t_kept], names))
