@@ -29,6 +29,7 @@ from .scorer import PathScorer, calibrate_threshold
 from .shift_threshold import flagged, shift_bounded_threshold, shifted_scores
 from .splits import SPLIT_SEED, balanced_subset, fit_threshold_split
 from .trees import TREE_PARAMS
+from .validation import validation_figures
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ class CalibrationConfig:
     # Attacks in no fit whose calibration-half figures chose the settings above (radii, transforms and families:
     # pgdl2 and MI-FGSM transferred). Recorded, so that `dnd evaluate` never reports them as unseen.
     selection_attacks: tuple[str, ...] = ("pgdl2", "transfer-mi")
+    # Attacks run on the threshold part once scorer and threshold are set (detector/validation.py): their figures on
+    # the calibration half, for choosing between recipes; () = none (the shipped profiles).
+    validation_attacks: tuple[str, ...] = ()
     seed: int = 0
 
     @property
@@ -114,6 +118,10 @@ class CalibrationConfig:
         self.spec.check()
         if bad := [k for k in self.clean_augment if k not in AUGMENT]:
             raise ValueError(f"clean augmentation: unknown kind(s) {bad}; expected some of {', '.join(AUGMENT_KINDS)}")
+        if bad := [n for n in self.validation_attacks if n not in ATTACKS]:
+            raise ValueError(f"validation attacks: unknown {bad}; expected some of {', '.join(sorted(ATTACKS))}")
+        if not self.source and any(is_transfer(n) for n in self.validation_attacks):
+            raise ValueError("validation attacks: a transferred attack needs a source network (--source)")
         if self.scorer not in ("trees", "linear"):
             raise ValueError(f"scorer: expected trees or linear, got {self.scorer!r}")
         ran, flat = self.attacks_run(), [n for f in self.families for n in f]
@@ -285,7 +293,7 @@ def calibrate(
     profiles = replace(profiles, meta={**profiles.meta, "features": cfg.spec.to_dict()})  # what the scorer reads
     fit_idx, thr_idx = fit_threshold_split(y, model.cfg.num_classes, cfg.seed, cfg.threshold_share)
     clean, sets, extra = fit_sets(model, profiles, x, y, fit_idx, cfg, train if cfg.train_images > 0 else None, device)
-    transfer = any(is_transfer(n) for n in cfg.attacks_run())
+    transfer = any(is_transfer(n) for n in [*cfg.attacks_run(), *cfg.validation_attacks])
     source = load_model(cfg.source, device) if transfer else None
     rows, rates = attack_rows(model, profiles, sets, cfg, device, source, cache)
     # a family none of whose attacks ran (e.g. attacks=fgsm,pgd without the training subset) gets no model
@@ -305,6 +313,21 @@ def calibrate(
     # the differentiable stand-in an adaptive attacker descends on, thresholded at the same share of clean images
     surrogate_fpr = cfg.target_fpr if bound_by == "clean" else fpr
     scorer = replace(scorer, surrogate_threshold=calibrate_threshold(scorer.surrogate(thr_clean), surrogate_fpr))
+
+    def attack(name: str, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+        s = run_attack(model, name, xs, ys, seed=cfg.seed, device=device, source=source)
+        return s.x_adv, s.success
+
+    validation = validation_figures(
+        cfg.validation_attacks,
+        attack,
+        lambda xs: scorer.score(path_feature_set(model, profiles, xs, device=device)[1]),
+        x[thr_idx][thr_kept],
+        y[thr_idx][thr_kept],
+        thr_scores,
+        threshold,
+        cache or AttackCache(None, {}),
+    )
     record: dict[str, Any] = {
         "split_seed": SPLIT_SEED,
         "images": len(y),
@@ -325,6 +348,7 @@ def calibrate(
         "fpr_achieved": round(fpr, 4),
         "threshold_bound_by": bound_by,  # "clean", or the corruption whose shift limit raised it
         "threshold_shift_flagged": flagged(shifted, threshold),  # threshold part, still correctly classified
+        **({"validation_attacks": list(cfg.validation_attacks), "validation": validation} if validation else {}),
         "config": cfg.to_dict(),
     }
     meta = {**profiles.meta, "threshold": threshold, "target_fpr": cfg.target_fpr, "calibration": record}

@@ -333,3 +333,25 @@ def test_a_shift_limit_raises_the_threshold_until_no_weighed_corruption_is_flagg
     assert by == "gaussian_noise" and int((noisy > t).sum()) <= 100 < int((noisy > t - 0.05).sum())  # just within
     assert int((clean > t).sum()) < 50
     assert shift_bounded_threshold(clean, {"gaussian_noise": noisy}, 0.05, 0.0)[1] == "clean"
+
+
+def test_validation_attacks_are_measured_on_the_threshold_images_and_never_move_the_threshold(
+    tiny_bundle: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """`--validation-attacks`: run on the threshold part after the fit, recorded with AUROC and share flagged; the
+    scorer and the threshold are those of the same recipe without them; `dnd evaluate` refuses them as unseen."""
+    from detector.evaluation.protocol import check_unseen
+
+    b = shutil.copytree(tiny_bundle, tmp_path / "dec")
+    assert main(["profiles", "--model", str(b), "--data", str(tiny_data), "--validation-attacks", "fgsm", *CHEAP]) == 0
+    before, after = load_profiles(tiny_bundle).meta, load_profiles(b).meta
+    assert after["threshold"] == before["threshold"] and "validation" not in before["calibration"]
+    v = after["calibration"]["validation"]["fgsm"]
+    assert after["calibration"]["validation_attacks"] == ["fgsm"]
+    assert v["offered"] == after["calibration"]["n_threshold_clean"] and 0 < v["n"] <= v["offered"]
+    assert 0 <= v["auroc"] <= 1 and 0 <= v["flagged"] <= 1
+    with pytest.raises(ValueError, match="informed a recipe choice"):
+        check_unseen(("square",), {**after["calibration"], "validation_attacks": ["square"]}, ())
+    check_unseen(("square",), after["calibration"], ())  # not validated on: still unseen
+    # a transferred attack needs the network it is crafted on
+    assert main(["profiles", "--model", str(b), "--data", str(tiny_data), "--validation-attacks", "transfer"]) != 0

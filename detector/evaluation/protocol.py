@@ -193,7 +193,7 @@ def check_unseen(unseen: tuple[str, ...], cal: dict[str, Any], selection: tuple[
             f"--unseen {','.join(unseen)}: {', '.join(seen)} are in the served scorer's fit (its calibration record "
             f"lists {', '.join(sorted(fitted))}); an unseen attack must be one no fit touched"
         )
-    chose = sorted(set(unseen) & {*cal.get("selection_attacks", []), *selection})
+    chose = sorted(set(unseen) & {*cal.get("selection_attacks", []), *cal.get("validation_attacks", []), *selection})
     if chose:
         raise ValueError(
             f"--unseen {','.join(unseen)}: {', '.join(chose)} informed a recipe choice (the calibration record or "

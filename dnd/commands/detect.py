@@ -148,6 +148,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="attacks in no fit whose calibration-half figures chose this recipe (`dnd select`), recorded so that "
         "`dnd evaluate` never reports them as unseen (default %(default)s)",
     )
+    p.add_argument(
+        "--validation-attacks",
+        default="",
+        help="attacks to run on the threshold images once scorer and threshold are set: their AUROC and share "
+        "flagged on the calibration half go into the record, for choosing between recipes; `dnd evaluate` then "
+        "refuses them as unseen (default none)",
+    )
     add_device(p)
     p.set_defaults(handler=cmd_profiles, out_is_dir=True)
 
@@ -239,6 +246,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         transform_precision=a.transform_precision,
         source=a.source,
         selection_attacks=tuple(attack_names(a.selection_attacks)) if a.selection_attacks.strip() else (),
+        validation_attacks=tuple(attack_names(a.validation_attacks)) if a.validation_attacks.strip() else (),
     )
     if cfg.source and not (Path(cfg.source) / "config.json").is_file():
         raise ValueError(f"--source {cfg.source!r}: expected a model bundle folder (with config.json)")
@@ -297,6 +305,13 @@ def cmd_profiles(a: argparse.Namespace) -> None:
         f"threshold {profiles.meta['threshold']:.4f} at target FPR {cfg.target_fpr} on {c['n_threshold_clean']} other "
         f"clean calibration images (achieved {c['fpr_achieved']}) | wrote {path}"
     )
+    shifts = c["threshold_shift_flagged"]
+    worst = max(shifts, key=shifts.get, default=None)
+    if worst is not None:
+        print(f"threshold images flagged under the weighed corruptions: at most {shifts[worst]:.1%} ({worst})")
+    for name, v in c.get("validation", {}).items():
+        auroc = "n/a" if v["auroc"] is None else f"{v['auroc']:.3f}"
+        print(f"validation {name}: AUROC {auroc}, flagged {v['flagged'] or 0:.1%} of {v['n']} adversarial images")
 
 
 def cmd_attack(a: argparse.Namespace) -> None:
