@@ -47,10 +47,9 @@ def test_metrics_regenerate(bundle: Path, test_split) -> None:
     assert now["n_images"] == 10_000
     assert now["test_accuracy"] == pytest.approx(recorded["test_accuracy"], abs=2e-4)  # float summation order only
     assert now["flops_ratio"] == pytest.approx(recorded["flops_ratio"], abs=1e-3)
-    # one state per filter of every gated conv: 2 per basic block, 3 stages 16 / 32 / 64 wide of 3 (ResNet-20) or 9
-    # (ResNet-56) blocks each
-    blocks = {"resnet20": 3, "resnet56": 9}[bundle.name.split("-")[0]]
-    assert now["filter_states"]["total"] == recorded["filter_states"]["total"] == 2 * blocks * (16 + 32 + 64)
+    # one state per filter of every gated conv (for a dense bundle, of every conv its decoupling would gate)
+    total = sum(row["filters"] for row in recorded["per_layer"])
+    assert now["filter_states"]["total"] == recorded["filter_states"]["total"] == total > 0
     for k in ("activated", "silent", "dynamic"):
         assert abs(now["filter_states"][k] - recorded["filter_states"][k]) <= 2
 
