@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from torch import Tensor
 from tqdm import tqdm
 
@@ -34,7 +33,7 @@ def validation_figures(
     cache: AttackCache,
 ) -> dict[str, dict[str, Any]]:
     """Per attack: successful adversarial images, their AUROC against clean_scores and the share above threshold."""
-    from sklearn.metrics import roc_auc_score
+    from .evaluation.rocs import auroc
 
     out = {}
     for name in tqdm(names, desc="validation attacks", unit="attack"):
@@ -46,12 +45,10 @@ def validation_figures(
         )
         adv = t["x_adv"][t["success"]]
         s = score(adv) if len(adv) else clean_scores[:0]
-        labels = np.r_[np.zeros(len(clean_scores)), np.ones(len(s))]
-        both = np.r_[clean_scores.double().numpy(), s.double().numpy()]
         out[name] = {
             "offered": len(y),
             "n": len(s),
-            "auroc": round(float(roc_auc_score(labels, both)), 4) if len(s) and len(clean_scores) else None,
+            "auroc": round(auroc(clean_scores, s), 4) if len(s) and len(clean_scores) else None,
             "flagged": round(float((s > threshold).float().mean()), 4) if len(s) else None,
         }
     return out

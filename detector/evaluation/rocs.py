@@ -24,7 +24,9 @@ def _tpr_at_fpr(neg: np.ndarray, pos: np.ndarray, max_fpr: float) -> float:
     return float(tpr[fpr <= max_fpr].max())
 
 
-def _auroc(neg: np.ndarray, pos: np.ndarray) -> float:
+def auroc(neg: Tensor | np.ndarray, pos: Tensor | np.ndarray) -> float:
+    """AUROC of negatives (clean) against positives (attacked); higher scores = more suspicious."""
+    neg, pos = _np(neg), _np(pos)
     return float(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
 
 
@@ -44,13 +46,13 @@ def detection_figures(
     boot: dict[str, list[float]] = {"auroc": [], "tpr_at_5fpr": [], "tpr_at_threshold": []}
     for _ in range(rounds):
         bn, bp = n[rng.integers(0, len(n), len(n))], p[rng.integers(0, len(p), len(p))]
-        boot["auroc"].append(_auroc(bn, bp))
+        boot["auroc"].append(auroc(bn, bp))
         boot["tpr_at_5fpr"].append(_tpr_at_fpr(bn, bp, max_fpr))
         if threshold is not None:
             boot["tpr_at_threshold"].append(float((bp > threshold).mean()))
     fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(n)), np.ones(len(p))], np.r_[n, p])
     out: dict[str, Any] = {
-        "auroc": round(_auroc(n, p), 4),
+        "auroc": round(auroc(n, p), 4),
         "auroc_ci": interval(boot["auroc"]),
         "tpr_at_5fpr": round(_tpr_at_fpr(n, p, max_fpr), 4),
         "tpr_at_5fpr_ci": interval(boot["tpr_at_5fpr"]),

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -46,6 +45,7 @@ from ..inputs import inputs_of_images
 from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test
 from ..trees import TREE_PARAMS, fit_family_trees
 from .config import EvalConfig
+from .rocs import auroc
 from .selection_report import render
 
 CANDIDATES: tuple[tuple[tuple[str, ...], bool, bool], ...] = (  # transforms, confidence, residual
@@ -99,13 +99,6 @@ class SelectConfig:
         return asdict(self)
 
 
-def _auroc(neg: Tensor, pos: Tensor) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    y = np.r_[np.zeros(len(neg)), np.ones(len(pos))]
-    return float(roc_auc_score(y, torch.cat([neg, pos]).numpy()))
-
-
 def cross_fit(
     sets: dict[str, tuple[Tensor, Tensor]],
     cols: list[int],
@@ -145,7 +138,7 @@ def candidate_row(
     clean = sc["clean"]
     thr = float(torch.quantile(clean.double(), 0.95))
     att = {  # attacks that never succeeded have nothing to score
-        a: {"auroc": round(_auroc(clean, sc[a]), 4), "flagged": round(float((sc[a] > thr).float().mean()), 4)}
+        a: {"auroc": round(auroc(clean, sc[a]), 4), "flagged": round(float((sc[a] > thr).float().mean()), 4)}
         for a in attacks
         if len(sc[a])
     }

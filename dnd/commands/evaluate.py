@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..args import add_device, attack_names, count, finite
+from ..args import add_device, attack_names, count, finite, rate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tree-iterations", type=count, default=c.tree_iterations)
     p.add_argument(
         "--max-shift-flagged",
-        type=float,
+        type=rate,
         default=c.max_shift_flagged,
         help=f"most of any weighed corruption's clean images a choice may flag (default {c.max_shift_flagged:g})",
     )
