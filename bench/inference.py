@@ -12,7 +12,7 @@ Rows (median ms per batch, img/s):
 Ratios: dense / X (above 1 = X faster than dense) and masked / sparse; the FLOPs ratio of the decoupled model
 (measured on the images) is the bound computing only open filters could reach on the convolutions.
 
---arch NAME --open P times a registry network without a bundle or data (VGG-19, ResNet-56: none is trained here):
+--arch NAME --open P times a registry network without a bundle or data (any registered architecture):
 random weights, random images, each gate's bias set so that each of its filters opens for a share P of the images
 (per-image paths, as a trained network's dynamic filters; a trained one also has always-open and never-open filters).
 Rows dense, masked, sparse; the sparse row is the open-filters engine of detector/networks/open_filters.py for a

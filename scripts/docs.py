@@ -37,6 +37,8 @@ BUNDLES = (
     "resnet20-decoupled-robust",
     "resnet56-dense",
     "resnet56-decoupled",
+    "vgg19-dense",
+    "vgg19-decoupled",
 )
 # each shipped detector's report (`make evaluate`, `make evaluate-robust`, `make evaluate-resnet56`)
 REPORTS = {

@@ -21,7 +21,12 @@ BUNDLES = [
     for n in ("resnet20-dense", "resnet20-decoupled", "resnet20-dense-robust", "resnet20-decoupled-robust")
 ]
 # every bundle with a metrics.json to reproduce; the ResNet-20s above also have reference outputs (see below)
-METRIC_BUNDLES = [*BUNDLES, *(REPO / "models" / n for n in ("resnet56-dense", "resnet56-decoupled"))]
+SHIPPED = [
+    *BUNDLES,
+    *(REPO / "models" / n for n in ("resnet56-dense", "resnet56-decoupled", "vgg19-dense", "vgg19-decoupled")),
+]
+# the VGG-19s' 10,000 forwards take ~40 s each on 2 cores: slow (`make test-all`)
+METRIC_BUNDLES = [pytest.param(b, marks=pytest.mark.slow) if b.name.startswith("vgg") else b for b in SHIPPED]
 # decoupled bundles with their detector, and the report `dnd evaluate` wrote for each
 DETECTORS = [
     ("resnet20-decoupled", "evaluation"),
@@ -37,7 +42,7 @@ def test_split():
     return load_split(DATA, "test")
 
 
-@pytest.mark.parametrize("bundle", METRIC_BUNDLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("bundle", METRIC_BUNDLES, ids=lambda p: getattr(p, "name", None))
 def test_metrics_regenerate(bundle: Path, test_split) -> None:
     assert (bundle / "metrics.json").is_file(), f"{bundle.name} ships without metrics.json: run `make stats`"
     torch.set_num_threads(2)
@@ -106,3 +111,19 @@ def test_shipped_bundles_load_through_the_registry_with_the_same_outputs(bundle:
     torch.testing.assert_close(s, ref[f"{bundle.name}.s"], rtol=0, atol=1e-5)
     firm = ref[f"{bundle.name}.s"].abs() > 1e-4  # a gate logit at 0 may flip with the summation order
     assert torch.equal(torch.cat(out.z, 1).to(torch.uint8)[firm], ref[f"{bundle.name}.z"][firm])
+
+
+@pytest.mark.parametrize("bundle", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_bundle_classifies_a_thousand_test_images_as_its_metrics_say(bundle: Path, test_split) -> None:
+    """A quick check of every bundle, the slow VGG-19s included (a float16 one reads as float32): its accuracy on the
+    first 1,000 test images is within 4.5 points of the 10,000-image figure it records (binomial sd ≈ 1 point)."""
+    from detector.data import to_unit_float
+
+    recorded = json.loads((bundle / "metrics.json").read_text())
+    model = load_model(bundle).eval()
+    assert next(model.parameters()).dtype == torch.float32
+    torch.set_num_threads(2)
+    with torch.inference_mode():
+        pred = torch.cat([model(to_unit_float(test_split.x[i : i + 250])).argmax(1) for i in range(0, 1000, 250)])
+    acc = (pred == test_split.y[:1000]).float().mean().item()
+    assert abs(acc - recorded["test_accuracy"]) < 0.045, (acc, recorded["test_accuracy"])
