@@ -4,9 +4,11 @@ plain:   det.model(x)      (logits only)
 scored:  det.predict(x)    (logits + paths + the score's inputs + `path` score + threshold)
 Rounds alternate so machine noise hits both alike. Prints median ms per batch, img/s and the overhead, then the
 scoring stages alone on the same batch (the stacked forward with the consistency transforms, the score's inputs, the
-`path` score). With --baseline-profiles (e.g. profiles that read the path features only: `git show
-REV:models/resnet20-decoupled/profiles.safetensors > old.safetensors`), det.predict under both profiles at batch 1
-and 64, side by side: what the served score's extra families cost.
+`path` score). With --copies-beside, det.predict (eager and traced) at batch 1, 8, 16 and 64 with the bfloat16
+copies' forward run beside the images' in a helper thread and after it, side by side, at 1 and 2 threads
+(detector/api.py COPIES_BESIDE forced on and off). With --baseline-profiles (e.g. profiles that read the path
+features only: `git show REV:models/resnet20-decoupled/profiles.safetensors > old.safetensors`), det.predict under
+both profiles at batch 1 and 64, side by side: what the served score's extra families cost.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def main() -> None:
     ap.add_argument("--baseline-profiles", help="profiles.safetensors of the same weights to compare det.predict with")
     ap.add_argument("--trace", action="store_true", help="compare both detectors traced, as the service runs them")
     ap.add_argument(
+        "--copies-beside", action="store_true", help="time the copies' forward beside the images' and after"
+    )
+    ap.add_argument(
         "--default-malloc",
         action="store_true",
         help="skip detector.runtime.tune_malloc (which dnd and the service call) to time glibc's defaults",
@@ -40,6 +45,8 @@ def main() -> None:
         print(f"tune_malloc: {'applied' if tune_malloc() else 'not applied'}")
     torch.set_num_threads(a.threads)
     det = load_detector(a.model)
+    if a.copies_beside:
+        return copies_beside(a.model, a.rounds)
     x = torch.rand(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
     def plain() -> None:
@@ -119,6 +126,33 @@ def compare(det, model: str, baseline_profiles: str, rounds: int, trace: bool = 
                 f"det.predict at batch {n}: baseline {med['baseline'] * 1e3:.2f} ms, served {med['served'] * 1e3:.2f} "
                 f"ms, ratio {med['served'] / med['baseline']:.2f}"
             )
+
+
+def copies_beside(model: str, rounds: int) -> None:
+    """det.predict with the copies' forward beside the images' (a helper thread) and after it, eager and traced."""
+    from detector import api
+
+    dets = {"eager": load_detector(model), "traced": load_detector(model).trace()}
+    if dets["eager"].spec.precision == "float32":
+        print("these profiles run one float32 forward: nothing to put beside it")
+        return
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for n in (1, 8, 16, 64):
+            xb = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+            for kind, det in dets.items():
+
+                def run(beside: bool, det=det, xb=xb) -> None:
+                    api.COPIES_BESIDE = beside
+                    det.predict(xb)
+
+                fns = {"after": lambda: run(False), "beside": lambda: run(True)}
+                med = medians(alternating(fns, rounds * (4 if n <= 8 else 1), warmup=2)[0])
+                print(
+                    f"threads {threads} batch {n:2d} {kind:6s}: after {med['after'] * 1e3:6.2f} ms, beside "
+                    f"{med['beside'] * 1e3:6.2f} ms, after / beside {med['after'] / med['beside']:.2f}"
+                )
+    api.COPIES_BESIDE = None
 
 
 if __name__ == "__main__":

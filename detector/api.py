@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -206,10 +207,13 @@ class Detector:
         n = len(xb)
         xb = xb.to(self.device, torch.float32)
         xs = stack(xb, self.spec)  # the images, then each transform of them
+        auto = self._traced is not None and torch.get_num_threads() == 1
+        beside = self.device.type == "cpu" and (auto if COPIES_BESIDE is None else COPIES_BESIDE)
+        pool = _copies_pool() if beside else None
         if self._traced is not None:
-            logits, features, z_float, s = run_stacked(self._traced, xs, n, self.spec, self._traced_low)
+            logits, features, z_float, s = run_stacked(self._traced, xs, n, self.spec, self._traced_low, pool)
         else:
-            logits, features, z_float, s = run_stacked(self._network(), xs, n, self.spec)
+            logits, features, z_float, s = run_stacked(self._network(), xs, n, self.spec, pool=pool)
         z = [zl.bool() for zl in z_float]
         inputs = self.score_inputs(StackedOutput(n, logits, features, z, s, xb))
         logits, features, z, s = logits[:n], features[:n], [zl[:n] for zl in z], [sl[:n] for sl in s]
@@ -230,6 +234,22 @@ class Detector:
             gate_logits=[sl.cpu() for sl in s],
             inputs=inputs.cpu(),
         )
+
+
+# Profiles with bfloat16 copies run two forwards per batch (detector/consistency.run_stacked). A traced detector
+# called on one torch thread (the service's small batches, which leave the other core to HTTP) runs the copies'
+# forward in a helper thread (one per process, one torch thread) beside the images' own: 1.4x faster at batch 1,
+# 1.6-1.7x at 8 to 64 on 2 cores (`python bench/scoring.py --copies-beside`). On more threads the two would fight
+# for the cores (0.7-0.8x at 2 threads), and eager calls hold Python's GIL (0.9x at batch 1): there they run one
+# after the other.
+COPIES_BESIDE: bool | None = None  # None: that rule; True / False: always / never (bench/scoring.py)
+_COPIES_POOL: list[ThreadPoolExecutor] = []
+
+
+def _copies_pool() -> ThreadPoolExecutor:
+    if not _COPIES_POOL:
+        _COPIES_POOL.append(ThreadPoolExecutor(1, "dnd-copies", initializer=torch.set_num_threads, initargs=(1,)))
+    return _COPIES_POOL[0]
 
 
 # (model config, device, engine, autocast dtype) -> the first traced graph of that architecture in this process

@@ -17,7 +17,7 @@ from torch import Tensor
 
 
 @functools.cache
-def _layer_sums(widths: tuple[int, ...]) -> Tensor:
+def layer_sums(widths: tuple[int, ...]) -> Tensor:
     """(sum C_l, L) 0/1 block matrix: cat(z) @ it sums each layer's columns, so all layers cost one matmul. Made
     outside inference mode whatever the caller's mode: the cached tensor also serves the adaptive attack's autograd."""
     with torch.inference_mode(False):
@@ -33,7 +33,7 @@ def _concat(z: list[Tensor]) -> Tensor:
 def _distances(zc: Tensor, ref: Tensor, widths: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Concatenated paths zc (N, sum C_l) and reference signatures ref (N, sum C_l), float -> (hamming, jaccard), each
     (N, L). Binary inputs: the sums are exact integer counts (<= 64, exact in float32), so every figure is exact."""
-    s = _layer_sums(widths).to(zc)
+    s = layer_sums(widths).to(zc)
     inter = (zc * ref) @ s  # |z AND ref| (soft: sum v ref)
     union = (zc + ref) @ s - inter  # |z OR ref|
     ham = (union - inter) / zc.new_tensor(widths)  # |z XOR ref| / C_l  (soft: sum |v - ref| for binary ref)

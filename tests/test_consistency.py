@@ -252,3 +252,30 @@ def test_an_image_its_transform_leaves_unchanged_has_nothing_moved(tmp_path) -> 
         top2 = still.logits.topk(2, 1).values
         torch.testing.assert_close(cols[:, -1], top2[:, 0] - top2[:, 1], rtol=0, atol=1e-5)
         assert float(moved.inputs[:, n_path : n_path + 2 * layers + 1].abs().sum()) > 0, name
+
+
+def test_copies_run_in_a_pool_thread_give_the_same_outputs_and_gradients(tmp_path) -> None:
+    """run_stacked with a pool runs the bfloat16 copies' forward in another thread, beside the images' own: the same
+    numbers, eager (autocast) and traced, and in grad mode the gradient still reaches every stacked row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detector import load_detector
+    from detector.consistency import run_stacked, stack
+
+    det = load_detector(
+        write_detector_bundle(tmp_path / "b", features={"transforms": ["median", "shift"], "precision": "bfloat16"})
+    )
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    xs, spec = stack(x, det.spec), det.spec
+    net = det._network()
+    with ThreadPoolExecutor(1) as pool:
+        with torch.inference_mode():
+            for fwd, low in ((net, None), (det.trace()._traced, det._traced_low)):
+                alone, beside = run_stacked(fwd, xs, 3, spec, low), run_stacked(fwd, xs, 3, spec, low, pool)
+                for a, b in zip(alone, beside):
+                    for u, v in zip(a, b) if isinstance(a, list) else [(a, b)]:
+                        assert torch.equal(u, v) and not v.requires_grad
+        xg = xs.clone().requires_grad_(True)
+        logits = run_stacked(net, xg, 3, spec, None, pool)[0]
+        logits.logsumexp(1).sum().backward()
+        assert xg.grad is not None and bool((xg.grad.flatten(1).abs().sum(1) > 0).all())
