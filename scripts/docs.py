@@ -21,6 +21,7 @@ from detector.evaluation.summary import (
     ablation_table,
     adaptive_table,
     bundles_table,
+    calibration_record_table,
     depth_table,
     detection_table,
     lee_table,
@@ -91,6 +92,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "depth": lambda root: depth_table({name: _json(root, f"{d}/report.json") for name, d in DEPTH.items()}),
     "selection": lambda root: selection_summary(_json(root, "reports/selection/report.json")),
     "score-reads": lambda root: score_reads_table({b: _calibration(root, b) for b in REPORTS}),
+    "calibration-record": lambda root: calibration_record_table({b: _calibration(root, b)[0] for b in REPORTS}),
     "ablation": lambda root: ablation_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
     "lee": lambda root: (
         lee_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json"))

@@ -108,3 +108,18 @@ def test_the_score_reads_table_says_what_precision_the_copies_run_in() -> None:
     rows = table.splitlines()[2:]
     assert rows[0] == "| `a` | path, consistency | 3 x 3 median filter | bfloat16 | 10 |"
     assert rows[1] == "| `b` | path | — | — | 7 |"  # no transforms: no copies to run
+
+
+def test_the_calibration_record_table_shows_validation_attacks_and_the_worst_shift() -> None:
+    from detector.evaluation.summary import calibration_record_table
+
+    cal = {
+        "validation": {"fgsm": {"offered": 10, "n": 8, "auroc": 0.9705, "flagged": 0.8275}, "cw": {"n": 0}},
+        "threshold_shift_flagged": {"gaussian_noise": 0.02, "saturate": 0.139},
+        "threshold_bound_by": "clean",
+    }
+    raised = {**cal, "threshold_bound_by": "saturate", "threshold_shift_flagged": {"saturate": 0.1}}
+    rows = calibration_record_table({"a": cal, "b": raised, "old": {}}).splitlines()[2:]
+    assert rows[0] == "| `a` | fgsm 0.971 / 82.8% (8) | 13.9% (saturate) |"  # an attack with no success: no cell
+    assert rows[1].endswith("| 10.0% (saturate; the threshold raised to bound saturate) |")
+    assert rows[2] == "| `old` | — | — |"

@@ -245,6 +245,31 @@ def score_reads_table(calibrations: dict[str, tuple[dict[str, Any], int, str]]) 
     return "\n".join(lines)
 
 
+def calibration_record_table(calibrations: dict[str, dict[str, Any]]) -> str:
+    """Per bundle, what its profiles measured on the calibration half once scorer and threshold were set: each
+    validation attack's AUROC and share flagged (detector/validation.py), and the share of the threshold part's
+    clean images flagged under the worst weighed corruption (detector/shift_threshold.py). Values: calibration
+    records; profiles written before either measurement show a dash."""
+    head = ["bundle", "validation attacks: AUROC / flagged (n)", "threshold images flagged under the worst corruption"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, cal in calibrations.items():
+        val = cal.get("validation") or {}
+        cells = [f"{a} {v['auroc']:.3f} / {100 * v['flagged']:.1f}% ({v['n']:,})" for a, v in val.items() if v["n"]]
+        shifted = cal.get("threshold_shift_flagged") or {}
+        worst = max(shifted, key=shifted.get) if shifted else None
+        lines.append(
+            f"| `{name}` | {'; '.join(cells) or '—'} | "
+            + (f"{100 * shifted[worst]:.1f}% ({worst}{_bound(cal)})" if worst else "—")
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _bound(cal: dict[str, Any]) -> str:
+    by = cal.get("threshold_bound_by", "clean")
+    return "" if by == "clean" else f"; the threshold raised to bound {by}"
+
+
 def depth_table(reports: dict[str, dict[str, Any]]) -> str:
     """The served `path` of several bundles side by side, one column each: what its score was fitted on, the clean
     images it flags, then per attack evaluated in every report its AUROC [95%], the share flagged at its threshold and
