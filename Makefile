@@ -115,7 +115,6 @@ select: $(VENV_OK) data
 # residual joined the fit (the flags below).
 profiles: $(VENV_OK) data
 	$(call profile,models/resnet20-decoupled) --transform-precision bfloat16 --source models/resnet20-dense \
-	    --calib-train-attacks fgsm,pgd,transfer --calib-train-subset-attacks cw,deepfool \
 	    --validation-attacks fgsm,transfer,transfer-mi
 # The adaptive attacks run on 100 evaluation images at full strength (100 steps, 5 restarts): on 2 CPU cores each
 # budget costs ~10 min per 100 images that survive the attack's first steps. The costly attacks (CW, DeepFool,
@@ -124,7 +123,8 @@ profiles: $(VENV_OK) data
 evaluate: $(VENV_OK) data
 	$(call evaluate_to,models/resnet20-decoupled,reports/evaluation) --adaptive-limit 100 --slow-limit 600
 ROBUST_RECIPE := --transforms median,shift --confidence --no-residual --calib-attacks fgsm,pgd,cw,deepfool \
-    --calib-train-subset-attacks cw,deepfool --families fgsm+pgd,cw+deepfool --selection-attacks pgdl2,transfer
+    --calib-train-attacks fgsm,pgd --calib-train-subset-attacks cw,deepfool --families fgsm+pgd,cw+deepfool \
+    --selection-attacks pgdl2,transfer
 profiles-robust: $(VENV_OK) data
 	$(call profile,models/resnet20-decoupled-robust) $(ROBUST_RECIPE)
 # The robust bundle on fewer images (1,000; 300 for the costly attacks; refits on 600; the adaptive attacks, at full
@@ -141,7 +141,7 @@ evaluate-robust: $(VENV_OK) data
 # DeepFool, in no fit of this detector, count as unseen; no Lee upper bound and no adaptive attacks (33 min): on 100
 # images those took 25 min at 2/255 and 12 min at 4/255 here, before 8/255 and its AutoAttack (`--adaptive-limit 100`).
 R56_PROFILES := --calib-train 0 --calib-attacks fgsm,pgd,transfer --families fgsm+pgd,transfer --no-residual \
-    --transform-precision bfloat16
+    --transform-precision bfloat16 --calib-train-attacks fgsm,pgd --calib-train-subset-attacks cw,deepfool,transfer
 R56_EVALUATION := --limit 1000 --slow-limit 300 --fit-limit 600 --lee-limit 0 --adaptive-limit 0 \
     --attacks fgsm,pgd,transfer --unseen cw,deepfool,eadl1,pixle,transfer-ti
 profiles-resnet56: $(VENV_OK) data

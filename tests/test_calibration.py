@@ -113,7 +113,7 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d"])
     assert a.calib_attacks == "fgsm,pgd,cw,deepfool,transfer" and a.calib_train == 30000
     assert a.calib_train_subset is None and a.source == ""  # `make profiles` passes the dense bundle
-    assert a.calib_train_attacks == "fgsm,pgd" and a.calib_train_subset_attacks == "cw,deepfool,transfer"
+    assert a.calib_train_attacks == "fgsm,pgd,transfer" and a.calib_train_subset_attacks == "cw,deepfool"
     assert a.families == "fgsm+pgd+transfer,cw+deepfool" and a.family_log_prior is None  # -> the default priors
     assert a.residual and a.transforms == "median,shift" and not a.confidence
     d = CalibrationConfig()
@@ -126,7 +126,10 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
     assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
     assert shipped["extra_subset_images"] == d.train_subset
-    assert shipped["extra_subset_attacks"] == ["cw", "deepfool", "transfer"]
+    assert shipped["extra_attacks"] == ["fgsm", "pgd", "transfer"] and shipped["extra_subset_attacks"] == [
+        "cw",
+        "deepfool",
+    ]
     assert shipped["families"] == [["fgsm", "pgd", "transfer"], ["cw", "deepfool"]]
     assert shipped["transfer_source"] == "models/resnet20-dense"
     assert shipped["family_log_prior"] == list(d.family_log_prior) == [0.0, 0.0]
