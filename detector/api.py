@@ -237,7 +237,7 @@ class Detector:
 
 
 # Profiles with bfloat16 copies run two forwards per batch (detector/consistency.run_stacked). A traced detector
-# called on one torch thread (the service's small batches, which leave the other core to HTTP) runs the copies'
+# called on one torch thread (the service's batches under DND_PARALLEL_MIN_BATCH images) runs the copies'
 # forward in a helper thread (one per process, one torch thread) beside the images' own: 1.4x faster at batch 1,
 # 1.6-1.7x at 8 to 64 on 2 cores (`python bench/scoring.py --copies-beside`). On more threads the two would fight
 # for the cores (0.7-0.8x at 2 threads), and eager calls hold Python's GIL (0.9x at batch 1): there they run one

@@ -243,8 +243,8 @@ def consistency_features(
     Per transform: per layer the share of filters whose state changed (soft z: mean |z - z_T|), per layer the mean
     absolute change of the gate logits, the L1 distance between the softmax outputs, and the margin of the image's
     predicted class under T (its logit minus the best other; negative = the label flipped). All differentiable.
-    The layers at once: per-layer sums of the concatenated paths are one matmul with a block matrix (per layer and
-    transform, the 4 L T small ops cost ~1 ms of a 10 ms batch-1 det.predict)."""
+    All layers at once: per-layer sums of the concatenated paths are one matmul with a block matrix (4 L T small
+    ops, one per layer and transform, cost ~1 ms of a 10 ms batch-1 det.predict)."""
     cols = []
     widths = tuple(zl.shape[1] for zl in z)
     sums, w = layer_sums(widths).to(logits), logits.new_tensor(widths)  # (sum C_l, L): cat(.) @ sums = layer sums
