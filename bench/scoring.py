@@ -44,9 +44,9 @@ def main() -> None:
     if not a.default_malloc:
         print(f"tune_malloc: {'applied' if tune_malloc() else 'not applied'}")
     torch.set_num_threads(a.threads)
-    det = load_detector(a.model)
     if a.copies_beside:
         return copies_beside(a.model, a.rounds)
+    det = load_detector(a.model)
     x = torch.rand(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
     def plain() -> None:
