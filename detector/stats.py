@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from .data import to_unit_float
 from .networks import GatedNetwork
@@ -21,7 +22,8 @@ def collect_gate_paths(
     for uint8 or [0,1] float images x."""
     model.eval()
     logits, paths, gates = [], [], []
-    for i in range(0, max(len(x), 1), batch_size):  # one empty batch for empty x: (0, K) logits, (0, C_l) paths
+    starts = range(0, max(len(x), 1), batch_size)  # one empty batch for empty x: (0, K) logits, (0, C_l) paths
+    for i in tqdm(starts, desc="paths", unit="batch", leave=False, disable=len(starts) < 4):
         xb = x[i : i + batch_size].to(device)
         xb = to_unit_float(xb)
         out = model.forward_paths(xb.contiguous(memory_format=torch.channels_last))

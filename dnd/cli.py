@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .commands import detect, evaluate, figures, serve, train
+from .commands import attack, evaluate, figures, profiles, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dnd", description="Dynamic Neural Network Decoupling: adversarial-example detector"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (train, detect, evaluate, figures, serve):
+    for group in (train, profiles, attack, evaluate, figures, serve):
         group.register(sub)
     return parser
 
