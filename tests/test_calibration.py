@@ -101,7 +101,7 @@ def test_a_subset_of_training_images_gets_the_minimal_attacks(
 
 def _profiles_config(*flags: str):
     from dnd.cli import build_parser
-    from dnd.commands.detect import calibration_config
+    from dnd.commands.profiles import calibration_config
 
     return calibration_config(build_parser().parse_args(["profiles", "--model", "m", "--data", "d", *flags]))
 
@@ -297,14 +297,15 @@ def _make_profile_targets() -> dict[str, list[str]]:
 
 
 def test_each_make_profiles_target_rebuilds_its_shipped_recipe() -> None:
-    """`make profiles`, `make profiles-robust` and `make profiles-resnet56` give, with today's defaults, the recipe
-    recorded in the profiles each ships: a default changed without a rebuild, or a flag left out, fails here."""
+    """`make profiles`, `make profiles-robust`, `make profiles-resnet56` and `make profiles-vgg` give, with today's
+    defaults, the recipe recorded in the profiles each ships: a default changed without a rebuild, or a flag left out,
+    fails here."""
     from detector.calibration import CalibrationConfig
     from dnd.cli import build_parser
-    from dnd.commands.detect import calibration_config
+    from dnd.commands.profiles import calibration_config
 
     targets = _make_profile_targets()
-    assert set(targets) == {"resnet20-decoupled", "resnet20-decoupled-robust", "resnet56-decoupled"}
+    assert set(targets) == {"resnet20-decoupled", "resnet20-decoupled-robust", "resnet56-decoupled", "vgg19-decoupled"}
     for bundle, flags in targets.items():
         a = build_parser().parse_args(["profiles", "--model", "m", "--data", "d", *flags])
         shipped = load_profiles(Path(__file__).parents[1] / "models" / bundle).meta["calibration"]
