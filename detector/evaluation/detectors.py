@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ..api import Detector, Prediction
 from ..baselines import (
@@ -136,7 +137,7 @@ class Suite:
         clean_f, clean_all = self.path_features(clean), self.all_features(clean)
         rows = {a: self.path_features(v) for a, v in attacked.items()}
         rows_all = {a: self.all_features(v) for a, v in attacked.items()}
-        for variant in [ALL, *(f"without:{a}" for a in attacked)]:
+        for variant in tqdm([ALL, *(f"without:{a}" for a in attacked)], desc="supervised refits", unit="fit"):
             kept = [a for a in attacked if variant != f"without:{a}"]
             fams = [[a for a in f if a in kept] for f in families]
             fams += [[a] for a in kept if not any(a in f for f in fams)]  # an attack outside the recipe's families
@@ -153,7 +154,7 @@ class Suite:
         fams += [[a] for a in attacked if not any(a in f for f in fams)]
         pri = list(prior) + [0.0] * (len(fams) - len(prior))
         served = self.columns(self.det.profiles.spec)
-        for name, cols in self.ablation_columns().items():
+        for name, cols in tqdm(self.ablation_columns().items(), desc="ablation refits", unit="fit"):
             sc = self.path_refit[ALL]
             if cols != served:  # other families than the served score reads: refit on those columns
                 sc = PathScorer.fit(
