@@ -76,6 +76,11 @@ def _metrics_or_none(root: Path, bundle: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _detectors(root: Path) -> list[str]:
+    """The shipped bundles with a detector (profiles), evaluated or not."""
+    return [b for b in BUNDLES if (root / "models" / b / "profiles.safetensors").is_file()]
+
+
 def _reports(root: Path) -> dict[str, dict]:
     return {name: _json(root, f"{d}/report.json") for name, d in REPORTS.items()}
 
@@ -91,8 +96,10 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "adaptive": lambda root: adaptive_table(_reports(root)),
     "depth": lambda root: depth_table({name: _json(root, f"{d}/report.json") for name, d in DEPTH.items()}),
     "selection": lambda root: selection_summary(_json(root, "reports/selection/report.json")),
-    "score-reads": lambda root: score_reads_table({b: _calibration(root, b) for b in REPORTS}),
-    "calibration-record": lambda root: calibration_record_table({b: _calibration(root, b)[0] for b in REPORTS}),
+    "score-reads": lambda root: score_reads_table({b: _calibration(root, b) for b in _detectors(root)}),
+    "calibration-record": lambda root: calibration_record_table(
+        {b: _calibration(root, b)[0] for b in _detectors(root)}
+    ),
     "ablation": lambda root: ablation_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json")),
     "lee": lambda root: (
         lee_table(_json(root, f"{REPORTS['resnet20-decoupled']}/report.json"))
