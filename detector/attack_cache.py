@@ -56,10 +56,11 @@ class AttackCache:
             publish(tmp, path)
         return out
 
-    def attack_set(self, name: str, offered: int, run: Callable[[], AttackSet]) -> AttackSet:
-        """A whole attack set (clean and adversarial images, labels, success), keyed by the common key and the
-        number of images offered; the key lives in the set's meta."""
-        want = self.key | {"offered": str(offered)}
+    def attack_set(self, name: str, offered: int, run: Callable[[], AttackSet], **key: str) -> AttackSet:
+        """A whole attack set (clean and adversarial images, labels, success), keyed by the common key, the number
+        of images offered and `key` (e.g. the network a transferred attack was crafted on); the key lives in the
+        set's meta."""
+        want = self.key | {"offered": str(offered)} | {k: str(v) for k, v in key.items()}
         path = self.dir / f"{name}.safetensors" if self.dir is not None else None
         if path is not None and path.is_file():
             s = load_attack_set(path)

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from detector.attack_cache import AttackCache, tensor_sha256
-from detector.attacks import run_attack
+from detector.attacks import run_attack, save_attack_set
 
 
 def test_attack_sets_are_attacked_again_for_other_weights_or_seed(model_and_data, tmp_path: Path) -> None:
@@ -28,6 +28,25 @@ def test_attack_sets_are_attacked_again_for_other_weights_or_seed(model_and_data
         assert len(calls) == 2 * expected and s.meta["model"] == sha and s.meta["seed"] == 0
     again = AttackCache(tmp_path, {"seed": "1", "model": "b" * 64}).tensors("fit-fgsm", images, offered=str(len(x)))
     assert torch.equal(again["x_adv"], x + 0.01) and len(calls) == 5  # another seed also attacks again
+
+
+def test_a_transferred_attack_is_crafted_again_on_another_source(model_and_data, tmp_path: Path) -> None:
+    """`dnd evaluate --source OTHER` into the same OUT: images crafted on the old source network are not reused."""
+    m, x, y = model_and_data
+    calls = []
+
+    def attack() -> object:
+        calls.append(1)
+        return run_attack(m, "fgsm", x, y)
+
+    cache = AttackCache(tmp_path, {"seed": "0", "model": "a" * 64})
+    for source, expected in [("s" * 64, 1), ("s" * 64, 1), ("t" * 64, 2)]:
+        s = cache.attack_set("transfer", len(x), attack, source=source)
+        assert len(calls) == expected and s.meta["source"] == source
+    del s.meta["source"]  # a set saved before sets recorded their source: crafted on an unknown network
+    save_attack_set(s, tmp_path / "transfer.safetensors")
+    cache.attack_set("transfer", len(x), attack, source="t" * 64)
+    assert len(calls) == 3
 
 
 def test_tensors_round_trip_exactly_and_only_under_the_same_key(tmp_path: Path) -> None:

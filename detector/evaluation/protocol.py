@@ -28,7 +28,7 @@ from ..api import Detector
 from ..attack_cache import AttackCache
 from ..attacks import ATTACKS, AttackSet, run_attack
 from ..baselines.lee import EPS_GRID, cross_fit_per_attack, lee_distances
-from ..bundle import load_model
+from ..bundle import WEIGHTS, file_sha256, load_model
 from ..calibration import CalibrationConfig, fit_attack
 from ..corruptions import CORRUPTIONS, corrupt, random_corruptions
 from ..data import check_classes, load_split, to_unit_float
@@ -67,12 +67,16 @@ def evaluate(
     suite = Suite.unsupervised(
         det, to_unit_float(train.x[gauss_idx]), train.y[gauss_idx], to_unit_float(train.x[lid_idx])
     )
-    # keyed by the seed and the network's weights: a retrained bundle evaluated into the same OUT attacks again
+    # keyed by the seed and the network's weights (a transferred attack also by its source's): a retrained bundle
+    # evaluated into the same OUT attacks again
     cache = AttackCache(
         out / "attacks", {"seed": str(cfg.seed), "model": det.weights_sha256}, save_attacks and is_main()
     )
     attacks = [*cfg.known, *cfg.selection, *cfg.unseen]
-    source = load_model(cfg.source, det.device) if any(ATTACKS[a].transfer for a in attacks) else None
+    transfer = any(ATTACKS[a].transfer for a in attacks)
+    source = load_model(cfg.source, det.device) if transfer else None
+    source_key = {"source": file_sha256(Path(cfg.source) / WEIGHTS)} if transfer else {}
+    crafted_on = lambda name: source_key if ATTACKS[name].transfer else {}  # noqa: E731
     # supervised detectors on the calibration fit part: clean against the known attacks (the calibration recipe)
     fit_x, fit_y = correct(det, x_of(fit_idx), test.y[fit_idx])
     fit_views = {}
@@ -81,6 +85,7 @@ def evaluate(
             f"fit-{name}",
             lambda n=name: {"x_adv": fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device, source)[0]},
             offered=str(len(fit_x)),
+            **crafted_on(name),
         )["x_adv"]
         if len(adv):  # an attack that never succeeds on the fit part has nothing to teach the refits
             fit_views[name] = suite.view(adv)
@@ -134,6 +139,7 @@ def evaluate(
             lambda n=name, i=sub: run_attack(
                 det.model, n, xo[i], yo[i], seed=cfg.seed, device=det.device, source=source
             ),
+            **crafted_on(name),
         )
         pos_view = suite.view(s.x_adv[s.success])
         pos = suite.scores(pos_view)
