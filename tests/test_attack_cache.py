@@ -8,14 +8,22 @@ from detector.attack_cache import AttackCache, tensor_sha256
 from detector.attacks import run_attack, save_attack_set
 
 
-def test_attack_sets_are_attacked_again_for_other_weights_or_seed(model_and_data, tmp_path: Path) -> None:
-    # a retrained bundle evaluated into the same OUT must not be scored on images that fooled the network before it
+def _counted_fgsm(model_and_data, calls: list[int]):
+    """FGSM on the tiny model's images, counting each time it really runs."""
     m, x, y = model_and_data
-    calls = []
 
     def attack() -> object:
         calls.append(1)
         return run_attack(m, "fgsm", x, y)
+
+    return attack
+
+
+def test_attack_sets_are_attacked_again_for_other_weights_or_seed(model_and_data, tmp_path: Path) -> None:
+    # a retrained bundle evaluated into the same OUT must not be scored on images that fooled the network before it
+    _, x, _ = model_and_data
+    calls = []
+    attack = _counted_fgsm(model_and_data, calls)
 
     def images() -> dict[str, torch.Tensor]:
         calls.append(1)
@@ -32,13 +40,9 @@ def test_attack_sets_are_attacked_again_for_other_weights_or_seed(model_and_data
 
 def test_a_transferred_attack_is_crafted_again_on_another_source(model_and_data, tmp_path: Path) -> None:
     """`dnd evaluate --source OTHER` into the same OUT: images crafted on the old source network are not reused."""
-    m, x, y = model_and_data
+    _, x, _ = model_and_data
     calls = []
-
-    def attack() -> object:
-        calls.append(1)
-        return run_attack(m, "fgsm", x, y)
-
+    attack = _counted_fgsm(model_and_data, calls)
     cache = AttackCache(tmp_path, {"seed": "0", "model": "a" * 64})
     for source, expected in [("s" * 64, 1), ("s" * 64, 1), ("t" * 64, 2)]:
         s = cache.attack_set("transfer", len(x), attack, source=source)
