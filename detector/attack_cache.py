@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .attacks import AttackSet, load_attack_set, save_attack_set
+from .attacks import AttackSet, file_stem, load_attack_set, save_attack_set
 from .bundle import publish
 
 
@@ -40,10 +40,14 @@ class AttackCache:
         self.key = {k: str(v) for k, v in key.items()}
         self.save = save and self.dir is not None
 
+    def _path(self, name: str) -> Path | None:
+        """DIR/NAME.safetensors, NAME made one file name: "transfer@models/vgg19-dense" names a bundle path."""
+        return self.dir / f"{file_stem(name)}.safetensors" if self.dir is not None else None
+
     def tensors(self, name: str, run: Callable[[], dict[str, Tensor]], **key: str) -> dict[str, Tensor]:
         """The tensors `run()` returns, from DIR/name.safetensors when its key equals this one."""
         full = self.key | {k: str(v) for k, v in key.items()}
-        path = self.dir / f"{name}.safetensors" if self.dir is not None else None
+        path = self._path(name)
         if path is not None and path.is_file():
             with safe_open(str(path), framework="pt") as f:
                 if f.metadata() == full:
@@ -61,7 +65,7 @@ class AttackCache:
         of images offered and `key` (e.g. the network a transferred attack was crafted on); the key lives in the
         set's meta."""
         want = self.key | {"offered": str(offered)} | {k: str(v) for k, v in key.items()}
-        path = self.dir / f"{name}.safetensors" if self.dir is not None else None
+        path = self._path(name)
         if path is not None and path.is_file():
             s = load_attack_set(path)
             if {k: str(s.meta.get(k)) for k in want} == want:

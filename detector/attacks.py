@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ ATTACKS: dict[str, AttackSpec] = {
     "transfer": AttackSpec(
         "PGD",
         {"eps": 8 / 255, "alpha": 2 / 255, "steps": 20, "random_start": True},
-        "Linf 8/255, 20-step PGD crafted on the dense network, transferred",
+        "Linf 8/255, 20-step PGD, transferred",
         transfer=True,
         fit_radii=True,
     ),
@@ -74,13 +75,13 @@ ATTACKS: dict[str, AttackSpec] = {
     "transfer-mi": AttackSpec(
         "MIFGSM",
         {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "decay": 1.0},
-        "Linf 8/255, MI-FGSM (momentum) crafted on the dense network, transferred",
+        "Linf 8/255, MI-FGSM (momentum), transferred",
         transfer=True,
     ),
     "transfer-ti": AttackSpec(
         "TIFGSM",
         {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "decay": 1.0, "len_kernel": 5, "nsig": 3},
-        "Linf 8/255, TI-DIM (smoothed gradients, random resizing, momentum) crafted on the dense network, transferred",
+        "Linf 8/255, TI-DIM (smoothed gradients, random resizing, momentum), transferred",
         transfer=True,
     ),
     # Two families no recipe choice ever looked at: another norm (L1, sparse) and another threat model (L0 patches,
@@ -99,9 +100,43 @@ ATTACKS: dict[str, AttackSpec] = {
 }
 
 
+def split_name(name: str) -> tuple[str, str | None]:
+    """ "transfer-ti@models/vgg19-dense" -> ("transfer-ti", "models/vgg19-dense"): a transferred attack crafted on the
+    bundle after the "@" rather than on the run's --source (another architecture, say). A plain name -> (name, None)."""
+    base, at, source = name.partition("@")
+    return base, (source if at else None)
+
+
+def file_stem(name: str) -> str:
+    """An attack's name as one file name: NAME@PATH's path separators become "_"."""
+    return re.sub(r"[^A-Za-z0-9@._-]", "_", name)
+
+
+def attack_spec(name: str) -> AttackSpec:
+    """The AttackSpec of `name` (a key of ATTACKS, or a transferred one with "@SOURCE"); a clear error otherwise."""
+    base, source = split_name(name)
+    if base not in ATTACKS:
+        raise ValueError(f"unknown attack {base!r}; expected one of {sorted(ATTACKS)}")
+    spec = ATTACKS[base]
+    if source is not None and not (spec.transfer and source):
+        transferred = sorted(n for n, a in ATTACKS.items() if a.transfer)
+        raise ValueError(
+            f"attack {name!r}: only a transferred attack ({', '.join(transferred)}) takes '@SOURCE', a bundle path"
+        )
+    return spec
+
+
 def is_transfer(name: str) -> bool:
     """Whether attack `name` is crafted on another network (run_attack's `source`)."""
-    return name in ATTACKS and ATTACKS[name].transfer
+    base, _ = split_name(name)
+    return base in ATTACKS and ATTACKS[base].transfer
+
+
+def describe(name: str, source: str) -> str:
+    """The attack's budget and threat model for reports; a transferred one also names the network it was crafted on
+    (its "@SOURCE", else `source`, the run's)."""
+    spec = attack_spec(name)
+    return f"{spec.what} (crafted on {split_name(name)[1] or source})" if spec.transfer else spec.what
 
 
 @dataclass
@@ -143,9 +178,7 @@ def _batched_jacobian_deepfool() -> type:
 def make_attack(name: str, model: torch.nn.Module, **overrides: Any):
     import torchattacks
 
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
-    spec = ATTACKS[name]
+    spec = attack_spec(name)
     attack_cls = _batched_jacobian_deepfool() if spec.cls == "DeepFool" else getattr(torchattacks, spec.cls)
     return attack_cls(model, **{**spec.params, **overrides})
 
@@ -167,15 +200,16 @@ def run_attack(
     **overrides: Any,
 ) -> AttackSet:
     """Attack the correctly classified images among x (N, 3, S, S; uint8 or [0,1] float) with labels y (N,).
-    A transfer attack (ATTACKS[name].transfer) is crafted on `source` and judged on `model`."""
-    spec = ATTACKS.get(name)
-    if spec is not None and spec.transfer and source is None:
+    A transfer attack (ATTACKS[name].transfer) is crafted on `source` and judged on `model`; for "NAME@PATH" the
+    caller passes PATH's network as `source` (detector/transfer.py)."""
+    spec = attack_spec(name)
+    if spec.transfer and source is None:
         raise ValueError(f"attack {name!r} is crafted on another network: pass source=")
     model = model.to(device).eval()
     x = to_unit_float(x)
     keep = _predict(model, x, device) == y
     x, y = x[keep], y[keep]
-    attack = make_attack(name, (source.to(device).eval() if spec is not None and spec.transfer else model), **overrides)
+    attack = make_attack(name, (source.to(device).eval() if spec.transfer else model), **overrides)
     starts = list(range(0, len(x), batch_size))
     bar = tqdm(total=len(starts), desc=f"attack {name}", unit="batch", leave=False)
 
@@ -191,7 +225,7 @@ def run_attack(
     bar.close()
     x_adv = torch.cat(advs) if advs else x.clone()
     adv_pred = _predict(model, x_adv, device) if len(x_adv) else y.clone()
-    params = {**ATTACKS[name].params, **overrides}
+    params = {**spec.params, **overrides}
     meta = {"seed": seed, "attacked": int(keep.sum()), "offered": len(keep)}
     return AttackSet(name, params, x, y, x_adv, adv_pred != y, meta)
 

@@ -18,8 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .attack_cache import AttackCache, tensor_sha256
-from .attacks import ATTACKS, is_transfer, run_attack
-from .bundle import load_model
+from .attacks import attack_spec, is_transfer, run_attack, split_name
 from .consistency import TRANSFORMS
 from .corruptions import random_corruptions
 from .data import to_unit_float
@@ -30,6 +29,7 @@ from .recipe import CalibrationConfig
 from .scorer import PathScorer, calibrate_threshold
 from .shift_threshold import flagged, shift_bounded_threshold, shifted_scores
 from .splits import SPLIT_SEED, balanced_subset, fit_threshold_split
+from .transfer import TransferSources
 from .trees import TREE_PARAMS
 from .validation import validation_figures
 
@@ -102,8 +102,8 @@ def fit_attack(
     """(successful adversarial images, success mask) of `name` on x; the fit's Linf attacks (AttackSpec.fit_radii) at
     cfg.linf_eps, each image at one radius (a seeded random split of x into len(linf_eps) parts). A transferred
     attack is crafted on `source`."""
-    spec = ATTACKS.get(name)
-    if spec is None or not spec.fit_radii or not cfg.linf_eps:
+    spec = attack_spec(name)
+    if not spec.fit_radii or not cfg.linf_eps:
         s = run_attack(model, name, x, y, seed=cfg.seed, device=device, source=source)
         return s.x_adv[s.success], s.success
     part = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed)) % len(cfg.linf_eps)
@@ -123,14 +123,16 @@ def attack_rows(
     sets: list[FitSet],
     cfg: CalibrationConfig,
     device: str | torch.device,
-    source: torch.nn.Module | None = None,
+    sources: TransferSources | None = None,
     cache: AttackCache | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Per attack name, the path features of its successful adversarial images over every set, and its success rate.
-    With a cache, each (attack, image set) result is kept on disk and reused by a re-run of the same recipe."""
+    Transferred attacks are crafted on `sources`. With a cache, each (attack, image set) result is kept on disk and
+    reused by a re-run of the same recipe."""
     rows: dict[str, list[Tensor]] = {}
     rates = {}
     cache = cache or AttackCache(None, {})
+    network = sources.network if sources is not None else lambda name: None
     names = list(dict.fromkeys(n for _, _, ns in sets for n in ns))
     for name in tqdm(names, desc="calibration attacks", unit="attack"):
         ok = succ = 0
@@ -140,11 +142,12 @@ def attack_rows(
             t = cache.tensors(
                 f"{name}-set{i}",
                 lambda n=name, xs=xs, ys=ys: dict(
-                    zip(("x_adv", "success"), fit_attack(model, n, xs, ys, cfg, device, source), strict=True)
+                    zip(("x_adv", "success"), fit_attack(model, n, xs, ys, cfg, device, network(n)), strict=True)
                 ),
                 images=tensor_sha256(xs),
                 labels=tensor_sha256(ys),
                 radii=",".join(map(str, cfg.linf_eps)),
+                **(sources.key(name) if sources is not None and split_name(name)[1] else {}),
             )
             adv, success = t["x_adv"], t["success"]
             ok, succ = ok + len(success), succ + int(success.sum())
@@ -172,9 +175,10 @@ def calibrate(
     profiles = replace(profiles, meta={**profiles.meta, "features": cfg.spec.to_dict()})  # what the scorer reads
     fit_idx, thr_idx = fit_threshold_split(y, model.cfg.num_classes, cfg.seed, cfg.threshold_share)
     clean, sets, extra = fit_sets(model, profiles, x, y, fit_idx, cfg, train if cfg.train_images > 0 else None, device)
-    transfer = any(is_transfer(n) for n in [*cfg.attacks_run(), *cfg.validation_attacks])
-    source = load_model(cfg.source, device) if transfer else None
-    rows, rates = attack_rows(model, profiles, sets, cfg, device, source, cache)
+    # crafted on --source: the transferred attacks that name no source of their own (NAME@SOURCE)
+    transfer = any(is_transfer(n) and not split_name(n)[1] for n in [*cfg.attacks_run(), *cfg.validation_attacks])
+    sources = TransferSources(cfg.source, model.cfg.classes, device)
+    rows, rates = attack_rows(model, profiles, sets, cfg, device, sources, cache)
     # a family none of whose attacks ran (e.g. attacks=fgsm,pgd without the training subset) gets no model
     fams = [[n for n in f if n in rows] for f in cfg.families]
     trees = cfg.scorer == "trees"
@@ -194,7 +198,7 @@ def calibrate(
     scorer = replace(scorer, surrogate_threshold=calibrate_threshold(scorer.surrogate(thr_clean), surrogate_fpr))
 
     def attack(name: str, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
-        s = run_attack(model, name, xs, ys, seed=cfg.seed, device=device, source=source)
+        s = run_attack(model, name, xs, ys, seed=cfg.seed, device=device, source=sources.network(name))
         return s.x_adv, s.success
 
     validation = validation_figures(

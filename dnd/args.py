@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -31,13 +32,23 @@ finite = checked(float, math.isfinite, "a finite number")  # a NaN threshold wou
 
 
 def attack_names(csv: str) -> list[str]:
-    """ "fgsm,PGD" -> ["fgsm", "pgd"]; every name must be a known attack."""
-    from detector.attacks import ATTACKS
+    """ "fgsm,PGD,transfer-ti@models/vgg19-dense" -> ["fgsm", "pgd", "transfer-ti@models/vgg19-dense"]; every name
+    must be a known attack, and a transferred one may name the bundle it is crafted on after "@" (checked here, before
+    hours of attacks)."""
+    from detector.attacks import ATTACKS, attack_spec, split_name
+    from detector.bundle import CONFIG
 
-    names = [n.strip().lower() for n in csv.split(",") if n.strip()]
-    bad = [n for n in names if n not in ATTACKS]
+    names = []
+    for raw in (n.strip() for n in csv.split(",") if n.strip()):
+        base, source = split_name(raw)
+        names.append(base.lower() + (f"@{source}" if source is not None else ""))
+    bad = [n for n in names if split_name(n)[0] not in ATTACKS]
     if bad or not names:
         raise ValueError(f"unknown attack(s) {bad or csv!r}; expected a comma-separated list of {sorted(ATTACKS)}")
+    for name in names:
+        attack_spec(name)  # "@" only on a transferred attack
+        if (source := split_name(name)[1]) is not None and not (Path(source) / CONFIG).is_file():
+            raise ValueError(f"attack {name!r}: {source} is no bundle (no {CONFIG} in it)")
     return names
 
 

@@ -150,3 +150,34 @@ def test_every_torchattacks_attack_runs_on_the_model_unwrapped(name: str) -> Non
         warnings.simplefilter("ignore")
         adv = attack(x, y)
     assert adv.shape == x.shape and adv.min() >= 0 and adv.max() <= 1 and torch.isfinite(adv).all()
+
+
+def test_a_transferred_attack_may_name_the_bundle_it_is_crafted_on(tmp_path: Path) -> None:
+    """NAME@PATH: a transferred attack crafted on another bundle than the run's --source (another architecture, say),
+    each source loaded once, keyed by its own weights, and refused when it predicts other classes."""
+    from detector import save_bundle
+    from detector.attacks import attack_spec, describe, file_stem, split_name
+    from detector.transfer import TransferSources
+
+    from .conftest import TINY_MODEL, tiny_decoupled_model
+
+    run, other = (save_bundle(tiny_decoupled_model(s), tmp_path / n, {}) for s, n in ((0, "run"), (1, "other")))
+    assert split_name(f"transfer-ti@{other}") == ("transfer-ti", str(other)) and split_name("fgsm") == ("fgsm", None)
+    for bad in ("fgsm@" + str(other), "transfer@"):  # only a transferred attack takes a source, and a non-empty one
+        with pytest.raises(ValueError, match="only a transferred attack"):
+            attack_spec(bad)
+    classes = tiny_decoupled_model().cfg.classes
+    sources = TransferSources(str(run), classes)
+    assert sources.path("fgsm") is None and sources.network("fgsm") is None and sources.key("fgsm") == {}
+    assert sources.path("transfer") == str(run) and sources.path(f"transfer@{other}") == str(other)
+    assert sources.network(f"transfer@{other}") is sources.network(f"transfer-mi@{other}")  # loaded once
+    assert sources.key("transfer") != sources.key(f"transfer-ti@{other}")  # another network's weights
+    assert describe("transfer", "models/x").endswith("(crafted on models/x)")
+    assert describe(f"transfer@{other}", "models/x").endswith(f"(crafted on {other})")
+    assert "/" not in file_stem(f"transfer@{other}") and file_stem("pgd") == "pgd"
+    # a source that predicts other classes would aim its attacks at other labels
+    torch.manual_seed(0)
+    renamed = build_model(ModelConfig(decoupled=True, **TINY_MODEL, classes=tuple(f"c{i}" for i in range(10))))
+    save_bundle(renamed.eval(), tmp_path / "renamed", {})
+    with pytest.raises(ValueError, match="same classes"):
+        sources.network(f"transfer@{tmp_path / 'renamed'}")

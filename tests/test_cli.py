@@ -37,6 +37,23 @@ def test_attack_cli_writes_sets_within_budget(tiny_bundle: Path, tiny_data: Path
         assert (s.x_adv - s.x_clean).abs().max() <= 8 / 255 + 1e-6 and s.x_adv.min() >= 0 and s.x_adv.max() <= 1
 
 
+def test_attack_names_take_a_source_bundle_only_where_one_is_crafted_on(tmp_path: Path) -> None:
+    """`--attack transfer-TI@PATH`: the method's name is case-blind, the path is kept as given; a source on an attack
+    that runs on the network itself, or a path that is no bundle, is refused while parsing."""
+    from dnd.args import attack_names
+
+    from .conftest import write_detector_bundle
+
+    b = write_detector_bundle(tmp_path / "B")
+    assert attack_names(f"FGSM, transfer-TI@{b},") == ["fgsm", f"transfer-ti@{b}"]
+    with pytest.raises(ValueError, match="only a transferred attack"):
+        attack_names(f"pgd@{b}")
+    with pytest.raises(ValueError, match="is no bundle"):
+        attack_names(f"transfer@{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="unknown attack"):
+        attack_names("bim@x")
+
+
 def test_bad_data_path_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

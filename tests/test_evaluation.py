@@ -23,7 +23,7 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
         "--selection",
         "pgdl2,transfer",
         "--unseen",
-        "eadl1,transfer-ti",
+        f"eadl1,transfer-ti@{tiny_bundle}",  # crafted on a bundle of its own, not on --source
         "--source",
         str(tiny_bundle.parent / "dense"),
         "--corruptions",
@@ -52,7 +52,15 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
     from detector.evaluation import DETECTORS
 
     r = json.loads((out / "report.json").read_text())
-    assert list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer", "eadl1", "transfer-ti"]
+    ti = f"transfer-ti@{tiny_bundle}"
+    assert list(r["attacks"]) == ["fgsm", "pgd", "cw", "pgdl2", "transfer", "eadl1", ti]
+    assert r["attacks"]["transfer"]["what"].endswith(f"(crafted on {tiny_bundle.parent / 'dense'})")
+    assert r["attacks"][ti]["what"].endswith(f"(crafted on {tiny_bundle})")
+    from detector.attacks import file_stem, load_attack_set
+    from detector.bundle import WEIGHTS, file_sha256
+
+    kept = load_attack_set(out / "attacks" / f"{file_stem(ti)}.safetensors")  # one file, keyed by its own source
+    assert kept.meta["source"] == file_sha256(tiny_bundle / WEIGHTS)
     assert 0 <= r["clean_accuracy"] <= 1
     assert [a["role"] for a in r["attacks"].values()] == ["known"] * 3 + ["selection"] * 2 + ["unseen"] * 2
     for name, a in r["attacks"].items():
@@ -63,7 +71,7 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
                 assert 0 <= d["auroc"] <= 1 and d["auroc_ci"][0] <= d["auroc"] <= d["auroc_ci"][1]
             else:
                 assert d["auroc"] is None
-        if name in ("fgsm", "pgd", "transfer", "transfer-ti"):
+        if name in ("fgsm", "pgd", "transfer", ti):
             assert a["linf_max"] <= 8 / 255 + 1e-6
         if a["n_adv"] > 1:  # the Lee-faithful upper bound, fitted on this attack, two-fold
             lee = a["lee_upper_bound"]
@@ -134,6 +142,19 @@ def test_an_unseen_attack_in_the_fit_record_is_refused_before_any_attack(
     # an attack whose calibration figures chose the recipe (the record's selection_attacks) is no unseen attack either
     assert main([*args, "--unseen", "pgdl2", "--out", str(tmp_path / "s")]) == 2
     assert "pgdl2 informed a recipe choice" in capsys.readouterr().err
+
+
+def test_an_attack_crafted_on_another_network_is_no_unseen_method() -> None:
+    """NAME@SOURCE compares by its method: transfer-ti crafted on another network is still transfer-ti."""
+    import pytest
+
+    from detector.evaluation.protocol import check_unseen
+
+    with pytest.raises(ValueError, match="in the served scorer's fit"):
+        check_unseen(("transfer-ti@models/vgg19-dense",), {"attacks": ["fgsm", "transfer-ti"]})
+    with pytest.raises(ValueError, match="informed a recipe choice"):
+        check_unseen(("transfer-mi@models/vgg19-dense",), {"attacks": ["fgsm"]}, selection=("transfer-mi",))
+    check_unseen(("transfer-ti@models/vgg19-dense",), {"attacks": ["fgsm", "transfer"]})  # another method: unseen
 
 
 def test_select_ranks_candidates_on_the_calibration_half(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:

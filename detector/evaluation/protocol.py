@@ -26,15 +26,15 @@ from tqdm import tqdm
 from ..adaptive import robust_report
 from ..api import Detector
 from ..attack_cache import AttackCache
-from ..attacks import ATTACKS, AttackSet, run_attack
+from ..attacks import AttackSet, describe, run_attack, split_name
 from ..baselines.lee import EPS_GRID, cross_fit_per_attack, lee_distances
-from ..bundle import WEIGHTS, file_sha256, load_model
 from ..calibration import CalibrationConfig, fit_attack
 from ..corruptions import CORRUPTIONS, corrupt, random_corruptions
 from ..data import check_classes, load_split, to_unit_float
 from ..parallel import is_main
 from ..scorer import calibrate_threshold
 from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test, train_sample
+from ..transfer import TransferSources
 from .config import EvalConfig
 from .detectors import ALL, DETECTORS, REFITTED, Suite
 from .report import write_report
@@ -73,19 +73,16 @@ def evaluate(
         out / "attacks", {"seed": str(cfg.seed), "model": det.weights_sha256}, save_attacks and is_main()
     )
     attacks = [*cfg.known, *cfg.selection, *cfg.unseen]
-    transfer = any(ATTACKS[a].transfer for a in attacks)
-    source = load_model(cfg.source, det.device) if transfer else None
-    source_key = {"source": file_sha256(Path(cfg.source) / WEIGHTS)} if transfer else {}
-    crafted_on = lambda name: source_key if ATTACKS[name].transfer else {}  # noqa: E731
+    sources = TransferSources(cfg.source, det.classes, det.device)
     # supervised detectors on the calibration fit part: clean against the known attacks (the calibration recipe)
     fit_x, fit_y = correct(det, x_of(fit_idx), test.y[fit_idx])
     fit_views = {}
     for name in tqdm(cfg.known, desc="fit attacks", unit="attack"):
         adv = cache.tensors(
             f"fit-{name}",
-            lambda n=name: {"x_adv": fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device, source)[0]},
+            lambda n=name: {"x_adv": fit_attack(det.model, n, fit_x, fit_y, ccfg, det.device, sources.network(n))[0]},
             offered=str(len(fit_x)),
-            **crafted_on(name),
+            **sources.key(name),
         )["x_adv"]
         if len(adv):  # an attack that never succeeds on the fit part has nothing to teach the refits
             fit_views[name] = suite.view(adv)
@@ -137,9 +134,9 @@ def evaluate(
             name,
             len(sub),
             lambda n=name, i=sub: run_attack(
-                det.model, n, xo[i], yo[i], seed=cfg.seed, device=det.device, source=source
+                det.model, n, xo[i], yo[i], seed=cfg.seed, device=det.device, source=sources.network(n)
             ),
-            **crafted_on(name),
+            **sources.key(name),
         )
         pos_view = suite.view(s.x_adv[s.success])
         pos = suite.scores(pos_view)
@@ -147,7 +144,7 @@ def evaluate(
         curves[name] = {d: f.pop("curve", None) for d, f in figs.items()}
         report["attacks"][name] = {
             "role": "known" if name in cfg.known else "selection" if name in cfg.selection else "unseen",
-            "what": ATTACKS[name].what,
+            "what": describe(name, cfg.source),
             "params": s.params,
             "images_attacked": len(s.y),
             "n_adv": int(s.success.sum()),
@@ -191,15 +188,18 @@ def lee_figures(det: Detector, suite: Suite, clean: Tensor, s: AttackSet, cfg: E
 def check_unseen(unseen: tuple[str, ...], cal: dict[str, Any], selection: tuple[str, ...] = ()) -> None:
     """Refuse, before any attack runs, to report as unseen an attack the served scorer was fitted on or whose figures
     chose its recipe (its profiles' calibration record), or one this evaluation also names as used in selection:
-    its figures would be in-distribution figures under an out-of-distribution name."""
-    fitted = {*cal.get("attacks", []), *cal.get("extra_attacks", []), *cal.get("extra_subset_attacks", [])}
-    seen = sorted(set(unseen) & fitted)
+    its figures would be in-distribution figures under an out-of-distribution name. Attacks compare by their method
+    (NAME of NAME@SOURCE): the same attack crafted on another network is no unseen method."""
+    base = lambda names: {split_name(n)[0] for n in names}  # noqa: E731
+    fitted = base([*cal.get("attacks", []), *cal.get("extra_attacks", []), *cal.get("extra_subset_attacks", [])])
+    seen = sorted(n for n in unseen if split_name(n)[0] in fitted)
     if seen:
         raise ValueError(
             f"--unseen {','.join(unseen)}: {', '.join(seen)} are in the served scorer's fit (its calibration record "
             f"lists {', '.join(sorted(fitted))}); an unseen attack must be one no fit touched"
         )
-    chose = sorted(set(unseen) & {*cal.get("selection_attacks", []), *cal.get("validation_attacks", []), *selection})
+    chose_by = base([*cal.get("selection_attacks", []), *cal.get("validation_attacks", []), *selection])
+    chose = sorted(n for n in unseen if split_name(n)[0] in chose_by)
     if chose:
         raise ValueError(
             f"--unseen {','.join(unseen)}: {', '.join(chose)} informed a recipe choice (the calibration record or "

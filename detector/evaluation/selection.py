@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from ..api import Detector
 from ..attack_cache import AttackCache, tensor_sha256
-from ..attacks import ATTACKS, run_attack
-from ..bundle import WEIGHTS, file_sha256, load_model, write_json
+from ..attacks import is_transfer, run_attack, split_name
+from ..bundle import WEIGHTS, file_sha256, write_json
 from ..calibration import CalibrationConfig, fit_attack
 from ..consistency import TRANSFORMS, FeatureSpec
 from ..corruptions import BASE_AUGMENT, COLOUR_JITTER_AUGMENT, SELECTION_CORRUPTIONS, corrupt, random_corruptions
@@ -43,6 +43,7 @@ from ..data import load_split, to_unit_float
 from ..features import feature_count
 from ..inputs import inputs_of_images
 from ..splits import SPLIT_SEED, balanced_subset, fit_threshold_split, split_test
+from ..transfer import TransferSources
 from ..trees import TREE_PARAMS, fit_family_trees
 from .config import EvalConfig
 from .rocs import auroc
@@ -224,24 +225,26 @@ def select(det: Detector, data: str | Path, out: str | Path, cfg: SelectConfig =
         keep = det.predict(xc).labels == y
         sets[f"corruption:{c}"], still[c] = (inputs(xc[keep]), every[keep]), int(keep.sum())
     attacks = [*FIT_ATTACKS, *cfg.selection_attacks]  # the fit's, then the held-out ones the choice is judged on
-    transfer = any(ATTACKS[a].transfer for a in attacks if a in ATTACKS)
-    source = load_model(cfg.source, det.device) if transfer else None
-    # attacks kept under OUT/attacks (git-ignored), so that a re-run with other limits or candidates attacks nothing
+    transfer = any(is_transfer(a) for a in attacks)
+    sources = TransferSources(cfg.source, det.classes, det.device)
+    # attacks kept under OUT/attacks (git-ignored), so that a re-run with other limits or candidates attacks nothing;
+    # keyed by the run's source network, or by an attack's own (NAME@SOURCE)
     src = file_sha256(Path(cfg.source) / WEIGHTS) if transfer else ""
+    src_of = lambda n: sources.key(n)["source"] if split_name(n)[1] else src  # noqa: E731
     cache = AttackCache(
         out / "attacks", {"seed": str(cfg.seed), "model": det.weights_sha256, "images": tensor_sha256(x)}
     )
 
     def attack(name: str) -> dict[str, Tensor]:
         if name in FIT_ATTACKS:
-            adv, success = fit_attack(det.model, name, x, y, ccfg, det.device, source)
+            adv, success = fit_attack(det.model, name, x, y, ccfg, det.device, sources.network(name))
         else:
-            s = run_attack(det.model, name, x, y, seed=cfg.seed, device=det.device, source=source)
+            s = run_attack(det.model, name, x, y, seed=cfg.seed, device=det.device, source=sources.network(name))
             adv, success = s.x_adv[s.success], s.success
         return {"x_adv": adv, "success": success}
 
     for name in tqdm(attacks, desc="attacks", unit="attack"):
-        got = cache.tensors(name, lambda n=name: attack(n), source=str(src), radii=str(ccfg.linf_eps))
+        got = cache.tensors(name, lambda n=name: attack(n), source=src_of(name), radii=str(ccfg.linf_eps))
         sets[name] = (inputs(got["x_adv"]), every[got["success"]])
     fold = torch.randperm(len(y), generator=torch.Generator().manual_seed(cfg.seed + 1)) % 2
     n_path = feature_count([f.shape[1] for f in det.profiles.freq], det.profiles.gate_mean is not None)

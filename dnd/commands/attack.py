@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--attack",
         default="fgsm,pgd,cw,deepfool",
-        help=f"comma-separated names from detector/attacks.py: {', '.join(ATTACKS)}",
+        help=f"comma-separated names from detector/attacks.py: {', '.join(ATTACKS)}; a transferred one may name the "
+        "bundle it is crafted on, NAME@PATH (else --source)",
     )
     p.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation")
     p.add_argument("--limit", type=count, default=0, help="class-balanced number of images (0 = the whole split)")
@@ -38,11 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attack(a: argparse.Namespace) -> None:
-    from detector.attacks import ATTACKS, run_attack, save_attack_set, write_pngs
+    from detector.attacks import file_stem, run_attack, save_attack_set, write_pngs
     from detector.bundle import load_model
     from detector.data import check_classes, load_split
     from detector.parallel import is_main
     from detector.splits import balanced_subset, split_test
+    from detector.transfer import TransferSources
 
     model = load_model(a.model, a.device)
     test = load_split(a.data, "test", model.cfg.input_size)
@@ -52,20 +54,22 @@ def cmd_attack(a: argparse.Namespace) -> None:
         {"calibration": cal_idx, "evaluation": ev_idx}[a.split], test.y, a.limit, model.cfg.num_classes
     )
     names = attack_names(a.attack)
-    source = load_model(a.source, a.device) if any(ATTACKS[n].transfer for n in names) else None
+    sources = TransferSources(a.source, model.cfg.classes, a.device)
     for name in names:
-        s = run_attack(model, name, test.x[idx], test.y[idx], max(a.batch_size, 1), a.seed, a.device, source)
+        src = sources.network(name)
+        s = run_attack(model, name, test.x[idx], test.y[idx], max(a.batch_size, 1), a.seed, a.device, src)
         if not is_main():  # under torchrun process 0 writes what every process has gathered
             continue
-        path = save_attack_set(s, Path(a.out) / f"{name}.safetensors")
+        stem = file_stem(name)
+        path = save_attack_set(s, Path(a.out) / f"{stem}.safetensors")
         print(
             f"{name}: {int(s.success.sum())} of {len(s.y)} correctly classified {a.split} images misclassified after "
             f"the attack (success rate {s.success_rate:.4f}), max Linf {float((s.x_adv - s.x_clean).abs().max()):.4f} "
             f"| wrote {path}"
         )
         if a.png:
-            written, before = write_pngs(s, model, Path(a.out) / name, model.cfg.classes, a.device)
+            written, before = write_pngs(s, model, Path(a.out) / stem, model.cfg.classes, a.device)
             print(
                 f"{name}: {written} of {before} successful attacks still misclassified as 8-bit images | wrote "
-                f"{Path(a.out) / name}/*.png"
+                f"{Path(a.out) / stem}/*.png"
             )

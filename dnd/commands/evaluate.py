@@ -69,7 +69,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--square-queries", type=count, default=e.adaptive.square_queries)
     p.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack on the network alone")
     p.add_argument("--bootstrap", type=count, default=e.bootstrap, help="resamples for the 95%% intervals")
-    p.add_argument("--source", default=e.source, help="the network transfer attacks are crafted on")
+    p.add_argument(
+        "--source",
+        default=e.source,
+        help="the network transfer attacks are crafted on; one attack may name its own, NAME@PATH "
+        "(e.g. --unseen transfer-ti@models/vgg19-dense: crafted on another architecture)",
+    )
     p.add_argument("--threshold", type=finite, default=None, help="override the calibrated threshold")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
