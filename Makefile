@@ -150,8 +150,9 @@ evaluate-resnet56: $(VENV_OK) data
 	$(call evaluate_to,models/resnet56-decoupled,reports/evaluation-resnet56) $(R56_EVALUATION) \
 	    --source models/resnet56-dense
 # The VGG-19 detector on the ResNet-56's recipe, its transferred attacks crafted on the dense VGG-19: profiles ≈ 30 min
-# on 2 CPU cores (15 for the attacks, 10 for trees on its 9,973 features), the evaluation over 2 h (40 min of it for
-# the 14 refitted tree models; each attack costs ~3x the ResNet-56's; a rerun resumes from the cached attacks).
+# on 2 CPU cores (15 for the attacks, 10 for trees on its 9,973 features), the evaluation about 2.5 h (about 1 h of
+# it refits tree models on those features; each attack costs ~3x the ResNet-56's; a rerun resumes from the cached
+# attacks, not from the refits).
 profiles-vgg: $(VENV_OK) data
 	$(call profile,models/vgg19-decoupled) $(R56_PROFILES) --source models/vgg19-dense
 evaluate-vgg: $(VENV_OK) data

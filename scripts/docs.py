@@ -41,18 +41,21 @@ BUNDLES = (
     "vgg19-dense",
     "vgg19-decoupled",
 )
-# each shipped detector's report (`make evaluate`, `make evaluate-robust`, `make evaluate-resnet56`)
+# each shipped detector's report (`make evaluate`, `make evaluate-robust`, `make evaluate-resnet56`, `make
+# evaluate-vgg`)
 REPORTS = {
     "resnet20-decoupled": "reports/evaluation",
     "resnet20-decoupled-robust": "reports/evaluation-robust",
     "resnet56-decoupled": "reports/evaluation-resnet56",
+    "vgg19-decoupled": "reports/evaluation-vgg19",
 }
-# does a deeper path detect better: the served ResNet-20, the ResNet-20 on the ResNet-56's recipe (`make depth`), and
-# the ResNet-56
+# does a deeper path detect better: the served ResNet-20, the ResNet-20 on the ResNet-56's recipe (`make depth`), the
+# ResNet-56 and the VGG-19 on that recipe
 DEPTH = {
     "ResNet-20, its served recipe": "reports/evaluation",
     "ResNet-20, the ResNet-56 recipe": "reports/depth-resnet20",
     "ResNet-56": "reports/evaluation-resnet56",
+    "VGG-19": "reports/evaluation-vgg19",
 }
 
 

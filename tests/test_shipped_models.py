@@ -29,9 +29,19 @@ SHIPPED = [
 METRIC_BUNDLES = [pytest.param(b, marks=pytest.mark.slow) if b.name.startswith("vgg") else b for b in SHIPPED]
 # decoupled bundles with their detector, and the report `dnd evaluate` wrote for each
 DETECTORS = [
-    ("resnet20-decoupled", "evaluation"),
-    ("resnet20-decoupled-robust", "evaluation-robust"),
-    ("resnet56-decoupled", "evaluation-resnet56"),
+    pytest.param("resnet20-decoupled", "evaluation", id="resnet20-decoupled"),
+    pytest.param("resnet20-decoupled-robust", "evaluation-robust", id="resnet20-decoupled-robust"),
+    pytest.param("resnet56-decoupled", "evaluation-resnet56", id="resnet56-decoupled"),
+    pytest.param(
+        "vgg19-decoupled",
+        "evaluation-vgg19",
+        # a known defect, said in the README: its threshold flags 4.98% of its 1,766 calibration threshold images
+        # but 8.1% [6.3, 9.8] of the evaluation half's clean ones (a two-proportion z of 3.2, no sampling noise)
+        marks=pytest.mark.xfail(
+            strict=True, raises=AssertionError, reason="the VGG-19's threshold does not transfer to the evaluation half"
+        ),
+        id="vgg19-decoupled",
+    ),
 ]
 
 
@@ -59,7 +69,7 @@ def test_metrics_regenerate(bundle: Path, test_split) -> None:
         assert abs(now["filter_states"][k] - recorded["filter_states"][k]) <= 2
 
 
-@pytest.mark.parametrize("name, report_dir", DETECTORS, ids=[n for n, _ in DETECTORS])
+@pytest.mark.parametrize("name, report_dir", DETECTORS)
 def test_shipped_detector_threshold_transfers_to_unseen_clean_images(name: str, report_dir: str, test_split) -> None:
     """The calibrated threshold flags ~target FPR of clean, correctly classified images of the *evaluation* half
     (never seen by calibration), and the report's clean accuracy matches the model on that half."""
