@@ -36,8 +36,8 @@ DETECTORS = [
         "vgg19-decoupled",
         "evaluation-vgg19",
         # a known defect, said in the README: its threshold flags 4.98% of its 1,766 calibration threshold images
-        # but 8.1% [6.3, 9.8] of the 898 correct ones among the report's 1,000 evaluation images (5.5% of the other
-        # 3,554 of the evaluation half: 6.1% over the whole half, about a point high, and the report's part unlucky)
+        # (the profiles' record) but 8.1% [6.3, 9.8] of the correct ones among the report's 1,000 evaluation images
+        # (reports/evaluation-vgg19); `make evaluate-vgg` with --limit 0 would measure the whole evaluation half
         marks=pytest.mark.xfail(
             strict=True, raises=AssertionError, reason="the VGG-19's threshold flags 8.1% of its report's clean images"
         ),
