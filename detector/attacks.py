@@ -132,6 +132,11 @@ def is_transfer(name: str) -> bool:
     return base in ATTACKS and ATTACKS[base].transfer
 
 
+def needs_run_source(name: str) -> bool:
+    """Whether attack `name` is crafted on the run's --source: a transferred attack that names no bundle of its own."""
+    return is_transfer(name) and split_name(name)[1] is None
+
+
 def describe(name: str, source: str) -> str:
     """The attack's budget and threat model for reports; a transferred one also names the network it was crafted on
     (its "@SOURCE", else `source`, the run's)."""

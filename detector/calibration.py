@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .attack_cache import AttackCache, tensor_sha256
-from .attacks import attack_spec, is_transfer, run_attack, split_name
+from .attacks import attack_spec, needs_run_source, run_attack, split_name
 from .consistency import TRANSFORMS
 from .corruptions import random_corruptions
 from .data import to_unit_float
@@ -176,7 +176,7 @@ def calibrate(
     fit_idx, thr_idx = fit_threshold_split(y, model.cfg.num_classes, cfg.seed, cfg.threshold_share)
     clean, sets, extra = fit_sets(model, profiles, x, y, fit_idx, cfg, train if cfg.train_images > 0 else None, device)
     # crafted on --source: the transferred attacks that name no source of their own (NAME@SOURCE)
-    transfer = any(is_transfer(n) and not split_name(n)[1] for n in [*cfg.attacks_run(), *cfg.validation_attacks])
+    transfer = any(needs_run_source(n) for n in [*cfg.attacks_run(), *cfg.validation_attacks])
     sources = TransferSources(cfg.source, model.cfg.classes, device)
     rows, rates = attack_rows(model, profiles, sets, cfg, device, sources, cache)
     # a family none of whose attacks ran (e.g. attacks=fgsm,pgd without the training subset) gets no model

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .attacks import ATTACKS, is_transfer, split_name
+from .attacks import ATTACKS, needs_run_source, split_name
 from .consistency import FeatureSpec
 from .corruptions import AUGMENT, AUGMENT_KINDS, BASE_AUGMENT
 
@@ -86,7 +86,7 @@ class CalibrationConfig:
         """Every attack the scorer is fitted against, in order of first use; transferred ones only with a source."""
         names = list(self.attacks) + (list(self.train_attacks) if self.train_images > 0 else [])
         names += list(self.train_subset_attacks) if self.train_images > 0 and self.train_subset > 0 else []
-        return [n for n in dict.fromkeys(names) if self.source or split_name(n)[1] or not is_transfer(n)]
+        return [n for n in dict.fromkeys(names) if self.source or not needs_run_source(n)]
 
     def check(self) -> None:
         """Refuse an inconsistent recipe before any attack runs (they take tens of minutes)."""
@@ -101,7 +101,7 @@ class CalibrationConfig:
             raise ValueError(f"clean augmentation: unknown kind(s) {bad}; expected some of {', '.join(AUGMENT_KINDS)}")
         if bad := [n for n in self.validation_attacks if split_name(n)[0] not in ATTACKS]:
             raise ValueError(f"validation attacks: unknown {bad}; expected some of {', '.join(sorted(ATTACKS))}")
-        if not self.source and any(is_transfer(n) and not split_name(n)[1] for n in self.validation_attacks):
+        if not self.source and any(needs_run_source(n) for n in self.validation_attacks):
             raise ValueError("validation attacks: a transferred attack needs a source network (--source)")
         if self.scorer not in ("trees", "linear"):
             raise ValueError(f"scorer: expected trees or linear, got {self.scorer!r}")

@@ -156,13 +156,15 @@ def test_a_transferred_attack_may_name_the_bundle_it_is_crafted_on(tmp_path: Pat
     """NAME@PATH: a transferred attack crafted on another bundle than the run's --source (another architecture, say),
     each source loaded once, keyed by its own weights, and refused when it predicts other classes."""
     from detector import save_bundle
-    from detector.attacks import attack_spec, describe, file_stem, split_name
+    from detector.attacks import attack_spec, describe, file_stem, needs_run_source, split_name
     from detector.transfer import TransferSources
 
     from .conftest import TINY_MODEL, tiny_decoupled_model
 
     run, other = (save_bundle(tiny_decoupled_model(s), tmp_path / n, {}) for s, n in ((0, "run"), (1, "other")))
     assert split_name(f"transfer-ti@{other}") == ("transfer-ti", str(other)) and split_name("fgsm") == ("fgsm", None)
+    # only a transferred attack without a bundle of its own needs the run's --source
+    assert [needs_run_source(n) for n in ("transfer", f"transfer@{other}", "fgsm")] == [True, False, False]
     for bad in ("fgsm@" + str(other), "transfer@"):  # only a transferred attack takes a source, and a non-empty one
         with pytest.raises(ValueError, match="only a transferred attack"):
             attack_spec(bad)

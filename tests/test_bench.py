@@ -1,6 +1,7 @@
 """Smoke runs of bench/train_epoch.py (decoupled against dense training epochs), so the script cannot rot unnoticed:
 `make bench` is not part of the test suite. Tiny settings: the figures themselves are not checked, only what the
-script reads and prints."""
+script reads and prints. Each run trains in bfloat16, which a CPU without native bfloat16 emulates (30-80 s here):
+slow (`make test-all`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "train_epoch.py"
@@ -24,6 +27,9 @@ def _run(*args: str) -> str:
     )
     assert r.returncode == 0, f"bench/train_epoch.py {' '.join(args)} failed:\n{r.stderr[-3000:]}"
     return r.stdout
+
+
+pytestmark = pytest.mark.slow
 
 
 def test_train_epoch_setups_ratios_and_profile() -> None:

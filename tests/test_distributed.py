@@ -49,6 +49,7 @@ def compare(one: Path, two: Path, gate_atol: float) -> None:
     assert json.loads((two / "config.json").read_text())["processes"] == 2
 
 
+@pytest.mark.slow  # torchrun's two processes on 2 cores: ~20 s
 def test_two_processes_train_the_dense_network_as_one(data: Path, tmp_path: Path) -> None:
     args = ["train", "--data", str(data), "--lr", "0.02", *TINY]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
