@@ -8,7 +8,9 @@ scoring stages alone on the same batch (the stacked forward with the consistency
 copies' forward run beside the images' in a helper thread and after it, side by side, at 1 and 2 threads
 (detector/api.py COPIES_BESIDE forced on and off). With --baseline-profiles (e.g. profiles that read the path
 features only: `git show REV:models/resnet20-decoupled/profiles.safetensors > old.safetensors`), det.predict under
-both profiles at batch 1 and 64, side by side: what the served score's extra families cost.
+both profiles at batch 1 and 64, side by side: what the served score's extra families cost. With --float32-copies,
+det.predict at batch 1 and 64 as the bundle's profiles say (bfloat16 copies) and with the same copies in float32,
+side by side: what bfloat16 profiles cost or save on this CPU (timing only: the score is calibrated on the first).
 """
 
 from __future__ import annotations
@@ -40,12 +42,17 @@ def main() -> None:
         action="store_true",
         help="skip detector.runtime.tune_malloc (which dnd and the service call) to time glibc's defaults",
     )
+    ap.add_argument(
+        "--float32-copies", action="store_true", help="time the copies in the profiles' precision against float32"
+    )
     a = ap.parse_args()
     if not a.default_malloc:
         print(f"tune_malloc: {'applied' if tune_malloc() else 'not applied'}")
     torch.set_num_threads(a.threads)
     if a.copies_beside:
         return copies_beside(a.model, a.rounds)
+    if a.float32_copies:
+        return float32_copies(a.model, a.rounds)
     det = load_detector(a.model)
     x = torch.rand(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -126,6 +133,28 @@ def compare(det, model: str, baseline_profiles: str, rounds: int, trace: bool = 
                 f"det.predict at batch {n}: baseline {med['baseline'] * 1e3:.2f} ms, served {med['served'] * 1e3:.2f} "
                 f"ms, ratio {med['served'] / med['baseline']:.2f}"
             )
+
+
+def float32_copies(model: str, rounds: int) -> None:
+    """det.predict with the consistency copies in the profiles' precision and in float32, eager, at batch 1 and 64."""
+    from detector.runtime import native_bf16
+
+    det, f32 = load_detector(model), load_detector(model)
+    if det.spec.precision == "float32":
+        print("these profiles already run their copies in float32")
+        return
+    # the same profiles with float32 copies: the features move by bfloat16's rounding, so only the time is compared
+    f32.profiles.meta["features"] = {**f32.profiles.meta["features"], "precision": "float32"}
+    f32.spec = f32.profiles.spec
+    print(f"copies in {det.spec.precision} against float32; native bfloat16 on this CPU: {native_bf16(det.device)}")
+    for n in (1, 64):
+        xb = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+        fns = {"profiles": lambda xb=xb: det.predict(xb), "float32": lambda xb=xb: f32.predict(xb)}
+        med = medians(alternating(fns, rounds * (4 if n == 1 else 1), warmup=2)[0])
+        print(
+            f"det.predict at batch {n}: {det.spec.precision} copies {med['profiles'] * 1e3:.2f} ms, float32 copies "
+            f"{med['float32'] * 1e3:.2f} ms, ratio {med['profiles'] / med['float32']:.2f}"
+        )
 
 
 def copies_beside(model: str, rounds: int) -> None:
