@@ -68,7 +68,8 @@ class CalibrationConfig:
     residual: bool = True
     # The transformed copies' forward (FeatureSpec.precision). float32 runs anywhere at the same cost; `make profiles`
     # passes bfloat16 for the shipped bundle: the same AUROCs within 0.002 on its evaluation report, and det.predict
-    # at batch 64 1.95x path-only instead of 2.82x on this machine's AMX CPU (bench/scoring.py).
+    # at batch 64 1.95x path-only instead of 2.82x on a CPU with AMX; 5.4x slower than float32 copies where bfloat16
+    # is emulated (2 AMD EPYC Zen 3 cores; bench/scoring.py --float32-copies).
     transform_precision: str = "float32"
     # Attacks in no fit whose calibration-half figures chose the settings above (radii, transforms and families:
     # pgdl2 and MI-FGSM transferred). Recorded, so that `dnd evaluate` never reports them as unseen.
