@@ -137,11 +137,14 @@ evaluate-robust: $(VENV_OK) data
 
 # The ResNet-56 detector, on a recipe sized for 2 CPU cores (each of its attacks costs ~3x ResNet-20's): profiles fit
 # on the 3,000 calibration images only (no training images), against FGSM, PGD and PGD transferred from the dense
-# ResNet-56 (16 min); the evaluation on 1,000 images (300 for the costly attacks, refits on 600), where CW and
-# DeepFool, in no fit of this detector, count as unseen; no Lee upper bound and no adaptive attacks (33 min): on 100
-# images those took 25 min at 2/255 and 12 min at 4/255 here, before 8/255 and its AutoAttack (`--adaptive-limit 100`).
+# ResNet-56 (21 min on 2 AMD EPYC cores); the evaluation on 1,000 images (300 for the costly attacks, refits on 600),
+# where CW and DeepFool, in no fit of this detector, count as unseen; no Lee upper bound and no adaptive attacks
+# (59 min there): on 100 images those took 25 min at 2/255 and 12 min at 4/255 on a CPU with AMX, before 8/255 and
+# its AutoAttack (`--adaptive-limit 100`).
+# Its consistency copies run in float32: the same speed on every CPU (bfloat16 ones are 2.5-5.4x slower where the CPU
+# emulates bfloat16, docs/benchmarks.md).
 R56_PROFILES := --calib-train 0 --calib-attacks fgsm,pgd,transfer --families fgsm+pgd,transfer --no-residual \
-    --transform-precision bfloat16 --calib-train-attacks fgsm,pgd --calib-train-subset-attacks cw,deepfool,transfer
+    --calib-train-attacks fgsm,pgd --calib-train-subset-attacks cw,deepfool,transfer
 R56_EVALUATION := --limit 1000 --slow-limit 300 --fit-limit 600 --lee-limit 0 --adaptive-limit 0 \
     --attacks fgsm,pgd,transfer --unseen cw,deepfool,eadl1,pixle,transfer-ti
 profiles-resnet56: $(VENV_OK) data
@@ -152,18 +155,19 @@ evaluate-resnet56: $(VENV_OK) data
 # The VGG-19 detector on the ResNet-56's recipe, its transferred attacks crafted on the dense VGG-19: profiles ≈ 30 min
 # on 2 CPU cores (15 for the attacks, 10 for trees on its 9,973 features), the evaluation about 2.5 h (about 1 h of
 # it refits tree models on those features; each attack costs ~3x the ResNet-56's; a rerun resumes from the cached
-# attacks, not from the refits).
+# attacks, not from the refits). Its shipped profiles run the copies in bfloat16.
 profiles-vgg: $(VENV_OK) data
-	$(call profile,models/vgg19-decoupled) $(R56_PROFILES) --source models/vgg19-dense
+	$(call profile,models/vgg19-decoupled) $(R56_PROFILES) --transform-precision bfloat16 --source models/vgg19-dense
 evaluate-vgg: $(VENV_OK) data
 	$(call evaluate_to,models/vgg19-decoupled,reports/evaluation-vgg19) $(R56_EVALUATION) \
 	    --source models/vgg19-dense
 # Does a deeper path detect better? The ResNet-56's recipe on a copy of the decoupled ResNet-20 (runs/, not shipped),
-# so that reports/depth-resnet20 and reports/evaluation-resnet56 differ in the network only (16 min).
+# so that reports/depth-resnet20 and reports/evaluation-resnet56 differ in the network and in the copies' precision
+# only: its report was built with bfloat16 copies, the ResNet-56's with float32 ones (16 min where bfloat16 is native).
 depth: $(VENV_OK) data
 	rm -rf runs/resnet20-depth && mkdir -p runs && cp -r models/resnet20-decoupled runs/resnet20-depth
 	rm -f runs/resnet20-depth/profiles.safetensors
-	$(call profile,runs/resnet20-depth) $(R56_PROFILES) --source models/resnet20-dense
+	$(call profile,runs/resnet20-depth) $(R56_PROFILES) --transform-precision bfloat16 --source models/resnet20-dense
 	$(call evaluate_to,runs/resnet20-depth,reports/depth-resnet20) $(R56_EVALUATION) --source models/resnet20-dense
 
 # A wheel of the project (dist/): `pip install dist/dnd_detector-*.whl -c constraints.txt` gives `dnd` and
