@@ -1,7 +1,7 @@
 """Smoke runs of bench/train_epoch.py (decoupled against dense training epochs), so the script cannot rot unnoticed:
 `make bench` is not part of the test suite. Tiny settings: the figures themselves are not checked, only what the
-script reads and prints. Each run trains in bfloat16, which a CPU without native bfloat16 emulates (30-80 s here):
-slow (`make test-all`)."""
+script reads and prints. The float32 run is part of `make test`; the runs that train in bfloat16, which a CPU without
+native bfloat16 emulates (30-80 s on 2 AMD EPYC Zen 3 cores), are slow (`make test-all`)."""
 
 from __future__ import annotations
 
@@ -29,28 +29,31 @@ def _run(*args: str) -> str:
     return r.stdout
 
 
-pytestmark = pytest.mark.slow
+FLOAT32_SETUPS = ["dense", "decoupled", "decoupled+kd", "decoupled+kd fp32-teacher", "decoupled+kd-offline"]
 
 
-def test_train_epoch_setups_ratios_and_profile() -> None:
-    out = _run("--batch-size", "8", "--bf16", "--profile", "2")
-    assert re.search(r"^tune_malloc: (applied|not applied)", out, re.M), out[:500]
-    setups = [
-        "dense",
-        "decoupled",
-        "decoupled+kd",
-        "decoupled+kd fp32-teacher",
-        "decoupled+kd-offline",
-        "dense bf16",
-        "decoupled+kd bf16",
-    ]
+def _check_setups(out: str, setups: list[str], n_ratios: int) -> None:
     for name in setups:
         assert re.search(rf"^{re.escape(name)} +\d+\.\d ms/step", out, re.M), f"no timing line for {name!r}"
         assert f"\n{name}: top 2 operators by self CPU time" in out, f"no profile table for {name!r}"
     ratios = re.findall(r"training cost: (\d+\.\d\d)x", out)
-    assert len(ratios) == 7 and all(float(r) > 0 for r in ratios), ratios
+    assert len(ratios) == n_ratios and all(float(r) > 0 for r in ratios), ratios
 
 
+def test_train_epoch_float32_setups_and_profile() -> None:
+    out = _run("--batch-size", "8", "--profile", "2")
+    assert re.search(r"^tune_malloc: (applied|not applied)", out, re.M), out[:500]
+    _check_setups(out, FLOAT32_SETUPS, 4)  # each decoupled setup against the dense one
+    assert not re.search(r"^\S+ bf16 ", out, re.M), "a bfloat16 setup ran without --bf16"
+
+
+@pytest.mark.slow
+def test_train_epoch_setups_ratios_and_profile() -> None:
+    out = _run("--batch-size", "8", "--bf16", "--profile", "2")
+    _check_setups(out, [*FLOAT32_SETUPS, "dense bf16", "decoupled+kd bf16"], 7)
+
+
+@pytest.mark.slow
 def test_train_epoch_recipes_read_from_the_shipped_bundles() -> None:
     dense, dec = ROOT / "models" / "resnet20-dense", ROOT / "models" / "resnet20-decoupled"
     cfg_d = json.loads((dense / "config.json").read_text())["train"]
