@@ -66,10 +66,10 @@ class CalibrationConfig:
     # The input's own median-filter residual (consistency.residual_features): 6 columns, no extra forward. The same
     # study chooses it with the two transforms: worst AUROC 0.910 against 0.890 without it.
     residual: bool = True
-    # The transformed copies' forward (FeatureSpec.precision). float32 runs anywhere at the same cost; `make profiles`
-    # passes bfloat16 for the shipped bundle: the same AUROCs within 0.002 on its evaluation report, and det.predict
-    # at batch 64 1.95x path-only instead of 2.82x on a CPU with AMX; 5.4x slower than float32 copies where bfloat16
-    # is emulated (2 AMD EPYC Zen 3 cores; bench/scoring.py --float32-copies).
+    # The transformed copies' forward (FeatureSpec.precision). float32 (the shipped ResNet profiles') runs at one cost
+    # on every CPU; bfloat16 gave the same AUROCs within 0.002 and det.predict at batch 64 1.95x path-only instead of
+    # 2.82x on a CPU with AMX, but 5.4x slower than float32 copies where bfloat16 is emulated (2 AMD EPYC Zen 3
+    # cores; bench/scoring.py --float32-copies).
     transform_precision: str = "float32"
     # Attacks in no fit whose calibration-half figures chose the settings above (radii, transforms and families:
     # pgdl2 and MI-FGSM transferred). Recorded, so that `dnd evaluate` never reports them as unseen.
