@@ -164,12 +164,12 @@ evaluate-vgg: $(VENV_OK) data
 	$(call evaluate_to,models/vgg19-decoupled,reports/evaluation-vgg19) $(R56_EVALUATION) \
 	    --source models/vgg19-dense
 # Does a deeper path detect better? The ResNet-56's recipe on a copy of the decoupled ResNet-20 (runs/, not shipped),
-# so that reports/depth-resnet20 and reports/evaluation-resnet56 differ in the network and in the copies' precision
-# only: its report was built with bfloat16 copies, the ResNet-56's with float32 ones (16 min where bfloat16 is native).
+# so that reports/depth-resnet20 and reports/evaluation-resnet56 differ in the network only (31 min on 2 AMD
+# EPYC cores).
 depth: $(VENV_OK) data
 	rm -rf runs/resnet20-depth && mkdir -p runs && cp -r models/resnet20-decoupled runs/resnet20-depth
 	rm -f runs/resnet20-depth/profiles.safetensors
-	$(call profile,runs/resnet20-depth) $(R56_PROFILES) --transform-precision bfloat16 --source models/resnet20-dense
+	$(call profile,runs/resnet20-depth) $(R56_PROFILES) --source models/resnet20-dense
 	$(call evaluate_to,runs/resnet20-depth,reports/depth-resnet20) $(R56_EVALUATION) --source models/resnet20-dense
 
 # A wheel of the project (dist/): `pip install dist/dnd_detector-*.whl -c constraints.txt` gives `dnd` and
