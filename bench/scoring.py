@@ -11,6 +11,7 @@ features only: `git show REV:models/resnet20-decoupled/profiles.safetensors > ol
 both profiles at batch 1 and 64, side by side: what the served score's extra families cost. With --float32-copies,
 det.predict at batch 1 and 64 as the bundle's profiles say (bfloat16 copies) and with the same copies in float32,
 side by side: what bfloat16 profiles cost or save on this CPU (timing only: the score is calibrated on the first).
+With --chunks 64,128,512, det.predict over --images images in chunks of each size, side by side.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def main() -> None:
     ap.add_argument(
         "--float32-copies", action="store_true", help="time the copies in the profiles' precision against float32"
     )
+    ap.add_argument(
+        "--chunks",
+        help="comma-separated batch_size values: det.predict over --images images in chunks of each, side by side",
+    )
+    ap.add_argument("--images", type=int, default=2048, help="images for --chunks")
     a = ap.parse_args()
     if not a.default_malloc:
         print(f"tune_malloc: {'applied' if tune_malloc() else 'not applied'}")
@@ -53,6 +59,8 @@ def main() -> None:
         return copies_beside(a.model, a.rounds)
     if a.float32_copies:
         return float32_copies(a.model, a.rounds)
+    if a.chunks:
+        return chunks(a.model, [int(c) for c in a.chunks.split(",")], a.images, a.rounds)
     det = load_detector(a.model)
     x = torch.rand(a.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -154,6 +162,21 @@ def float32_copies(model: str, rounds: int) -> None:
         print(
             f"det.predict at batch {n}: {det.spec.precision} copies {med['profiles'] * 1e3:.2f} ms, float32 copies "
             f"{med['float32'] * 1e3:.2f} ms, ratio {med['profiles'] / med['float32']:.2f}"
+        )
+
+
+def chunks(model: str, sizes: list[int], n: int, rounds: int) -> None:
+    """det.predict over n images in chunks of each size, side by side (an evaluation's or a test's long call)."""
+    det = load_detector(model)
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    rows = 1 + len(det.spec.transforms)  # stacked rows per image
+    fns = {str(b): lambda b=b: det.predict(x, batch_size=b) for b in sizes}
+    med = medians(alternating(fns, rounds, warmup=1)[0])
+    best = min(med.values())
+    for b, v in med.items():
+        print(
+            f"det.predict over {n} images in chunks of {b:>4} ({int(b) * rows:>5} stacked rows): {v:6.2f} s "
+            f"({n / v:5.0f} img/s, {v / best:.2f}x the fastest)"
         )
 
 

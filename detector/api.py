@@ -20,7 +20,7 @@ from torch import Tensor
 from .bundle import CONFIG, METRICS, file_sha256, load_model, read_config, read_json_or_none, training_summary
 from .consistency import PRECISIONS, TRANSFORMS, run_stacked, stack
 from .features import PathLikelihood
-from .inputs import StackedOutput, score_inputs
+from .inputs import StackedOutput, images_per_chunk, score_inputs
 from .networks import GatedNetwork
 from .prediction import Prediction, check_images
 from .profiles import PROFILES, PathProfiles, load_profiles
@@ -193,11 +193,12 @@ class Detector:
         return score_inputs(out, self.profiles, signatures=self.signatures, likelihood=self.likelihood)
 
     @torch.inference_mode()
-    def predict(self, x: Tensor, batch_size: int = 512) -> Prediction:
-        """Classify and score float images x (N, 3, S, S) in [0, 1] (S = image_shape[1]). Results do not depend on
-        batch_size, up to float rounding: a gate logit within ~1e-5 of 0 may open or close its filter in a batch of
-        another size."""
+    def predict(self, x: Tensor, batch_size: int | None = None) -> Prediction:
+        """Classify and score float images x (N, 3, S, S) in [0, 1] (S = image_shape[1]), batch_size images per
+        forward (default: detector/inputs.py STACKED_ROWS stacked rows). Results do not depend on batch_size, up to
+        float rounding: a gate logit within ~1e-5 of 0 may open or close its filter in a batch of another size."""
         check_images(x, self.model.cfg.input_size)
+        batch_size = batch_size or images_per_chunk(self.spec)
         parts = [self._predict_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)] or [
             self._predict_batch(x)
         ]

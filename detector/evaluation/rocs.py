@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import Tensor
 
@@ -30,7 +31,16 @@ def auroc(neg: Tensor | np.ndarray, pos: Tensor | np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
 
 
-def interval(values: list[float]) -> list[float]:
+def bootstrap_aurocs(neg: np.ndarray, pos: np.ndarray, neg_idx: np.ndarray, pos_idx: np.ndarray) -> np.ndarray:
+    """AUROC of each bootstrap round (R,): negatives neg[neg_idx[r]] against positives pos[pos_idx[r]] (index arrays
+    (R, n) and (R, m)). The Mann-Whitney U of the positives over the negatives, / (m n), ties counting one half: the
+    area roc_auc_score gives, for all rounds in one call: a roc_auc_score call per round costs milliseconds of input
+    checks alone, and an evaluation asks for hundreds of figures of 500 rounds each."""
+    u = mannwhitneyu(pos[pos_idx], neg[neg_idx], axis=1, method="asymptotic", use_continuity=False).statistic
+    return np.asarray(u, dtype=np.float64) / (neg_idx.shape[1] * pos_idx.shape[1])
+
+
+def interval(values: list[float] | np.ndarray) -> list[float]:
     return [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)]
 
 
@@ -43,10 +53,13 @@ def detection_figures(
     if len(n) == 0 or len(p) == 0:
         return {"auroc": None, "tpr_at_5fpr": None, "n_neg": len(n), "n_pos": len(p)}
     rng = np.random.default_rng(seed)
-    boot: dict[str, list[float]] = {"auroc": [], "tpr_at_5fpr": [], "tpr_at_threshold": []}
-    for _ in range(rounds):
-        bn, bp = n[rng.integers(0, len(n), len(n))], p[rng.integers(0, len(p), len(p))]
-        boot["auroc"].append(auroc(bn, bp))
+    draws = [(rng.integers(0, len(n), len(n)), rng.integers(0, len(p), len(p))) for _ in range(rounds)]
+    boot: dict[str, Any] = {"auroc": [], "tpr_at_5fpr": [], "tpr_at_threshold": []}
+    for lo in range(0, rounds, 100):  # (100, n + m) rank matrices at a time
+        chunk = draws[lo : lo + 100]
+        boot["auroc"].extend(bootstrap_aurocs(n, p, np.stack([a for a, _ in chunk]), np.stack([b for _, b in chunk])))
+    for ni, pi in draws:
+        bn, bp = n[ni], p[pi]
         boot["tpr_at_5fpr"].append(_tpr_at_fpr(bn, bp, max_fpr))
         if threshold is not None:
             boot["tpr_at_threshold"].append(float((bp > threshold).mean()))
