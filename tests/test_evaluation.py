@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import torch
+
 from dnd.cli import main
 
 
@@ -87,6 +89,8 @@ def test_evaluate_smoke_writes_report(tiny_bundle: Path, tiny_data: Path, tmp_pa
         and not r["corruptions"]["pixelate"]["in_fit_augmentation"]
     )
     assert set(r["summary"]) == set(DETECTORS) and r["fitted_on"].startswith("clean images against")
+    # the default --limit covers the whole evaluation half: the served threshold's figure is the table's own
+    assert r["served_clean_fpr"] == r["clean_fpr"]["path"] | {"images": r["evaluation_images"]}
     ad = r["adaptive"]
     assert list(ad["budgets"]) == ["4/255", "8/255"] and ad["n"] == 10
     for row in ad["budgets"].values():
@@ -199,3 +203,29 @@ def test_select_ranks_candidates_on_the_calibration_half(tiny_bundle: Path, tiny
     cached = sorted(p.name for p in (out / "attacks").iterdir())
     assert cached == sorted(f"{a}.safetensors" for a in r["attacks"])
     assert (out / "report.md").read_text().startswith("# Feature selection")
+
+
+def test_the_served_threshold_is_measured_on_the_whole_evaluation_half(tiny_bundle: Path, tiny_data: Path) -> None:
+    """Where --limit attacks part of the evaluation half, the served threshold's clean figure still reads all of it:
+    the images already predicted and the rest, as one prediction of the whole half would."""
+    from detector import load_detector
+    from detector.data import load_split, to_unit_float
+    from detector.evaluation.protocol import served_clean_fpr
+    from detector.evaluation.report import whole_half
+    from detector.evaluation.rocs import flag_rate
+
+    det = load_detector(tiny_bundle, threshold=-1e9)  # every image flagged: the figure counts correct ones only
+    test = load_split(tiny_data, "test")
+    half = torch.arange(len(test.y))
+    subset = half[::3]
+    fig = served_clean_fpr(det, test, half, subset, det.predict(to_unit_float(test.x[subset])), 20)
+    whole = det.predict(to_unit_float(test.x))
+    ok = whole.labels == test.y
+    assert ok.sum() >= 2, "the tiny bundle classifies a few test images right"
+    assert fig["images"] == len(half) and fig["n"] == int(ok.sum()) and fig["rate"] == 1.0
+    det.threshold = float(whole.scores[ok].median())
+    fig = served_clean_fpr(det, test, half, subset, det.predict(to_unit_float(test.x[subset])), 20)
+    assert fig["rate"] == flag_rate(whole.scores[ok], det.threshold, 20)["rate"]
+    r = {"served_clean_fpr": fig, "evaluation_images": len(subset)}
+    assert whole_half(r).startswith(f"; on all {len(half)} images of the evaluation half ({fig['n']} correctly")
+    assert whole_half(r | {"evaluation_images": len(half)}) == ""  # the table's own images: nothing to add

@@ -38,11 +38,12 @@ def write_report(r: dict[str, Any], curves: dict[str, dict[str, Any]], out: Path
     plot_corruptions(r, out / "corruptions.png")
 
 
-def _cell(f: dict[str, Any], key: str = "auroc") -> str:
+def _cell(f: dict[str, Any], key: str = "auroc", ci: bool = True) -> str:
+    """A figure [95%], or n/a where no attack succeeded on the images it needs."""
     if f.get(key) is None:
         return "n/a"
-    ci = f.get(f"{key}_ci")
-    return f"{f[key]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{f[key]:.3f}"
+    bounds = f.get(f"{key}_ci") if ci else None
+    return f"{f[key]:.3f} [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else f"{f[key]:.3f}"
 
 
 def _who(d: str) -> str:
@@ -56,6 +57,17 @@ def held_out_text(s: dict[str, Any], none: str) -> str:
     return none if held is None else f"{held:.3f} ({s['worst_held_out_or_unseen_on']})"
 
 
+def whole_half(r: dict[str, Any]) -> str:
+    """The served threshold on the whole evaluation half, where the report's evaluation images are part of it."""
+    c = r.get("served_clean_fpr")
+    if c is None or c["images"] <= r["evaluation_images"]:
+        return ""
+    return (
+        f"; on all {c['images']:,} images of the evaluation half ({c['n']:,} correctly classified) it flags "
+        f"{c['rate']:.4f} [{c['ci'][0]:.4f}, {c['ci'][1]:.4f}]"
+    )
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     cfr = r["clean_fpr"]["path"]
     lines = [
@@ -63,7 +75,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"Evaluation images: {r['evaluation_images']} (test half disjoint from calibration); clean accuracy "
         f"{r['clean_accuracy']:.4f}. `path` threshold {r['threshold']:.4f} (target FPR {r['target_fpr']}); on clean "
-        f"evaluation images it flags {cfr['rate']:.4f} [{cfr['ci'][0]:.4f}, {cfr['ci'][1]:.4f}].",
+        f"evaluation images it flags {cfr['rate']:.4f} [{cfr['ci'][0]:.4f}, {cfr['ci'][1]:.4f}]{whole_half(r)}.",
         "",
         f"`path` (served) reads {reads_text(r)} and was fitted on {r['fitted_on']}. The other supervised detectors "
         f"(`path_refit`, the same recipe and families; `path_only`, `path_consistency`, `path_residual` and "
@@ -140,7 +152,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     for a, v in r["leave_one_out"].items():
         lines.append(
             f"| {a} | "
-            + " | ".join(f"{_cell(v[d])} / {r['attacks'][a]['detectors'][d]['auroc']:.3f}" for d in REFITTED)
+            + " | ".join(f"{_cell(v[d])} / {_cell(r['attacks'][a]['detectors'][d], ci=False)}" for d in REFITTED)
             + " |"
         )
     lines += [
@@ -249,6 +261,7 @@ def plot_generalisation(r: dict[str, Any], path: Path) -> None:
     groups += [
         (f"{a}\nheld out", lambda d, a=a: r["leave_one_out"][a].get(d, r["attacks"][a]["detectors"][d]))
         for a in r["leave_one_out"]
+        if r["attacks"][a]["n_adv"]
     ]
     dets = [d for d in SHOWN if d in DETECTORS]
     fig, ax = plt.subplots(figsize=(max(10, 1.1 * len(groups)), 4.5))

@@ -35,6 +35,13 @@ def rate_interval(v: float, ci: list[float]) -> str:
     return f"{100 * v:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def served_clean(r: dict[str, Any]) -> str:
+    """The served threshold's share of clean, correctly classified images flagged [95%] and their number: on the
+    whole evaluation half where the report measured it there, else on its evaluation images."""
+    c = r.get("served_clean_fpr") or r["clean_fpr"]["path"]
+    return f"{rate_interval(c['rate'], c['ci'])} of {c['n']:,}"
+
+
 def _bold(text: str, bold: bool) -> str:
     return f"**{text}**" if bold else text
 
@@ -171,14 +178,13 @@ def worst_case_table(reports: dict[str, dict[str, Any]]) -> str:
     """Per bundle: clean accuracy, the share of clean images flagged, and per group of attacks (in the fit, in no
     fit) the worst AUROC and the worst share flagged at the threshold, with the attacks they fall on; the worst share
     of corrupted clean images flagged."""
-    head = ["bundle", "evaluation images", "clean accuracy", "clean images flagged [95%]"]
+    head = ["bundle", "evaluation images", "clean accuracy", "clean images flagged [95%] of n correct"]
     for g in GROUPS.values():
         head += [f"{g}: worst AUROC", "worst flagged"]
     head += ["most corrupted clean images flagged"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in reports.items():
-        c = r["clean_fpr"]["path"]
-        row = [f"`{name}`", f"{r['evaluation_images']:,}", pct(r["clean_accuracy"]), rate_interval(c["rate"], c["ci"])]
+        row = [f"`{name}`", f"{r['evaluation_images']:,}", pct(r["clean_accuracy"]), served_clean(r)]
         for role in GROUPS:
             g = group_worst(r, role)
             if g is None:
@@ -285,10 +291,7 @@ def depth_table(reports: dict[str, dict[str, Any]]) -> str:
     row("training images in the fit", [f"{c.get('extra_fit_images', 0):,}" for c in cal])
     row("evaluation images", [f"{r['evaluation_images']:,}" for r in reports.values()])
     row("clean accuracy", [f"{100 * r['clean_accuracy']:.1f}%" for r in reports.values()])
-    row(
-        "clean images flagged",
-        [rate_interval(r["clean_fpr"]["path"]["rate"], r["clean_fpr"]["path"]["ci"]) for r in reports.values()],
-    )
+    row("clean images flagged", [served_clean(r) for r in reports.values()])
     first = reports[names[0]]["attacks"]
     for attack in (a for a in first if all(a in r["attacks"] for r in reports.values())):
         cells = []

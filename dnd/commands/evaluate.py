@@ -150,9 +150,13 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     )
     det = load_detector(a.model, a.device, a.threshold)
     r = evaluate(det, a.data, a.out, cfg, not a.no_save_attacks)
+    served = r["served_clean_fpr"]
+    whole = ""
+    if served["n"] > r["clean_fpr"]["path"]["n"]:  # --limit attacked part of the evaluation half
+        whole = f", {served['rate']:.4f} of all {served['n']} of the evaluation half"
     print(
         f"clean accuracy {r['clean_accuracy']:.4f} on {r['evaluation_images']} evaluation images; `path` flags "
-        f"{r['clean_fpr_at_threshold']:.4f} of clean ones"
+        f"{r['clean_fpr_at_threshold']:.4f} of clean ones{whole}"
     )
     for name, at in r["attacks"].items():
         f = at["detectors"]["path"]
