@@ -139,7 +139,8 @@ evaluate-robust: $(VENV_OK) data
 
 # The ResNet-56 detector, on a recipe sized for 2 CPU cores (each of its attacks costs ~3x ResNet-20's): profiles fit
 # on the 3,000 calibration images only (no training images), against FGSM, PGD and PGD transferred from the dense
-# ResNet-56 (21 min on 2 AMD EPYC cores); the evaluation on 1,000 images (300 for the costly attacks, refits on 600),
+# ResNet-56 (21 min on 2 AMD EPYC cores); the evaluation on 1,000 images (300 for the costly attacks, refits on 600;
+# the served threshold's clean figure on all 5,000 of the evaluation half),
 # where CW and DeepFool, in no fit of this detector, count as unseen; no Lee upper bound and no adaptive attacks
 # (59 min there): on 100 images those took 25 min at 2/255 and 12 min at 4/255 on a CPU with AMX, before 8/255 and
 # its AutoAttack (`--adaptive-limit 100`).

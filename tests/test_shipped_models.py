@@ -42,7 +42,7 @@ DETECTORS = [
         "evaluation-vgg19",
         # a known defect, said in the README: its threshold flags 4.98% of its 1,766 calibration threshold images
         # (the profiles' record) but 8.1% [6.3, 9.8] of the correct ones among the report's 1,000 evaluation images
-        # (reports/evaluation-vgg19); `make evaluate-vgg` with --limit 0 would measure the whole evaluation half
+        # (reports/evaluation-vgg19); `dnd evaluate` measures the served threshold on the whole evaluation half too
         marks=[
             BF16,
             pytest.mark.xfail(
