@@ -18,8 +18,8 @@ from .features import PathLikelihood, path_features
 from .profiles import PathProfiles
 
 # Stacked rows (images x (1 + transforms)) per forward when scoring many images. On 2 CPU cores a ResNet-20 scored
-# 2,048 images 2.1x faster in chunks of 384 rows than of 1,536 (the activations of a big chunk outgrow the caches),
-# and no slower than in chunks of 192; a VGG-19 cost the same from 48 to 768 rows
+# 2,048 images 2.1x faster in chunks of 384 rows than of 1,536 (the activations of a big chunk outgrow the caches)
+# and 1.1x faster than in chunks of 192 or 498; a VGG-19 cost the same from 48 to 768 rows
 # (`python bench/scoring.py --chunks 64,128,166,256,512`).
 STACKED_ROWS = 384
 

@@ -153,7 +153,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     served = r["served_clean_fpr"]
     whole = ""
     if served["n"] > r["clean_fpr"]["path"]["n"]:  # --limit attacked part of the evaluation half
-        whole = f", {served['rate']:.4f} of all {served['n']} of the evaluation half"
+        whole = f", {served['rate']:.4f} of the {served['n']} correct ones of the whole evaluation half"
     print(
         f"clean accuracy {r['clean_accuracy']:.4f} on {r['evaluation_images']} evaluation images; `path` flags "
         f"{r['clean_fpr_at_threshold']:.4f} of clean ones{whole}"
