@@ -4,8 +4,9 @@ Layouts accepted for `--data ROOT`:
   (a) torchvision CIFAR-10: ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch}  (or ROOT is that folder)
   (b) torchvision CIFAR-100: ROOT/cifar-100-python/{train,test,meta}  (or ROOT is that folder); the 100 fine labels
   (c) image folder: ROOT/train/<class>/*.{jpg,png}, ROOT/test/<class>/*, any classes  (what ../shared/data unpacks to)
-Images come back square, (N, 3, S, S): at `size` when one is asked for (a bundle's input size; others are resized,
-bilinear with antialiasing, as the service resizes what it is sent), else at the data's own size (CIFAR: 32).
+Images come back square, (N, 3, S, S): at `size` when one is asked for (a bundle's input size; others are resized
+as the service resizes what it is sent: area averaging when shrinking, bicubic when growing,
+`images.resample_filter`), else at the data's own size (CIFAR: 32).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import CIFAR10_CLASSES
+from .images import resize_square
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 LAYOUT_HELP = (
@@ -107,11 +109,14 @@ def _cache_dir() -> Path:
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
-    """uint8 images (N, 3, H, W) -> (N, 3, size, size), bilinear with antialiasing (as Pillow's resize)."""
+    """uint8 images (N, 3, H, W) -> (N, 3, size, size), each resized by Pillow as the service resizes what it is sent
+    (`images.resize_square`)."""
     if x.shape[2:] == (size, size):
         return x
-    t = torch.nn.functional.interpolate(torch.from_numpy(x).float(), (size, size), mode="bilinear", antialias=True)
-    return t.round().clamp(0, 255).to(torch.uint8).numpy()
+    out = np.empty((len(x), 3, size, size), dtype=np.uint8)
+    for i, a in enumerate(x):
+        out[i] = np.asarray(resize_square(Image.fromarray(a.transpose(1, 2, 0)), size)).transpose(2, 0, 1)
+    return out
 
 
 def _load_folder(d: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -125,7 +130,7 @@ def _load_folder(d: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, tup
         st = p.stat()
         key.update(f"{c}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     if size is not None:  # (the key of a folder read at its own size stays what it was)
-        key.update(f"size={size}".encode())
+        key.update(f"size={size} resize=box-or-bicubic".encode())
     cache = _cache_dir() / f"folder-{key.hexdigest()[:20]}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -150,7 +155,7 @@ def _load_folder(d: Path, size: int | None) -> tuple[np.ndarray, np.ndarray, tup
                         f"{p}: expected a {size}x{size} image like {files[0][1].name}, found {im.size[0]}x"
                         f"{im.size[1]}; pass a size (--size) to resize every image to it"
                     )
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
+                im = resize_square(im, size)
             a = np.asarray(im)
         x[k] = a.transpose(2, 0, 1)
         y[k] = index[c]

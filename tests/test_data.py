@@ -65,6 +65,26 @@ def test_a_folder_of_mixed_sizes_is_refused_at_its_own_size_and_resized_at_a_giv
         assert big[0].float().mean() > 150 and big[1].float().mean() < 40  # the red image, resized, not cropped
 
 
+@pytest.mark.parametrize("size", [16, 48])
+def test_every_layout_resizes_as_the_service_does(image_folder: Path, torchvision_root: Path, size: int) -> None:
+    """Training and profiling images read at another size are the images the service would make of the same files:
+    both layouts give exactly what decode_image gives for each one (box filter shrinking, bicubic growing)."""
+    import io
+
+    from PIL import Image
+
+    from detector.images import decode_image
+
+    own = load_split(image_folder, "test")
+    for root in (image_folder, torchvision_root):
+        s = load_split(root, "test", size)
+        for i in (0, 57):
+            buf = io.BytesIO()
+            Image.fromarray(own.x[i].permute(1, 2, 0).numpy()).save(buf, "PNG")
+            served, resized = decode_image(buf.getvalue(), 10**8, size)
+            assert resized == [32, 32] and torch.equal(s.x[i], (served * 255).round().to(torch.uint8))
+
+
 def test_a_folder_at_another_square_size_loads_at_that_size(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -4,6 +4,7 @@ every accepted image becomes the RGB a person would see."""
 import io
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +14,10 @@ from PIL import Image
 
 from detector.images import BACKGROUND, FORMATS, decode_image
 
-from ..conftest import TINY_LAYERS
+from ..conftest import REAL_DATA, TINY_LAYERS
 from .conftest import png
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _truncated() -> bytes:
@@ -174,3 +177,47 @@ def test_a_struct_level_garbage_tiff_is_a_4xx(client: TestClient) -> None:
     bad = b"II*\x00" + struct.pack("<I", 8) + b"\xff" * 64  # a TIFF header pointing at a nonsense directory
     r = client.post("/predict", content=bad, headers={"content-type": "image/tiff"})
     assert 400 <= r.status_code < 500
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_an_image_enlarged_by_whole_pixels_decodes_to_itself(k: int) -> None:
+    """Shrinking averages areas (the box filter): an image sent k times larger by pixel repetition comes back exactly,
+    where a bilinear tent would blur it."""
+    im = Image.open(io.BytesIO(png(seed=3)))
+    back, resized = decode_image(_saved(im.resize((32 * k, 32 * k), Image.Resampling.NEAREST), "PNG"), 10**8, 32)
+    assert resized == [32 * k, 32 * k]
+    assert torch.equal((back * 255).round().to(torch.uint8), torch.from_numpy(np.asarray(im)).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("size", [(16, 16), (40, 24)])
+def test_an_image_with_a_side_under_the_input_size_is_enlarged_bicubic(size: tuple[int, int]) -> None:
+    """A side that grows is interpolated bicubically (smoother than the box filter's repeated pixels)."""
+    im = Image.open(io.BytesIO(png(*size, seed=4)))
+    back, _ = decode_image(_saved(im, "PNG"), 10**8, 32)
+    want = np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
+    assert torch.equal((back * 255).round().to(torch.uint8), torch.from_numpy(want).permute(2, 0, 1))
+
+
+def test_real_images_sent_larger_are_classified_as_well_as_themselves() -> None:
+    """Real test images sent 2x and 4x larger (bicubic, as PNG) lose at most 2 points of the shipped network's
+    accuracy once the service has brought them back to 32 x 32 (a bilinear resize lost 3-4)."""
+    from detector import load_model
+
+    test = REAL_DATA / "test"
+    if not test.is_dir():
+        pytest.skip(f"CIFAR-10 image folders not unpacked at {REAL_DATA} (run `make data` or set DND_TEST_DATA)")
+    classes = sorted(p.name for p in test.iterdir() if p.is_dir())
+    ims = [(Image.open(f).convert("RGB"), i) for i, c in enumerate(classes) for f in sorted((test / c).iterdir())[:50]]
+    y = torch.tensor([i for _, i in ims])
+    model = load_model(REPO / "models" / "resnet20-decoupled").eval()
+
+    def accuracy(k: int) -> float:
+        sent = [_saved(im.resize((32 * k, 32 * k), Image.Resampling.BICUBIC), "PNG") for im, _ in ims]
+        x = torch.stack([decode_image(b, 10**8, 32)[0] for b in sent])
+        with torch.inference_mode():
+            return float((model(x).argmax(1) == y).float().mean())
+
+    itself = accuracy(1)
+    assert itself > 0.8
+    for k in (2, 4):
+        assert accuracy(k) >= itself - 0.02, f"sent {k}x larger"
