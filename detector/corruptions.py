@@ -2,8 +2,10 @@
 
 `CORRUPTIONS` are the evaluation's fixed shifts at a moderate severity, the middle (3 of 5) of CIFAR-10-C
 (Hendrycks & Dietterich 2019) where the transform is the same: Gaussian noise sigma 0.08, Gaussian blur sigma 1, JPEG
-quality 20, brightness x1.3, contrast x0.4, saturation x2 and pixelation; and three that no recipe choice ever weighed
-(`dnd select` never sees them) and no augmentation applies: speckle noise, sharpening and a zoom.
+quality 20, brightness x1.3, contrast x0.4, saturation x2 and pixelation; and, held out of every recipe choice
+(`dnd select` never sees them): speckle noise, sharpening, a zoom, and the ordinary changes a photograph meets on
+its way to a classifier: greyscale, JPEG re-compression at quality 50, a hue shift, a gamma curve, histogram
+equalisation and a small rotation.
 `random_corruptions` is the calibration's generic augmentation of clean images (one of `AUGMENT` per image, at a
 random strength): negatives that teach the scorer that a noisy, blurred or recoloured photograph is not an attack.
 Every output is an image in [0, 1].
@@ -87,6 +89,25 @@ def zoom(x: Tensor, crop: float) -> Tensor:
     return f.resize(f.center_crop(x, [round(side * crop)] * 2), list(x.shape[-2:]), antialias=True).clamp(0, 1)
 
 
+def greyscale(x: Tensor) -> Tensor:
+    """A black-and-white photograph: ITU-R 601 luma (Pillow's "L") in all three channels."""
+    return _v2().rgb_to_grayscale(x, num_output_channels=3).clamp(0, 1)
+
+
+def gamma(x: Tensor, g: float) -> Tensor:
+    return _v2().adjust_gamma(x, g).clamp(0, 1)
+
+
+def equalize(x: Tensor) -> Tensor:
+    """Histogram equalisation per channel (an "auto" photo fix), on the 8-bit image."""
+    return _v2().equalize((x * 255).round().to(torch.uint8)).float() / 255
+
+
+def rotate(x: Tensor, degrees: float) -> Tensor:
+    """Rotated about the centre (bilinear), the corners filled black."""
+    return _v2().rotate(x, degrees, interpolation=_v2().InterpolationMode.BILINEAR).clamp(0, 1)
+
+
 class Shift(NamedTuple):
     fn: Callable[[Tensor], Tensor]
     what: str
@@ -105,6 +126,12 @@ CORRUPTIONS: dict[str, Shift] = {
     "speckle_noise": Shift(lambda x: speckle(x, 0.12), "multiplicative (speckle) noise, sigma 0.12", "", False),
     "sharpen": Shift(lambda x: sharpen(x, 3.0), "sharpness x 3", "", False),
     "zoom": Shift(lambda x: zoom(x, 0.875), "zoom: the centre 7/8 resized back", "", False),
+    "greyscale": Shift(greyscale, "greyscale (a black-and-white photograph)", "saturation", False),
+    "jpeg50": Shift(lambda x: jpeg(x, 50), "JPEG re-compression at quality 50", "jpeg", False),
+    "hue": Shift(lambda x: hue(x, 0.05), "hue rotated by 0.05 of a turn", "hue", False),
+    "gamma": Shift(lambda x: gamma(x, 0.7), "gamma 0.7 (mid-tones brighter)", "", False),
+    "equalize": Shift(equalize, "histogram equalisation", "", False),
+    "rotate": Shift(lambda x: rotate(x, 10.0), "rotation by 10 degrees", "", False),
 }
 SELECTION_CORRUPTIONS = tuple(k for k, v in CORRUPTIONS.items() if v.in_selection)
 

@@ -52,3 +52,17 @@ def test_a_yes_no_augmentation_record_reads_as_the_five_base_kinds() -> None:
     assert CalibrationConfig.from_record({"config": {}}).clean_augment == BASE_AUGMENT
     with pytest.raises(ValueError, match="unknown kind"):
         CalibrationConfig(clean_augment=("fog",)).check()
+
+
+def test_greyscale_is_pillows_black_and_white_and_equalisation_spreads_each_channel() -> None:
+    import numpy as np
+    from PIL import Image
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 0.5 + 0.2  # mid-range, low contrast
+    g = corrupt("greyscale", x)
+    assert torch.equal(g[:, 0], g[:, 1]) and torch.equal(g[:, 1], g[:, 2])
+    u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pil = torch.stack([torch.from_numpy(np.asarray(Image.fromarray(a).convert("L")).copy()) for a in u8]).float() / 255
+    assert float((g[:, 0] - pil).abs().max()) <= 1.5 / 255
+    e = corrupt("equalize", x)
+    assert float(e.amax((2, 3)).min()) == 1.0 and float(e.amin((2, 3)).max()) < 0.05  # each channel spans 0..1

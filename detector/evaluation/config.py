@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..adaptive import AdaptiveConfig
+from ..corruptions import CORRUPTIONS
 
 
 @dataclass(frozen=True)
@@ -19,20 +20,9 @@ class EvalConfig:
     # attacks no fit and no choice ever touched: another norm (L1), another threat model (L0 black box) and another
     # transfer method (TI-DIM's smoothed perturbations)
     unseen: tuple[str, ...] = ("eadl1", "pixle", "transfer-ti")
-    # common corruptions of clean images (detector/corruptions.py): false positives on shifted images; the report
-    # says which of them the fit's clean augmentation covers, and the last three no recipe choice ever weighed
-    corruptions: tuple[str, ...] = (
-        "gaussian_noise",
-        "gaussian_blur",
-        "jpeg",
-        "brightness",
-        "contrast",
-        "pixelate",
-        "saturate",
-        "speckle_noise",
-        "sharpen",
-        "zoom",
-    )
+    # common corruptions and ordinary changes of clean images (detector/corruptions.py): false positives on shifted
+    # images; the report says which of them the fit's clean augmentation covers and which no recipe choice weighed
+    corruptions: tuple[str, ...] = tuple(CORRUPTIONS)
     limit: int = 0  # evaluation images (class-balanced; 0 = the whole half, 5,000)
     # images for the costly attacks: 1,200 leave more than 1,000 successful ones (their success rates are 0.7-1.0)
     slow_limit: int = 1200
