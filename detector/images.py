@@ -77,7 +77,7 @@ def resample_filter(width: int, height: int, size: int) -> Image.Resampling:
 
 
 def resize_square(im: Image.Image, size: int) -> Image.Image:
-    """im resized to size x size with `resample_filter` (the service's and the image-folder loader's resize)."""
+    """im resized to size x size with `resample_filter`: the service's resize, and the data loader's at a given size."""
     return im if im.size == (size, size) else im.resize((size, size), resample_filter(*im.size, size))
 
 
