@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from scipy.stats import binomtest
 from torch import Tensor
 from tqdm import tqdm
 
@@ -192,7 +193,11 @@ def calibrate(
 
     shifted = shifted_scores(score_correct, x[thr_idx][thr_kept], y[thr_idx][thr_kept])
     threshold, bound_by = shift_bounded_threshold(thr_scores, shifted, cfg.target_fpr, cfg.max_shift_flagged)
-    fpr = float((thr_scores > threshold).float().mean())
+    n_flagged = int((thr_scores > threshold).sum())
+    fpr = n_flagged / len(thr_scores)
+    # how far the served FPR may sit from fpr on unseen clean images: the threshold part's size sets it (±1 point at
+    # 5% needs some 1,800 images)
+    ci = binomtest(n_flagged, len(thr_scores)).proportion_ci(method="wilson")
     # the differentiable stand-in an adaptive attacker descends on, thresholded at the same share of clean images
     surrogate_fpr = cfg.target_fpr if bound_by == "clean" else fpr
     scorer = replace(scorer, surrogate_threshold=calibrate_threshold(scorer.surrogate(thr_clean), surrogate_fpr))
@@ -229,6 +234,7 @@ def calibrate(
         **extra,
         **({"families": [f for f in fams if f], "family_log_prior": scorer.log_prior.tolist()} if trees else {}),
         "fpr_achieved": round(fpr, 4),
+        "fpr_interval": [round(ci.low, 4), round(ci.high, 4)],  # Wilson 95% on the threshold part
         "threshold_bound_by": bound_by,  # "clean", or the corruption whose shift limit raised it
         "threshold_shift_flagged": flagged(shifted, threshold),  # threshold part, still correctly classified
         **({"validation_attacks": list(cfg.validation_attacks), "validation": validation} if validation else {}),

@@ -13,7 +13,7 @@ from .corruptions import AUGMENT, AUGMENT_KINDS, BASE_AUGMENT
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """How `dnd profiles` fits the detector; every field but `threshold_share` and `seed` is a flag of `dnd profiles`.
+    """How `dnd profiles` fits the detector; every field but `seed` is a flag of `dnd profiles`.
 
     The defaults are the shipped profiles' recipe. Training images join the fit because the calibration half alone
     is small for 1,417 features. One tree model per attack family, because FGSM + PGD move paths towards the
@@ -93,6 +93,8 @@ class CalibrationConfig:
         """Refuse an inconsistent recipe before any attack runs (they take tens of minutes)."""
         if not 0 <= self.target_fpr < 1:
             raise ValueError(f"target FPR: expected a rate from 0 to below 1, got {self.target_fpr}")
+        if not 0 < self.threshold_share < 1:
+            raise ValueError(f"threshold share: expected a share above 0 and below 1, got {self.threshold_share}")
         if not 0 <= self.max_shift_flagged < 1:
             raise ValueError(f"shift limit: expected a rate from 0 (none) to below 1, got {self.max_shift_flagged}")
         if self.tree_iterations < 1:

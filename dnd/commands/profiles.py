@@ -99,6 +99,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"than --fpr clean images and fewer attacks are flagged (default {d.max_shift_flagged:g} = off)",
     )
     p.add_argument(
+        "--threshold-share",
+        type=rate,
+        default=d.threshold_share,
+        help="share of the calibration images kept out of the fit to set the threshold on (default "
+        f"{d.threshold_share:g}); the achieved FPR's 95%% interval on them is recorded and printed: about ±1 point "
+        "needs some 1,800 correctly classified threshold images",
+    )
+    p.add_argument(
         "--clean-augment",
         default=",".join(d.clean_augment),
         help="kinds of generic change the fit's clean negatives are also shown under, one per image at a random "
@@ -214,6 +222,7 @@ def calibration_config(a: argparse.Namespace) -> CalibrationConfig:
         gate_logits=not a.without_gate_logits,
         linf_eps=_radii(a.linf_eps),
         max_shift_flagged=a.max_shift_flagged,
+        threshold_share=a.threshold_share,
         clean_augment=tuple(k.strip() for k in a.clean_augment.split(",") if k.strip()),
         transforms=tuple(t.strip() for t in a.transforms.split(",") if t.strip()),
         confidence=a.confidence,
@@ -272,13 +281,14 @@ def cmd_profiles(a: argparse.Namespace) -> None:
     if cache_dir.parent.is_dir() and not any(cache_dir.parent.iterdir()):  # a training checkpoint there stays
         cache_dir.parent.rmdir()
     c = profiles.meta["calibration"]
+    lo, hi = c["fpr_interval"]
     fams = f", families {' | '.join('+'.join(f) for f in c['families'])}" if "families" in c else ""
     print(
         f"profiles from {profiles.meta['images_correct']} correctly classified training images; scorer fitted on "
         f"{c['n_clean']} clean + {c['n_attacked']} attacked images ({', '.join(c['attacks'])}, "
         f"{c.get('n_extra_clean', 0)} of the clean from training, the rest from calibration; {c['scorer']}{fams}); "
         f"threshold {profiles.meta['threshold']:.4f} at target FPR {cfg.target_fpr} on {c['n_threshold_clean']} other "
-        f"clean calibration images (achieved {c['fpr_achieved']}) | wrote {path}"
+        f"clean calibration images (achieved {c['fpr_achieved']:.1%} [{lo:.1%}, {hi:.1%}]) | wrote {path}"
     )
     shifts = c["threshold_shift_flagged"]
     worst = max(shifts, key=shifts.get, default=None)
