@@ -34,6 +34,8 @@ def test_profiles_carry_scorer_threshold_and_provenance(tiny_bundle: Path) -> No
     assert cal["extra_attacks"] == ["fgsm", "pgd"]
     assert cal["threshold_images"] == 20 and cal["n_threshold_clean"] <= 20  # 2 of each class's 5 calibration images
     assert cal["fpr_achieved"] <= 0.05
+    lo, hi = cal["fpr_interval"]  # Wilson 95%: about ±15 points on 20 images
+    assert 0 <= lo <= cal["fpr_achieved"] < hi <= 1 and hi - lo > 0.1
 
 
 def test_training_images_get_their_own_attack_list(tiny_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:
@@ -123,6 +125,11 @@ def test_profiles_defaults_are_what_the_shipped_profiles_used() -> None:
     assert sub("--calib-train-subset", "0") == 0 and sub("--calib-train", "300", "--calib-train-subset", "10") == 10
     with pytest.raises(ValueError, match="--calib-train is 0"):
         sub("--calib-train", "0", "--calib-train-subset", "5")
+    assert d.threshold_share == 0.4 and _profiles_config("--threshold-share", "0.5").threshold_share == 0.5
+    with pytest.raises(ValueError, match="threshold share"):  # nothing left to set the threshold on
+        _profiles_config("--threshold-share", "0")
+    with pytest.raises(SystemExit):  # argparse: a rate below 1
+        _profiles_config("--threshold-share", "1")
     shipped = load_profiles(Path(__file__).parents[1] / "models" / "resnet20-decoupled").meta["calibration"]
     assert shipped["attacks"] == a.calib_attacks.split(",") and shipped["extra_fit_images"] == a.calib_train
     assert shipped["extra_subset_images"] == d.train_subset
