@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from scipy.stats import binomtest
 from torch import Tensor
 from tqdm import tqdm
 
@@ -27,7 +26,7 @@ from .inputs import inputs_of_images
 from .networks import GatedNetwork
 from .profiles import PathProfiles
 from .recipe import CalibrationConfig
-from .scorer import PathScorer, calibrate_threshold
+from .scorer import PathScorer, calibrate_threshold, wilson_interval
 from .shift_threshold import flagged, shift_bounded_threshold, shifted_scores
 from .splits import SPLIT_SEED, balanced_subset, fit_threshold_split
 from .transfer import TransferSources
@@ -197,7 +196,7 @@ def calibrate(
     fpr = n_flagged / len(thr_scores)
     # how far the served FPR may sit from fpr on unseen clean images: the threshold part's size sets it (±1 point at
     # 5% needs some 1,800 images)
-    ci = binomtest(n_flagged, len(thr_scores)).proportion_ci(method="wilson")
+    lo, hi = wilson_interval(n_flagged, len(thr_scores))
     # the differentiable stand-in an adaptive attacker descends on, thresholded at the same share of clean images
     surrogate_fpr = cfg.target_fpr if bound_by == "clean" else fpr
     scorer = replace(scorer, surrogate_threshold=calibrate_threshold(scorer.surrogate(thr_clean), surrogate_fpr))
@@ -234,7 +233,7 @@ def calibrate(
         **extra,
         **({"families": [f for f in fams if f], "family_log_prior": scorer.log_prior.tolist()} if trees else {}),
         "fpr_achieved": round(fpr, 4),
-        "fpr_interval": [round(ci.low, 4), round(ci.high, 4)],  # Wilson 95% on the threshold part
+        "fpr_interval": [round(lo, 4), round(hi, 4)],  # Wilson 95% on the threshold part
         "threshold_bound_by": bound_by,  # "clean", or the corruption whose shift limit raised it
         "threshold_shift_flagged": flagged(shifted, threshold),  # threshold part, still correctly classified
         **({"validation_attacks": list(cfg.validation_attacks), "validation": validation} if validation else {}),

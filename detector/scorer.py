@@ -161,3 +161,11 @@ def calibrate_threshold(clean_scores: Tensor, target_fpr: float) -> float:
         raise ValueError("need at least one clean calibration score")
     k = math.floor(target_fpr * len(s))  # at most k clean scores may lie above t
     return float(s[k]) if k < len(s) else float(s[-1])
+
+
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a share k / n: where the rate a threshold set on n images flags of unseen ones may lie."""
+    from scipy.stats import binomtest  # ~0.3 s to import; only calibration and the docs need it
+
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    return float(ci.low), float(ci.high)

@@ -117,9 +117,14 @@ def test_the_calibration_record_table_shows_validation_attacks_and_the_worst_shi
         "validation": {"fgsm": {"offered": 10, "n": 8, "auroc": 0.9705, "flagged": 0.8275}, "cw": {"n": 0}},
         "threshold_shift_flagged": {"gaussian_noise": 0.02, "saturate": 0.139},
         "threshold_bound_by": "clean",
+        "n_threshold_clean": 2000,
+        "fpr_achieved": 0.05,
     }
     raised = {**cal, "threshold_bound_by": "saturate", "threshold_shift_flagged": {"saturate": 0.1}}
-    rows = calibration_record_table({"a": cal, "b": raised, "old": {}}).splitlines()[2:]
-    assert rows[0] == "| `a` | fgsm 0.971 / 82.8% (8) | 13.9% (saturate) |"  # an attack with no success: no cell
+    small = {**cal, "n_threshold_clean": 200}  # ten times fewer threshold images: about three times the interval
+    rows = calibration_record_table({"a": cal, "b": raised, "c": small, "old": {}}).splitlines()[2:]
+    # an attack with no success: no cell
+    assert rows[0] == "| `a` | 5.0% [4.1, 6.0] of 2,000 | fgsm 0.971 / 82.8% (8) | 13.9% (saturate) |"
     assert rows[1].endswith("| 10.0% (saturate; the threshold raised to bound saturate) |")
-    assert rows[2] == "| `old` | — | — |"
+    assert rows[2].startswith("| `c` | 5.0% [2.7, 9.0] of 200 |")
+    assert rows[3] == "| `old` | — | — | — |"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..scorer import wilson_interval
+
 # The detectors beside the served `path` in the detection table, and the names a reader knows them by.
 BASELINES = {
     "path_refit": "`path_refit`",
@@ -252,11 +254,17 @@ def score_reads_table(calibrations: dict[str, tuple[dict[str, Any], int, str]]) 
 
 
 def calibration_record_table(calibrations: dict[str, dict[str, Any]]) -> str:
-    """Per bundle, what its profiles measured on the calibration half once scorer and threshold were set: each
-    validation attack's AUROC and share flagged (detector/validation.py), and the share of the threshold part's
-    clean images flagged under the worst weighed corruption (detector/shift_threshold.py). Values: calibration
-    records; profiles written before either measurement show a dash."""
-    head = ["bundle", "validation attacks: AUROC / flagged (n)", "threshold images flagged under the worst corruption"]
+    """Per bundle, what its profiles measured on the calibration half once scorer and threshold were set: the share
+    of the threshold part's clean images flagged, with its 95% Wilson interval (how far the served rate may fall from
+    it on unseen images), each validation attack's AUROC and share flagged (detector/validation.py), and the share of
+    those clean images flagged under the worst weighed corruption (detector/shift_threshold.py). Values: calibration
+    records; profiles written before a measurement show a dash."""
+    head = [
+        "bundle",
+        "clean threshold images flagged [95%]",
+        "validation attacks: AUROC / flagged (n)",
+        "threshold images flagged under the worst corruption",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, cal in calibrations.items():
         val = cal.get("validation") or {}
@@ -264,11 +272,18 @@ def calibration_record_table(calibrations: dict[str, dict[str, Any]]) -> str:
         shifted = cal.get("threshold_shift_flagged") or {}
         worst = max(shifted, key=shifted.get) if shifted else None
         lines.append(
-            f"| `{name}` | {'; '.join(cells) or '—'} | "
+            f"| `{name}` | {_threshold_rate(cal)} | {'; '.join(cells) or '—'} | "
             + (f"{100 * shifted[worst]:.1f}% ({worst}{_bound(cal)})" if worst else "—")
             + " |"
         )
     return "\n".join(lines)
+
+
+def _threshold_rate(cal: dict[str, Any]) -> str:
+    n, fpr = cal.get("n_threshold_clean"), cal.get("fpr_achieved")
+    if not n or fpr is None:
+        return "—"
+    return f"{rate_interval(fpr, list(wilson_interval(round(fpr * n), n)))} of {n:,}"
 
 
 def _bound(cal: dict[str, Any]) -> str:
