@@ -155,13 +155,14 @@ profiles-resnet56: $(VENV_OK) data
 evaluate-resnet56: $(VENV_OK) data
 	$(call evaluate_to,models/resnet56-decoupled,reports/evaluation-resnet56) $(R56_EVALUATION) \
 	    --source models/resnet56-dense
-# The VGG-19 detector on the ResNet-56's recipe, its transferred attacks crafted on the dense VGG-19: profiles ≈ 30 min
+# The VGG-19 detector on the ResNet-56's recipe, its transferred attacks crafted on the dense VGG-19: profiles ≈ 40 min
 # on 2 CPU cores (15 for the attacks, 10 for trees on its 9,973 features), the evaluation about 2.2 h (about 1 h of
 # it refits tree models on those features; each attack costs ~3x the ResNet-56's; a rerun resumes from the cached
 # attacks, not from the refits). Its consistency copies run in float32, as the other bundles': bfloat16 ones scored as
 # well but ran 2.5x (batch 1) and 5.9x (batch 64) slower on 2 AMD EPYC cores, which emulate bfloat16 (docs/benchmarks.md).
 # Half the calibration images set its threshold rather than 40%: 88% of them are correctly classified, and 40% left
 # 1,766 threshold images, whose achieved 5% has a 95% interval of [4.0, 6.1]; half gives about 2,200 and ±0.9 points.
+# On the evaluation half: 6.2% of clean images flagged with 40%, 4.9% with half (docs/networks.md).
 profiles-vgg: $(VENV_OK) data
 	$(call profile,models/vgg19-decoupled) $(R56_PROFILES) --source models/vgg19-dense --threshold-share 0.5
 evaluate-vgg: $(VENV_OK) data

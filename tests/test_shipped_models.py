@@ -37,22 +37,7 @@ DETECTORS = [
     pytest.param("resnet20-decoupled", "evaluation", id="resnet20-decoupled"),
     pytest.param("resnet20-decoupled-robust", "evaluation-robust", id="resnet20-decoupled-robust"),
     pytest.param("resnet56-decoupled", "evaluation-resnet56", id="resnet56-decoupled"),
-    pytest.param(
-        "vgg19-decoupled",
-        "evaluation-vgg19",
-        # a known defect, said in the README: its threshold flags 4.98% of its 1,766 calibration threshold images
-        # (the profiles' record) but 9.0% of the correct ones among the report's 1,000 evaluation images and 6.2%
-        # [5.6, 7.0] of the 4,452 of the whole evaluation half (reports/evaluation-vgg19)
-        marks=[
-            VGG,
-            pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="the VGG-19's threshold flags 9.0% of its report's clean images",
-            ),
-        ],
-        id="vgg19-decoupled",
-    ),
+    pytest.param("vgg19-decoupled", "evaluation-vgg19", marks=VGG, id="vgg19-decoupled"),
 ]
 
 
