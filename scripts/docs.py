@@ -15,17 +15,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from detector.evaluation.bundle_tables import bundles_table, calibration_record_table, score_reads_table
 from detector.evaluation.paper import PAPER, paper_table
 from detector.evaluation.selection_report import selection_summary
 from detector.evaluation.summary import (
     ablation_table,
     adaptive_table,
-    bundles_table,
-    calibration_record_table,
     depth_table,
     detection_table,
     lee_table,
-    score_reads_table,
     worst_case_table,
 )
 

@@ -101,7 +101,7 @@ def test_the_paper_table_fills_in_once_a_bundle_is_trained(copy: Path) -> None:
 
 
 def test_the_score_reads_table_says_what_precision_the_copies_run_in() -> None:
-    from detector.evaluation.summary import score_reads_table
+    from detector.evaluation.bundle_tables import score_reads_table
 
     cal = {"features": {"families": ["path", "consistency"], "transforms": {"median": "3 x 3 median filter"}}}
     table = score_reads_table({"a": (cal, 10, "bfloat16"), "b": ({}, 7, "float32")})
@@ -111,7 +111,7 @@ def test_the_score_reads_table_says_what_precision_the_copies_run_in() -> None:
 
 
 def test_the_calibration_record_table_shows_validation_attacks_and_the_worst_shift() -> None:
-    from detector.evaluation.summary import calibration_record_table
+    from detector.evaluation.bundle_tables import calibration_record_table
 
     cal = {
         "validation": {"fgsm": {"offered": 10, "n": 8, "auroc": 0.9705, "flagged": 0.8275}, "cw": {"n": 0}},
