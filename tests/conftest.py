@@ -18,6 +18,15 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_DATA = Path(os.environ.get("DND_TEST_DATA", Path(__file__).resolve().parents[1] / ".data"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs two workers), each worker's torch uses one thread: two workers of two
+    threads each on two cores run slower than one."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test decodes into its own cache directory, never the user's ~/.cache."""

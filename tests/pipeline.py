@@ -3,6 +3,7 @@ its decoupling fine-tune and `dnd profiles`), and the flags that keep every step
 fixtures (`tiny_data`, `tiny_bundle`, `trained_dense`) at the root of the tests package, so "package" scope builds
 each once for every test below it."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,10 @@ def dnd_train(data: Path, out: Path, *flags: str) -> Path:
     return out
 
 
-TINY = ["--batch-size", "32", "--threads", "2"]
+# torch threads of a test: both cores, or one per worker when pytest-xdist runs two tests at once (`make test`): two
+# workers of two threads each on two cores ran the suite 1.9x slower than one process
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+TINY = ["--batch-size", "32", "--threads", str(THREADS)]
 # a CIFAR ResNet-8 of widths 8 / 16 / 32: 6 gated layers, 112 filters; the pipeline is the same as ResNet-20's and
 # every fit, attack and scorer costs a fraction (full-size networks are tested where the shipped bundles are)
 TINY_NET = ["--blocks-per-stage", "1", "--widths", "8,16,32"]
@@ -60,7 +64,7 @@ def tiny_bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 # `dnd train` tests: a dense ResNet-20 trained one epoch on the same folder
-TRAIN_TINY = ["--batch-size", "64", "--eval-limit", "50", "--threads", "2"]
+TRAIN_TINY = ["--batch-size", "64", "--eval-limit", "50", "--threads", str(THREADS)]
 
 
 @pytest.fixture(scope="package")

@@ -354,11 +354,11 @@ def test_validation_attacks_are_measured_on_the_threshold_images_and_never_move_
     from detector.evaluation.protocol import check_unseen
 
     b = shutil.copytree(tiny_bundle, tmp_path / "dec")
-    assert main(["profiles", "--model", str(b), "--data", str(tiny_data), "--validation-attacks", "fgsm", *CHEAP]) == 0
+    assert main(["profiles", "--model", str(b), "--data", str(tiny_data), "--validation-attacks", "pgd", *CHEAP]) == 0
     before, after = load_profiles(tiny_bundle).meta, load_profiles(b).meta
     assert after["threshold"] == before["threshold"] and "validation" not in before["calibration"]
-    v = after["calibration"]["validation"]["fgsm"]
-    assert after["calibration"]["validation_attacks"] == ["fgsm"]
+    v = after["calibration"]["validation"]["pgd"]
+    assert after["calibration"]["validation_attacks"] == ["pgd"]
     assert v["offered"] == after["calibration"]["n_threshold_clean"] and 0 < v["n"] <= v["offered"]
     assert 0 <= v["auroc"] <= 1 and 0 <= v["flagged"] <= 1
     with pytest.raises(ValueError, match="informed a recipe choice"):

@@ -8,6 +8,8 @@ import pytest
 
 from dnd.cli import main
 
+from .pipeline import THREADS
+
 
 def test_attack_cli_writes_sets_within_budget(tiny_bundle: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
     from detector.attacks import load_attack_set
@@ -167,7 +169,7 @@ def test_your_own_image_folder_trains_profiles_and_serves_with_its_class_names(t
     from .conftest import write_image_folder
 
     own = write_image_folder(tmp_path / "own", n_train=20, n_test=10, classes=("apple", "pear", "plum"))
-    common = ["--data", str(own), "--batch-size", "16", "--threads", "2"]
+    common = ["--data", str(own), "--batch-size", "16", "--threads", str(THREADS)]
     net = ["--blocks-per-stage", "1", "--widths", "8,16,16"]
     assert main(["train", *common, "--out", str(tmp_path / "dense"), "--epochs", "4", *net]) == 0
     decouple = ["--decouple", "--init", str(tmp_path / "dense"), "--epochs", "2", "--lambda-kd", "0"]

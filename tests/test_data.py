@@ -6,6 +6,7 @@ import torch
 from detector.data import DataLayoutError, load_split
 
 from .conftest import write_image_folder
+from .pipeline import THREADS
 
 
 def test_image_folder_loads_uint8_with_labels(image_folder: Path) -> None:
@@ -128,7 +129,8 @@ def test_torchvision_cifar100_root_loads_its_fine_classes_and_trains_a_100_class
     train, test = load_split(root, "train"), load_split(root / "cifar-100-python", "test")
     assert len(train.classes) == 100 and train.classes[7] == "class_07" and train.x.shape == (200, 3, 32, 32)
     assert train.y.tolist()[:4] == [0, 0, 1, 1] and len(test) == 100 and test.classes == train.classes
-    args = ["--epochs", "1", "--batch-size", "50", "--blocks-per-stage", "1", "--widths", "4,8,8", "--threads", "2"]
+    args = ["--epochs", "1", "--batch-size", "50", "--blocks-per-stage", "1", "--widths", "4,8,8"]
+    args += ["--threads", str(THREADS)]
     assert main(["train", "--data", str(root), "--out", str(tmp_path / "m"), *args]) == 0
     model = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
     assert model["num_classes"] == 100 and model["classes"][99] == "class_99"

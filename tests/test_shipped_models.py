@@ -13,6 +13,7 @@ from detector.data import load_split
 from detector.stats import compute_stats
 
 from .conftest import REAL_DATA
+from .pipeline import THREADS
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REAL_DATA
@@ -51,7 +52,7 @@ def test_split():
 @pytest.mark.parametrize("bundle", METRIC_BUNDLES, ids=lambda p: getattr(p, "name", None))
 def test_metrics_regenerate(bundle: Path, test_split) -> None:
     assert (bundle / "metrics.json").is_file(), f"{bundle.name} ships without metrics.json: run `make stats`"
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     recorded = json.loads((bundle / "metrics.json").read_text())
     assert recorded["data_test_fingerprint"] == test_split.fingerprint, "metrics.json was computed on other data"
     now = compute_stats(load_model(bundle), test_split.x, test_split.y)
@@ -128,7 +129,7 @@ def test_every_shipped_bundle_classifies_a_thousand_test_images_as_its_metrics_s
     recorded = json.loads((bundle / "metrics.json").read_text())
     model = load_model(bundle).eval()
     assert next(model.parameters()).dtype == torch.float32
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     with torch.inference_mode():
         pred = torch.cat([model(to_unit_float(test_split.x[i : i + 250])).argmax(1) for i in range(0, 1000, 250)])
     acc = (pred == test_split.y[:1000]).float().mean().item()
