@@ -40,8 +40,8 @@ serve: $(VENV_OK)
 run: $(VENV_OK) data
 	.venv/bin/dnd predict --model models/resnet20-decoupled $(DATA)/test/cat/0000.jpg $(DATA)/test/ship/0001.jpg $(DATA)/test/frog/0002.jpg
 
-# Two pytest-xdist workers of one torch thread each, a test file per worker at a time: the suite in 250 s against
-# 374 s in one process of two threads on 2 cores (the tiny networks' Python overhead leaves a core idle).
+# Two pytest-xdist workers of one torch thread each, a test file per worker at a time: the suite in 250-262 s against
+# 374 s in one process of two threads on 2 AMD EPYC cores (two workers of two threads each: 705 s).
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
 test: $(VENV_OK) $(OIP_OK)
 	@if [ -f $(SHARED)/cifar10-jpeg-test.tar.gz ]; then $(MAKE) --no-print-directory data; fi
