@@ -11,7 +11,7 @@ from PIL import Image
 from detector.config import CIFAR10_CLASSES
 
 # fixtures of the trained tiny bundle, registered at the root of the tests package
-from .pipeline import tiny_bundle, tiny_data, trained_dense  # noqa: F401
+from .pipeline import THREADS, XDIST_WORKER, tiny_bundle, tiny_data, trained_dense  # noqa: F401
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The real JPEG CIFAR-10 unpacked (`make data`), or DND_TEST_DATA=ROOT: tests that need it skip without it.
@@ -19,12 +19,11 @@ REAL_DATA = Path(os.environ.get("DND_TEST_DATA", Path(__file__).resolve().parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`make test` runs two workers), each worker's torch uses one thread: two workers of two
-    threads each on two cores run slower than one."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    """Under pytest-xdist, each worker's torch runs on THREADS (tests/pipeline.py says why)."""
+    if XDIST_WORKER:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,8 @@ def dnd_train(data: Path, out: Path, *flags: str) -> Path:
 
 # torch threads of a test: both cores, or one per worker when pytest-xdist runs two tests at once (`make test`): two
 # workers of two threads each on two cores ran the suite 1.9x slower than one process
-THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+THREADS = 1 if XDIST_WORKER else 2
 TINY = ["--batch-size", "32", "--threads", str(THREADS)]
 # a CIFAR ResNet-8 of widths 8 / 16 / 32: 6 gated layers, 112 filters; the pipeline is the same as ResNet-20's and
 # every fit, attack and scorer costs a fraction (full-size networks are tested where the shipped bundles are)
